@@ -1,0 +1,12 @@
+//! Core and legacy types (flat universal form): Mesh, Zone, Dataplane, ZoneIngress, ZoneEgress,
+//! Secret/GlobalSecret, ExternalService, TrafficRoute, TrafficPermission.
+
+pub mod dataplane;
+pub mod external_service;
+pub mod mesh;
+pub mod secret;
+pub mod traffic_permission;
+pub mod traffic_route;
+pub mod zone;
+pub mod zone_egress;
+pub mod zone_ingress;

@@ -1,0 +1,13 @@
+//! TrafficPermissionSpec (placeholder: fields and validation to be written).
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPermissionSpec {}
+
+impl Validate for TrafficPermissionSpec {
+    fn validate(&self, _ctx: &ValidationContext<'_>, _path: &FieldPath, _violations: &mut Violations) {}
+}

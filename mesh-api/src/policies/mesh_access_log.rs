@@ -1,0 +1,13 @@
+//! MeshAccessLogSpec (placeholder: fields and validation to be written).
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshAccessLogSpec {}
+
+impl Validate for MeshAccessLogSpec {
+    fn validate(&self, _ctx: &ValidationContext<'_>, _path: &FieldPath, _violations: &mut Violations) {}
+}

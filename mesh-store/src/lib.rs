@@ -1,0 +1,14 @@
+//! Storage for Meridian resources. [`ResourceStore`] is the seam every control plane writes
+//! through: get, list (label and name-prefix filters, pagination), create, update with optimistic
+//! concurrency on the resource version, delete, and [`ResourceStore::watch`], an ordered stream of
+//! change events from a revision. [`SledStore`] implements it on an embedded sled database whose
+//! writes are durable when acknowledged. The replicated (Raft) store of the global control plane
+//! implements the same trait.
+
+mod sled_store;
+mod store;
+
+pub use sled_store::SledStore;
+pub use store::{
+    ChangeEvent, ChangeKind, ListPage, ListQuery, ResourceStore, StoreError, Watch,
+};

@@ -1,0 +1,2 @@
+//! meshctl
+fn main() {}
