@@ -1,2 +1,92 @@
-//! Serde helpers that decode scalars the way Kuma does (YAML `6000` into a string tag, `"2.5"`
-//! into a number), so real Kuma documents parse as written.
+//! Serde helpers that decode scalars the way Kuma does (Kuma decodes YAML through JSON into Go
+//! types, coercing scalars): YAML `6000` into a string tag, `"2.5"` into a number. Real Kuma
+//! documents therefore parse as written. Use them with `#[serde(deserialize_with = "...")]`.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn scalar_to_string<E: de::Error>(value: Value) -> Result<String, E> {
+    match value {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(E::custom(format!("expected a string, got {other}"))),
+    }
+}
+
+/// A string that may be written as a number or boolean (`version: 1.0`).
+pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    scalar_to_string(Value::deserialize(d)?)
+}
+
+/// An optional string that may be written as a number or boolean.
+pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        v => scalar_to_string(v).map(Some),
+    }
+}
+
+/// A string map (tags, labels, headers) whose values may be numbers or booleans; null is empty.
+pub fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| scalar_to_string(v).map(|v| (k, v)))
+            .collect(),
+        other => Err(de::Error::custom(format!("expected a mapping, got {other}"))),
+    }
+}
+
+/// A number that may be written as a string (`percentage: "2.5"`).
+pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    number(Value::deserialize(d)?)
+}
+
+/// An optional number that may be written as a string.
+pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        v => number(v).map(Some),
+    }
+}
+
+fn number<E: de::Error>(value: Value) -> Result<f64, E> {
+    match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| E::custom("number out of range")),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| E::custom(format!("expected a number, got {s:?}"))),
+        other => Err(E::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Sample {
+        #[serde(deserialize_with = "string_map")]
+        tags: BTreeMap<String, String>,
+        #[serde(deserialize_with = "f64")]
+        percentage: f64,
+    }
+
+    #[test]
+    fn coerces_scalars_as_kuma_does() {
+        let s: Sample = serde_json::from_value(serde_json::json!({
+            "tags": {"port": 6000, "canary": true, "kuma.io/service": "web"},
+            "percentage": "2.5"
+        }))
+        .unwrap();
+        assert_eq!(s.tags["port"], "6000");
+        assert_eq!(s.tags["canary"], "true");
+        assert_eq!(s.percentage, 2.5);
+    }
+}
