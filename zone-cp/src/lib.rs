@@ -1,1 +1,119 @@
-//! The zone control plane.
+//! The zone control plane: runs beside the workloads of one zone. It serves the REST API and
+//! diagnostics (shared with the global, in the `control-plane` crate) over its own store, and
+//! holds the xDS listener its proxies will connect to (ADS arrives with issue [3]; until then the
+//! port is bound but not served). In `zone` mode it belongs to a federation and refuses local
+//! writes of what the global owns; in `standalone` mode it owns everything.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use control_plane::server::{Listeners, Server, ServerConfig};
+use control_plane::{process, CpMode};
+use tokio::net::TcpListener;
+
+/// Whether the zone control plane is part of a federation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZoneMode {
+    /// Part of a federation: policy comes from the global control plane.
+    Zone,
+    /// On its own: policy is applied to it directly.
+    Standalone,
+}
+
+/// Everything the zone control plane is configured with (flags and `MERIDIAN_*` variables).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "zone-cp", version, about = "Meridian's zone control plane")]
+pub struct Config {
+    /// The zone's name (RFC 1123 label).
+    #[arg(long, env = "MERIDIAN_ZONE")]
+    pub zone: String,
+    #[arg(long, env = "MERIDIAN_MODE", value_enum, default_value = "standalone")]
+    pub mode: ZoneMode,
+    /// Where the store and the admin token live.
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "/var/lib/meridian/zone")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:5681")]
+    pub api_addr: SocketAddr,
+    #[arg(long, env = "MERIDIAN_DIAGNOSTICS_ADDR", default_value = "0.0.0.0:5680")]
+    pub diagnostics_addr: SocketAddr,
+    /// xDS (ADS) address (proxies connect here).
+    #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
+    pub xds_addr: SocketAddr,
+    /// After binding, write the bound addresses here as JSON (for supervisors such as `meshctl up`).
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Checks what clap cannot: the zone name's shape.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let z = &self.zone;
+        let ok = !z.is_empty()
+            && z.len() <= 63
+            && z.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !z.starts_with('-')
+            && !z.ends_with('-');
+        anyhow::ensure!(
+            ok,
+            "--zone {z:?}: must be an RFC 1123 label (lowercase letters, digits and '-', at most 63 characters)"
+        );
+        Ok(())
+    }
+}
+
+/// The zone control plane's bound listeners.
+#[derive(Debug)]
+pub struct ZoneListeners {
+    pub api: TcpListener,
+    pub diagnostics: TcpListener,
+    pub xds: TcpListener,
+}
+
+impl ZoneListeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<ZoneListeners> {
+        Ok(ZoneListeners {
+            api: process::bind("--api-addr", config.api_addr).await?,
+            diagnostics: process::bind("--diagnostics-addr", config.diagnostics_addr).await?,
+            xds: process::bind("--xds-addr", config.xds_addr).await?,
+        })
+    }
+
+    /// The addresses as the ready file reports them.
+    pub fn describe(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "api": process::http_url(self.api.local_addr()?),
+            "diagnostics": process::http_url(self.diagnostics.local_addr()?),
+            "xds": self.xds.local_addr()?.to_string(),
+        }))
+    }
+}
+
+/// Runs the zone control plane on bound listeners until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listeners: ZoneListeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let mode = match config.mode {
+        ZoneMode::Zone => CpMode::Zone { zone: config.zone.clone() },
+        ZoneMode::Standalone => CpMode::Standalone,
+    };
+    let server = Server::open(ServerConfig {
+        data_dir: config.data_dir.clone(),
+        mode,
+    })
+    .await?;
+    // Held, not served, until ADS lands: the port stays reserved for the proxies.
+    let _xds = listeners.xds;
+    server
+        .serve(
+            Listeners {
+                api: listeners.api,
+                diagnostics: listeners.diagnostics,
+            },
+            shutdown,
+        )
+        .await
+}
