@@ -21,9 +21,7 @@ pub use forms::{
 };
 pub use registry::{ResourceType, Scope, Spec, SpecForm, SyncDirection};
 pub use resource::{Resource, ResourceKey, ResourceMeta, DEFAULT_MESH};
-pub use validation::{
-    validate_resource, FieldPath, Validate, ValidationContext, ValidationError, Violation, Violations,
-};
+pub use validation::{FieldPath, Validate, ValidationContext, ValidationError, Violation, Violations};
 
 /// Label that names the mesh a resource belongs to (Kubernetes form).
 pub const MESH_LABEL: &str = "kuma.io/mesh";

@@ -147,11 +147,3 @@ mod tests {
         );
     }
 }
-
-/// Validates a whole resource (temporary until the full version lands on main).
-pub fn validate_resource(resource: &crate::Resource) -> Result<(), ValidationError> {
-    let mut violations = Violations::new();
-    let ctx = ValidationContext { meta: &resource.meta };
-    resource.spec.validate(&ctx, &FieldPath::root(), &mut violations);
-    violations.into_result()
-}
