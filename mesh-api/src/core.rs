@@ -1,6 +1,7 @@
 //! Core and legacy types (flat universal form): Mesh, Zone, Dataplane, ZoneIngress, ZoneEgress,
 //! Secret/GlobalSecret, ExternalService, TrafficRoute, TrafficPermission.
 
+pub mod common;
 pub mod dataplane;
 pub mod external_service;
 pub mod mesh;

@@ -21,7 +21,10 @@ pub use forms::{
 };
 pub use registry::{ResourceType, Scope, Spec, SpecForm, SyncDirection};
 pub use resource::{Resource, ResourceKey, ResourceMeta, DEFAULT_MESH};
-pub use validation::{FieldPath, Validate, ValidationContext, ValidationError, Violation, Violations};
+pub use validation::{
+    label_value_errors, qualified_name_errors, validate_resource, FieldPath, Validate,
+    ValidationContext, ValidationError, Violation, Violations,
+};
 
 /// Label that names the mesh a resource belongs to (Kubernetes form).
 pub const MESH_LABEL: &str = "kuma.io/mesh";
