@@ -7,8 +7,8 @@
 
 mod sled_store;
 mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use sled_store::SledStore;
-pub use store::{
-    ChangeEvent, ChangeKind, ListPage, ListQuery, ResourceStore, StoreError, Watch,
-};
+pub use sled_store::{SledStore, SledStoreOptions, FORMAT_VERSION};
+pub use store::{ChangeEvent, ChangeKind, ListPage, ListQuery, ResourceStore, StoreError, Watch};

@@ -12,7 +12,9 @@ pub enum StoreError {
     NotFound(ResourceKey),
     #[error("{0} already exists")]
     AlreadyExists(ResourceKey),
-    #[error("{key} was changed concurrently: expected version {expected}, stored version {actual}")]
+    #[error(
+        "{key} was changed concurrently: expected version {expected}, stored version {actual}"
+    )]
     Conflict {
         key: ResourceKey,
         expected: u64,
@@ -24,6 +26,13 @@ pub enum StoreError {
     /// The data directory is not a Meridian store, belongs to another format version, or is damaged.
     #[error("data directory {path}: {reason}")]
     BadDataDir { path: String, reason: String },
+    /// A watcher fell further behind the live changes than the store buffers; it received every
+    /// event up to `last_delivered` and must watch again from there (or list again).
+    #[error("watcher fell behind the change stream after revision {last_delivered}; watch again from it")]
+    Lagged { last_delivered: u64 },
+    /// The key cannot be stored as given (empty name, a mesh-scoped type without a mesh, ...).
+    #[error("{key} is not a valid key: {reason}")]
+    InvalidKey { key: ResourceKey, reason: String },
     /// A stored record could not be decoded (corruption); names the record.
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
@@ -102,7 +111,9 @@ pub struct Watch {
 
 impl Watch {
     /// Wraps a channel fed by a store implementation.
-    pub fn from_receiver(receiver: tokio::sync::mpsc::Receiver<Result<ChangeEvent, StoreError>>) -> Watch {
+    pub fn from_receiver(
+        receiver: tokio::sync::mpsc::Receiver<Result<ChangeEvent, StoreError>>,
+    ) -> Watch {
         Watch { receiver }
     }
 
@@ -137,7 +148,11 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
     async fn create(&self, resource: Resource) -> Result<Resource, StoreError>;
     async fn update(&self, resource: Resource) -> Result<Resource, StoreError>;
-    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<Resource, StoreError>;
+    async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_version: Option<u64>,
+    ) -> Result<Resource, StoreError>;
     /// The revision of the last committed change (0 for an empty store).
     fn revision(&self) -> u64;
     /// Events with revision > `from_revision`, then live events.
