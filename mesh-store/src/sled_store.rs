@@ -48,8 +48,15 @@ const RESOURCES_TREE: &[u8] = b"resources";
 const CHANGES_TREE: &[u8] = b"changes";
 const META_TREE: &[u8] = b"meta";
 
-/// The names sled creates in its directory; anything else makes the directory foreign.
-const SLED_FILES: &[&str] = &["conf", "db", "blobs", "snap"];
+/// The names sled creates in its directory, and our high-water-mark file; anything else makes the
+/// directory foreign.
+const KNOWN_FILES: &[&str] = &["conf", "db", "blobs", "snap", HWM_FILE];
+
+/// A file beside the database recording the last revision known durable. sled recovers a damaged
+/// log by truncating it at the damage, silently; this catches that loss of acknowledged writes. It
+/// is rewritten (without fsync, off the write path) after each flush, so it can lag the database
+/// but never lead it.
+const HWM_FILE: &str = "meridian-hwm";
 
 /// How many change-log entries a watcher replay reads per batch.
 const REPLAY_BATCH: usize = 256;
@@ -121,6 +128,7 @@ impl Drop for Inner {
 /// State shared between writers, the flusher thread and watchers.
 struct Durability {
     db: sled::Db,
+    dir: PathBuf,
     state: Mutex<FlushState>,
     wake: Condvar,
     /// The last durable revision, which is also the last published one.
@@ -185,6 +193,9 @@ impl Durability {
                     drop(state);
                     self.durable
                         .send_modify(|d| d.durable = d.durable.max(target));
+                    if let Err(e) = write_hwm(&self.dir, target) {
+                        tracing::warn!(error = %e, "cannot record the durable revision");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "flushing the store failed");
@@ -227,7 +238,7 @@ fn inspect_dir(path: &Path) -> Result<bool, StoreError> {
         empty = false;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let known = SLED_FILES
+        let known = KNOWN_FILES
             .iter()
             .any(|f| name == *f || name.starts_with(&format!("{f}.")));
         if !known {
@@ -258,6 +269,18 @@ fn open_db(path: &Path, options: &SledStoreOptions) -> Result<sled::Db, StoreErr
             Err(bad_dir(path, format!("damaged database: {message}")))
         }
     }
+}
+
+fn write_hwm(dir: &Path, revision: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{HWM_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{revision}\n"))?;
+    std::fs::rename(tmp, dir.join(HWM_FILE))
+}
+
+/// The recorded durable revision; `None` when absent or unreadable (it is only a safety net).
+fn read_hwm(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(HWM_FILE)).ok()?;
+    text.trim().parse().ok()
 }
 
 fn read_u64(path: &Path, what: &str, value: Option<IVec>) -> Result<u64, StoreError> {
@@ -337,6 +360,12 @@ impl SledStore {
                 meta.insert(REVISION_KEY, &0u64.to_be_bytes()).map_err(io)?;
                 db.flush().map_err(io)?;
             }
+            None if read_hwm(path).is_some() => {
+                return Err(bad_dir(
+                    path,
+                    "damaged database: the Meridian format marker is gone",
+                ))
+            }
             None => {
                 return Err(bad_dir(
                     path,
@@ -352,6 +381,17 @@ impl SledStore {
             meta.get(REVISION_KEY)
                 .map_err(|e| bad_dir(path, format!("cannot read the revision: {e}")))?,
         )?;
+        if let Some(hwm) = read_hwm(path) {
+            if revision < hwm {
+                return Err(bad_dir(
+                    path,
+                    format!(
+                        "damaged database: it holds revision {revision}, but revision {hwm} was acknowledged as durable"
+                    ),
+                ));
+            }
+        }
+        write_hwm(path, revision).map_err(|e| bad_dir(path, format!("cannot be written: {e}")))?;
         // Enforce the retention (it may have been lowered since the last run).
         if revision > options.log_retention {
             let keep_from = revision - options.log_retention + 1;
@@ -370,6 +410,7 @@ impl SledStore {
         });
         let durability = Arc::new(Durability {
             db,
+            dir: path.to_owned(),
             state: Mutex::new(FlushState {
                 committed: revision,
                 attempted: revision,
