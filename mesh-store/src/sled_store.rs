@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -781,9 +781,9 @@ fn read_log_batch(changes: &Tree, after: u64, up_to: u64) -> Result<Vec<ChangeEv
 }
 
 /// Feeds one watcher: the change log in `(from, published]`, then live events, deduplicated by
-/// revision and checked for gaps.
+/// revision and checked for gaps. Ends when the watcher is dropped or the store is closed.
 async fn feed_watcher(
-    changes: Tree,
+    store: Weak<Inner>,
     mut live: broadcast::Receiver<ChangeEvent>,
     from: u64,
     published: u64,
@@ -791,7 +791,13 @@ async fn feed_watcher(
 ) {
     let mut last = from;
     while last < published {
-        let batch = match read_log_batch(&changes, last, published) {
+        // Hold the store only while reading, so that dropping it closes the database.
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let batch = read_log_batch(&inner.changes, last, published);
+        drop(inner);
+        let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -825,7 +831,7 @@ async fn feed_watcher(
             }
         }
     }
-    drop(changes);
+    drop(store);
     loop {
         let received = tokio::select! {
             _ = tx.closed() => return,
@@ -968,7 +974,7 @@ impl ResourceStore for SledStore {
         }
         let (tx, rx) = mpsc::channel(self.inner.options.watch_buffer);
         runtime.spawn(feed_watcher(
-            self.inner.changes.clone(),
+            Arc::downgrade(&self.inner),
             live,
             from_revision,
             published,
