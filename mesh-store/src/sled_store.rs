@@ -458,6 +458,76 @@ impl SledStore {
         }
     }
 
+    /// The scan behind [`ResourceStore::list`]; blocking (it may touch the disk).
+    fn list_blocking(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let rtype = query.rtype;
+        let tprefix = type_prefix(rtype);
+        let mesh = match rtype.scope() {
+            Scope::Global => Some(""),
+            Scope::Mesh => query.mesh.as_deref(),
+        };
+        let mut name_prefix = Vec::new();
+        if let Some(p) = &query.name_prefix {
+            push_escaped(&mut name_prefix, p);
+        }
+        // With the mesh known, the name prefix is part of the scanned range; otherwise each key's
+        // name is checked.
+        let (scan, check_name) = match mesh {
+            Some(mesh) => {
+                let mut scan = mesh_prefix(rtype, mesh);
+                scan.extend_from_slice(&name_prefix);
+                (scan, false)
+            }
+            None => (tprefix.clone(), !name_prefix.is_empty()),
+        };
+        let end = query
+            .limit
+            .map_or(usize::MAX, |l| query.offset.saturating_add(l));
+        let mut total = 0usize;
+        let mut items = Vec::new();
+        for entry in self.inner.resources.scan_prefix(scan) {
+            let (key, value) = entry.map_err(io)?;
+            if check_name {
+                let Some(name) = escaped_name(&key, tprefix.len()) else {
+                    return Err(StoreError::Corrupt {
+                        key: key_display(&key),
+                        reason: "malformed key".into(),
+                    });
+                };
+                if !name.starts_with(&name_prefix) {
+                    continue;
+                }
+            }
+            let in_window = total >= query.offset && total < end;
+            if query.labels.is_empty() && !in_window {
+                total += 1;
+                continue;
+            }
+            let stored: StoredResource =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: key_display(&key),
+                    reason: e.to_string(),
+                })?;
+            if !labels_match(&query.labels, &stored.resource) {
+                continue;
+            }
+            if in_window {
+                items.push(parse_stored(
+                    &key_display(&key),
+                    stored.version,
+                    stored.resource,
+                )?);
+            }
+            total += 1;
+        }
+        let next = query.offset.saturating_add(items.len());
+        Ok(ListPage {
+            items,
+            total,
+            next_offset: (next < total).then_some(next),
+        })
+    }
+
     /// Commits one change and waits until it is durable.
     async fn write(&self, op: WriteOp) -> Result<Resource, StoreError> {
         let event = self.apply(op)?;
@@ -551,10 +621,12 @@ impl SledStore {
                         resources.remove(kbytes.as_slice())?;
                     }
                     _ => {
-                        resources.insert(kbytes.as_slice(), encode_resource(&resource))?;
+                        let bytes = encode_resource(&resource).map_err(abort)?;
+                        resources.insert(kbytes.as_slice(), bytes)?;
                     }
                 }
-                changes.insert(&revision.to_be_bytes(), encode_event(kind, &resource))?;
+                let bytes = encode_event(kind, &resource).map_err(abort)?;
+                changes.insert(&revision.to_be_bytes(), bytes)?;
                 if revision > retention {
                     changes.remove(&(revision - retention).to_be_bytes())?;
                 }
@@ -678,16 +750,19 @@ struct StoredEvent {
     resource: Value,
 }
 
-fn encode_resource(resource: &Resource) -> Vec<u8> {
+fn encode_error(resource: &Resource, e: serde_json::Error) -> StoreError {
+    StoreError::Io(format!("cannot encode {}: {e}", resource.key()))
+}
+
+fn encode_resource(resource: &Resource) -> Result<Vec<u8>, StoreError> {
     let stored = StoredResource {
         version: resource.meta.version,
         resource: mesh_api::to_universal(resource),
     };
-    // Serializing a Value-holding struct cannot fail.
-    serde_json::to_vec(&stored).unwrap_or_default()
+    serde_json::to_vec(&stored).map_err(|e| encode_error(resource, e))
 }
 
-fn encode_event(kind: ChangeKind, resource: &Resource) -> Vec<u8> {
+fn encode_event(kind: ChangeKind, resource: &Resource) -> Result<Vec<u8>, StoreError> {
     let kind = match kind {
         ChangeKind::Created => StoredKind::Created,
         ChangeKind::Updated => StoredKind::Updated,
@@ -698,7 +773,7 @@ fn encode_event(kind: ChangeKind, resource: &Resource) -> Vec<u8> {
         version: resource.meta.version,
         resource: mesh_api::to_universal(resource),
     };
-    serde_json::to_vec(&stored).unwrap_or_default()
+    serde_json::to_vec(&stored).map_err(|e| encode_error(resource, e))
 }
 
 fn parse_stored(record: &str, version: u64, value: Value) -> Result<Resource, StoreError> {
@@ -870,72 +945,18 @@ impl ResourceStore for SledStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        let rtype = query.rtype;
-        let tprefix = type_prefix(rtype);
-        let mesh = match rtype.scope() {
-            Scope::Global => Some(""),
-            Scope::Mesh => query.mesh.as_deref(),
-        };
-        let mut name_prefix = Vec::new();
-        if let Some(p) = &query.name_prefix {
-            push_escaped(&mut name_prefix, p);
+        // A list can scan many records: keep it off the async worker threads when on tokio.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let store = self.clone();
+                let query = query.clone();
+                runtime
+                    .spawn_blocking(move || store.list_blocking(&query))
+                    .await
+                    .map_err(|e| StoreError::Io(format!("list task failed: {e}")))?
+            }
+            Err(_) => self.list_blocking(query),
         }
-        // With the mesh known, the name prefix is part of the scanned range; otherwise each key's
-        // name is checked.
-        let (scan, check_name) = match mesh {
-            Some(mesh) => {
-                let mut scan = mesh_prefix(rtype, mesh);
-                scan.extend_from_slice(&name_prefix);
-                (scan, false)
-            }
-            None => (tprefix.clone(), !name_prefix.is_empty()),
-        };
-        let end = query
-            .limit
-            .map_or(usize::MAX, |l| query.offset.saturating_add(l));
-        let mut total = 0usize;
-        let mut items = Vec::new();
-        for entry in self.inner.resources.scan_prefix(scan) {
-            let (key, value) = entry.map_err(io)?;
-            if check_name {
-                let Some(name) = escaped_name(&key, tprefix.len()) else {
-                    return Err(StoreError::Corrupt {
-                        key: key_display(&key),
-                        reason: "malformed key".into(),
-                    });
-                };
-                if !name.starts_with(&name_prefix) {
-                    continue;
-                }
-            }
-            let in_window = total >= query.offset && total < end;
-            if query.labels.is_empty() && !in_window {
-                total += 1;
-                continue;
-            }
-            let stored: StoredResource =
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                    key: key_display(&key),
-                    reason: e.to_string(),
-                })?;
-            if !labels_match(&query.labels, &stored.resource) {
-                continue;
-            }
-            if in_window {
-                items.push(parse_stored(
-                    &key_display(&key),
-                    stored.version,
-                    stored.resource,
-                )?);
-            }
-            total += 1;
-        }
-        let next = query.offset.saturating_add(items.len());
-        Ok(ListPage {
-            items,
-            total,
-            next_offset: (next < total).then_some(next),
-        })
     }
 
     async fn create(&self, resource: Resource) -> Result<Resource, StoreError> {
