@@ -132,7 +132,8 @@ impl std::fmt::Debug for Watch {
 
 /// A store of resources.
 ///
-/// Contract (checked for every implementation by the conformance suite, [`crate::testing`]):
+/// Contract (checked for every implementation by the conformance suite, `mesh_store::testing`,
+/// behind the `testing` feature):
 /// - Keys: a global-scoped type is keyed by name alone (a mesh given with it is dropped, as
 ///   [`ResourceKey::new`] does); a mesh-scoped type needs a non-empty mesh, and every name must be
 ///   non-empty, else `InvalidKey`.
