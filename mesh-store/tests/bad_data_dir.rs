@@ -151,3 +151,42 @@ async fn a_store_in_use_is_refused() {
         other => panic!("expected BadDataDir, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_corrupt_record_is_reported_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    populated(dir.path(), 3).await;
+    {
+        let db = sled::open(dir.path()).expect("sled");
+        let resources = db.open_tree("resources").expect("resources tree");
+        let (key, _) = resources
+            .iter()
+            .nth(1)
+            .expect("a second record")
+            .expect("readable");
+        resources.insert(key, &b"{not json"[..]).expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = SledStore::open(dir.path()).expect("the store itself opens");
+    let err = store
+        .get(&testing::key("r1", "default"))
+        .await
+        .expect_err("corrupt record");
+    match err {
+        StoreError::Corrupt { key, .. } => assert!(key.contains("r1"), "{key}"),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let err = store
+        .list(&mesh_store::ListQuery::all(
+            mesh_api::ResourceType::MeshTimeout,
+        ))
+        .await
+        .expect_err("list over a corrupt record");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    // Intact records still read.
+    let r0 = store
+        .get(&testing::key("r0", "default"))
+        .await
+        .expect("get r0");
+    assert!(r0.is_some());
+}
