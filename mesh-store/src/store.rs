@@ -12,7 +12,9 @@ pub enum StoreError {
     NotFound(ResourceKey),
     #[error("{0} already exists")]
     AlreadyExists(ResourceKey),
-    #[error("{key} was changed concurrently: expected version {expected}, stored version {actual}")]
+    #[error(
+        "{key} was changed concurrently: expected version {expected}, stored version {actual}"
+    )]
     Conflict {
         key: ResourceKey,
         expected: u64,
@@ -24,6 +26,13 @@ pub enum StoreError {
     /// The data directory is not a Meridian store, belongs to another format version, or is damaged.
     #[error("data directory {path}: {reason}")]
     BadDataDir { path: String, reason: String },
+    /// A watcher fell further behind the live changes than the store buffers; it received every
+    /// event up to `last_delivered` and must watch again from there (or list again).
+    #[error("watcher fell behind the change stream after revision {last_delivered}; watch again from it")]
+    Lagged { last_delivered: u64 },
+    /// The key cannot be stored as given (empty name, a mesh-scoped type without a mesh, ...).
+    #[error("{key} is not a valid key: {reason}")]
+    InvalidKey { key: ResourceKey, reason: String },
     /// A stored record could not be decoded (corruption); names the record.
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
@@ -102,7 +111,9 @@ pub struct Watch {
 
 impl Watch {
     /// Wraps a channel fed by a store implementation.
-    pub fn from_receiver(receiver: tokio::sync::mpsc::Receiver<Result<ChangeEvent, StoreError>>) -> Watch {
+    pub fn from_receiver(
+        receiver: tokio::sync::mpsc::Receiver<Result<ChangeEvent, StoreError>>,
+    ) -> Watch {
         Watch { receiver }
     }
 
@@ -121,15 +132,27 @@ impl std::fmt::Debug for Watch {
 
 /// A store of resources.
 ///
-/// Contract (checked for every implementation by the conformance tests in this crate):
-/// - `create` fails with `AlreadyExists` when the key exists; it assigns version 1 and sets the
-///   creation and modification times, and returns the stored resource.
+/// Contract (checked for every implementation by the conformance suite, `mesh_store::testing`,
+/// behind the `testing` feature):
+/// - Keys: a global-scoped type is keyed by name alone (a mesh given with it is dropped, as
+///   [`ResourceKey::new`] does); a mesh-scoped type needs a non-empty mesh, and every name must be
+///   non-empty, else `InvalidKey`.
+/// - `create` fails with `AlreadyExists` when the key exists; it assigns version 1 (whatever the
+///   input carries) and sets the creation and modification times, and returns the stored resource.
 /// - `update` succeeds only when `resource.meta.version` equals the stored version (else
-///   `Conflict`, or `NotFound`); it bumps the version, keeps the creation time, sets the
+///   `Conflict`, or `NotFound`); it bumps the version by 1, keeps the creation time, sets the
 ///   modification time, and returns the stored resource.
 /// - `delete` with `Some(version)` fails with `Conflict` unless it matches; returns what was deleted.
+/// - A failed write changes nothing and takes no revision.
 /// - When a write returns `Ok`, it is durable: it survives a crash of the process.
-/// - `watch(from)` yields every change with revision > `from`, in order, then live changes.
+/// - `get` returns exactly what the last write returned. Reads may already see a write whose
+///   call has not returned yet (it is committed, its flush is in flight).
+/// - `list` returns items in key order (mesh, then name) with `total` counting every match.
+/// - `revision()` is the last revision that is durable and published to watchers.
+/// - `watch(from)` yields every change with revision > `from`, in order, gap-free and without
+///   duplicates, then live changes; a change is published only once durable. `Compacted` when
+///   `from` is older than the retained change log; a watcher that falls too far behind gets one
+///   `Lagged` error and its stream ends; the stream ends (`None`) when the store is closed.
 /// - Concurrent writers never lose an update: of two updates from the same version, one fails.
 #[async_trait]
 pub trait ResourceStore: Send + Sync + 'static {
@@ -137,9 +160,14 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
     async fn create(&self, resource: Resource) -> Result<Resource, StoreError>;
     async fn update(&self, resource: Resource) -> Result<Resource, StoreError>;
-    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<Resource, StoreError>;
+    async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_version: Option<u64>,
+    ) -> Result<Resource, StoreError>;
     /// The revision of the last committed change (0 for an empty store).
     fn revision(&self) -> u64;
-    /// Events with revision > `from_revision`, then live events.
+    /// Events with revision > `from_revision`, then live events. Must be called within a tokio
+    /// runtime (the stream is fed by a task).
     fn watch(&self, from_revision: u64) -> Result<Watch, StoreError>;
 }
