@@ -698,3 +698,42 @@ fn judge_rejects_mismatches() {
     .is_err());
     assert!(judge(&entry(false), Some(&failing), &[checked(&[]), yaml_error()]).is_err());
 }
+
+#[test]
+fn valid_documents_round_trip_through_both_forms() {
+    let dir = fixtures_dir();
+    let index = load_index();
+    let mut failures = Vec::new();
+    for entry in index
+        .entries
+        .iter()
+        .filter(|e| e.valid && matches!(e.form, Form::Full | Form::K8s | Form::Multi))
+    {
+        let text = std::fs::read_to_string(dir.join(&entry.file)).expect("fixture is readable");
+        for (i, doc) in parse_documents(&text).into_iter().enumerate() {
+            let Ok(parsed) = doc else { continue };
+            let original = parsed.resource;
+            let universal = mesh_api::to_universal(&original);
+            let yaml = mesh_api::to_yaml(&universal);
+            match parse_documents(&yaml).into_iter().next() {
+                Some(Ok(again)) if again.resource == original && again.warnings.is_empty() => {}
+                other => failures.push(format!(
+                    "{} document {i}: universal form does not round-trip: {other:?}\n{yaml}",
+                    entry.file
+                )),
+            }
+            let kube = mesh_api::to_kubernetes(&original);
+            let mut expected = original.clone();
+            // The Kubernetes form has no modification time.
+            expected.meta.modification_time = None;
+            match mesh_api::parse_resource(kube.clone()) {
+                Ok(again) if again.resource == expected && again.warnings.is_empty() => {}
+                other => failures.push(format!(
+                    "{} document {i}: Kubernetes form does not round-trip: {other:?}\n{kube}",
+                    entry.file
+                )),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
