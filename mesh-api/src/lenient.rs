@@ -38,7 +38,9 @@ pub fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, St
             .into_iter()
             .map(|(k, v)| scalar_to_string(v).map(|v| (k, v)))
             .collect(),
-        other => Err(de::Error::custom(format!("expected a mapping, got {other}"))),
+        other => Err(de::Error::custom(format!(
+            "expected a mapping, got {other}"
+        ))),
     }
 }
 
@@ -63,6 +65,72 @@ fn number<E: de::Error>(value: Value) -> Result<f64, E> {
             .parse::<f64>()
             .map_err(|_| E::custom(format!("expected a number, got {s:?}"))),
         other => Err(E::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+/// An optional string map whose values may be numbers or booleans; absent or null is `None`.
+pub fn opt_string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| scalar_to_string(v).map(|v| (k, v)))
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map(Some),
+        other => Err(de::Error::custom(format!(
+            "expected a mapping, got {other}"
+        ))),
+    }
+}
+
+/// An optional list of strings whose items may be numbers or booleans (`retryOn: [5xx, 503]`).
+pub fn opt_string_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Array(items) => items
+            .into_iter()
+            .map(scalar_to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        other => Err(de::Error::custom(format!("expected a list, got {other}"))),
+    }
+}
+
+/// An optional integer that may be written as a string (`port: "8080"`).
+pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| de::Error::custom(format!("expected an integer, got {n}"))),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("expected an integer, got {s:?}"))),
+        other => Err(de::Error::custom(format!(
+            "expected an integer, got {other}"
+        ))),
+    }
+}
+
+/// An optional boolean that may be written as a string (`"true"`).
+pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(b)),
+        Value::String(s) => s
+            .trim()
+            .parse::<bool>()
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("expected a boolean, got {s:?}"))),
+        other => Err(de::Error::custom(format!(
+            "expected a boolean, got {other}"
+        ))),
     }
 }
 

@@ -42,6 +42,11 @@ impl Resource {
         }
     }
 
+    /// Checks the metadata and spec with Kuma's rules (see [`crate::validate_resource`]).
+    pub fn validate(&self) -> Result<(), crate::ValidationError> {
+        crate::validate_resource(self)
+    }
+
     pub fn resource_type(&self) -> ResourceType {
         self.spec.resource_type()
     }

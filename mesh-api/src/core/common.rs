@@ -319,15 +319,10 @@ pub fn parse_proto_duration(s: &str) -> Option<f64> {
 /// Whether `s` is standard base64 (with padding), as protobuf JSON encodes bytes. Whitespace is
 /// not allowed; URL-safe characters are accepted as protobuf JSON decoders do.
 pub fn is_base64(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
-        // Unpadded input is accepted by protobuf JSON decoders as long as it is complete.
-        if bytes.len() % 4 == 1 {
-            return false;
-        }
-    }
+    // Unpadded input is accepted by protobuf JSON decoders as long as it is complete.
     let body = s.trim_end_matches('=');
-    if s.len() - body.len() > 2 {
+    let padding = s.len() - body.len();
+    if padding > 2 || body.len() % 4 == 1 || (padding > 0 && !s.len().is_multiple_of(4)) {
         return false;
     }
     body.bytes()

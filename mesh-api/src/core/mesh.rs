@@ -513,7 +513,7 @@ fn validate_mtls(path: &FieldPath, mtls: &Mtls, v: &mut Violations) {
         match backend.backend_type.as_str() {
             "builtin" => {
                 if !backend.name.is_empty()
-                    && !(is_dns_name(&backend.name) && is_rfc1123_subdomain(&backend.name))
+                    && (!is_dns_name(&backend.name) || !is_rfc1123_subdomain(&backend.name))
                 {
                     v.add(
                         &at.field("name"),

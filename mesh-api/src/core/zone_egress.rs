@@ -29,13 +29,13 @@ pub struct ZoneEgressNetworking {
     pub admin: Option<EnvoyAdmin>,
 }
 
-/// Whether `port` on loopback collides with the proxy's own listener.
+/// Whether an admin `port` on 127.0.0.1 collides with a listener at `address:listener_port`
+/// (Kuma's overlap rule: a wildcard address overlaps everything).
 pub(crate) fn overlaps_loopback(address: &str, listener_port: u32, port: u32) -> bool {
     port == listener_port
-        && match address.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.is_unspecified() || ip.is_loopback() && ip.to_string() == "127.0.0.1",
-            Err(_) => false,
-        }
+        && address.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            ip.is_unspecified() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        })
 }
 
 impl Validate for ZoneEgressSpec {
