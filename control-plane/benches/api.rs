@@ -92,27 +92,33 @@ async fn main() -> anyhow::Result<()> {
     let base = Arc::new(format!("http://{}", api.local_addr()?));
     tokio::spawn(server.serve(Listeners { api, diagnostics }, std::future::pending()));
 
-    println!("REST API benchmark: {seconds} s per row, sled store, durable (fsync'd) writes, loopback");
-    println!("{:<8} {:>8} {:>12} {:>10} {:>10}", "op", "clients", "ops/s", "p50", "p99");
+    println!(
+        "REST API benchmark: {seconds} s per row, sled store, durable (fsync'd) writes, loopback"
+    );
+    println!(
+        "{:<8} {:>8} {:>12} {:>10} {:>10}",
+        "op", "clients", "ops/s", "p50", "p99"
+    );
     for clients in [1usize, 16] {
         let (b, t) = (base.clone(), token.clone());
-        let write: Arc<dyn Fn(reqwest::Client, usize, usize) -> futures_like::BoxFut + Send + Sync> =
-            Arc::new(move |client, c, i| {
-                let (b, t) = (b.clone(), t.clone());
-                Box::pin(async move {
-                    // 50 names per client: the first pass creates, later passes update.
-                    let name = format!("bench-{c}-{}", i % 50);
-                    let resp = client
-                        .put(format!("{b}/meshes/default/meshtimeouts/{name}"))
-                        .bearer_auth(t.as_str())
-                        .header("content-type", "application/yaml")
-                        .body(timeout_doc(&name, i % 100 + 1))
-                        .send()
-                        .await
-                        .expect("PUT");
-                    assert!(resp.status().is_success(), "PUT {name}: {}", resp.status());
-                })
-            });
+        let write: Arc<
+            dyn Fn(reqwest::Client, usize, usize) -> futures_like::BoxFut + Send + Sync,
+        > = Arc::new(move |client, c, i| {
+            let (b, t) = (b.clone(), t.clone());
+            Box::pin(async move {
+                // 50 names per client: the first pass creates, later passes update.
+                let name = format!("bench-{c}-{}", i % 50);
+                let resp = client
+                    .put(format!("{b}/meshes/default/meshtimeouts/{name}"))
+                    .bearer_auth(t.as_str())
+                    .header("content-type", "application/yaml")
+                    .body(timeout_doc(&name, i % 100 + 1))
+                    .send()
+                    .await
+                    .expect("PUT");
+                assert!(resp.status().is_success(), "PUT {name}: {}", resp.status());
+            })
+        });
         let mut w = drive(clients, duration, write).await;
         println!(
             "{:<8} {:>8} {:>12.0} {:>10.2?} {:>10.2?}",

@@ -47,7 +47,10 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/:plural", get(list_top))
-        .route("/:plural/:name", get(get_top).put(put_top).delete(delete_top))
+        .route(
+            "/:plural/:name",
+            get(get_top).put(put_top).delete(delete_top),
+        )
         .route("/meshes/:mesh/:plural", get(list_in_mesh))
         .route(
             "/meshes/:mesh/:plural/:name",
@@ -79,7 +82,15 @@ async fn track_request(State(state): State<SharedState>, request: Request, next:
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state.metrics.api_requests.get_or_create(&RequestLabels { method, route, status }).inc();
+    state
+        .metrics
+        .api_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
     let operation = if status < 400 { "ok" } else { "error" };
     state
         .metrics
@@ -100,8 +111,11 @@ async fn index(State(state): State<SharedState>) -> Json<Value> {
 }
 
 fn resource_type(plural: &str) -> Result<ResourceType, ApiError> {
-    ResourceType::from_plural(plural)
-        .ok_or_else(|| ApiError::not_found(format!("unknown resource type {plural:?} (expected a plural such as meshtrafficpermissions)")))
+    ResourceType::from_plural(plural).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown resource type {plural:?} (expected a plural such as meshtrafficpermissions)"
+        ))
+    })
 }
 
 fn global_type(plural: &str) -> Result<ResourceType, ApiError> {
@@ -117,7 +131,9 @@ fn global_type(plural: &str) -> Result<ResourceType, ApiError> {
 fn mesh_type(plural: &str) -> Result<ResourceType, ApiError> {
     let rtype = resource_type(plural)?;
     if rtype.scope() == Scope::Global {
-        return Err(ApiError::not_found(format!("{rtype} is not mesh-scoped: use /{plural}/{{name}}")));
+        return Err(ApiError::not_found(format!(
+            "{rtype} is not mesh-scoped: use /{plural}/{{name}}"
+        )));
     }
     Ok(rtype)
 }
@@ -136,7 +152,10 @@ fn with_etag(resource: &Resource, body: Value) -> Response {
 
 // ---- reads ----
 
-async fn get_top(State(state): State<SharedState>, Path((plural, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn get_top(
+    State(state): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let rtype = global_type(&plural)?;
     get_one(&state, ResourceKey::new(rtype, None, name)).await
 }
@@ -163,7 +182,15 @@ async fn list_top(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let rtype = resource_type(&plural)?;
-    list(&state, rtype, None, &format!("/{plural}"), &params, &headers).await
+    list(
+        &state,
+        rtype,
+        None,
+        &format!("/{plural}"),
+        &params,
+        &headers,
+    )
+    .await
 }
 
 async fn list_in_mesh(
@@ -195,7 +222,12 @@ async fn list(
                     .parse()
                     .ok()
                     .filter(|s| (1..=MAX_PAGE_SIZE).contains(s))
-                    .ok_or_else(|| ApiError::bad_field("size", format!("must be a number in [1, {MAX_PAGE_SIZE}]")))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_field(
+                            "size",
+                            format!("must be a number in [1, {MAX_PAGE_SIZE}]"),
+                        )
+                    })?;
             }
             "offset" => {
                 query.offset = value
@@ -203,17 +235,24 @@ async fn list(
                     .map_err(|_| ApiError::bad_field("offset", "must be a non-negative number"))?;
             }
             "namePrefix" => query.name_prefix = Some(value.clone()),
-            other => match other.strip_prefix("labels.") {
-                Some(label) => {
-                    query.labels.insert(label.to_owned(), value.clone());
+            other => {
+                match other.strip_prefix("labels.") {
+                    Some(label) => {
+                        query.labels.insert(label.to_owned(), value.clone());
+                    }
+                    None => return Err(ApiError::bad_field(
+                        other,
+                        "unknown query parameter (expected size, offset, namePrefix, labels.KEY)",
+                    )),
                 }
-                None => return Err(ApiError::bad_field(other, "unknown query parameter (expected size, offset, namePrefix, labels.KEY)")),
-            },
+            }
         }
     }
     query.limit = Some(size);
     let page = state.store.list(&query).await?;
-    let next = page.next_offset.map(|offset| next_url(headers, path, size, offset, &query.labels));
+    let next = page
+        .next_offset
+        .map(|offset| next_url(headers, path, size, offset, &query.labels));
     Ok(Json(json!({
         "total": page.total,
         "items": page.items.iter().map(universal_json).collect::<Vec<_>>(),
@@ -221,7 +260,13 @@ async fn list(
     })))
 }
 
-fn next_url(headers: &HeaderMap, path: &str, size: usize, offset: usize, labels: &BTreeMap<String, String>) -> String {
+fn next_url(
+    headers: &HeaderMap,
+    path: &str,
+    size: usize,
+    offset: usize,
+    labels: &BTreeMap<String, String>,
+) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -236,7 +281,9 @@ fn next_url(headers: &HeaderMap, path: &str, size: usize, offset: usize, labels:
 fn encode_query(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -245,7 +292,9 @@ fn encode_query(s: &str) -> String {
 // ---- writes ----
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let header = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     if state.token.authorizes(header) {
         Ok(())
     } else {
@@ -262,7 +311,9 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             .map(|s| s.trim().trim_matches('"'))
             .and_then(|s| s.parse().ok())
             .map(Some)
-            .ok_or_else(|| ApiError::bad_field("If-Match", "must be a resource version, e.g. \"3\"")),
+            .ok_or_else(|| {
+                ApiError::bad_field("If-Match", "must be a resource version, e.g. \"3\"")
+            }),
     }
 }
 
@@ -285,7 +336,13 @@ async fn put_in_mesh(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let rtype = mesh_type(&plural)?;
-    put(&state, ResourceKey::new(rtype, Some(&mesh), name), &headers, body).await
+    put(
+        &state,
+        ResourceKey::new(rtype, Some(&mesh), name),
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// The body's format, from its Content-Type.
@@ -299,7 +356,14 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         // YAML is a superset of JSON, so an untyped body is read as YAML.
         return Ok(BodyFormat::Yaml);
     };
-    let media = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "text/plain" => Ok(BodyFormat::Yaml),
@@ -327,12 +391,15 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiE
     if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())
 }
 
 /// Decodes a request body into one resource and its unknown-field warnings.
 fn decode(format: BodyFormat, bytes: &[u8]) -> Result<mesh_api::Parsed, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     match format {
         BodyFormat::Json => {
             let value: Value = serde_json::from_str(text)
@@ -352,7 +419,12 @@ fn decode(format: BodyFormat, bytes: &[u8]) -> Result<mesh_api::Parsed, ApiError
     }
 }
 
-async fn put(state: &ApiState, key: ResourceKey, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn put(
+    state: &ApiState,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if let Some(reason) = state.mode.refuses_writes_of(key.rtype) {
         return Err(ApiError::bad_request(reason));
     }
@@ -366,7 +438,10 @@ async fn put(state: &ApiState, key: ResourceKey, headers: &HeaderMap, body: Body
     if let Some(mesh) = &key.mesh {
         let mesh_key = ResourceKey::new(ResourceType::Mesh, None, mesh.clone());
         if state.store.get(&mesh_key).await?.is_none() {
-            return Err(ApiError::bad_field("mesh", format!("mesh {mesh:?} does not exist")));
+            return Err(ApiError::bad_field(
+                "mesh",
+                format!("mesh {mesh:?} does not exist"),
+            ));
         }
     }
     let existing = state.store.get(&key).await?;
@@ -399,7 +474,11 @@ fn check_identity(key: &ResourceKey, resource: &mut Resource) -> Result<(), ApiE
     if resource.resource_type() != key.rtype {
         return Err(ApiError::bad_field(
             "type",
-            format!("the body is a {} but the path is for {}", resource.resource_type(), key.rtype),
+            format!(
+                "the body is a {} but the path is for {}",
+                resource.resource_type(),
+                key.rtype
+            ),
         ));
     }
     if resource.meta.name.is_empty() {
@@ -407,7 +486,10 @@ fn check_identity(key: &ResourceKey, resource: &mut Resource) -> Result<(), ApiE
     } else if resource.meta.name != key.name {
         return Err(ApiError::bad_field(
             "name",
-            format!("{:?} differs from the name in the path ({:?})", resource.meta.name, key.name),
+            format!(
+                "{:?} differs from the name in the path ({:?})",
+                resource.meta.name, key.name
+            ),
         ));
     }
     match (&key.mesh, &resource.meta.mesh) {
@@ -444,7 +526,11 @@ async fn delete_in_mesh(
     delete(&state, ResourceKey::new(rtype, Some(&mesh), name), &headers).await
 }
 
-async fn delete(state: &ApiState, key: ResourceKey, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn delete(
+    state: &ApiState,
+    key: ResourceKey,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(reason) = state.mode.refuses_writes_of(key.rtype) {
         return Err(ApiError::bad_request(reason));
     }
@@ -464,7 +550,10 @@ async fn delete(state: &ApiState, key: ResourceKey, headers: &HeaderMap) -> Resu
 
 /// Deleting a mesh deletes everything in it, as Kuma does.
 async fn delete_mesh_contents(store: &dyn ResourceStore, mesh: &str) -> Result<(), StoreError> {
-    for &rtype in ResourceType::ALL.iter().filter(|t| t.scope() == Scope::Mesh) {
+    for &rtype in ResourceType::ALL
+        .iter()
+        .filter(|t| t.scope() == Scope::Mesh)
+    {
         let page = store.list(&ListQuery::in_mesh(rtype, mesh)).await?;
         for resource in page.items {
             match store.delete(&resource.key(), None).await {

@@ -31,7 +31,11 @@ impl AdminToken {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let token = text.trim().to_owned();
-                anyhow::ensure!(!token.is_empty(), "{}: the admin token file is empty", path.display());
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "{}: the admin token file is empty",
+                    path.display()
+                );
                 let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
                 anyhow::ensure!(
                     mode & 0o077 == 0,
@@ -41,7 +45,10 @@ impl AdminToken {
                 Ok(AdminToken(token))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(&path),
-            Err(e) => Err(anyhow::anyhow!("{}: cannot read the admin token: {e}", path.display())),
+            Err(e) => Err(anyhow::anyhow!(
+                "{}: cannot read the admin token: {e}",
+                path.display()
+            )),
         }
     }
 
@@ -54,7 +61,9 @@ impl AdminToken {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot create the admin token: {e}", path.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!("{}: cannot create the admin token: {e}", path.display())
+            })?;
         writeln!(file, "{token}")?;
         file.sync_all()?;
         Ok(AdminToken(token))
@@ -82,7 +91,10 @@ mod tests {
     fn created_once_with_owner_only_permissions() {
         let dir = tempfile::tempdir().unwrap();
         let first = AdminToken::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = AdminToken::load_or_create(dir.path()).unwrap();
         assert_eq!(first.as_str(), second.as_str());
@@ -97,7 +109,9 @@ mod tests {
         let path = dir.path().join(ADMIN_TOKEN_FILE);
         std::fs::write(&path, "abc\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = AdminToken::load_or_create(dir.path()).unwrap_err().to_string();
+        let err = AdminToken::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("readable by others"), "{err}");
     }
 }

@@ -116,7 +116,10 @@ spec:
 /// The default policies of `mesh`, minus those its `skipCreatingInitialPolicies` names.
 pub fn default_policies(mesh: &Resource) -> Vec<Resource> {
     let skip: Vec<String> = match mesh.spec.to_value().get("skipCreatingInitialPolicies") {
-        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     DEFAULT_POLICIES
@@ -137,7 +140,10 @@ pub fn default_policies(mesh: &Resource) -> Vec<Resource> {
 }
 
 /// Creates the default policies of a newly created mesh; existing ones are left as they are.
-pub async fn create_default_policies(store: &dyn ResourceStore, mesh: &Resource) -> Result<(), StoreError> {
+pub async fn create_default_policies(
+    store: &dyn ResourceStore,
+    mesh: &Resource,
+) -> Result<(), StoreError> {
     for policy in default_policies(mesh) {
         match store.create(policy).await {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
@@ -180,12 +186,22 @@ mod tests {
     fn skip_list_is_honoured() {
         let text = "type: Mesh\nname: m\nskipCreatingInitialPolicies: [MeshRetry, MeshTimeout]\n";
         let mesh = mesh_api::parse_documents(text).remove(0).unwrap().resource;
-        let kinds: Vec<_> = default_policies(&mesh).iter().map(|p| p.resource_type()).collect();
-        assert_eq!(kinds, [ResourceType::MeshTrafficPermission, ResourceType::MeshCircuitBreaker]);
-        let all = mesh_api::parse_documents("type: Mesh\nname: m\nskipCreatingInitialPolicies: ['*']\n")
-            .remove(0)
-            .unwrap()
-            .resource;
+        let kinds: Vec<_> = default_policies(&mesh)
+            .iter()
+            .map(|p| p.resource_type())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ResourceType::MeshTrafficPermission,
+                ResourceType::MeshCircuitBreaker
+            ]
+        );
+        let all =
+            mesh_api::parse_documents("type: Mesh\nname: m\nskipCreatingInitialPolicies: ['*']\n")
+                .remove(0)
+                .unwrap()
+                .resource;
         assert!(default_policies(&all).is_empty());
     }
 }

@@ -49,7 +49,10 @@ async fn ready(State(d): State<Diagnostics>) -> impl IntoResponse {
 
 async fn metrics(State(d): State<Diagnostics>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         d.metrics.render(),
     )
 }

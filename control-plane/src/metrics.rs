@@ -58,18 +58,28 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("meridian");
         let api_requests = Family::<RequestLabels, Counter>::default();
-        registry.register("api_requests", "REST API requests by method, route and status", api_requests.clone());
-        let api_request_duration =
-            Family::<OperationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "api_requests",
+            "REST API requests by method, route and status",
+            api_requests.clone(),
+        );
+        let api_request_duration = Family::<OperationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "api_request_duration_seconds",
             "REST API request latency by method",
             api_request_duration.clone(),
         );
         let store_operations = Family::<StoreLabels, Counter>::default();
-        registry.register("store_operations", "Store operations by kind and result", store_operations.clone());
-        let store_operation_duration =
-            Family::<OperationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "store_operations",
+            "Store operations by kind and result",
+            store_operations.clone(),
+        );
+        let store_operation_duration = Family::<OperationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "store_operation_duration_seconds",
             "Store operation latency by kind",
@@ -92,7 +102,12 @@ impl Metrics {
         out
     }
 
-    fn observe_store<T>(&self, operation: &'static str, started: Instant, result: &Result<T, StoreError>) {
+    fn observe_store<T>(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        result: &Result<T, StoreError>,
+    ) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(StoreError::NotFound(_)) => "not_found",
@@ -100,7 +115,10 @@ impl Metrics {
             Err(_) => "error",
         };
         self.store_operations
-            .get_or_create(&StoreLabels { operation, result: outcome })
+            .get_or_create(&StoreLabels {
+                operation,
+                result: outcome,
+            })
             .inc();
         self.store_operation_duration
             .get_or_create(&OperationLabels { operation })
@@ -156,7 +174,11 @@ impl ResourceStore for MeteredStore {
         result
     }
 
-    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<Resource, StoreError> {
+    async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_version: Option<u64>,
+    ) -> Result<Resource, StoreError> {
         let started = Instant::now();
         let result = self.inner.delete(key, expected_version).await;
         self.metrics.observe_store("delete", started, &result);

@@ -41,7 +41,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("mode", &self.mode).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,11 +51,16 @@ impl Server {
     /// Opens the store under `data_dir/store`, loads or creates the admin token, and creates the
     /// default mesh on a fresh global or standalone control plane.
     pub async fn open(config: ServerConfig) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("--data-dir {}: cannot create: {e}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "--data-dir {}: cannot create: {e}",
+                config.data_dir.display()
+            )
+        })?;
         let sled = SledStore::open(config.data_dir.join("store"))?;
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn ResourceStore> = Arc::new(MeteredStore::new(Arc::new(sled), metrics.clone()));
+        let store: Arc<dyn ResourceStore> =
+            Arc::new(MeteredStore::new(Arc::new(sled), metrics.clone()));
         let token = AdminToken::load_or_create(&config.data_dir)?;
         // A zone's meshes come from the global; only a global or standalone one creates its own.
         if config.mode.zone().is_none() {
@@ -71,7 +78,11 @@ impl Server {
 
     /// Serves the REST API and diagnostics until `shutdown` completes; reports ready once both
     /// are serving.
-    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -87,7 +98,11 @@ impl Server {
             metrics: self.metrics.clone(),
         });
         let api = api::serve(listeners.api, state, stopped(stop_rx.clone()));
-        let diag = diagnostics::serve(listeners.diagnostics, self.diagnostics.clone(), stopped(stop_rx));
+        let diag = diagnostics::serve(
+            listeners.diagnostics,
+            self.diagnostics.clone(),
+            stopped(stop_rx),
+        );
         self.diagnostics.ready.store(true, Ordering::Release);
         tracing::info!(mode = self.mode.name(), "control plane ready");
         tokio::try_join!(api, diag)?;

@@ -39,11 +39,22 @@ impl Cp {
             let _ = rx.await;
         }));
         let client = reqwest::Client::new();
-        test_support::eventually("the control plane to be ready", Duration::from_secs(10), || {
-            let client = client.clone();
-            let url = format!("{diag_url}/ready");
-            async move { client.get(url).send().await.ok().filter(|r| r.status().is_success()) }
-        })
+        test_support::eventually(
+            "the control plane to be ready",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                let url = format!("{diag_url}/ready");
+                async move {
+                    client
+                        .get(url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
         .await
         .unwrap();
         Cp {
@@ -79,7 +90,12 @@ impl Cp {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self.client.get(format!("{}{path}", self.api)).send().await.unwrap();
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -101,7 +117,11 @@ const JSON: &str = "application/json";
 fn fields(body: &Value) -> Vec<String> {
     body["causes"]
         .as_array()
-        .map(|c| c.iter().map(|c| c["field"].as_str().unwrap_or("").to_owned()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|c| c["field"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -138,7 +158,10 @@ async fn put_creates_then_updates_and_data_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cp = Cp::start_in(dir.path().to_path_buf(), CpMode::Global).await;
     let doc = "type: Mesh\nname: demo\nlabels:\n  team: core\n";
-    assert_eq!(cp.put("/meshes/demo", YAML, doc).await.0, StatusCode::CREATED);
+    assert_eq!(
+        cp.put("/meshes/demo", YAML, doc).await.0,
+        StatusCode::CREATED
+    );
     assert_eq!(cp.put("/meshes/demo", YAML, doc).await.0, StatusCode::OK);
     // Kubernetes form, JSON body.
     let kube = r#"{"apiVersion":"kuma.io/v1alpha1","kind":"MeshTimeout","metadata":{"name":"t1","labels":{"kuma.io/mesh":"demo"}},
@@ -164,14 +187,25 @@ async fn lists_paginate_and_filter_by_label() {
     for i in 0..5 {
         let team = if i % 2 == 0 { "a" } else { "b" };
         let doc = format!("type: Mesh\nname: m{i}\nlabels:\n  team: {team}\n");
-        assert_eq!(cp.put(&format!("/meshes/m{i}"), YAML, &doc).await.0, StatusCode::CREATED);
+        assert_eq!(
+            cp.put(&format!("/meshes/m{i}"), YAML, &doc).await.0,
+            StatusCode::CREATED
+        );
     }
     // 5 plus the default mesh.
     let (_, page) = cp.get("/meshes?size=4").await;
     assert_eq!(page["total"], 6);
     assert_eq!(page["items"].as_array().unwrap().len(), 4);
     let next = page["next"].as_str().expect("a next link").to_owned();
-    let rest: Value = cp.client.get(&next).send().await.unwrap().json().await.unwrap();
+    let rest: Value = cp
+        .client
+        .get(&next)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
     assert!(rest["next"].is_null());
     let (_, filtered) = cp.get("/meshes?labels.team=a").await;
@@ -186,11 +220,29 @@ async fn lists_paginate_and_filter_by_label() {
 async fn writes_need_the_admin_token_and_reads_do_not() {
     let cp = Cp::start(CpMode::Global).await;
     let url = format!("{}/meshes/x", cp.api);
-    let anonymous = cp.client.put(&url).body("type: Mesh\nname: x\n").send().await.unwrap();
+    let anonymous = cp
+        .client
+        .put(&url)
+        .body("type: Mesh\nname: x\n")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    let wrong = cp.client.put(&url).bearer_auth("nope").body("type: Mesh\nname: x\n").send().await.unwrap();
+    let wrong = cp
+        .client
+        .put(&url)
+        .bearer_auth("nope")
+        .body("type: Mesh\nname: x\n")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let delete = cp.client.delete(format!("{}/meshes/default", cp.api)).send().await.unwrap();
+    let delete = cp
+        .client
+        .delete(format!("{}/meshes/default", cp.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(delete.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(cp.get("/meshes").await.0, StatusCode::OK);
     cp.stop().await;
@@ -209,7 +261,7 @@ async fn bad_input_gets_a_clear_error() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&body), ["name"]);
     // Mesh that does not exist.
-    let doc = "type: MeshTimeout\nname: t\nmesh: nope\nspec:\n  targetRef:\n    kind: Mesh\n";
+    let doc = "type: MeshTimeout\nname: t\nmesh: nope\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n    - targetRef:\n        kind: Mesh\n      default:\n        idleTimeout: 5s\n";
     let (status, body) = cp.put("/meshes/nope/meshtimeouts/t", YAML, doc).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(fields(&body), ["mesh"]);
@@ -221,11 +273,17 @@ async fn bad_input_gets_a_clear_error() {
     let (status, _) = cp.put("/meshes/m", "text/html", "<p>").await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // Too large.
-    let huge = format!("type: Mesh\nname: m\nlabels:\n  big: \"{}\"\n", "x".repeat(1024 * 1024 + 1));
+    let huge = format!(
+        "type: Mesh\nname: m\nlabels:\n  big: \"{}\"\n",
+        "x".repeat(1024 * 1024 + 1)
+    );
     let (status, _) = cp.put("/meshes/m", YAML, &huge).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // Unknown type and missing resource.
-    assert_eq!(cp.get("/meshes/default/nosuchthings").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        cp.get("/meshes/default/nosuchthings").await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(cp.get("/meshes/nosuchmesh").await.0, StatusCode::NOT_FOUND);
     // Nothing above was stored.
     assert_eq!(cp.get("/meshes/m").await.0, StatusCode::NOT_FOUND);
@@ -235,19 +293,30 @@ async fn bad_input_gets_a_clear_error() {
 #[tokio::test]
 async fn unknown_fields_are_accepted_with_a_warning() {
     let cp = Cp::start(CpMode::Global).await;
-    let doc = "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n    - targetRef:\n        kind: Mesh\n      defualt:\n        idleTimeout: 5s\n";
+    let doc = "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n    - targetRef:\n        kind: Mesh\n      default:\n        idleTimeout: 5s\n        idelTimeout: 1s\n";
     let (status, body) = cp.put("/meshes/default/meshtimeouts/t", YAML, doc).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let warnings = body["warnings"].to_string();
-    assert!(warnings.contains("spec.to[0].defualt"), "{warnings}");
+    assert!(
+        warnings.contains("spec.to[0].default.idelTimeout"),
+        "{warnings}"
+    );
     cp.stop().await;
 }
 
 #[tokio::test]
 async fn stale_version_is_a_conflict() {
     let cp = Cp::start(CpMode::Global).await;
-    assert_eq!(cp.put("/meshes/v", YAML, "type: Mesh\nname: v\n").await.0, StatusCode::CREATED);
-    let resp = cp.client.get(format!("{}/meshes/v", cp.api)).send().await.unwrap();
+    assert_eq!(
+        cp.put("/meshes/v", YAML, "type: Mesh\nname: v\n").await.0,
+        StatusCode::CREATED
+    );
+    let resp = cp
+        .client
+        .get(format!("{}/meshes/v", cp.api))
+        .send()
+        .await
+        .unwrap();
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let put = |etag: String| {
         cp.client
@@ -264,11 +333,17 @@ async fn stale_version_is_a_conflict() {
 
 #[tokio::test]
 async fn zone_refuses_global_types_and_global_refuses_zone_types() {
-    let zone = Cp::start(CpMode::Zone { zone: "zone-1".into() }).await;
+    let zone = Cp::start(CpMode::Zone {
+        zone: "zone-1".into(),
+    })
+    .await;
     let doc = "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n";
     let (status, body) = zone.put("/meshes/default/meshtimeouts/t", YAML, doc).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["details"].as_str().unwrap().contains("global"), "{body}");
+    assert!(
+        body["details"].as_str().unwrap().contains("global"),
+        "{body}"
+    );
     let (status, _) = zone.put("/meshes/m", YAML, "type: Mesh\nname: m\n").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     zone.stop().await;
@@ -283,13 +358,23 @@ async fn zone_refuses_global_types_and_global_refuses_zone_types() {
 #[tokio::test]
 async fn deleting_a_mesh_deletes_its_resources() {
     let cp = Cp::start(CpMode::Standalone).await;
-    assert_eq!(cp.put("/meshes/gone", YAML, "type: Mesh\nname: gone\n").await.0, StatusCode::CREATED);
+    assert_eq!(
+        cp.put("/meshes/gone", YAML, "type: Mesh\nname: gone\n")
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let (_, list) = cp.get("/meshes/gone/meshtimeouts").await;
     assert_eq!(list["total"], 1, "default timeout created with the mesh");
     assert_eq!(cp.delete("/meshes/gone").await, StatusCode::OK);
     assert_eq!(cp.get("/meshes/gone").await.0, StatusCode::NOT_FOUND);
     let (_, list) = cp.get("/meshtimeouts").await;
-    let names: Vec<_> = list["items"].as_array().unwrap().iter().map(|i| i["mesh"].clone()).collect();
+    let names: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["mesh"].clone())
+        .collect();
     assert!(!names.contains(&Value::from("gone")), "{list}");
     assert_eq!(cp.delete("/meshes/gone").await, StatusCode::NOT_FOUND);
     cp.stop().await;
@@ -300,11 +385,32 @@ async fn metrics_count_requests_and_store_operations() {
     let cp = Cp::start(CpMode::Global).await;
     cp.get("/meshes").await;
     cp.get("/meshes/nope").await;
-    let text = cp.client.get(format!("{}/metrics", cp.diagnostics)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"meridian_api_requests_total{method="GET",route="/:plural",status="200"} 1"#), "{text}");
+    let text = cp
+        .client
+        .get(format!("{}/metrics", cp.diagnostics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"meridian_api_requests_total{method="GET",route="/:plural",status="200"} 1"#
+        ),
+        "{text}"
+    );
     assert!(text.contains(r#"status="404""#), "{text}");
-    assert!(text.contains(r#"meridian_store_operations_total{operation="list",result="ok"}"#), "{text}");
-    let healthy = cp.client.get(format!("{}/healthy", cp.diagnostics)).send().await.unwrap();
+    assert!(
+        text.contains(r#"meridian_store_operations_total{operation="list",result="ok"}"#),
+        "{text}"
+    );
+    let healthy = cp
+        .client
+        .get(format!("{}/healthy", cp.diagnostics))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(healthy.status(), StatusCode::OK);
     cp.stop().await;
 }

@@ -16,13 +16,21 @@ use tokio::net::TcpListener;
 #[command(name = "global-cp", version, about = "Meridian's global control plane")]
 pub struct Config {
     /// Where the store and the admin token live.
-    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "/var/lib/meridian/global")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DATA_DIR",
+        default_value = "/var/lib/meridian/global"
+    )]
     pub data_dir: PathBuf,
     /// REST API address.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:5681")]
     pub api_addr: SocketAddr,
     /// Diagnostics address (/healthy, /ready, /metrics).
-    #[arg(long, env = "MERIDIAN_DIAGNOSTICS_ADDR", default_value = "0.0.0.0:5680")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DIAGNOSTICS_ADDR",
+        default_value = "0.0.0.0:5680"
+    )]
     pub diagnostics_addr: SocketAddr,
     /// KDS address (zones connect here).
     #[arg(long, env = "MERIDIAN_KDS_ADDR", default_value = "0.0.0.0:5685")]

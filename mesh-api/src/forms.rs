@@ -89,8 +89,8 @@ fn parse_yaml_document(doc: &str) -> Result<Parsed, ParseError> {
 
 /// Reads YAML (or JSON, which is YAML) into a JSON value.
 fn yaml_to_json(doc: &str) -> Result<Value, ParseError> {
-    let yaml: serde_yaml::Value = serde_yaml::from_str(doc)
-        .map_err(|e| ParseError::new(format!("invalid YAML: {e}")))?;
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(doc).map_err(|e| ParseError::new(format!("invalid YAML: {e}")))?;
     serde_json::to_value(yaml).map_err(|e| ParseError::new(format!("invalid YAML: {e}")))
 }
 
@@ -111,20 +111,31 @@ fn take_type(map: &mut Map<String, Value>, key: &str) -> Result<ResourceType, Pa
     match map.remove(key) {
         Some(Value::String(name)) => ResourceType::from_name(&name)
             .ok_or_else(|| ParseError::new(format!("{key}: invalid resource type {name:?}"))),
-        Some(other) => Err(ParseError::new(format!("{key}: must be a string, got {other}"))),
+        Some(other) => Err(ParseError::new(format!(
+            "{key}: must be a string, got {other}"
+        ))),
         None => Err(ParseError::new(format!("{key}: must be defined"))),
     }
 }
 
-fn take_string(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, ParseError> {
+fn take_string(
+    map: &mut Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<String>, ParseError> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ParseError::new(format!("{path}: must be a string, got {other}"))),
+        Some(other) => Err(ParseError::new(format!(
+            "{path}: must be a string, got {other}"
+        ))),
     }
 }
 
-fn take_labels(map: &mut Map<String, Value>, path: &str) -> Result<BTreeMap<String, String>, ParseError> {
+fn take_labels(
+    map: &mut Map<String, Value>,
+    path: &str,
+) -> Result<BTreeMap<String, String>, ParseError> {
     match map.remove("labels") {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(labels)) => labels
@@ -138,7 +149,9 @@ fn take_labels(map: &mut Map<String, Value>, path: &str) -> Result<BTreeMap<Stri
                 ))),
             })
             .collect(),
-        Some(other) => Err(ParseError::new(format!("{path}: must be a mapping, got {other}"))),
+        Some(other) => Err(ParseError::new(format!(
+            "{path}: must be a mapping, got {other}"
+        ))),
     }
 }
 
@@ -200,7 +213,11 @@ fn parse_kubernetes(mut map: Map<String, Value>) -> Result<Parsed, ParseError> {
     let mut metadata = match map.remove("metadata") {
         Some(Value::Object(m)) => m,
         None | Some(Value::Null) => Map::new(),
-        Some(other) => return Err(ParseError::new(format!("metadata: must be a mapping, got {other}"))),
+        Some(other) => {
+            return Err(ParseError::new(format!(
+                "metadata: must be a mapping, got {other}"
+            )))
+        }
     };
     let name = take_string(&mut metadata, "name", "metadata.name")?.unwrap_or_default();
     let mut labels = take_labels(&mut metadata, "metadata.labels")?;
@@ -209,7 +226,11 @@ fn parse_kubernetes(mut map: Map<String, Value>) -> Result<Parsed, ParseError> {
     let label_mesh = labels.remove(MESH_LABEL);
     let mesh = match rtype.scope() {
         Scope::Global => None,
-        Scope::Mesh => Some(label_mesh.or(top_mesh).unwrap_or_else(|| DEFAULT_MESH.to_owned())),
+        Scope::Mesh => Some(
+            label_mesh
+                .or(top_mesh)
+                .unwrap_or_else(|| DEFAULT_MESH.to_owned()),
+        ),
     };
     let creation_time = take_time(&mut metadata, "creationTimestamp")?;
     let mut warnings = Vec::new();
@@ -234,15 +255,31 @@ fn parse_kubernetes(mut map: Map<String, Value>) -> Result<Parsed, ParseError> {
     })
 }
 
-fn decode_spec(rtype: ResourceType, value: Value, warnings: &mut Vec<String>) -> Result<Spec, ParseError> {
+fn decode_spec(
+    rtype: ResourceType,
+    value: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Spec, ParseError> {
     let prefix = match rtype.form() {
         SpecForm::Flat => "",
         SpecForm::Wrapped => "spec",
     };
-    let value = if value.is_null() { Value::Object(Map::new()) } else { value };
+    let value = if value.is_null() {
+        Value::Object(Map::new())
+    } else {
+        value
+    };
     let mut unknown = Vec::new();
-    let spec = Spec::from_value(rtype, value, &mut |path| unknown.push(path))
-        .map_err(|e| ParseError::new(format!("{}: {e}", if prefix.is_empty() { rtype.name() } else { prefix })))?;
+    let spec = Spec::from_value(rtype, value, &mut |path| unknown.push(path)).map_err(|e| {
+        ParseError::new(format!(
+            "{}: {e}",
+            if prefix.is_empty() {
+                rtype.name()
+            } else {
+                prefix
+            }
+        ))
+    })?;
     warnings.extend(unknown.into_iter().map(|p| {
         let full = match (prefix.is_empty(), p.starts_with('[')) {
             (true, _) => p,
@@ -278,9 +315,9 @@ pub(crate) fn ignored_path_to_string(path: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path_to_string(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path_to_string(parent),
     }
 }
 
@@ -334,7 +371,10 @@ pub fn to_kubernetes(resource: &Resource) -> Value {
         metadata.insert("creationTimestamp".into(), Value::String(t.to_rfc3339()));
     }
     let mut map = Map::new();
-    map.insert("apiVersion".into(), Value::String("kuma.io/v1alpha1".into()));
+    map.insert(
+        "apiVersion".into(),
+        Value::String("kuma.io/v1alpha1".into()),
+    );
     map.insert("kind".into(), Value::String(rtype.name().into()));
     map.insert("metadata".into(), Value::Object(metadata));
     map.insert("spec".into(), resource.spec.to_value());
@@ -342,7 +382,12 @@ pub fn to_kubernetes(resource: &Resource) -> Value {
 }
 
 fn labels_value(labels: &BTreeMap<String, String>) -> Value {
-    Value::Object(labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(
+        labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 /// YAML text of a JSON value (as produced by [`to_universal`] or [`to_kubernetes`]).
@@ -374,7 +419,9 @@ mod tests {
 
     #[test]
     fn unknown_type_is_an_error_naming_the_type() {
-        let err = parse_documents("type: Foo\nname: x\n").remove(0).unwrap_err();
+        let err = parse_documents("type: Foo\nname: x\n")
+            .remove(0)
+            .unwrap_err();
         assert!(err.message.contains("\"Foo\""), "{err}");
     }
 }

@@ -176,7 +176,10 @@ impl ResourceType {
     /// Dataplanes by [`crate::matching`]).
     pub fn is_policy(self) -> bool {
         self.form() == SpecForm::Wrapped
-            && !matches!(self, ResourceType::MeshExternalService | ResourceType::MeshService)
+            && !matches!(
+                self,
+                ResourceType::MeshExternalService | ResourceType::MeshService
+            )
     }
 }
 

@@ -31,11 +31,19 @@ pub struct Config {
     #[arg(long, env = "MERIDIAN_MODE", value_enum, default_value = "standalone")]
     pub mode: ZoneMode,
     /// Where the store and the admin token live.
-    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = "/var/lib/meridian/zone")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DATA_DIR",
+        default_value = "/var/lib/meridian/zone"
+    )]
     pub data_dir: PathBuf,
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:5681")]
     pub api_addr: SocketAddr,
-    #[arg(long, env = "MERIDIAN_DIAGNOSTICS_ADDR", default_value = "0.0.0.0:5680")]
+    #[arg(
+        long,
+        env = "MERIDIAN_DIAGNOSTICS_ADDR",
+        default_value = "0.0.0.0:5680"
+    )]
     pub diagnostics_addr: SocketAddr,
     /// xDS (ADS) address (proxies connect here).
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
@@ -51,7 +59,8 @@ impl Config {
         let z = &self.zone;
         let ok = !z.is_empty()
             && z.len() <= 63
-            && z.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && z.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !z.starts_with('-')
             && !z.ends_with('-');
         anyhow::ensure!(
@@ -97,7 +106,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let mode = match config.mode {
-        ZoneMode::Zone => CpMode::Zone { zone: config.zone.clone() },
+        ZoneMode::Zone => CpMode::Zone {
+            zone: config.zone.clone(),
+        },
         ZoneMode::Standalone => CpMode::Standalone,
     };
     let server = Server::open(ServerConfig {

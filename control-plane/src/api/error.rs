@@ -84,7 +84,11 @@ impl From<StoreError> for ApiError {
             }
             _ => {
                 tracing::error!(error = %e, "store failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                    e.to_string(),
+                )
             }
         }
     }
