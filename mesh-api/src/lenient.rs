@@ -157,4 +157,30 @@ mod tests {
         assert_eq!(s.tags["canary"], "true");
         assert_eq!(s.percentage, 2.5);
     }
+
+    #[derive(Deserialize)]
+    struct Optional {
+        #[serde(default, deserialize_with = "opt_string_map")]
+        tags: Option<BTreeMap<String, String>>,
+        #[serde(default, deserialize_with = "opt_string_vec")]
+        retry_on: Option<Vec<String>>,
+        #[serde(default, deserialize_with = "opt_i64")]
+        port: Option<i64>,
+        #[serde(default, deserialize_with = "opt_bool")]
+        enabled: Option<bool>,
+    }
+
+    #[test]
+    fn optional_helpers_coerce_and_default() {
+        let o: Optional = serde_json::from_value(serde_json::json!({
+            "tags": {"port": 6000}, "retry_on": ["5xx", 503], "port": "8080", "enabled": "true"
+        }))
+        .unwrap();
+        assert_eq!(o.tags.unwrap()["port"], "6000");
+        assert_eq!(o.retry_on.unwrap(), ["5xx", "503"]);
+        assert_eq!(o.port, Some(8080));
+        assert_eq!(o.enabled, Some(true));
+        let empty: Optional = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(empty.tags.is_none() && empty.retry_on.is_none() && empty.port.is_none());
+    }
 }

@@ -672,18 +672,33 @@ spec:
 
     #[test]
     fn route_rules_combine_by_matches() {
-        let yaml = std::fs::read_to_string(
-            "/work/shared/fixtures/kuma/MeshHTTPRoute__multidoc-with-meshservice.yaml",
-        );
-        let Ok(yaml) = yaml else { return };
-        let mut dp = dataplane();
-        dp.meta.mesh = Some("mesh-1".into());
-        let m = matched_policies(&dp, &resources(&yaml));
+        let route = |name: &str, top: &str, rules: &str| {
+            format!(
+                "---\ntype: MeshHTTPRoute\nname: {name}\nmesh: default\nspec:\n  targetRef: {top}\n  to:\n    - targetRef: {{kind: MeshService, name: backend}}\n      rules: {rules}\n"
+            )
+        };
+        let yaml = [
+            route(
+                "mesh-wide",
+                "{kind: Mesh}",
+                "[{matches: [{path: {type: PathPrefix, value: /a}}], default: {backendRefs: [{kind: MeshService, name: a-v1}]}}, {matches: [{path: {type: PathPrefix, value: /b}}], default: {backendRefs: [{kind: MeshService, name: b-v1}]}}]",
+            ),
+            route(
+                "web-only",
+                "{kind: MeshService, name: web}",
+                "[{matches: [{path: {type: PathPrefix, value: /b}}], default: {backendRefs: [{kind: MeshService, name: b-v2}]}}]",
+            ),
+        ]
+        .concat();
+        let m = matched_policies(&dataplane(), &resources(&yaml));
         assert_eq!(m.applied.len(), 2);
         let rules = m.to[0].1["rules"].as_array().cloned().unwrap_or_default();
-        assert_eq!(rules.len(), 2);
-        // route-1 sorts after route-2 (names descending) so its rules come first.
-        assert_eq!(rules[0]["matches"][0]["path"]["value"], "/split-ninety-ten");
+        let backends: Vec<&Value> = rules
+            .iter()
+            .map(|r| &r["default"]["backendRefs"][0]["name"])
+            .collect();
+        // The more specific policy's rule comes first and replaces the one with equal matches.
+        assert_eq!(backends, [&json!("b-v2"), &json!("a-v1")]);
     }
 
     #[test]

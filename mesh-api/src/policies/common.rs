@@ -676,13 +676,6 @@ pub fn validate_positive(path: &FieldPath, value: Option<&Duration>, violations:
     }
 }
 
-/// `must be greater than 0` for optional counts that Kuma declares unsigned.
-pub fn validate_count_positive(path: &FieldPath, value: Option<i64>, violations: &mut Violations) {
-    if value.is_some_and(|v| v <= 0) {
-        violations.add(path, "must be greater than 0");
-    }
-}
-
 /// An HTTP status code check: `must be in inclusive range [100, 599]`.
 pub fn validate_status_code(path: &FieldPath, status: i64, violations: &mut Violations) {
     if !(100..600).contains(&status) {

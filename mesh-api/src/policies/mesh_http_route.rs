@@ -28,7 +28,7 @@ pub struct MeshHttpRouteSpec {
 pub struct To {
     #[serde(default)]
     pub target_ref: TargetRef,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
     #[serde(
         default,
@@ -42,7 +42,7 @@ pub struct To {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<Match>,
     #[serde(default)]
     pub default: RuleConf,

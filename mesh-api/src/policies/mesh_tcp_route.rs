@@ -24,7 +24,7 @@ pub struct MeshTcpRouteSpec {
 pub struct To {
     #[serde(default)]
     pub target_ref: TargetRef,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
 }
 
