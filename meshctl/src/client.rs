@@ -117,6 +117,21 @@ struct PutBody {
     warnings: Vec<String>,
 }
 
+/// An error and its sources, `outer: inner: root` (reqwest hides the cause in its sources).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// Pages followed at most, in case a server keeps returning a `next`.
 const MAX_PAGES: usize = 100_000;
 
@@ -174,10 +189,12 @@ impl ApiClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(body)?);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the API server: {method} {url}: {e:#}"))?;
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the API server: {method} {url}: {}",
+                error_chain(&e)
+            )
+        })?;
         let status = response.status();
         let text = response
             .text()

@@ -310,11 +310,10 @@ impl Child {
         let tail = log_tail(&self.spec.log_file, 20);
         let mut text = format!("{message}; see its log {}", self.spec.log_file.display());
         if !tail.trim().is_empty() {
-            text.push_str(":\n");
+            text.push(':');
             for line in tail.lines() {
-                text.push_str("    ");
+                text.push_str("\n    ");
                 text.push_str(line);
-                text.push('\n');
             }
         }
         text
@@ -816,6 +815,13 @@ fn report(problems: &[String]) {
 /// Removes what only describes a running federation.
 fn finish(layout: &Layout) {
     remove_if_present(&layout.endpoints());
+    if let Ok(entries) = std::fs::read_dir(layout.root.join("run")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".ready.json") {
+                remove_if_present(&entry.path());
+            }
+        }
+    }
     remove_if_present(&layout.lock_file());
 }
 
