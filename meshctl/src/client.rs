@@ -339,6 +339,123 @@ mod tests {
         assert!(err.to_string().contains("--token"), "{err}");
     }
 
+    /// A one-shot HTTP server: answers each connection with the next canned response and
+    /// records each request (head and body, lower-cased header names as received).
+    async fn canned_server(
+        listener: tokio::net::TcpListener,
+        responses: Vec<(u16, String)>,
+    ) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut requests = Vec::new();
+        for (status, body) in responses {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            requests.push(String::from_utf8_lossy(&buf).to_string());
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        }
+        requests
+    }
+
+    #[tokio::test]
+    async fn follows_next_sends_the_token_and_decodes_outcomes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let responses = vec![
+            (
+                200,
+                format!(
+                    r#"{{"total":3,"items":[{{"name":"a"}},{{"name":"b"}}],"next":"{base}/meshes?size=2&offset=2"}}"#
+                ),
+            ),
+            (
+                200,
+                r#"{"total":3,"items":[{"name":"c"}],"next":null}"#.to_owned(),
+            ),
+            (
+                201,
+                r#"{"warnings":["unknown field \"spec.x\""]}"#.to_owned(),
+            ),
+            (200, String::new()),
+            (
+                404,
+                r#"{"title":"Not found","details":"no Mesh x","causes":[]}"#.to_owned(),
+            ),
+        ];
+        let server = tokio::spawn(canned_server(listener, responses));
+        let client = ApiClient::new(&base, Some("tok".into())).unwrap();
+
+        let (total, items) = client.list_all(&segs(&["meshes"])).await.unwrap();
+        assert_eq!(total, 3);
+        let names: Vec<_> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+
+        let body = serde_json::json!({"type": "Mesh", "name": "x"});
+        let outcome = client.put(&segs(&["meshes", "x"]), &body).await.unwrap();
+        assert_eq!(
+            outcome,
+            PutOutcome {
+                created: true,
+                warnings: vec!["unknown field \"spec.x\"".into()]
+            }
+        );
+        let outcome = client.put(&segs(&["meshes", "x"]), &body).await.unwrap();
+        assert!(!outcome.created);
+
+        let err = client.delete(&segs(&["meshes", "x"])).await.unwrap_err();
+        let api = err.downcast_ref::<ApiError>().expect("an ApiError");
+        assert_eq!(api.status, 404);
+        assert_eq!(api.details, "no Mesh x");
+
+        let requests = server.await.unwrap();
+        assert!(
+            requests[0].starts_with("GET /meshes HTTP/1.1"),
+            "{}",
+            requests[0]
+        );
+        assert!(
+            requests[1].starts_with("GET /meshes?size=2&offset=2 HTTP/1.1"),
+            "{}",
+            requests[1]
+        );
+        let put = requests[2].to_ascii_lowercase();
+        assert!(put.starts_with("put /meshes/x http/1.1"), "{put}");
+        assert!(put.contains("authorization: bearer tok"), "{put}");
+        assert!(put.contains("content-type: application/json"), "{put}");
+        assert!(put.ends_with(r#"{"name":"x","type":"mesh"}"#), "{put}");
+        assert!(
+            requests[4].starts_with("DELETE /meshes/x HTTP/1.1"),
+            "{}",
+            requests[4]
+        );
+    }
+
     #[test]
     fn list_pages_decode_with_or_without_next() {
         let page: ListPage = serde_json::from_str(
