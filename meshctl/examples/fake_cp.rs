@@ -4,8 +4,9 @@
 //! `DATA_DIR/fake-state.json`, so restarts keep data).
 //!
 //! Test knobs (environment): `FAKE_CP_EXIT_AFTER_MS=N` exits with status 3 after N ms;
-//! `FAKE_CP_NOT_READY=1` answers `/ready` with 503 forever; `FAKE_CP_ONLY=NAME` limits both to
-//! the process named NAME (`global`, `zone-1`, ...).
+//! `FAKE_CP_NOT_READY=1` answers `/ready` with 503 forever; `FAKE_CP_SLOW_STOP_MS=N` waits N ms
+//! after SIGTERM before exiting; `FAKE_CP_ONLY=NAME` limits these to the process named NAME
+//! (`global`, `zone-1`, ...).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -338,5 +339,12 @@ async fn main() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     term.recv().await;
+    let slow_stop = std::env::var("FAKE_CP_SLOW_STOP_MS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    if let Some(ms) = slow_stop.filter(|_| targeted) {
+        eprintln!("fake_cp: SIGTERM, exiting in {ms} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     eprintln!("fake_cp: SIGTERM, exiting");
 }

@@ -546,9 +546,9 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops every running child: SIGTERM, up to `grace` to exit, then SIGKILL. Returns one line
-    /// per child that did not stop cleanly.
-    async fn shutdown(&mut self, grace: Duration) -> Vec<String> {
+    /// Stops every running child: SIGTERM, up to `grace` to exit (cut short by another Ctrl-C or
+    /// SIGTERM), then SIGKILL. Returns one line per child that did not stop cleanly.
+    async fn shutdown(&mut self, grace: Duration, signals: &mut StopSignals) -> Vec<String> {
         self.drain_exits();
         let mut problems = Vec::new();
         // Zones first, the global last, so zones never see their global vanish first.
@@ -561,13 +561,17 @@ impl Supervisor {
             }
         }
         let terminated = self.running();
-        self.wait_exits(Instant::now() + grace).await;
+        let hurried = tokio::select! {
+            _ = self.wait_exits(Instant::now() + grace) => None,
+            sig = signals.recv() => Some(sig),
+        };
         let mut killed = Vec::new();
         for i in self.running() {
-            problems.push(format!(
-                "{} did not exit within {grace:?} of SIGTERM; killed it",
-                self.children[i].describe()
-            ));
+            let why = match hurried {
+                Some(sig) => format!("{sig} received again"),
+                None => format!("did not exit within {grace:?} of SIGTERM"),
+            };
+            problems.push(format!("{} {why}; killed it", self.children[i].describe()));
             let _ = process::send_signal(self.children[i].pid, Signal::Kill);
             killed.push(i);
         }
@@ -716,12 +720,12 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let endpoints = match started {
         Ok(Some(endpoints)) => endpoints,
         Ok(None) => {
-            report(&sup.shutdown(grace).await);
+            report(&sup.shutdown(grace, &mut signals).await);
             finish(&layout);
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => {
-            report(&sup.shutdown(grace).await);
+            report(&sup.shutdown(grace, &mut signals).await);
             finish(&layout);
             return Err(e.context(format!(
                 "meshctl up failed to start the federation in {}",
@@ -732,7 +736,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 
     let written = write_outputs(&layout, &endpoints);
     if let Err(e) = written {
-        report(&sup.shutdown(grace).await);
+        report(&sup.shutdown(grace, &mut signals).await);
         finish(&layout);
         return Err(e);
     }
@@ -745,7 +749,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         index = sup.next_exit() => Some(index),
     };
-    let problems = sup.shutdown(grace).await;
+    let problems = sup.shutdown(grace, &mut signals).await;
     report(&problems);
     finish(&layout);
     match died {

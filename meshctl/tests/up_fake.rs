@@ -22,8 +22,8 @@ fn fake_bin_dir(tmp: &Path) -> PathBuf {
     let fake = profile.join("examples").join("fake_cp");
     assert!(
         fake.is_file(),
-        "{} not found: run `cargo test -p meshctl` (it builds the examples) or \
-         `cargo build -p meshctl --examples`",
+        "{} not found: run `cargo test -p meshctl` (it builds the examples; `--test up_fake` \
+         alone does not, and may run a stale one) or `cargo build -p meshctl --examples`",
         fake.display()
     );
     let bin = tmp.join("bin");
@@ -83,6 +83,46 @@ fn a_child_that_dies_stops_the_others_and_fails() {
             || (!meshctl::process::is_alive(pid)).then_some(()),
         );
     }
+}
+
+#[test]
+fn a_child_slow_to_stop_is_killed_after_the_stop_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = fake_bin_dir(tmp.path());
+    let dir = tmp.path().join("d");
+    let log = tmp.path().join("up.log");
+    let mut up = std::process::Command::new(bin.join("meshctl"))
+        .args(["up", "--zones", "1", "--stop-timeout", "1", "--data-dir"])
+        .arg(&dir)
+        .env("FAKE_CP_SLOW_STOP_MS", "60000")
+        .env("FAKE_CP_ONLY", "zone-1")
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::create(tmp.path().join("up.err")).expect("log"))
+        .spawn()
+        .expect("spawn meshctl up");
+    federation::wait_for("endpoints.json", federation::START_TIMEOUT, || {
+        dir.join("endpoints.json").exists().then_some(())
+    });
+    let zone_pid: u32 = std::fs::read_to_string(dir.join("run/zone-1.pid"))
+        .expect("zone pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let started = std::time::Instant::now();
+    meshctl::process::send_signal(up.id(), meshctl::process::Signal::Term).expect("SIGTERM");
+    let status = federation::wait_for("meshctl up to exit", Duration::from_secs(30), || {
+        up.try_wait().expect("wait")
+    });
+    let stderr = std::fs::read_to_string(tmp.path().join("up.err")).unwrap_or_default();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("zone-cp zone-1"), "{stderr}");
+    assert!(stderr.contains("killed it"), "{stderr}");
+    assert!(!meshctl::process::is_alive(zone_pid));
 }
 
 #[test]
