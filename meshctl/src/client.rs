@@ -117,6 +117,18 @@ struct PutBody {
     warnings: Vec<String>,
 }
 
+/// Whether the URL points at this machine.
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// An error and its sources, `outer: inner: root` (reqwest hides the cause in its sources).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -150,7 +162,12 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             anyhow::bail!("invalid API URL {api_url:?}: expected http://HOST:PORT or https://...");
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if is_loopback(&base) {
+            // As Go clients do: a proxy from the environment never applies to this machine.
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("meshctl/", env!("CARGO_PKG_VERSION")))
@@ -306,6 +323,10 @@ mod tests {
             "http://h:1/api/meshes/a%20b/secrets/x%2Fy"
         );
         assert!(ApiClient::new("127.0.0.1:5681", None).is_err());
+        assert!(is_loopback(&Url::parse("http://127.0.0.1:1").unwrap()));
+        assert!(is_loopback(&Url::parse("http://[::1]:1").unwrap()));
+        assert!(is_loopback(&Url::parse("http://LOCALHOST:1").unwrap()));
+        assert!(!is_loopback(&Url::parse("http://cp.example:1").unwrap()));
         assert!(ApiClient::new("ftp://h", None).is_err());
     }
 

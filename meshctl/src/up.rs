@@ -635,7 +635,7 @@ fn take_lock(layout: &Layout) -> anyhow::Result<()> {
     let lock = layout.lock_file();
     if let Ok(text) = std::fs::read_to_string(&lock) {
         if let Ok(pid) = text.trim().parse::<u32>() {
-            if pid != std::process::id() && process::is_alive(pid) {
+            if pid != std::process::id() && process::is_alive(pid) && is_meshctl(pid) {
                 anyhow::bail!(
                     "another `meshctl up` (pid {pid}) is running with data dir {}; stop it first \
                      (or remove {} if that pid is not meshctl)",
@@ -646,6 +646,15 @@ fn take_lock(layout: &Layout) -> anyhow::Result<()> {
         }
     }
     write_atomic(&lock, format!("{}\n", std::process::id()).as_bytes(), None)
+}
+
+/// Whether process `pid` runs meshctl (a recycled pid of another program does not hold the lock).
+fn is_meshctl(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim().starts_with("meshctl"),
+        // Without /proc, trust the pid.
+        Err(_) => true,
+    }
 }
 
 fn remove_if_present(path: &Path) {
