@@ -200,20 +200,22 @@ pub fn list_document(total: u64, items: Vec<Value>) -> Value {
 }
 
 /// Keys shown first, in this order, in every object of YAML and JSON output (the universal form's
-/// order: `type`, `name`, `mesh`, ...); other keys follow alphabetically.
+/// order: `type`, `name`, `mesh`, ...; `kind` before `name` in a targetRef); other keys follow
+/// alphabetically.
 const KEY_ORDER: &[&str] = &[
+    "apiVersion",
     "type",
+    "kind",
     "name",
     "mesh",
     "creationTime",
     "modificationTime",
     "labels",
-    "apiVersion",
-    "kind",
     "metadata",
     "total",
     "items",
     "next",
+    "targetRef",
 ];
 
 /// The value with its object keys in display order (see [`KEY_ORDER`]).
@@ -368,7 +370,7 @@ mod tests {
         assert_eq!(
             to_yaml(&v),
             "type: MeshTrafficPermission\nname: x\nmesh: m\nlabels:\n  a: '2'\n  b: '1'\n\
-             spec:\n  targetRef:\n    name: b\n    kind: Mesh\n"
+             spec:\n  targetRef:\n    kind: Mesh\n    name: b\n"
         );
         let json_text = to_json(&v);
         assert!(

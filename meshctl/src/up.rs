@@ -415,13 +415,13 @@ impl Supervisor {
             .spawn()
             .with_context(|| format!("cannot start {}", spec.binary.display()))?;
         let pid = child.id().context("the child exited before it had a pid")?;
-        write_atomic(&spec.pid_file, format!("{pid}\n").as_bytes(), None)?;
         let index = self.children.len();
         let tx = self.exits_tx.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let _ = tx.send((index, Exit::of(&status)));
         });
+        let pid_file = spec.pid_file.clone();
         self.children.push(Child {
             spec,
             pid,
@@ -429,7 +429,8 @@ impl Supervisor {
             ready: None,
             healthy: false,
         });
-        Ok(())
+        // After the push: on failure the child is known, so it gets stopped like the others.
+        write_atomic(&pid_file, format!("{pid}\n").as_bytes(), None)
     }
 
     fn record(&mut self, (index, status): (usize, Exit)) -> usize {
