@@ -1,0 +1,278 @@
+//! meshctl, Meridian's command-line interface: a kumactl-like client of the REST API served by
+//! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`), plus `meshctl up`, which runs a
+//! whole local federation (one global, N zones) as child processes. `main.rs` only parses the
+//! command line and calls [`run`].
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod endpoints;
+mod fsutil;
+pub mod output;
+pub mod process;
+pub mod types;
+pub mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_api::{Scope, DEFAULT_MESH};
+
+use crate::client::ApiClient;
+use crate::config::Settings;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, about = "Manage a Meridian service mesh.")]
+pub struct Cli {
+    /// URL of the control plane's REST API [default from --config, else http://127.0.0.1:5681].
+    #[arg(long, global = true, env = "MESHCTL_API_URL")]
+    pub api_url: Option<String>,
+    /// Admin token sent as `Authorization: Bearer` (writes need it).
+    #[arg(long, global = true, env = "MESHCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// YAML config file with `apiUrl` and `token` (as `meshctl up` writes it).
+    #[arg(long, global = true, env = "MESHCTL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from YAML (universal or Kubernetes form).
+    Apply(ApplyArgs),
+    /// Show resources of a type, or one resource.
+    Get(GetArgs),
+    /// Delete a resource.
+    Delete(DeleteArgs),
+    /// Print the client's version and the server's, when reachable.
+    Version,
+    /// Run a local federation: one global-cp and N zone-cp, until Ctrl-C.
+    Up(up::UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// File with one or more YAML documents, or `-` for standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Check the documents and print them as YAML without contacting the server.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Resource type: plural (`meshtrafficpermissions`), singular, or Kind.
+    pub rtype: String,
+    /// Name of one resource; all of them when omitted.
+    pub name: Option<String>,
+    /// Mesh of mesh-scoped resources.
+    #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+    pub mesh: String,
+    /// List a mesh-scoped type across every mesh.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_meshes: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Resource type: plural, singular, or Kind.
+    pub rtype: String,
+    /// Name of the resource.
+    pub name: String,
+    /// Mesh of a mesh-scoped resource.
+    #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+    pub mesh: String,
+}
+
+/// Runs a parsed command line. Errors are for the caller to print; the exit code is 0 on success.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One thread: `up` spawns its children from it (see `process::terminate_with_parent`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(cli))
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    Settings::load(
+        cli.api_url.as_deref(),
+        cli.token.as_deref(),
+        cli.config.as_deref(),
+    )
+}
+
+fn client(cli: &Cli) -> anyhow::Result<ApiClient> {
+    let settings = settings(cli)?;
+    ApiClient::new(&settings.api_url, settings.token)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Apply(args) if args.dry_run => apply::dry_run(&args.file)?,
+        Command::Apply(args) => apply::apply(&client(&cli)?, &args.file).await?,
+        Command::Get(args) => get(&client(&cli)?, args).await?,
+        Command::Delete(args) => delete(&client(&cli)?, args).await?,
+        Command::Version => version(&cli).await,
+        Command::Up(args) => return up::run(args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(client: &ApiClient, args: &GetArgs) -> anyhow::Result<()> {
+    let rtype = types::resolve_type(&args.rtype)?;
+    let mesh = types::scoped_mesh(rtype, &args.mesh);
+    let now = chrono::Utc::now();
+    match &args.name {
+        Some(name) => {
+            let item = client
+                .get(&types::resource_segments(rtype, mesh, name))
+                .await
+                .with_context(|| format!("cannot get {}", types::describe(rtype, mesh, name)))?;
+            match args.output {
+                OutputFormat::Table => {
+                    print!("{}", output::render_table(rtype, &[item], now))
+                }
+                OutputFormat::Json => print!("{}", output::to_json(&item)),
+                OutputFormat::Yaml => print!("{}", output::to_yaml(&item)),
+            }
+        }
+        None => {
+            let mesh = if args.all_meshes { None } else { mesh };
+            let what = match (rtype.scope(), mesh) {
+                (Scope::Mesh, Some(mesh)) => format!("{} in mesh {mesh}", rtype.plural()),
+                _ => rtype.plural().to_owned(),
+            };
+            let (total, items) = client
+                .list_all(&types::collection_segments(rtype, mesh))
+                .await
+                .with_context(|| format!("cannot list {what}"))?;
+            match args.output {
+                OutputFormat::Table => print!("{}", output::render_table(rtype, &items, now)),
+                OutputFormat::Json => {
+                    print!("{}", output::to_json(&output::list_document(total, items)))
+                }
+                OutputFormat::Yaml => {
+                    print!("{}", output::to_yaml(&output::list_document(total, items)))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(client: &ApiClient, args: &DeleteArgs) -> anyhow::Result<()> {
+    let rtype = types::resolve_type(&args.rtype)?;
+    let mesh = types::scoped_mesh(rtype, &args.mesh);
+    client
+        .delete(&types::resource_segments(rtype, mesh, &args.name))
+        .await
+        .with_context(|| format!("cannot delete {}", types::describe(rtype, mesh, &args.name)))?;
+    println!("deleted {rtype} {}", args.name);
+    Ok(())
+}
+
+async fn version(cli: &Cli) {
+    println!("Client: meshctl {}", env!("CARGO_PKG_VERSION"));
+    let server = async {
+        let client = client(cli)?;
+        let info = client.server_info().await?;
+        anyhow::Ok((client.base().to_string(), info))
+    };
+    match server.await {
+        Ok((url, info)) => {
+            let field = |k: &str| {
+                info.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            let zone = info
+                .get("zone")
+                .and_then(|v| v.as_str())
+                .map(|z| format!(", zone {z}"))
+                .unwrap_or_default();
+            println!(
+                "Server: {} {} (mode {}{zone}) at {url}",
+                field("product"),
+                field("version"),
+                field("mode")
+            );
+        }
+        Err(e) => println!("Server: not reachable ({e:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_mesh_defaults_to_default() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "get",
+            "meshtrafficpermissions",
+            "--api-url",
+            "http://x:1",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.api_url.as_deref(), Some("http://x:1"));
+        let Command::Get(get) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(get.mesh, "default");
+        assert_eq!(get.output, OutputFormat::Json);
+        assert_eq!(get.name, None);
+
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "--config",
+            "/c.yaml",
+            "apply",
+            "-f",
+            "-",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/c.yaml")));
+        assert!(matches!(
+            cli.command,
+            Command::Apply(ApplyArgs { dry_run: true, .. })
+        ));
+
+        let cli =
+            Cli::try_parse_from(["meshctl", "up", "--zones", "2", "--data-dir", "/tmp/x"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.zones, 2);
+        assert!(Cli::try_parse_from(["meshctl", "up", "--zones", "1000"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "get", "meshes", "-o", "xml"]).is_err());
+    }
+}

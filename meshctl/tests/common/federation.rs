@@ -1,0 +1,441 @@
+//! Shared by meshctl's integration tests: runs `meshctl up` as a child process, waits (with a
+//! deadline, never a fixed sleep) for its endpoints.json, runs meshctl commands against it, and
+//! the scenarios both the real control planes and the fake one must pass.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use meshctl::endpoints::Endpoints;
+use meshctl::process::{is_alive, send_signal, Signal};
+use serde_json::Value;
+
+/// How long `meshctl up` may take to report everything ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long `meshctl up` may take to stop after SIGTERM (children get 10 s each, in parallel).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `check` with backoff until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A running `meshctl up`.
+pub struct Federation {
+    pub meshctl: PathBuf,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub endpoints: Endpoints,
+    up: Option<Child>,
+    up_log: PathBuf,
+}
+
+impl Federation {
+    /// Starts `meshctl up --zones N --data-dir DIR` and waits for DIR/endpoints.json.
+    pub fn start(meshctl: &Path, dir: &Path, zones: u32, env: &[(&str, &str)]) -> Federation {
+        let up_log = dir.with_extension(format!("up-{}.log", unique()));
+        let log = std::fs::File::create(&up_log).expect("create up log");
+        let mut command = Command::new(meshctl);
+        command
+            .args(["up", "--zones", &zones.to_string(), "--data-dir"])
+            .arg(dir)
+            .env_remove("MESHCTL_API_URL")
+            .env_remove("MESHCTL_TOKEN")
+            .env_remove("MESHCTL_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let up = command.spawn().expect("spawn meshctl up");
+        let mut federation = Federation {
+            meshctl: meshctl.to_path_buf(),
+            dir: dir.to_path_buf(),
+            config: dir.join("meshctl.yaml"),
+            endpoints: placeholder_endpoints(),
+            up: Some(up),
+            up_log,
+        };
+        let endpoints_file = dir.join(Endpoints::FILE);
+        federation.endpoints =
+            wait_for("meshctl up to write endpoints.json", START_TIMEOUT, || {
+                if let Some(status) = federation
+                    .up
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "meshctl up exited ({status}) before it was ready:\n{}",
+                        federation.up_output()
+                    );
+                }
+                Endpoints::read(&endpoints_file).ok().flatten()
+            });
+        assert_eq!(federation.endpoints.zones.len(), zones as usize);
+        assert!(
+            federation.config.is_file(),
+            "meshctl up wrote no meshctl.yaml"
+        );
+        federation
+    }
+
+    /// What `meshctl up` printed so far.
+    pub fn up_output(&self) -> String {
+        std::fs::read_to_string(&self.up_log).unwrap_or_default()
+    }
+
+    /// The pid of `meshctl up`.
+    pub fn up_pid(&self) -> u32 {
+        self.up.as_ref().expect("running").id()
+    }
+
+    /// The control planes' pids, from DIR/run/<name>.pid.
+    pub fn child_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("run"))
+            .expect("run dir")
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".pid") && name != "up.pid" {
+                let text = std::fs::read_to_string(entry.path()).expect("pid file");
+                pids.push(text.trim().parse().expect("pid"));
+            }
+        }
+        pids
+    }
+
+    /// Runs meshctl with `--config DIR/meshctl.yaml` and `args`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_meshctl(&self.meshctl, Some(&self.config), args)
+    }
+
+    /// Runs meshctl and asserts it succeeds; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs meshctl and asserts it fails with exit code 1; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "meshctl {args:?} should have failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs meshctl with `-o json` appended and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.ok(&args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("meshctl {args:?}: {e}: {out}"))
+    }
+
+    /// Sends SIGTERM to `meshctl up`, waits for it to exit and for every child to be gone.
+    pub fn stop(mut self) -> ExitStatus {
+        let pids = self.child_pids();
+        let mut up = self.up.take().expect("running");
+        send_signal(up.id(), Signal::Term).expect("SIGTERM meshctl up");
+        let status = wait_for("meshctl up to exit after SIGTERM", STOP_TIMEOUT, || {
+            up.try_wait().expect("wait meshctl up")
+        });
+        for pid in pids {
+            wait_for(
+                &format!("control plane pid {pid} to be gone"),
+                STOP_TIMEOUT,
+                || (!is_alive(pid)).then_some(()),
+            );
+        }
+        status
+    }
+
+    /// Waits for `meshctl up` to exit on its own.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut up = self.up.take().expect("running");
+        let status = wait_for("meshctl up to exit", timeout, || {
+            up.try_wait().expect("wait")
+        });
+        (status, self.up_output())
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = send_signal(up.id(), Signal::Term);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = up.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+    }
+}
+
+fn placeholder_endpoints() -> Endpoints {
+    serde_json::from_value(serde_json::json!({
+        "global": {"api": "", "kds": "", "diagnostics": ""}, "zones": {}
+    }))
+    .expect("placeholder")
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Runs meshctl (with a config file when given), never picking up the caller's MESHCTL_* variables.
+pub fn run_meshctl(meshctl: &Path, config: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = Command::new(meshctl);
+    command
+        .env_remove("MESHCTL_API_URL")
+        .env_remove("MESHCTL_TOKEN")
+        .env_remove("MESHCTL_CONFIG")
+        .stdin(Stdio::null());
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command.args(args).output().expect("run meshctl")
+}
+
+const DEMO: &str = "\
+type: Mesh
+name: demo
+---
+type: MeshTrafficPermission
+name: allow-all
+mesh: demo
+spec:
+  targetRef:
+    kind: Mesh
+  from:
+    - targetRef:
+        kind: Mesh
+      default:
+        action: Allow
+";
+
+/// The main scenario: apply a Mesh and a MeshTrafficPermission, get them as tables and JSON,
+/// delete one, stop `up` with SIGTERM (exit 0, children gone), start it again on the same
+/// directory and find the data as it was.
+pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
+    let dir = tmp.join("federation");
+    let file = tmp.join("demo.yaml");
+    std::fs::write(&file, DEMO).expect("write demo.yaml");
+    let file = file.to_str().expect("utf-8 path");
+
+    let fed = Federation::start(meshctl, &dir, 2, &[]);
+    let up_out = fed.up_output();
+    assert!(up_out.contains("meshctl.yaml get meshes"), "{up_out}");
+    for name in ["global", "zone-1", "zone-2"] {
+        assert!(
+            up_out.contains(name),
+            "status table lacks {name}:\n{up_out}"
+        );
+    }
+
+    // Reads are open, writes need the token.
+    let anonymous = run_meshctl(
+        meshctl,
+        None,
+        &["--api-url", &fed.endpoints.global.api, "apply", "-f", file],
+    );
+    assert_eq!(anonymous.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+
+    let version = fed.ok(&["version"]);
+    assert!(version.contains("Server: Meridian"), "{version}");
+    assert!(version.contains("mode global"), "{version}");
+    let zone_version = run_meshctl(
+        meshctl,
+        None,
+        &["--api-url", &fed.endpoints.zones["zone-1"].api, "version"],
+    );
+    let zone_version = String::from_utf8_lossy(&zone_version.stdout);
+    assert!(zone_version.contains("zone zone-1"), "{zone_version}");
+
+    let applied = fed.ok(&["apply", "-f", file]);
+    assert!(applied.contains("created Mesh demo"), "{applied}");
+    assert!(
+        applied.contains("created MeshTrafficPermission allow-all"),
+        "{applied}"
+    );
+    let again = fed.ok(&["apply", "-f", file]);
+    assert!(again.contains("updated Mesh demo"), "{again}");
+    assert!(
+        again.contains("updated MeshTrafficPermission allow-all"),
+        "{again}"
+    );
+
+    let meshes = fed.ok(&["get", "meshes"]);
+    assert!(meshes.starts_with("NAME"), "{meshes}");
+    assert!(meshes.contains("MTLS"), "{meshes}");
+    assert!(meshes.lines().any(|l| l.starts_with("demo ")), "{meshes}");
+
+    let table = fed.ok(&["get", "meshtrafficpermissions", "-m", "demo"]);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.starts_with("MESH"), "{table}");
+    assert!(header.contains("TARGETREF KIND"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("allow-all"))
+        .unwrap_or_else(|| panic!("no allow-all row:\n{table}"));
+    assert!(row.starts_with("demo "), "{table}");
+    assert!(row.contains(" Mesh "), "{table}");
+
+    let list = fed.json(&["get", "meshtrafficpermissions", "-m", "demo"]);
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(items[0]["name"], "allow-all", "{list}");
+    assert_eq!(items[0]["mesh"], "demo", "{list}");
+    // The server keeps the spec meshctl sent.
+    let sent = meshctl::apply::plan(DEMO, "demo").expect("DEMO plans");
+    assert_eq!(items[0]["spec"], sent[1].body["spec"], "{list}");
+
+    let one = fed.json(&["get", "MeshTrafficPermission", "allow-all", "-m", "demo"]);
+    assert_eq!(one["type"], "MeshTrafficPermission", "{one}");
+    assert_eq!(one["name"], "allow-all", "{one}");
+    let mesh = fed.json(&["get", "mesh", "demo"]);
+    assert_eq!(mesh["type"], "Mesh", "{mesh}");
+
+    // Nothing leaks into another mesh.
+    let other = fed.json(&["get", "meshtrafficpermissions", "-m", "default"]);
+    assert!(
+        other["items"]
+            .as_array()
+            .is_none_or(|items| items.iter().all(|i| i["name"] != "allow-all")),
+        "{other}"
+    );
+
+    let deleted = fed.ok(&["delete", "meshtrafficpermission", "allow-all", "-m", "demo"]);
+    assert!(
+        deleted.contains("deleted MeshTrafficPermission allow-all"),
+        "{deleted}"
+    );
+    let missing = fed.fails(&["get", "meshtrafficpermission", "allow-all", "-m", "demo"]);
+    assert!(missing.contains("404"), "{missing}");
+    let missing = fed.fails(&["delete", "meshtrafficpermission", "allow-all", "-m", "demo"]);
+    assert!(missing.contains("404"), "{missing}");
+
+    let status = fed.stop();
+    assert!(
+        status.success(),
+        "meshctl up exited with {status} after SIGTERM"
+    );
+    assert!(
+        !dir.join(Endpoints::FILE).exists(),
+        "endpoints.json left behind"
+    );
+
+    // Same directory: the data is still there.
+    let fed = Federation::start(meshctl, &dir, 2, &[]);
+    let mesh = fed.json(&["get", "mesh", "demo"]);
+    assert_eq!(mesh["name"], "demo", "{mesh}");
+    fed.fails(&["get", "meshtrafficpermission", "allow-all", "-m", "demo"]);
+    let status = fed.stop();
+    assert!(
+        status.success(),
+        "meshctl up exited with {status} after SIGTERM"
+    );
+}
+
+/// The ```yaml blocks of a text file.
+pub fn yaml_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        match &mut current {
+            None if trimmed == "```yaml" || trimmed == "```yml" => current = Some(String::new()),
+            Some(block) if trimmed == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// Applies every ```yaml block of `seeds/*.txt` and gets each resource back.
+pub fn apply_seeds(meshctl: &Path, tmp: &Path, seeds: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(seeds)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", seeds.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    let fed = Federation::start(meshctl, &tmp.join("seeds-federation"), 1, &[]);
+    let mut applied = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("seed file");
+        for (i, block) in yaml_blocks(&text).into_iter().enumerate() {
+            let what = format!("{} block {i}", file.display());
+            let path = tmp.join(format!("seed-{applied}.yaml"));
+            std::fs::write(&path, &block).expect("write block");
+            let out = fed.ok(&["apply", "-f", path.to_str().expect("utf-8")]);
+            for parsed in mesh_api::parse_documents(&block) {
+                let parsed = parsed.unwrap_or_else(|e| panic!("{what}: {e}"));
+                let r = &parsed.resource;
+                let rtype = r.resource_type();
+                assert!(
+                    out.contains(&format!("{rtype} {}", r.meta.name)),
+                    "{what}: apply said {out}"
+                );
+                let mut args = vec!["get", rtype.plural(), r.meta.name.as_str()];
+                if let Some(mesh) = &r.meta.mesh {
+                    args.extend(["-m", mesh.as_str()]);
+                }
+                let got = fed.json(&args);
+                assert_eq!(got["type"], rtype.name(), "{what}: {got}");
+                assert_eq!(got["name"], r.meta.name.as_str(), "{what}: {got}");
+                let table = fed.ok(&args[..]);
+                assert!(table.contains(&r.meta.name), "{what}: {table}");
+            }
+            applied += 1;
+        }
+    }
+    assert!(applied > 0, "no ```yaml block found in {}", seeds.display());
+    let status = fed.stop();
+    assert!(status.success(), "meshctl up exited with {status}");
+}
