@@ -22,8 +22,9 @@ pub enum CpMode {
     Global,
     /// A zone control plane connected to a global: policy comes from the global.
     Zone { zone: String },
-    /// A single control plane with no federation: owns everything.
-    Standalone,
+    /// A single control plane with no federation: owns everything. A standalone zone control
+    /// plane still has a zone name.
+    Standalone { zone: Option<String> },
 }
 
 impl CpMode {
@@ -31,14 +32,16 @@ impl CpMode {
         match self {
             CpMode::Global => "global",
             CpMode::Zone { .. } => "zone",
-            CpMode::Standalone => "standalone",
+            CpMode::Standalone { .. } => "standalone",
         }
     }
 
+    /// The zone this control plane runs (a federated or a standalone zone).
     pub fn zone(&self) -> Option<&str> {
         match self {
             CpMode::Zone { zone } => Some(zone),
-            _ => None,
+            CpMode::Standalone { zone } => zone.as_deref(),
+            CpMode::Global => None,
         }
     }
 

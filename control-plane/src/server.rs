@@ -63,7 +63,7 @@ impl Server {
             Arc::new(MeteredStore::new(Arc::new(sled), metrics.clone()));
         let token = AdminToken::load_or_create(&config.data_dir)?;
         // A zone's meshes come from the global; only a global or standalone one creates its own.
-        if config.mode.zone().is_none() {
+        if !matches!(config.mode, CpMode::Zone { .. }) {
             defaults::ensure_default_mesh(store.as_ref()).await?;
         }
         let diagnostics = Diagnostics::new(metrics.clone());

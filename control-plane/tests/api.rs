@@ -137,7 +137,7 @@ async fn index_reports_product_and_mode() {
 
 #[tokio::test]
 async fn default_mesh_and_its_policies_exist_after_first_start() {
-    let cp = Cp::start(CpMode::Standalone).await;
+    let cp = Cp::start(CpMode::Standalone { zone: None }).await;
     let (status, mesh) = cp.get("/meshes/default").await;
     assert_eq!(status, StatusCode::OK, "{mesh}");
     assert_eq!(mesh["type"], "Mesh");
@@ -357,7 +357,7 @@ async fn zone_refuses_global_types_and_global_refuses_zone_types() {
 
 #[tokio::test]
 async fn deleting_a_mesh_deletes_its_resources() {
-    let cp = Cp::start(CpMode::Standalone).await;
+    let cp = Cp::start(CpMode::Standalone { zone: None }).await;
     assert_eq!(
         cp.put("/meshes/gone", YAML, "type: Mesh\nname: gone\n")
             .await

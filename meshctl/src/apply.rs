@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use mesh_api::{ResourceType, Scope};
+use mesh_api::ResourceType;
 use serde_json::Value;
 
 use crate::client::ApiClient;
@@ -44,6 +44,8 @@ impl Planned {
 pub struct InvalidDocuments {
     pub source: String,
     pub documents: usize,
+    /// How many documents failed (one may have several errors).
+    pub failed: usize,
     pub errors: Vec<String>,
 }
 
@@ -52,9 +54,7 @@ impl std::fmt::Display for InvalidDocuments {
         write!(
             f,
             "{} of {} document(s) in {} cannot be applied; nothing was applied",
-            self.errors.len(),
-            self.documents,
-            self.source
+            self.failed, self.documents, self.source
         )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
@@ -75,12 +75,17 @@ pub fn plan(text: &str, source: &str) -> anyhow::Result<Vec<Planned>> {
     let documents = results.len();
     let mut planned = Vec::new();
     let mut errors = Vec::new();
+    let mut failed = 0;
     for (index, result) in results.into_iter().enumerate() {
         match result {
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                failed += 1;
+                errors.push(e.to_string());
+            }
             Ok(parsed) => {
                 let problems = local_checks(&parsed.resource);
                 if !problems.is_empty() {
+                    failed += 1;
                     errors.extend(
                         problems
                             .into_iter()
@@ -106,29 +111,24 @@ pub fn plan(text: &str, source: &str) -> anyhow::Result<Vec<Planned>> {
         Err(InvalidDocuments {
             source: source.to_owned(),
             documents,
+            failed,
             errors,
         }
         .into())
     }
 }
 
-/// What must hold before a resource can even be addressed: a name, and a mesh for mesh-scoped
-/// types. Everything else is the server's validation.
+/// Validates locally with the same rules the server applies, so `--dry-run` and a broken file
+/// fail before anything is sent; each problem is `field.path: message`.
 fn local_checks(resource: &mesh_api::Resource) -> Vec<String> {
-    let mut problems = Vec::new();
-    if resource.meta.name.trim().is_empty() {
-        problems.push("name: must be defined".to_owned());
+    match mesh_api::validate_resource(resource) {
+        Ok(()) => Vec::new(),
+        Err(e) => e
+            .violations
+            .into_iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect(),
     }
-    if resource.resource_type().scope() == Scope::Mesh
-        && resource
-            .meta
-            .mesh
-            .as_deref()
-            .is_none_or(|m| m.trim().is_empty())
-    {
-        problems.push("mesh: must be defined".to_owned());
-    }
-    problems
 }
 
 /// Reads `-f FILE`, or standard input for `-`.
@@ -228,10 +228,26 @@ metadata:
   name: allow
   labels:
     kuma.io/mesh: demo
-spec: {}
+spec:
+  targetRef:
+    kind: Mesh
+  from:
+    - targetRef:
+        kind: Mesh
+      default:
+        action: Allow
 ---
 type: TrafficRoute
 name: route-1
+sources:
+  - match:
+      kuma.io/service: '*'
+destinations:
+  - match:
+      kuma.io/service: '*'
+conf:
+  destination:
+    kuma.io/service: backend
 ";
         let planned = plan(text, "x.yaml").unwrap();
         assert_eq!(planned.len(), 3);
@@ -280,7 +296,7 @@ type: Mesh
             "{:?}",
             invalid.errors
         );
-        assert_eq!(invalid.errors[1], "resource[2]: name: must be defined");
+        assert_eq!(invalid.errors[1], "resource[2]: name: cannot be empty");
         assert!(
             invalid.errors[2].starts_with("resource[3]: "),
             "{:?}",

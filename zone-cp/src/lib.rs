@@ -109,7 +109,9 @@ pub async fn run(
         ZoneMode::Zone => CpMode::Zone {
             zone: config.zone.clone(),
         },
-        ZoneMode::Standalone => CpMode::Standalone,
+        ZoneMode::Standalone => CpMode::Standalone {
+            zone: Some(config.zone.clone()),
+        },
     };
     let server = Server::open(ServerConfig {
         data_dir: config.data_dir.clone(),

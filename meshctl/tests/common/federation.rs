@@ -1,6 +1,6 @@
 //! Shared by meshctl's integration tests: runs `meshctl up` as a child process, waits (with a
 //! deadline, never a fixed sleep) for its endpoints.json, runs meshctl commands against it, and
-//! the scenarios both the real control planes and the fake one must pass.
+//! the scenarios run against the real control planes.
 
 #![allow(dead_code)]
 
@@ -320,12 +320,20 @@ pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
 
     let list = fed.json(&["get", "meshtrafficpermissions", "-m", "demo"]);
     let items = list["items"].as_array().expect("items");
-    assert_eq!(list["total"], 1, "{list}");
-    assert_eq!(items[0]["name"], "allow-all", "{list}");
-    assert_eq!(items[0]["mesh"], "demo", "{list}");
+    // The applied policy, and the default allow-all-demo the new mesh got.
+    assert_eq!(list["total"], 2, "{list}");
+    let applied = items
+        .iter()
+        .find(|i| i["name"] == "allow-all")
+        .unwrap_or_else(|| panic!("no allow-all item: {list}"));
+    assert_eq!(applied["mesh"], "demo", "{list}");
+    assert!(
+        items.iter().any(|i| i["name"] == "allow-all-demo"),
+        "{list}"
+    );
     // The server keeps the spec meshctl sent.
     let sent = meshctl::apply::plan(DEMO, "demo").expect("DEMO plans");
-    assert_eq!(items[0]["spec"], sent[1].body["spec"], "{list}");
+    assert_eq!(applied["spec"], sent[1].body["spec"], "{list}");
 
     let one = fed.json(&["get", "MeshTrafficPermission", "allow-all", "-m", "demo"]);
     assert_eq!(one["type"], "MeshTrafficPermission", "{one}");
