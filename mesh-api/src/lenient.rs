@@ -134,6 +134,67 @@ pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Erro
     }
 }
 
+fn to_u32<E: de::Error>(value: Value) -> Result<u32, E> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| E::custom(format!("expected an unsigned 32-bit integer, got {n}"))),
+        Value::String(s) => s
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| E::custom(format!("expected an unsigned 32-bit integer, got {s:?}"))),
+        other => Err(E::custom(format!(
+            "expected an unsigned 32-bit integer, got {other}"
+        ))),
+    }
+}
+
+/// A `u32` that may be written as a string (protobuf JSON); null is 0.
+pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(0),
+        v => to_u32(v),
+    }
+}
+
+/// An optional `u32` that may be written as a string.
+pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        v => to_u32(v).map(Some),
+    }
+}
+
+/// A `bool` that may be written as a string; null is false.
+pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(b),
+        Value::String(s) => s
+            .trim()
+            .parse::<bool>()
+            .map_err(|_| de::Error::custom(format!("expected a boolean, got {s:?}"))),
+        other => Err(de::Error::custom(format!(
+            "expected a boolean, got {other}"
+        ))),
+    }
+}
+
+/// Any value where `null` means the default (protobuf JSON treats null as "not set").
+pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

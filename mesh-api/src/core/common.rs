@@ -1,111 +1,16 @@
 //! Building blocks shared by the core (legacy) types: tag and selector rules, address and port
-//! checks, Kuma's duration formats, data sources, and a few lenient serde helpers for protobuf-JSON
-//! style scalars (`port: "8080"`, `list: null`).
+//! checks, Kuma's duration formats and data sources. Lenient scalar decoding lives in
+//! [`crate::lenient`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::validation::{FieldPath, Violations};
 use crate::{PROTOCOL_TAG, SERVICE_TAG};
-
-/// Serde helpers for the protobuf-JSON leniency Kuma applies to legacy types.
-pub mod de_helpers {
-    use super::*;
-
-    fn to_u32<E: de::Error>(value: Value) -> Result<u32, E> {
-        match value {
-            Value::Number(n) => n
-                .as_u64()
-                .or_else(|| {
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                        .map(|f| f as u64)
-                })
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| E::custom(format!("expected an unsigned 32-bit integer, got {n}"))),
-            Value::String(s) => s
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| E::custom(format!("expected an unsigned 32-bit integer, got {s:?}"))),
-            other => Err(E::custom(format!(
-                "expected an unsigned 32-bit integer, got {other}"
-            ))),
-        }
-    }
-
-    /// A `u32` that may be written as a string; null is 0.
-    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Null => Ok(0),
-            v => to_u32(v),
-        }
-    }
-
-    /// An optional `u32` that may be written as a string.
-    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Null => Ok(None),
-            v => to_u32(v).map(Some),
-        }
-    }
-
-    /// A `bool` that may be written as a string; null is false.
-    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Null => Ok(false),
-            Value::Bool(b) => Ok(b),
-            Value::String(s) => s
-                .trim()
-                .parse::<bool>()
-                .map_err(|_| de::Error::custom(format!("expected a boolean, got {s:?}"))),
-            other => Err(de::Error::custom(format!(
-                "expected a boolean, got {other}"
-            ))),
-        }
-    }
-
-    /// An optional `bool` that may be written as a string.
-    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Null => Ok(None),
-            Value::Bool(b) => Ok(Some(b)),
-            Value::String(s) => s
-                .trim()
-                .parse::<bool>()
-                .map(Some)
-                .map_err(|_| de::Error::custom(format!("expected a boolean, got {s:?}"))),
-            other => Err(de::Error::custom(format!(
-                "expected a boolean, got {other}"
-            ))),
-        }
-    }
-
-    /// Any value where `null` means the default (protobuf JSON treats null as "not set").
-    pub fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: Deserialize<'de> + Default,
-    {
-        Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-    }
-
-    /// An optional string map (a selector that may be absent, as opposed to empty).
-    pub fn opt_string_map<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Null => Ok(None),
-            v => crate::lenient::string_map(v)
-                .map(Some)
-                .map_err(de::Error::custom),
-        }
-    }
-}
 
 /// Protocols Kuma understands in `kuma.io/protocol` (compared case-insensitively).
 pub const KNOWN_PROTOCOLS: &[&str] = &["http", "http2", "tcp", "tls", "grpc", "kafka", "mysql"];
@@ -485,9 +390,9 @@ mod tests {
     fn lenient_numbers() {
         #[derive(Deserialize)]
         struct S {
-            #[serde(deserialize_with = "de_helpers::u32")]
+            #[serde(deserialize_with = "crate::lenient::u32")]
             port: u32,
-            #[serde(deserialize_with = "de_helpers::nullable", default)]
+            #[serde(deserialize_with = "crate::lenient::nullable", default)]
             list: Vec<String>,
         }
         let s: S =

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::core::common::{
-    allowed_values_hint, de_helpers, is_known_protocol, is_rfc1123_subdomain, parse_proto_duration,
+    allowed_values_hint, is_known_protocol, is_rfc1123_subdomain, parse_proto_duration,
     validate_address, validate_port, validate_tags, TagRules, SUPPORTED_PROTOCOLS,
 };
 use crate::core::mesh::{validate_metrics_backend, MetricsBackend};
@@ -83,12 +83,12 @@ pub struct Networking {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub inbound: Vec<Inbound>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub outbound: Vec<Outbound>,
@@ -100,7 +100,7 @@ pub struct Networking {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<EnvoyAdmin>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub listeners: Vec<Listener>,
@@ -110,7 +110,7 @@ pub struct Networking {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EnvoyAdmin {
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
 }
 
@@ -133,9 +133,12 @@ impl InboundState {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Inbound {
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
-    #[serde(deserialize_with = "de_helpers::u32", skip_serializing_if = "is_zero")]
+    #[serde(
+        deserialize_with = "crate::lenient::u32",
+        skip_serializing_if = "is_zero"
+    )]
     pub service_port: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub service_address: String,
@@ -177,7 +180,7 @@ impl Inbound {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Health {
-    #[serde(deserialize_with = "de_helpers::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub ready: bool,
 }
 
@@ -192,13 +195,13 @@ pub struct ServiceProbe {
     pub timeout: Option<String>,
     #[serde(
         alias = "unhealthy_threshold",
-        deserialize_with = "de_helpers::opt_u32",
+        deserialize_with = "crate::lenient::opt_u32",
         skip_serializing_if = "Option::is_none"
     )]
     pub unhealthy_threshold: Option<u32>,
     #[serde(
         alias = "healthy_threshold",
-        deserialize_with = "de_helpers::opt_u32",
+        deserialize_with = "crate::lenient::opt_u32",
         skip_serializing_if = "Option::is_none"
     )]
     pub healthy_threshold: Option<u32>,
@@ -212,7 +215,7 @@ pub struct ServiceProbe {
 pub struct Outbound {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub address: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     #[serde(
         deserialize_with = "crate::lenient::string_map",
@@ -230,7 +233,10 @@ pub struct OutboundBackendRef {
     pub kind: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
-    #[serde(deserialize_with = "de_helpers::u32", skip_serializing_if = "is_zero")]
+    #[serde(
+        deserialize_with = "crate::lenient::u32",
+        skip_serializing_if = "is_zero"
+    )]
     pub port: u32,
     #[serde(
         deserialize_with = "crate::lenient::string_map",
@@ -278,25 +284,25 @@ pub struct Gateway {
 pub struct TransparentProxying {
     #[serde(
         alias = "redirect_port_inbound",
-        deserialize_with = "de_helpers::u32",
+        deserialize_with = "crate::lenient::u32",
         skip_serializing_if = "is_zero"
     )]
     pub redirect_port_inbound: u32,
     #[serde(
         alias = "redirect_port_outbound",
-        deserialize_with = "de_helpers::u32",
+        deserialize_with = "crate::lenient::u32",
         skip_serializing_if = "is_zero"
     )]
     pub redirect_port_outbound: u32,
     #[serde(
         alias = "direct_access_services",
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub direct_access_services: Vec<String>,
     #[serde(
         alias = "reachable_services",
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub reachable_services: Vec<String>,
@@ -311,7 +317,7 @@ pub struct TransparentProxying {
 #[serde(rename_all = "camelCase", default)]
 pub struct ReachableBackends {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub refs: Vec<ReachableBackendRef>,
@@ -327,7 +333,7 @@ pub struct ReachableBackendRef {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     #[serde(
-        deserialize_with = "de_helpers::opt_u32",
+        deserialize_with = "crate::lenient::opt_u32",
         skip_serializing_if = "Option::is_none"
     )]
     pub port: Option<u32>,
@@ -345,7 +351,7 @@ pub struct Listener {
     #[serde(rename = "type")]
     pub listener_type: ListenerType,
     pub address: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -366,10 +372,10 @@ pub enum ListenerType {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Probes {
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub endpoints: Vec<ProbeEndpoint>,
@@ -379,7 +385,7 @@ pub struct Probes {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProbeEndpoint {
-    #[serde(alias = "inbound_port", deserialize_with = "de_helpers::u32")]
+    #[serde(alias = "inbound_port", deserialize_with = "crate::lenient::u32")]
     pub inbound_port: u32,
     #[serde(alias = "inbound_path")]
     pub inbound_path: String,

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::{
-    de_helpers, is_dns_name, is_ip, validate_port, validate_tags, DataSource, TagRules,
-};
+use crate::core::common::{is_dns_name, is_ip, validate_port, validate_tags, DataSource, TagRules};
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 use crate::SERVICE_TAG;
 
@@ -40,7 +38,7 @@ pub struct ExternalServiceNetworking {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ExternalServiceTls>,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub disable_host_dns_entry: bool,
@@ -59,7 +57,7 @@ impl ExternalServiceNetworking {
 #[serde(rename_all = "camelCase", default)]
 pub struct ExternalServiceTls {
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub enabled: bool,
@@ -70,14 +68,14 @@ pub struct ExternalServiceTls {
     #[serde(alias = "client_key", skip_serializing_if = "Option::is_none")]
     pub client_key: Option<DataSource>,
     #[serde(
-        deserialize_with = "de_helpers::opt_bool",
+        deserialize_with = "crate::lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_renegotiation: Option<bool>,
     #[serde(alias = "server_name", skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     #[serde(
-        deserialize_with = "de_helpers::opt_bool",
+        deserialize_with = "crate::lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub skip_hostname_verification: Option<bool>,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::core::common::{
-    de_helpers, is_dns_name, is_rfc1123_subdomain, parse_kuma_duration, typed_conf, validate_tags,
-    DataSource, TagRules, TagValues,
+    is_dns_name, is_rfc1123_subdomain, parse_kuma_duration, typed_conf, validate_tags, DataSource,
+    TagRules, TagValues,
 };
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
@@ -37,7 +37,7 @@ pub struct MeshSpec {
     pub constraints: Option<Constraints>,
     /// Default policies not to create with the mesh; `*` means all of them.
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub skip_creating_initial_policies: Vec<String>,
@@ -81,12 +81,12 @@ pub struct Mtls {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub enabled_backend: String,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub backends: Vec<CaBackend>,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub skip_validation: bool,
@@ -185,7 +185,7 @@ pub struct BuiltinCaConfig {
 pub struct BuiltinCaCert {
     #[serde(
         rename = "RSAbits",
-        deserialize_with = "de_helpers::opt_u32",
+        deserialize_with = "crate::lenient::opt_u32",
         skip_serializing_if = "Option::is_none"
     )]
     pub rsa_bits: Option<u32>,
@@ -210,7 +210,7 @@ pub struct Tracing {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub default_backend: String,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub backends: Vec<TracingBackend>,
@@ -238,10 +238,10 @@ pub struct TracingBackend {
 #[serde(rename_all = "camelCase", default)]
 pub struct ZipkinConfig {
     pub url: String,
-    #[serde(rename = "traceId128bit", deserialize_with = "de_helpers::bool")]
+    #[serde(rename = "traceId128bit", deserialize_with = "crate::lenient::bool")]
     pub trace_id_128bit: bool,
     pub api_version: String,
-    #[serde(deserialize_with = "de_helpers::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub shared_span_context: Option<bool>,
 }
 
@@ -250,9 +250,9 @@ pub struct ZipkinConfig {
 #[serde(rename_all = "camelCase", default)]
 pub struct DatadogConfig {
     pub address: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
-    #[serde(deserialize_with = "de_helpers::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub split_service: bool,
 }
 
@@ -263,7 +263,7 @@ pub struct Logging {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub default_backend: String,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub backends: Vec<LoggingBackend>,
@@ -303,7 +303,7 @@ pub struct Metrics {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub enabled_backend: String,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub backends: Vec<MetricsBackend>,
@@ -332,14 +332,14 @@ impl MetricsBackend {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PrometheusConfig {
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     pub path: String,
     #[serde(deserialize_with = "crate::lenient::string_map")]
     pub tags: BTreeMap<String, String>,
-    #[serde(rename = "skipMTLS", deserialize_with = "de_helpers::opt_bool")]
+    #[serde(rename = "skipMTLS", deserialize_with = "crate::lenient::opt_bool")]
     pub skip_mtls: Option<bool>,
-    #[serde(deserialize_with = "de_helpers::nullable")]
+    #[serde(deserialize_with = "crate::lenient::nullable")]
     pub aggregate: Vec<PrometheusAggregate>,
     pub envoy: Option<PrometheusEnvoy>,
     pub tls: Option<PrometheusTls>,
@@ -350,10 +350,10 @@ pub struct PrometheusConfig {
 #[serde(rename_all = "camelCase", default)]
 pub struct PrometheusAggregate {
     pub name: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     pub path: String,
-    #[serde(deserialize_with = "de_helpers::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub enabled: Option<bool>,
     pub address: String,
 }
@@ -363,7 +363,7 @@ pub struct PrometheusAggregate {
 #[serde(rename_all = "camelCase", default)]
 pub struct PrometheusEnvoy {
     pub filter_regex: String,
-    #[serde(deserialize_with = "de_helpers::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub used_only: Option<bool>,
 }
 
@@ -400,7 +400,7 @@ pub struct MeshNetworking {
 pub struct MeshOutbound {
     /// Whether traffic to non-mesh destinations may leave (Kuma's default: true).
     #[serde(
-        deserialize_with = "de_helpers::opt_bool",
+        deserialize_with = "crate::lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub passthrough: Option<bool>,
@@ -411,17 +411,17 @@ pub struct MeshOutbound {
 #[serde(rename_all = "camelCase", default)]
 pub struct Routing {
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub locality_aware_load_balancing: bool,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub zone_egress: bool,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub default_forbid_mesh_external_service_access: bool,
@@ -441,12 +441,12 @@ pub struct Constraints {
 #[serde(rename_all = "camelCase", default)]
 pub struct DataplaneProxyConstraints {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub requirements: Vec<ConstraintRule>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub restrictions: Vec<ConstraintRule>,

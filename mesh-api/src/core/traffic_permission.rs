@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::{de_helpers, validate_tags, TagRules, TagValues};
+use crate::core::common::{validate_tags, TagRules, TagValues};
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
 /// A tag selector (`match: {kuma.io/service: web}`); `*` matches any value.
@@ -53,12 +53,12 @@ pub(crate) fn validate_selectors(
 #[serde(rename_all = "camelCase", default)]
 pub struct TrafficPermissionSpec {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub sources: Vec<Selector>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub destinations: Vec<Selector>,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::{de_helpers, validate_tags, TagRules, TagValues};
+use crate::core::common::{validate_tags, TagRules, TagValues};
 use crate::core::traffic_permission::validate_selectors;
 pub use crate::core::traffic_permission::Selector;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
@@ -15,12 +15,12 @@ use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 #[serde(rename_all = "camelCase", default)]
 pub struct TrafficRouteSpec {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub sources: Vec<Selector>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub destinations: Vec<Selector>,
@@ -33,19 +33,19 @@ pub struct TrafficRouteSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct Conf {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Option::is_none"
     )]
     pub split: Option<Vec<Split>>,
     #[serde(alias = "load_balancer", skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     #[serde(
-        deserialize_with = "de_helpers::opt_string_map",
+        deserialize_with = "crate::lenient::opt_string_map",
         skip_serializing_if = "Option::is_none"
     )]
     pub destination: Option<BTreeMap<String, String>>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub http: Vec<Http>,
@@ -56,7 +56,7 @@ pub struct Conf {
 #[serde(rename_all = "camelCase", default)]
 pub struct Split {
     #[serde(
-        deserialize_with = "de_helpers::opt_u32",
+        deserialize_with = "crate::lenient::opt_u32",
         skip_serializing_if = "Option::is_none"
     )]
     pub weight: Option<u32>,
@@ -91,7 +91,7 @@ pub struct LoadBalancer {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LeastRequest {
-    #[serde(alias = "choice_count", deserialize_with = "de_helpers::u32")]
+    #[serde(alias = "choice_count", deserialize_with = "crate::lenient::u32")]
     pub choice_count: u32,
 }
 
@@ -116,12 +116,12 @@ pub struct Http {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modify: Option<Modify>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Option::is_none"
     )]
     pub split: Option<Vec<Split>>,
     #[serde(
-        deserialize_with = "de_helpers::opt_string_map",
+        deserialize_with = "crate::lenient::opt_string_map",
         skip_serializing_if = "Option::is_none"
     )]
     pub destination: Option<BTreeMap<String, String>>,
@@ -198,12 +198,12 @@ pub struct ModifyHost {
 #[serde(rename_all = "camelCase", default)]
 pub struct ModifyHeaders {
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub add: Vec<AddHeader>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub remove: Vec<RemoveHeader>,
@@ -217,7 +217,7 @@ pub struct AddHeader {
     #[serde(deserialize_with = "crate::lenient::string")]
     pub value: String,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub append: bool,

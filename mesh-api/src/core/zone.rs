@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::de_helpers;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
 /// The `spec` of a Zone.
@@ -11,7 +10,7 @@ use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 pub struct ZoneSpec {
     /// `false` disables the zone; absent means enabled.
     #[serde(
-        deserialize_with = "de_helpers::opt_bool",
+        deserialize_with = "crate::lenient::opt_bool",
         skip_serializing_if = "Option::is_none"
     )]
     pub enabled: Option<bool>,

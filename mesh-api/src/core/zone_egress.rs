@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::{de_helpers, validate_address, validate_port};
+use crate::core::common::{validate_address, validate_port};
 use crate::core::dataplane::EnvoyAdmin;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
@@ -23,7 +23,7 @@ pub struct ZoneEgressSpec {
 pub struct ZoneEgressNetworking {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub address: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<EnvoyAdmin>,

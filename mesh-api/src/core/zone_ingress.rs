@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::common::{de_helpers, validate_address, validate_port, validate_tags, TagRules};
+use crate::core::common::{validate_address, validate_port, validate_tags, TagRules};
 use crate::core::dataplane::EnvoyAdmin;
 use crate::core::zone_egress::overlaps_loopback;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
@@ -19,7 +19,7 @@ pub struct ZoneIngressSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub networking: Option<ZoneIngressNetworking>,
     #[serde(
-        deserialize_with = "de_helpers::nullable",
+        deserialize_with = "crate::lenient::nullable",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub available_services: Vec<AvailableService>,
@@ -34,9 +34,12 @@ pub struct ZoneIngressNetworking {
     /// The address other zones use (a public IP or name).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub advertised_address: String,
-    #[serde(deserialize_with = "de_helpers::u32")]
+    #[serde(deserialize_with = "crate::lenient::u32")]
     pub port: u32,
-    #[serde(deserialize_with = "de_helpers::u32", skip_serializing_if = "is_zero")]
+    #[serde(
+        deserialize_with = "crate::lenient::u32",
+        skip_serializing_if = "is_zero"
+    )]
     pub advertised_port: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<EnvoyAdmin>,
@@ -55,12 +58,15 @@ pub struct AvailableService {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub tags: BTreeMap<String, String>,
-    #[serde(deserialize_with = "de_helpers::u32", skip_serializing_if = "is_zero")]
+    #[serde(
+        deserialize_with = "crate::lenient::u32",
+        skip_serializing_if = "is_zero"
+    )]
     pub instances: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub mesh: String,
     #[serde(
-        deserialize_with = "de_helpers::bool",
+        deserialize_with = "crate::lenient::bool",
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub external_service: bool,
