@@ -4,6 +4,9 @@
 //! authentication (issue [2]). Today it only fixes which resource types travel which way, taken
 //! from the resource model.
 
+pub mod auth;
+pub mod tls;
+
 use mesh_api::{ResourceType, SyncDirection};
 
 /// Types the global sends down to every zone.

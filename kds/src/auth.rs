@@ -1,0 +1,1 @@
+//! Zone identity: signed zone tokens (placeholder, being written).

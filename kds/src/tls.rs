@@ -1,0 +1,1 @@
+//! TLS material for KDS (placeholder, being written).
