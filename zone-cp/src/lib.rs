@@ -3,6 +3,10 @@
 //! holds the xDS listener its proxies will connect to (ADS arrives with issue [3]; until then the
 //! port is bound but not served). In `zone` mode it belongs to a federation and refuses local
 //! writes of what the global owns; in `standalone` mode it owns everything.
+//! In both it keeps its ZoneIngresses' `availableServices` current from its Dataplanes
+//! ([`available_services`]).
+
+pub mod available_services;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,13 +124,27 @@ pub async fn run(
     .await?;
     // Held, not served, until ADS lands: the port stays reserved for the proxies.
     let _xds = listeners.xds;
-    server
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingress = tokio::spawn(available_services::run(
+        server.store.clone(),
+        stop_rx.clone(),
+    ));
+    let served = server
         .serve(
             Listeners {
                 api: listeners.api,
                 diagnostics: listeners.diagnostics,
             },
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            },
         )
-        .await
+        .await;
+    match ingress.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "availableServices reconciler failed"),
+        Err(e) => tracing::error!(error = %e, "availableServices reconciler panicked"),
+    }
+    served
 }
