@@ -42,9 +42,11 @@ pub struct ApiState {
 
 type SharedState = Arc<ApiState>;
 
-/// The API's routes over `state`.
-pub fn router(state: SharedState) -> Router {
-    Router::new()
+/// The API's routes over `state`, plus `extra` routes a binary adds (the global's token and zone
+/// status endpoints). Extra routes take precedence, are counted in the metrics like the others,
+/// and check the admin token themselves with [`require_admin`] where they write.
+pub fn router(state: SharedState, extra: Router) -> Router {
+    let resources = Router::new()
         .route("/", get(index))
         .route("/:plural", get(list_top))
         .route(
@@ -56,18 +58,21 @@ pub fn router(state: SharedState) -> Router {
             "/meshes/:mesh/:plural/:name",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
         )
+        .with_state(state.clone());
+    extra
+        .merge(resources)
         .fallback(|| async { ApiError::not_found("no such API path") })
-        .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, track_request))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: SharedState,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, extra))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -292,10 +297,15 @@ fn encode_query(s: &str) -> String {
 // ---- writes ----
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    require_admin(&state.token, headers)
+}
+
+/// 401 unless `headers` carry the admin token.
+pub fn require_admin(token: &AdminToken, headers: &HeaderMap) -> Result<(), ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    if state.token.authorizes(header) {
+    if token.authorizes(header) {
         Ok(())
     } else {
         Err(ApiError::unauthorized())
@@ -445,6 +455,9 @@ async fn put(
         }
     }
     let existing = state.store.get(&key).await?;
+    if let Some(current) = &existing {
+        refuse_synced(&state.mode, current)?;
+    }
     let status = match existing {
         Some(current) => {
             resource.meta.version = expected_version.unwrap_or(current.meta.version);
@@ -467,6 +480,24 @@ async fn put(
         }
     };
     Ok((status, Json(json!({ "warnings": parsed.warnings }))).into_response())
+}
+
+/// On a federated zone, what KDS brought from the global (labelled `kuma.io/origin: global`, such
+/// as other zones' ingresses) is read-only: the next sync would undo a local change anyway.
+fn refuse_synced(mode: &CpMode, current: &Resource) -> Result<(), ApiError> {
+    let synced = current
+        .meta
+        .labels
+        .get(mesh_api::ORIGIN_LABEL)
+        .map(String::as_str)
+        == Some("global");
+    if matches!(mode, CpMode::Zone { .. }) && synced {
+        return Err(ApiError::bad_request(format!(
+            "{} is synced from the global control plane: change it there",
+            current.key()
+        )));
+    }
+    Ok(())
 }
 
 /// The path names the resource; the body must agree with it (or leave the field out).
@@ -535,8 +566,9 @@ async fn delete(
         return Err(ApiError::bad_request(reason));
     }
     let expected_version = if_match(headers)?;
-    if state.store.get(&key).await?.is_none() {
-        return Err(ApiError::not_found(format!("{key} not found")));
+    match state.store.get(&key).await? {
+        None => return Err(ApiError::not_found(format!("{key} not found"))),
+        Some(current) => refuse_synced(&state.mode, &current)?,
     }
     if key.rtype == ResourceType::Mesh {
         delete_mesh_contents(state.store.as_ref(), &key.name).await?;

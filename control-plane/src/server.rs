@@ -83,6 +83,17 @@ impl Server {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.serve_with(listeners, axum::Router::new(), shutdown)
+            .await
+    }
+
+    /// [`Server::serve`] with `extra` REST routes (see [`api::router`]).
+    pub async fn serve_with(
+        self,
+        listeners: Listeners,
+        extra: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -97,7 +108,7 @@ impl Server {
             token: self.token.clone(),
             metrics: self.metrics.clone(),
         });
-        let api = api::serve(listeners.api, state, stopped(stop_rx.clone()));
+        let api = api::serve(listeners.api, state, extra, stopped(stop_rx.clone()));
         let diag = diagnostics::serve(
             listeners.diagnostics,
             self.diagnostics.clone(),
