@@ -117,6 +117,12 @@ struct PutBody {
     warnings: Vec<String>,
 }
 
+/// The reply to `POST /tokens/zone`.
+#[derive(Debug, Deserialize)]
+struct ZoneTokenBody {
+    token: String,
+}
+
 /// Whether the URL points at this machine.
 fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
@@ -276,6 +282,27 @@ impl ApiClient {
             "GET {} returned more than {MAX_PAGES} pages",
             self.url(segments)
         )
+    }
+
+    /// `POST /tokens/zone` on the global: a token that lets zone `zone` connect over KDS, valid
+    /// for `valid_for` (a duration such as `24h`). Needs the admin token.
+    pub async fn generate_zone_token(&self, zone: &str, valid_for: &str) -> anyhow::Result<String> {
+        let url = self.url(&["tokens".to_owned(), "zone".to_owned()]);
+        let body = serde_json::json!({ "zone": zone, "validFor": valid_for });
+        let (_, text) = self.send(Method::POST, url.clone(), Some(&body)).await?;
+        let reply: ZoneTokenBody = Self::decode("POST", &url, &text)?;
+        let token = reply.token.trim();
+        if token.is_empty() {
+            anyhow::bail!("POST {url} returned an empty token");
+        }
+        Ok(token.to_owned())
+    }
+
+    /// `GET /zones/_overview` on the global: every zone's KDS status, in the list shape. Returns
+    /// the announced total and the items.
+    pub async fn zones_overview(&self) -> anyhow::Result<(u64, Vec<Value>)> {
+        self.list_all(&["zones".to_owned(), "_overview".to_owned()])
+            .await
     }
 
     /// Creates or replaces a resource with its universal JSON.
@@ -474,6 +501,65 @@ mod tests {
             requests[4].starts_with("DELETE /meshes/x HTTP/1.1"),
             "{}",
             requests[4]
+        );
+    }
+
+    #[tokio::test]
+    async fn zone_tokens_and_the_overview_follow_the_contract() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let responses = vec![
+            (200, r#"{"token":"eyJ.abc.def\n"}"#.to_owned()),
+            (
+                400,
+                r#"{"title":"Invalid request","details":"bad token request","causes":[{"field":"validFor","message":"must be a duration such as 24h"}]}"#
+                    .to_owned(),
+            ),
+            (200, r#"{"token":""}"#.to_owned()),
+            (
+                200,
+                r#"{"total":1,"items":[{"name":"zone-1","status":"online"}],"next":null}"#
+                    .to_owned(),
+            ),
+        ];
+        let server = tokio::spawn(canned_server(listener, responses));
+        let client = ApiClient::new(&base, Some("admin".into())).unwrap();
+
+        let token = client.generate_zone_token("zone-1", "24h").await.unwrap();
+        assert_eq!(token, "eyJ.abc.def");
+        let err = client
+            .generate_zone_token("zone-1", "forever")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("HTTP 400"), "{text}");
+        assert!(
+            text.contains("* validFor: must be a duration such as 24h"),
+            "{text}"
+        );
+        let err = client
+            .generate_zone_token("zone-1", "1h")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("empty token"), "{err}");
+        let (total, items) = client.zones_overview().await.unwrap();
+        assert_eq!(total, 1);
+        assert_eq!(items[0]["status"], "online");
+
+        let requests = server.await.unwrap();
+        let post = requests[0].to_ascii_lowercase();
+        assert!(post.starts_with("post /tokens/zone http/1.1"), "{post}");
+        assert!(post.contains("authorization: bearer admin"), "{post}");
+        assert!(post.contains("content-type: application/json"), "{post}");
+        let body = &requests[0][requests[0].find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(
+            serde_json::from_str::<Value>(body).unwrap(),
+            serde_json::json!({"zone": "zone-1", "validFor": "24h"})
+        );
+        assert!(
+            requests[3].starts_with("GET /zones/_overview HTTP/1.1"),
+            "{}",
+            requests[3]
         );
     }
 

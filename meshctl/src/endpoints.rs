@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// What a control plane writes to its `--ready-file` after binding: `api` and `diagnostics` are
-/// URLs; `kds` (global) or `xds` (zone) is a `host:port` address.
+/// URLs; `kds` (global) or `xds` (zone) is a `host:port` address; `kdsCa` (global) is the path of
+/// the CA certificate that signed its KDS server certificate, which zones trust.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyFile {
     pub api: String,
@@ -18,6 +19,8 @@ pub struct ReadyFile {
     pub kds: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<String>,
+    #[serde(default, rename = "kdsCa", skip_serializing_if = "Option::is_none")]
+    pub kds_ca: Option<String>,
 }
 
 impl ReadyFile {
@@ -42,6 +45,9 @@ pub struct GlobalEndpoints {
     pub api: String,
     pub kds: String,
     pub diagnostics: String,
+    /// The CA certificate zones trust for KDS (`zone-cp --kds-ca-file`).
+    #[serde(default, rename = "kdsCa", skip_serializing_if = "Option::is_none")]
+    pub kds_ca: Option<String>,
 }
 
 /// A zone control plane's addresses.
@@ -94,6 +100,7 @@ mod tests {
                 api: "http://127.0.0.1:1".into(),
                 kds: "127.0.0.1:2".into(),
                 diagnostics: "http://127.0.0.1:3".into(),
+                kds_ca: Some("/d/global/kds/ca.crt".into()),
             },
             zones: [(
                 "zone-1".to_owned(),
@@ -109,7 +116,8 @@ mod tests {
         assert_eq!(
             value,
             json!({
-                "global": {"api": "http://127.0.0.1:1", "kds": "127.0.0.1:2", "diagnostics": "http://127.0.0.1:3"},
+                "global": {"api": "http://127.0.0.1:1", "kds": "127.0.0.1:2", "diagnostics": "http://127.0.0.1:3",
+                           "kdsCa": "/d/global/kds/ca.crt"},
                 "zones": {"zone-1": {"api": "http://127.0.0.1:4", "xds": "127.0.0.1:5", "diagnostics": "http://127.0.0.1:6"}}
             })
         );
@@ -123,16 +131,19 @@ mod tests {
     #[test]
     fn ready_files_of_both_roles_parse() {
         let global: ReadyFile = serde_json::from_str(
-            r#"{"api": "http://127.0.0.1:1", "diagnostics": "http://127.0.0.1:2", "kds": "127.0.0.1:3"}"#,
+            r#"{"api": "http://127.0.0.1:1", "diagnostics": "http://127.0.0.1:2", "kds": "127.0.0.1:3",
+                "kdsCa": "/d/global/kds/ca.crt"}"#,
         )
         .unwrap();
         assert_eq!(global.kds.as_deref(), Some("127.0.0.1:3"));
+        assert_eq!(global.kds_ca.as_deref(), Some("/d/global/kds/ca.crt"));
         assert_eq!(global.xds, None);
         let zone: ReadyFile = serde_json::from_str(
             r#"{"api": "http://127.0.0.1:1", "diagnostics": "http://127.0.0.1:2", "xds": "127.0.0.1:4"}"#,
         )
         .unwrap();
         assert_eq!(zone.xds.as_deref(), Some("127.0.0.1:4"));
+        assert_eq!(zone.kds_ca, None);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ready.json");
         assert_eq!(ReadyFile::read(&path).unwrap(), None);

@@ -1,13 +1,15 @@
 //! meshctl, Meridian's command-line interface: a kumactl-like client of the REST API served by
-//! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`), plus `meshctl up`, which runs a
-//! whole local federation (one global, N zones) as child processes. `main.rs` only parses the
-//! command line and calls [`run`].
+//! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`, `generate zone-token`,
+//! `inspect zones`), plus `meshctl up`, which runs a whole local federation (one global, N zones
+//! connected to it over KDS) as child processes. `main.rs` only parses the command line and calls
+//! [`run`].
 
 pub mod apply;
 pub mod client;
 pub mod config;
 pub mod endpoints;
 mod fsutil;
+pub mod inspect;
 pub mod output;
 pub mod process;
 pub mod types;
@@ -51,6 +53,12 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Print the client's version and the server's, when reachable.
     Version,
+    /// Generate credentials (on the global control plane).
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+    /// Show the state of the federation (from the global control plane).
+    #[command(subcommand)]
+    Inspect(InspectCommand),
     /// Run a local federation: one global-cp and N zone-cp, until Ctrl-C.
     Up(up::UpArgs),
 }
@@ -65,7 +73,39 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 }
 
-/// Output formats of `get`.
+/// What `generate` makes.
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Issue the token a zone control plane presents to the global's KDS (`zone-cp
+    /// --zone-token-file`); printed alone on standard output. Needs the admin token.
+    ZoneToken(ZoneTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ZoneTokenArgs {
+    /// Name of the zone the token is bound to.
+    #[arg(long)]
+    pub zone: String,
+    /// How long the token is valid, as a duration (`30m`, `24h`, `8760h`).
+    #[arg(long, default_value = "24h")]
+    pub valid_for: String,
+}
+
+/// What `inspect` shows.
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// Each zone's KDS connection as the global sees it: status, last connection, updates.
+    Zones(InspectZonesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectZonesArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Output formats of `get` and `inspect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
@@ -131,6 +171,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get(&client(&cli)?, args).await?,
         Command::Delete(args) => delete(&client(&cli)?, args).await?,
         Command::Version => version(&cli).await,
+        Command::Generate(GenerateCommand::ZoneToken(args)) => {
+            zone_token(&client(&cli)?, args).await?
+        }
+        Command::Inspect(InspectCommand::Zones(args)) => {
+            inspect_zones(&client(&cli)?, args).await?
+        }
         Command::Up(args) => return up::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -174,6 +220,45 @@ async fn get(client: &ApiClient, args: &GetArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+async fn zone_token(client: &ApiClient, args: &ZoneTokenArgs) -> anyhow::Result<()> {
+    let token = client
+        .generate_zone_token(&args.zone, &args.valid_for)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot generate a token for zone {:?} on the global at {}",
+                args.zone,
+                client.base()
+            )
+        })?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn inspect_zones(client: &ApiClient, args: &InspectZonesArgs) -> anyhow::Result<()> {
+    let (total, items) = client
+        .zones_overview()
+        .await
+        .with_context(|| format!("cannot list the zones of the global at {}", client.base()))?;
+    match args.output {
+        OutputFormat::Table => {
+            let zones = inspect::ZoneOverview::from_items(&items).with_context(|| {
+                format!(
+                    "unexpected zone overview from the global at {}",
+                    client.base()
+                )
+            })?;
+            print!(
+                "{}",
+                inspect::render_zones_table(&zones, chrono::Utc::now())
+            );
+        }
+        OutputFormat::Json => print!("{}", output::to_json(&output::list_document(total, items))),
+        OutputFormat::Yaml => print!("{}", output::to_yaml(&output::list_document(total, items))),
     }
     Ok(())
 }
@@ -272,7 +357,63 @@ mod tests {
             panic!("not up")
         };
         assert_eq!(up.zones, 2);
+        assert_eq!(up.online_timeout, 30);
         assert!(Cli::try_parse_from(["meshctl", "up", "--zones", "1000"]).is_err());
         assert!(Cli::try_parse_from(["meshctl", "get", "meshes", "-o", "xml"]).is_err());
+    }
+
+    #[test]
+    fn generate_zone_token_needs_a_zone_and_defaults_to_a_day() {
+        let cli =
+            Cli::try_parse_from(["meshctl", "generate", "zone-token", "--zone", "zone-1"]).unwrap();
+        let Command::Generate(GenerateCommand::ZoneToken(args)) = cli.command else {
+            panic!("not generate zone-token")
+        };
+        assert_eq!(args.zone, "zone-1");
+        assert_eq!(args.valid_for, "24h");
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "generate",
+            "zone-token",
+            "--valid-for",
+            "8760h",
+            "--zone",
+            "east",
+            "--api-url",
+            "http://g:5681",
+        ])
+        .unwrap();
+        assert_eq!(cli.api_url.as_deref(), Some("http://g:5681"));
+        let Command::Generate(GenerateCommand::ZoneToken(args)) = cli.command else {
+            panic!("not generate zone-token")
+        };
+        assert_eq!(
+            (args.zone.as_str(), args.valid_for.as_str()),
+            ("east", "8760h")
+        );
+        assert!(Cli::try_parse_from(["meshctl", "generate", "zone-token"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "generate", "dataplane-token"]).is_err());
+    }
+
+    #[test]
+    fn inspect_zones_takes_an_output_format() {
+        let cli = Cli::try_parse_from(["meshctl", "inspect", "zones"]).unwrap();
+        let Command::Inspect(InspectCommand::Zones(args)) = cli.command else {
+            panic!("not inspect zones")
+        };
+        assert_eq!(args.output, OutputFormat::Table);
+        for (flag, want) in [
+            ("json", OutputFormat::Json),
+            ("yaml", OutputFormat::Yaml),
+            ("table", OutputFormat::Table),
+        ] {
+            let cli = Cli::try_parse_from(["meshctl", "inspect", "zones", "-o", flag]).unwrap();
+            let Command::Inspect(InspectCommand::Zones(args)) = cli.command else {
+                panic!("not inspect zones")
+            };
+            assert_eq!(args.output, want);
+        }
+        assert!(Cli::try_parse_from(["meshctl", "inspect", "zones", "-o", "wide"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "inspect"]).is_err());
     }
 }

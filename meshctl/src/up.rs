@@ -1,5 +1,8 @@
 //! `meshctl up`: a local federation in one command. Starts one `global-cp` and N `zone-cp` as
-//! child processes on free loopback ports, waits until each is ready, writes `endpoints.json` and
+//! child processes on free loopback ports: the global first; then, for each zone, a zone token
+//! issued by the global (`POST /tokens/zone`), and the zone in `zone` mode dialling the global's
+//! KDS over TLS (trusting the CA named by the global's ready file). It waits until each is ready
+//! and the global reports every zone online (`GET /zones/_overview`), writes `endpoints.json` and
 //! a `meshctl.yaml` config pointing at the global API, then supervises: Ctrl-C or SIGTERM stops
 //! every child (SIGTERM, then SIGKILL after a grace period) and exits 0; a child that dies on its
 //! own is reported and the others are stopped. Data lives under the data directory and survives
@@ -10,6 +13,7 @@
 //!   `admin-token` inside);
 //! - `logs/<name>.log`: each child's stdout and stderr, appended across runs;
 //! - `run/<name>.ready.json`, `run/<name>.pid`, `run/up.pid`: this run's bookkeeping;
+//! - `run/zone-K.token`: zone-K's token (mode 0600), issued again at each start;
 //! - `endpoints.json` and `meshctl.yaml`: written once everything is ready, removed on shutdown
 //!   (`meshctl.yaml` is kept: the token stays valid across restarts).
 
@@ -22,9 +26,11 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::client::ApiClient;
 use crate::config::ConfigFile;
 use crate::endpoints::{Endpoints, GlobalEndpoints, ReadyFile, ZoneEndpoints};
 use crate::fsutil::write_atomic;
+use crate::inspect::ZoneOverview;
 use crate::process::{self, Signal};
 
 /// Arguments of `meshctl up`.
@@ -39,6 +45,9 @@ pub struct UpArgs {
     /// Seconds to wait for each control plane to become ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
+    /// Seconds to wait, once the zones are ready, for the global to report every zone online.
+    #[arg(long, default_value_t = 30)]
+    pub online_timeout: u64,
     /// Seconds each child gets to exit after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -94,6 +103,11 @@ impl Layout {
         self.root.join("run").join(format!("{name}.pid"))
     }
 
+    /// The zone token `zone-cp --zone-token-file` reads.
+    pub fn zone_token(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(format!("{name}.token"))
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("run").join("up.pid")
     }
@@ -127,52 +141,134 @@ pub struct ProcessSpec {
 
 const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
 
-/// The global's and the zones' command lines (the `global-cp` / `zone-cp` contract).
-pub fn process_specs(
-    layout: &Layout,
-    zones: u32,
-    global_bin: &Path,
-    zone_bin: &Path,
-) -> Vec<ProcessSpec> {
-    let spec = |name: String, role: Role, binary: &Path, mut args: Vec<OsString>| {
-        let data_dir = layout.data_dir(&name);
-        let ready_file = layout.ready_file(&name);
-        args.extend([
-            "--data-dir".into(),
-            data_dir.clone().into_os_string(),
-            "--api-addr".into(),
-            LOOPBACK_ANY_PORT.into(),
-            "--diagnostics-addr".into(),
-            LOOPBACK_ANY_PORT.into(),
-        ]);
-        match role {
-            Role::Global => args.extend(["--kds-addr".into(), LOOPBACK_ANY_PORT.into()]),
-            Role::Zone => args.extend(["--xds-addr".into(), LOOPBACK_ANY_PORT.into()]),
-        }
-        args.extend(["--ready-file".into(), ready_file.clone().into_os_string()]);
-        ProcessSpec {
-            log_file: layout.log_file(&name),
-            pid_file: layout.pid_file(&name),
-            name,
-            role,
-            binary: binary.to_path_buf(),
-            args,
-            data_dir,
-            ready_file,
-        }
-    };
-    let mut specs = vec![spec("global".into(), Role::Global, global_bin, Vec::new())];
-    for k in 1..=zones {
-        let name = format!("zone-{k}");
-        let args = vec![
-            "--zone".into(),
-            name.clone().into(),
-            "--mode".into(),
-            "standalone".into(),
-        ];
-        specs.push(spec(name, Role::Zone, zone_bin, args));
+/// How long the tokens `meshctl up` issues for its zones are valid (a year: they are issued again
+/// at each start anyway).
+pub const ZONE_TOKEN_VALIDITY: &str = "8760h";
+
+/// What a zone needs to connect to the global over KDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KdsLink {
+    /// `https://127.0.0.1:P` (`zone-cp --global-kds-address`).
+    pub address: String,
+    /// The CA certificate of the global's KDS server (`zone-cp --kds-ca-file`).
+    pub ca_file: PathBuf,
+}
+
+impl KdsLink {
+    /// The link described by the global's ready file (`kds` and `kdsCa`); errors name the file.
+    pub fn from_ready(ready: &ReadyFile, ready_file: &Path) -> anyhow::Result<KdsLink> {
+        let kds = ready
+            .kds
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        let kds = kds.with_context(|| {
+            format!("ready file {} has no \"kds\" address", ready_file.display())
+        })?;
+        let ca = ready
+            .kds_ca
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
+        let ca = ca.with_context(|| {
+            format!(
+                "ready file {} has no \"kdsCa\" (the CA certificate zones trust for KDS)",
+                ready_file.display()
+            )
+        })?;
+        let address = if kds.contains("://") {
+            kds.to_owned()
+        } else {
+            format!("https://{kds}")
+        };
+        Ok(KdsLink {
+            address,
+            ca_file: PathBuf::from(ca),
+        })
     }
-    specs
+}
+
+/// The names of `zones` zones: `zone-1` .. `zone-N`.
+pub fn zone_names(zones: u32) -> Vec<String> {
+    (1..=zones).map(|k| format!("zone-{k}")).collect()
+}
+
+fn spec(
+    layout: &Layout,
+    name: String,
+    role: Role,
+    binary: &Path,
+    mut args: Vec<OsString>,
+) -> ProcessSpec {
+    let data_dir = layout.data_dir(&name);
+    let ready_file = layout.ready_file(&name);
+    args.extend([
+        "--data-dir".into(),
+        data_dir.clone().into_os_string(),
+        "--api-addr".into(),
+        LOOPBACK_ANY_PORT.into(),
+        "--diagnostics-addr".into(),
+        LOOPBACK_ANY_PORT.into(),
+    ]);
+    match role {
+        Role::Global => args.extend(["--kds-addr".into(), LOOPBACK_ANY_PORT.into()]),
+        Role::Zone => args.extend(["--xds-addr".into(), LOOPBACK_ANY_PORT.into()]),
+    }
+    args.extend(["--ready-file".into(), ready_file.clone().into_os_string()]);
+    ProcessSpec {
+        log_file: layout.log_file(&name),
+        pid_file: layout.pid_file(&name),
+        name,
+        role,
+        binary: binary.to_path_buf(),
+        args,
+        data_dir,
+        ready_file,
+    }
+}
+
+/// The global's command line (the `global-cp` contract; its KDS TLS files go to the default
+/// `<data-dir>/kds`).
+pub fn global_spec(layout: &Layout, global_bin: &Path) -> ProcessSpec {
+    spec(
+        layout,
+        "global".into(),
+        Role::Global,
+        global_bin,
+        Vec::new(),
+    )
+}
+
+/// Zone `name`'s command line (the `zone-cp` contract): zone mode, connected to the global
+/// through `link`, with its token in [`Layout::zone_token`].
+pub fn zone_spec(layout: &Layout, name: &str, zone_bin: &Path, link: &KdsLink) -> ProcessSpec {
+    let args = vec![
+        "--zone".into(),
+        name.into(),
+        "--mode".into(),
+        "zone".into(),
+        "--global-kds-address".into(),
+        link.address.clone().into(),
+        "--kds-ca-file".into(),
+        link.ca_file.clone().into_os_string(),
+        "--zone-token-file".into(),
+        layout.zone_token(name).into_os_string(),
+    ];
+    spec(layout, name.to_owned(), Role::Zone, zone_bin, args)
+}
+
+/// The zones of `expected` the overview does not show online, each with what it shows instead
+/// (`status offline`, `not listed`).
+pub fn not_online(expected: &[String], overview: &[ZoneOverview]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .filter_map(|name| match overview.iter().find(|z| &z.name == name) {
+            Some(z) if z.is_online() => None,
+            Some(z) if z.status.is_empty() => Some((name.clone(), "no status".to_owned())),
+            Some(z) => Some((name.clone(), format!("status {}", z.status))),
+            None => Some((name.clone(), "not listed".to_owned())),
+        })
+        .collect()
 }
 
 /// Finds a workspace binary: next to `own_exe` first, else on `path` (the `PATH` variable).
@@ -219,6 +315,7 @@ pub fn endpoints_of(children: &[(&ProcessSpec, &ReadyFile)]) -> anyhow::Result<E
                     api: ready.api.clone(),
                     kds,
                     diagnostics: ready.diagnostics.clone(),
+                    kds_ca: ready.kds_ca.clone(),
                 });
             }
             Role::Zone => {
@@ -541,6 +638,105 @@ impl Supervisor {
         }
     }
 
+    /// Fails naming the first child of `indexes` that has exited, `what` being what it was doing.
+    fn check_alive(&mut self, indexes: &[usize], what: &str) -> anyhow::Result<()> {
+        self.drain_exits();
+        for &i in indexes {
+            let child = &self.children[i];
+            if let Some(exit) = &child.exit {
+                anyhow::bail!(
+                    child.with_log(format!("{} exited {what} ({exit})", child.describe()))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the global (child 0, reached through `global`) reports every zone in `zones`
+    /// online, failing when a child exits or the deadline passes; the error names the first zone
+    /// still offline and its log.
+    async fn wait_online(
+        &mut self,
+        zones: &[usize],
+        global: &ApiClient,
+        layout: &Layout,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let names: Vec<String> = zones
+            .iter()
+            .map(|&i| self.children[i].spec.name.clone())
+            .collect();
+        let url = global.url(&["zones".to_owned(), "_overview".to_owned()]);
+        let mut last: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (n.clone(), "no answer yet".to_owned()))
+            .collect();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut watched = vec![0];
+            watched.extend_from_slice(zones);
+            self.check_alive(&watched, "before every zone was online")?;
+            let now = Instant::now();
+            let answer = tokio::time::timeout(
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(100)),
+                global.zones_overview(),
+            )
+            .await;
+            match answer {
+                Ok(Ok((_, items))) => {
+                    let overview = ZoneOverview::from_items(&items)
+                        .with_context(|| format!("unexpected answer to GET {url}"))?;
+                    last = not_online(&names, &overview);
+                    if last.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(e)) => {
+                    let e = format!("{e:#}");
+                    for entry in &mut last {
+                        entry.1 = format!("GET {url} failed: {e}");
+                    }
+                }
+                Err(_) => {
+                    for entry in &mut last {
+                        entry.1 = format!("GET {url} did not answer");
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let (name, state) = &last[0];
+                let i = zones
+                    .iter()
+                    .copied()
+                    .find(|&i| &self.children[i].spec.name == name)
+                    .unwrap_or(zones[0]);
+                let child = &self.children[i];
+                let others = if last.len() > 1 {
+                    let rest: Vec<&str> = last[1..].iter().map(|(n, _)| n.as_str()).collect();
+                    format!(" (nor did {})", rest.join(", "))
+                } else {
+                    String::new()
+                };
+                anyhow::bail!(child.with_log(format!(
+                    "{} did not come online on the global within {timeout:?}{others}: last seen \
+                     {state} (the global's log is {})",
+                    child.describe(),
+                    layout.log_file("global").display()
+                )));
+            }
+            let sleep = pause.min(deadline - now);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                Some(exit) = self.exits.recv() => { self.record(exit); }
+            }
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
     fn running(&self) -> Vec<usize> {
         (0..self.children.len())
             .filter(|&i| self.children[i].exit.is_none())
@@ -662,26 +858,75 @@ fn remove_if_present(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Starts everything and waits until it is ready; returns the endpoints.
+/// What `start_all` starts.
+struct Plan<'a> {
+    zones: u32,
+    global_bin: &'a Path,
+    zone_bin: &'a Path,
+    ready_timeout: Duration,
+    online_timeout: Duration,
+}
+
+/// A client of the global's API with its admin token.
+fn global_client(layout: &Layout, ready: &ReadyFile) -> anyhow::Result<ApiClient> {
+    ApiClient::new(&ready.api, Some(read_admin_token(layout)?))
+}
+
+fn read_admin_token(layout: &Layout) -> anyhow::Result<String> {
+    let path = layout.admin_token("global");
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the global admin token {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+/// Asks the global for zone `name`'s token and writes it where the zone reads it (mode 0600).
+async fn issue_zone_token(global: &ApiClient, layout: &Layout, name: &str) -> anyhow::Result<()> {
+    let token = global
+        .generate_zone_token(name, ZONE_TOKEN_VALIDITY)
+        .await
+        .with_context(|| format!("cannot get a zone token for {name} from the global"))?;
+    write_atomic(&layout.zone_token(name), token.as_bytes(), Some(0o600))
+}
+
+/// Starts everything and waits until it is ready and every zone is online; returns the
+/// endpoints.
 async fn start_all(
     sup: &mut Supervisor,
-    specs: Vec<ProcessSpec>,
     layout: &Layout,
-    timeout: Duration,
+    plan: Plan<'_>,
 ) -> anyhow::Result<Endpoints> {
-    let mut specs = specs.into_iter();
-    // The global first: zones will dial its KDS address once they run in zone mode.
-    if let Some(global) = specs.next() {
-        sup.spawn(global)?;
-        sup.wait_ready(&[0], layout, timeout).await?;
+    // The global first: zones need its KDS address, its CA and a token it issued.
+    sup.spawn(global_spec(layout, plan.global_bin))?;
+    sup.wait_ready(&[0], layout, plan.ready_timeout).await?;
+    let global_ready = sup.children[0]
+        .ready
+        .clone()
+        .context("the global is ready but its ready file was not read")?;
+    if plan.zones > 0 {
+        let link = KdsLink::from_ready(&global_ready, &layout.ready_file("global"))?;
+        if !link.ca_file.is_file() {
+            anyhow::bail!(sup.children[0].with_log(format!(
+                "the global's KDS CA certificate {} (\"kdsCa\" in {}) is not a file",
+                link.ca_file.display(),
+                layout.ready_file("global").display()
+            )));
+        }
+        let global = global_client(layout, &global_ready)?;
+        let names = zone_names(plan.zones);
+        for name in &names {
+            issue_zone_token(&global, layout, name).await?;
+        }
+        let zones: Vec<usize> = names
+            .iter()
+            .map(|name| {
+                sup.spawn(zone_spec(layout, name, plan.zone_bin, &link))?;
+                Ok(sup.children.len() - 1)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        sup.wait_ready(&zones, layout, plan.ready_timeout).await?;
+        sup.wait_online(&zones, &global, layout, plan.online_timeout)
+            .await?;
     }
-    let zones: Vec<usize> = specs
-        .map(|spec| {
-            sup.spawn(spec)?;
-            Ok(sup.children.len() - 1)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    sup.wait_ready(&zones, layout, timeout).await?;
     let ready: Vec<(&ProcessSpec, &ReadyFile)> = sup
         .children
         .iter()
@@ -713,15 +958,20 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         PathBuf::new()
     };
-    let specs = process_specs(&layout, args.zones, &global_bin, &zone_bin);
+    let plan = Plan {
+        zones: args.zones,
+        global_bin: &global_bin,
+        zone_bin: &zone_bin,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+        online_timeout: Duration::from_secs(args.online_timeout),
+    };
 
     let mut signals = StopSignals::install()?;
     let mut sup = Supervisor::new()?;
-    let timeout = Duration::from_secs(args.ready_timeout);
     let grace = Duration::from_secs(args.stop_timeout);
 
     let started = tokio::select! {
-        result = start_all(&mut sup, specs, &layout, timeout) => result.map(Some),
+        result = start_all(&mut sup, &layout, plan) => result.map(Some),
         sig = signals.recv() => {
             eprintln!("{sig} received while starting; stopping");
             Ok(None)
@@ -779,16 +1029,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_outputs(layout: &Layout, endpoints: &Endpoints) -> anyhow::Result<()> {
-    let token_path = layout.admin_token("global");
-    let token = std::fs::read_to_string(&token_path)
-        .with_context(|| {
-            format!(
-                "cannot read the global admin token {}",
-                token_path.display()
-            )
-        })?
-        .trim()
-        .to_owned();
+    let token = read_admin_token(layout)?;
     ConfigFile {
         api_url: Some(endpoints.global.api.clone()),
         token: Some(token),
@@ -807,7 +1048,7 @@ fn print_status(sup: &Supervisor, layout: &Layout) {
     let zones = rows.iter().filter(|(s, _, _)| s.role == Role::Zone).count();
     println!("{}", status_table(&rows));
     println!(
-        "Meridian is up: 1 global and {zones} zone(s), data in {}",
+        "Meridian is up: 1 global and {zones} zone(s) connected to it over KDS, data in {}",
         layout.root.display()
     );
     println!("  endpoints: {}", layout.endpoints().display());
@@ -815,6 +1056,10 @@ fn print_status(sup: &Supervisor, layout: &Layout) {
     println!("Use it with:");
     println!(
         "  meshctl --config {} get meshes",
+        layout.config().display()
+    );
+    println!(
+        "  meshctl --config {} inspect zones",
         layout.config().display()
     );
     println!("Press Ctrl-C to stop.");
@@ -831,7 +1076,9 @@ fn finish(layout: &Layout) {
     remove_if_present(&layout.endpoints());
     if let Ok(entries) = std::fs::read_dir(layout.root.join("run")) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".ready.json") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Zone tokens are secrets, and issued again at each start.
+            if name.ends_with(".ready.json") || name.ends_with(".token") {
                 remove_if_present(&entry.path());
             }
         }
@@ -843,26 +1090,29 @@ fn finish(layout: &Layout) {
 mod tests {
     use super::*;
 
+    fn link() -> KdsLink {
+        KdsLink {
+            address: "https://127.0.0.1:3".into(),
+            ca_file: PathBuf::from("/d/global/kds/ca.crt"),
+        }
+    }
+
+    fn args(s: &ProcessSpec) -> Vec<String> {
+        s.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn command_lines_follow_the_contract() {
         let layout = Layout::new("/d");
-        let specs = process_specs(
-            &layout,
-            2,
-            Path::new("/bin/global-cp"),
-            Path::new("/bin/zone-cp"),
-        );
-        assert_eq!(specs.len(), 3);
-        let args = |s: &ProcessSpec| -> Vec<String> {
-            s.args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        };
-        assert_eq!(specs[0].name, "global");
-        assert_eq!(specs[0].binary, Path::new("/bin/global-cp"));
+        let global = global_spec(&layout, Path::new("/bin/global-cp"));
+        assert_eq!(global.name, "global");
+        assert_eq!(global.role, Role::Global);
+        assert_eq!(global.binary, Path::new("/bin/global-cp"));
         assert_eq!(
-            args(&specs[0]),
+            args(&global),
             [
                 "--data-dir",
                 "/d/global",
@@ -876,15 +1126,25 @@ mod tests {
                 "/d/run/global.ready.json"
             ]
         );
-        assert_eq!(specs[2].name, "zone-2");
-        assert_eq!(specs[2].role, Role::Zone);
+        assert_eq!(zone_names(2), ["zone-1", "zone-2"]);
+        assert!(zone_names(0).is_empty());
+        let zone = zone_spec(&layout, "zone-2", Path::new("/bin/zone-cp"), &link());
+        assert_eq!(zone.name, "zone-2");
+        assert_eq!(zone.role, Role::Zone);
+        assert_eq!(zone.binary, Path::new("/bin/zone-cp"));
         assert_eq!(
-            args(&specs[2]),
+            args(&zone),
             [
                 "--zone",
                 "zone-2",
                 "--mode",
-                "standalone",
+                "zone",
+                "--global-kds-address",
+                "https://127.0.0.1:3",
+                "--kds-ca-file",
+                "/d/global/kds/ca.crt",
+                "--zone-token-file",
+                "/d/run/zone-2.token",
                 "--data-dir",
                 "/d/zone-2",
                 "--api-addr",
@@ -897,40 +1157,108 @@ mod tests {
                 "/d/run/zone-2.ready.json"
             ]
         );
-        assert_eq!(specs[1].log_file, Path::new("/d/logs/zone-1.log"));
+        assert_eq!(zone.log_file, Path::new("/d/logs/zone-2.log"));
         assert_eq!(
             layout.admin_token("global"),
             Path::new("/d/global/admin-token")
+        );
+        assert_eq!(
+            layout.zone_token("zone-1"),
+            Path::new("/d/run/zone-1.token")
         );
         assert_eq!(layout.endpoints(), Path::new("/d/endpoints.json"));
         assert_eq!(layout.config(), Path::new("/d/meshctl.yaml"));
     }
 
     #[test]
+    fn the_kds_link_comes_from_the_global_ready_file() {
+        let path = Path::new("/d/run/global.ready.json");
+        let mut ready = ReadyFile {
+            api: "http://127.0.0.1:1".into(),
+            diagnostics: "http://127.0.0.1:2".into(),
+            kds: Some("127.0.0.1:3".into()),
+            xds: None,
+            kds_ca: Some("/d/global/kds/ca.crt".into()),
+        };
+        assert_eq!(KdsLink::from_ready(&ready, path).unwrap(), link());
+        ready.kds = Some("https://[::1]:3".into());
+        assert_eq!(
+            KdsLink::from_ready(&ready, path).unwrap().address,
+            "https://[::1]:3"
+        );
+        ready.kds_ca = None;
+        let err = KdsLink::from_ready(&ready, path).unwrap_err().to_string();
+        assert!(err.contains("kdsCa"), "{err}");
+        assert!(err.contains("global.ready.json"), "{err}");
+        ready.kds = Some(" ".into());
+        let err = KdsLink::from_ready(&ready, path).unwrap_err().to_string();
+        assert!(err.contains("no \"kds\" address"), "{err}");
+    }
+
+    #[test]
+    fn zones_count_as_online_only_when_the_global_says_so() {
+        let names = zone_names(3);
+        let zone = |name: &str, status: &str| ZoneOverview {
+            name: name.into(),
+            status: status.into(),
+            ..ZoneOverview::default()
+        };
+        let overview = [
+            zone("zone-1", "online"),
+            zone("zone-2", "offline"),
+            zone("zone-9", "online"),
+        ];
+        assert_eq!(
+            not_online(&names, &overview),
+            [
+                ("zone-2".to_owned(), "status offline".to_owned()),
+                ("zone-3".to_owned(), "not listed".to_owned())
+            ]
+        );
+        let overview = [
+            zone("zone-3", "Online"),
+            zone("zone-2", "online"),
+            zone("zone-1", "online"),
+        ];
+        assert!(not_online(&names, &overview).is_empty());
+        assert_eq!(
+            not_online(&names[..1], &[zone("zone-1", "")]),
+            [("zone-1".to_owned(), "no status".to_owned())]
+        );
+    }
+
+    #[test]
     fn endpoints_and_status_from_ready_files() {
         let layout = Layout::new("/d");
-        let specs = process_specs(&layout, 1, Path::new("g"), Path::new("z"));
+        let global_spec = global_spec(&layout, Path::new("g"));
+        let zone_spec = zone_spec(&layout, "zone-1", Path::new("z"), &link());
         let global = ReadyFile {
             api: "http://127.0.0.1:1".into(),
             diagnostics: "http://127.0.0.1:2".into(),
             kds: Some("127.0.0.1:3".into()),
             xds: None,
+            kds_ca: Some("/d/global/kds/ca.crt".into()),
         };
         let zone = ReadyFile {
             api: "http://127.0.0.1:4".into(),
             diagnostics: "http://127.0.0.1:5".into(),
             kds: None,
             xds: Some("127.0.0.1:6".into()),
+            kds_ca: None,
         };
-        let endpoints = endpoints_of(&[(&specs[0], &global), (&specs[1], &zone)]).unwrap();
+        let endpoints = endpoints_of(&[(&global_spec, &global), (&zone_spec, &zone)]).unwrap();
         assert_eq!(endpoints.global.kds, "127.0.0.1:3");
+        assert_eq!(
+            endpoints.global.kds_ca.as_deref(),
+            Some("/d/global/kds/ca.crt")
+        );
         assert_eq!(endpoints.zones["zone-1"].xds, "127.0.0.1:6");
         assert_eq!(endpoints.zones["zone-1"].api, "http://127.0.0.1:4");
 
-        let err = endpoints_of(&[(&specs[1], &global)]).unwrap_err();
+        let err = endpoints_of(&[(&zone_spec, &global)]).unwrap_err();
         assert!(err.to_string().contains("zone-1.ready.json"), "{err}");
 
-        let table = status_table(&[(&specs[0], &global, 10), (&specs[1], &zone, 11)]);
+        let table = status_table(&[(&global_spec, &global, 10), (&zone_spec, &zone, 11)]);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NAME     ROLE     API"), "{table}");
         assert!(lines[0].ends_with("KDS/XDS       PID"), "{table}");
@@ -938,7 +1266,152 @@ mod tests {
             lines[1].contains("global   global   http://127.0.0.1:1"),
             "{table}"
         );
+        assert!(
+            lines[2].starts_with("zone-1   zone     http://127.0.0.1:4"),
+            "{table}"
+        );
         assert!(lines[2].contains("127.0.0.1:6   11"), "{table}");
+    }
+
+    /// A stand-in global: `POST /tokens/zone` answers a token naming the zone,
+    /// `GET /zones/_overview` reports zone-1 online and zone-2 offline.
+    async fn fake_global() -> String {
+        use axum::routing::{get, post};
+        let app = axum::Router::new()
+            .route(
+                "/tokens/zone",
+                post(
+                    |axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        let token = format!("token-of-{}-for-{}", body["zone"], body["validFor"]);
+                        axum::Json(serde_json::json!({ "token": token }))
+                    },
+                ),
+            )
+            .route(
+                "/zones/_overview",
+                get(|| async {
+                    axum::Json(serde_json::json!({"total": 2, "items": [
+                        {"name": "zone-1", "status": "online"},
+                        {"name": "zone-2", "status": "offline"}
+                    ], "next": null}))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// A supervisor that believes it runs the global and `zones` (no real processes).
+    fn supervisor_of(layout: &Layout, zones: &[&str]) -> Supervisor {
+        let mut sup = Supervisor::new().unwrap();
+        let mut specs = vec![global_spec(layout, Path::new("g"))];
+        specs.extend(
+            zones
+                .iter()
+                .map(|z| zone_spec(layout, z, Path::new("z"), &link())),
+        );
+        for (pid, spec) in specs.into_iter().enumerate() {
+            sup.children.push(Child {
+                spec,
+                pid: 100 + pid as u32,
+                exit: None,
+                ready: None,
+                healthy: true,
+            });
+        }
+        sup
+    }
+
+    #[tokio::test]
+    async fn zone_tokens_are_written_for_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        let global = ApiClient::new(&fake_global().await, Some("admin".into())).unwrap();
+        issue_zone_token(&global, &layout, "zone-1").await.unwrap();
+        let path = layout.zone_token("zone-1");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "token-of-\"zone-1\"-for-\"8760h\""
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let unreachable = ApiClient::new("http://127.0.0.1:1", None).unwrap();
+        let err = issue_zone_token(&unreachable, &layout, "zone-2")
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("zone token for zone-2"), "{text}");
+        assert!(text.contains("/tokens/zone"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_zones_online_names_the_offline_zone_and_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let global = ApiClient::new(&fake_global().await, None).unwrap();
+
+        let mut sup = supervisor_of(&layout, &["zone-1"]);
+        sup.wait_online(&[1], &global, &layout, Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        let mut sup = supervisor_of(&layout, &["zone-1", "zone-2", "zone-3"]);
+        let started = Instant::now();
+        let err = sup
+            .wait_online(&[1, 2, 3], &global, &layout, Duration::from_millis(300))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            err.starts_with("zone-cp zone-2 (pid 102) did not come online"),
+            "{err}"
+        );
+        assert!(err.contains("within 300ms (nor did zone-3)"), "{err}");
+        assert!(err.contains("last seen status offline"), "{err}");
+        assert!(err.contains("logs/global.log"), "{err}");
+        assert!(err.contains("see its log"), "{err}");
+        assert!(err.contains("logs/zone-2.log"), "{err}");
+
+        // A zone that exits while waiting is reported at once.
+        let mut sup = supervisor_of(&layout, &["zone-2"]);
+        sup.exits_tx
+            .send((
+                1,
+                Exit {
+                    text: "exit status: 2".into(),
+                    success: false,
+                },
+            ))
+            .unwrap();
+        let err = sup
+            .wait_online(&[1], &global, &layout, Duration::from_secs(30))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "zone-cp zone-2 (pid 101) exited before every zone was online (exit status: 2)"
+            ),
+            "{err}"
+        );
+
+        // A global that does not answer the overview is named with the URL.
+        let silent = ApiClient::new("http://127.0.0.1:1", None).unwrap();
+        let mut sup = supervisor_of(&layout, &["zone-1"]);
+        let err = sup
+            .wait_online(&[1], &silent, &layout, Duration::from_millis(200))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GET http://127.0.0.1:1/zones/_overview failed"),
+            "{err}"
+        );
     }
 
     #[test]

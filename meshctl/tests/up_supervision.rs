@@ -2,6 +2,12 @@
 //! others are stopped; a child that fails at start is named with its log; a child that ignores
 //! SIGTERM (stopped with SIGSTOP) is killed after the stop timeout. Also `apply` checks that need
 //! no server at all. Build the binaries first with `cargo build --workspace --bins`.
+//!
+//! The zones `meshctl up` starts run in zone mode, connected to the global over KDS with a token
+//! it issued (`--global-kds-address`, `--kds-ca-file`, `--zone-token-file`); `up` passes those
+//! flags itself and waits for every zone to be online, so nothing here changes with KDS: the same
+//! scenarios now supervise federated zones. A zone that fails at start still fails before it
+//! dials the global, and is named with its log as before.
 
 #[path = "common/federation.rs"]
 mod federation;

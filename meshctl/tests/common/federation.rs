@@ -16,6 +16,9 @@ use serde_json::Value;
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `meshctl up` may take to stop after SIGTERM (children get 10 s each, in parallel).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a change on the global may take to show on a zone. KDS is event-driven: expect well
+/// under a second; the margin is for loaded test machines.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Polls `check` with backoff until it returns `Some`, panicking with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -138,6 +141,110 @@ impl Federation {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs meshctl against zone `zone`'s API (`--api-url`, no config file), with the zone's own
+    /// admin token when `with_token`.
+    pub fn on_zone(&self, zone: &str, with_token: bool, args: &[&str]) -> Output {
+        let api = &self
+            .endpoints
+            .zones
+            .get(zone)
+            .unwrap_or_else(|| panic!("no zone {zone} in endpoints.json"))
+            .api;
+        let mut full = vec!["--api-url", api.as_str()];
+        let token;
+        if with_token {
+            let path = self.dir.join(zone).join("admin-token");
+            token = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("admin token {}: {e}", path.display()));
+            full.extend(["--token", token.trim()]);
+        }
+        full.extend_from_slice(args);
+        run_meshctl(&self.meshctl, None, &full)
+    }
+
+    /// Waits until `meshctl get ... -o json` on zone `zone` finds the resource; returns it.
+    pub fn wait_on_zone(&self, zone: &str, get: &[&str]) -> Value {
+        let mut args = vec!["get"];
+        args.extend_from_slice(get);
+        args.extend(["-o", "json"]);
+        let started = Instant::now();
+        let found = wait_for(
+            &format!("{get:?} to reach {zone} over KDS"),
+            SYNC_TIMEOUT,
+            || {
+                let out = self.on_zone(zone, false, &args);
+                if !out.status.success() {
+                    return None;
+                }
+                serde_json::from_slice::<Value>(&out.stdout).ok()
+            },
+        );
+        eprintln!("{get:?} reached {zone} in {:?}", started.elapsed());
+        found
+    }
+
+    /// Waits until `meshctl get ...` on zone `zone` answers 404.
+    pub fn wait_gone_from_zone(&self, zone: &str, get: &[&str]) {
+        let mut args = vec!["get"];
+        args.extend_from_slice(get);
+        wait_for(
+            &format!("{get:?} to be deleted from {zone} over KDS"),
+            SYNC_TIMEOUT,
+            || {
+                let out = self.on_zone(zone, false, &args);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                (out.status.code() == Some(1) && stderr.contains("HTTP 404")).then_some(())
+            },
+        );
+    }
+
+    /// Asserts `meshctl inspect zones` (table and JSON) shows every zone of endpoints.json online.
+    pub fn assert_zones_online(&self) {
+        let table = self.ok(&["inspect", "zones"]);
+        let header = table.lines().next().unwrap_or_default();
+        assert!(header.starts_with("NAME"), "{table}");
+        for column in [
+            "STATUS",
+            "LAST CONNECTED",
+            "LAST UPDATED",
+            "TOTAL UPDATES",
+            "TOTAL ERRORS",
+            "VERSION",
+        ] {
+            assert!(header.contains(column), "no {column} column:\n{table}");
+        }
+        for zone in self.endpoints.zones.keys() {
+            let row = table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(zone.as_str()))
+                .unwrap_or_else(|| panic!("no row for {zone}:\n{table}"));
+            assert_eq!(
+                row.split_whitespace().nth(1),
+                Some("online"),
+                "{zone} is not online:\n{table}"
+            );
+            assert!(
+                row.contains(" ago "),
+                "{zone} has no last connection:\n{table}"
+            );
+        }
+        let json = self.json(&["inspect", "zones"]);
+        let items = json["items"].as_array().expect("items");
+        assert_eq!(
+            json["total"],
+            self.endpoints.zones.len(),
+            "one item per zone: {json}"
+        );
+        for zone in self.endpoints.zones.keys() {
+            let item = items
+                .iter()
+                .find(|i| i["name"] == zone.as_str())
+                .unwrap_or_else(|| panic!("no item for {zone}: {json}"));
+            assert_eq!(item["status"], "online", "{json}");
+            assert!(item["connectedSince"].is_string(), "{json}");
+        }
+    }
+
     /// Runs meshctl and asserts it fails with exit code 1; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -249,9 +356,25 @@ spec:
         action: Allow
 ";
 
-/// The main scenario: apply a Mesh and a MeshTrafficPermission, get them as tables and JSON,
-/// delete one, stop `up` with SIGTERM (exit 0, children gone), start it again on the same
-/// directory and find the data as it was.
+const ZONE_TIMEOUT: &str = "\
+type: MeshTimeout
+name: zone-local
+mesh: demo
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+    - targetRef:
+        kind: Mesh
+      default:
+        idleTimeout: 30s
+";
+
+/// The main scenario: the zones are online on the global (`inspect zones`); apply a Mesh and a
+/// MeshTrafficPermission on the global, get them as tables and JSON, see them reach every zone
+/// over KDS; a policy applied on a zone is refused; delete one and see the delete reach the zones;
+/// stop `up` with SIGTERM (exit 0, children gone), start it again on the same directory and find
+/// the data as it was, on the global and on the zones.
 pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
     let dir = tmp.join("federation");
     let file = tmp.join("demo.yaml");
@@ -261,12 +384,73 @@ pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
     let fed = Federation::start(meshctl, &dir, 2, &[]);
     let up_out = fed.up_output();
     assert!(up_out.contains("meshctl.yaml get meshes"), "{up_out}");
-    for name in ["global", "zone-1", "zone-2"] {
-        assert!(
-            up_out.contains(name),
-            "status table lacks {name}:\n{up_out}"
+    assert!(up_out.contains("meshctl.yaml inspect zones"), "{up_out}");
+    for (name, role) in [("global", "global"), ("zone-1", "zone"), ("zone-2", "zone")] {
+        let row = up_out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("status table lacks {name}:\n{up_out}"));
+        assert_eq!(
+            row.split_whitespace().nth(1),
+            Some(role),
+            "ROLE of {name}:\n{up_out}"
         );
     }
+
+    // `up` waits for the zones to connect before it writes endpoints.json.
+    fed.assert_zones_online();
+    assert!(
+        fed.endpoints.global.kds_ca.is_some(),
+        "endpoints.json names no kdsCa"
+    );
+    for zone in ["zone-1", "zone-2"] {
+        let token = dir.join(format!("run/{zone}.token"));
+        let meta = std::fs::metadata(&token).unwrap_or_else(|e| panic!("{}: {e}", token.display()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            token.display()
+        );
+    }
+
+    // Zone tokens come from the global, for the admin only.
+    let token = fed.ok(&[
+        "generate",
+        "zone-token",
+        "--zone",
+        "zone-9",
+        "--valid-for",
+        "1h",
+    ]);
+    assert_eq!(token.lines().count(), 1, "{token}");
+    assert!(!token.trim().is_empty(), "{token}");
+    let anonymous = run_meshctl(
+        meshctl,
+        None,
+        &[
+            "--api-url",
+            &fed.endpoints.global.api,
+            "generate",
+            "zone-token",
+            "--zone",
+            "zone-9",
+        ],
+    );
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(anonymous.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    let bad = fed.fails(&[
+        "generate",
+        "zone-token",
+        "--zone",
+        "zone-9",
+        "--valid-for",
+        "soon",
+    ]);
+    assert!(bad.contains("HTTP 400"), "{bad}");
 
     // Reads are open, writes need the token.
     let anonymous = run_meshctl(
@@ -341,6 +525,36 @@ pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
     let mesh = fed.json(&["get", "mesh", "demo"]);
     assert_eq!(mesh["type"], "Mesh", "{mesh}");
 
+    // The global's Mesh and policy reach every zone over KDS, as they are on the global.
+    for zone in ["zone-1", "zone-2"] {
+        let mesh = fed.wait_on_zone(zone, &["mesh", "demo"]);
+        assert_eq!(mesh["name"], "demo", "{zone}: {mesh}");
+        let policy = fed.wait_on_zone(zone, &["meshtrafficpermission", "allow-all", "-m", "demo"]);
+        assert_eq!(policy["type"], "MeshTrafficPermission", "{zone}: {policy}");
+        assert_eq!(policy["mesh"], "demo", "{zone}: {policy}");
+        assert_eq!(policy["spec"], applied["spec"], "{zone}: {policy}");
+    }
+
+    // A zone refuses policy written to it: policy belongs to the global.
+    let timeout_file = tmp.join("zone-timeout.yaml");
+    std::fs::write(&timeout_file, ZONE_TIMEOUT).expect("write zone-timeout.yaml");
+    let refused = fed.on_zone(
+        "zone-1",
+        true,
+        &["apply", "-f", timeout_file.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("MeshTimeout"), "{stderr}");
+    assert!(stderr.contains("on the global"), "{stderr}");
+    assert!(!stderr.contains("HTTP 401"), "{stderr}");
+    let absent = fed.on_zone(
+        "zone-1",
+        false,
+        &["get", "meshtimeout", "zone-local", "-m", "demo"],
+    );
+    assert_eq!(absent.status.code(), Some(1));
+
     // Nothing leaks into another mesh.
     let other = fed.json(&["get", "meshtrafficpermissions", "-m", "default"]);
     assert!(
@@ -359,6 +573,10 @@ pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
     assert!(missing.contains("404"), "{missing}");
     let missing = fed.fails(&["delete", "meshtrafficpermission", "allow-all", "-m", "demo"]);
     assert!(missing.contains("404"), "{missing}");
+    // The delete reaches the zones too.
+    for zone in ["zone-1", "zone-2"] {
+        fed.wait_gone_from_zone(zone, &["meshtrafficpermission", "allow-all", "-m", "demo"]);
+    }
 
     let status = fed.stop();
     assert!(
@@ -369,12 +587,27 @@ pub fn apply_get_delete_restart(meshctl: &Path, tmp: &Path) {
         !dir.join(Endpoints::FILE).exists(),
         "endpoints.json left behind"
     );
+    assert!(
+        !dir.join("run/zone-1.token").exists(),
+        "zone token left behind"
+    );
 
     // Same directory: the data is still there.
     let fed = Federation::start(meshctl, &dir, 2, &[]);
+    fed.assert_zones_online();
     let mesh = fed.json(&["get", "mesh", "demo"]);
     assert_eq!(mesh["name"], "demo", "{mesh}");
     fed.fails(&["get", "meshtrafficpermission", "allow-all", "-m", "demo"]);
+    for zone in ["zone-1", "zone-2"] {
+        let mesh = fed.wait_on_zone(zone, &["mesh", "demo"]);
+        assert_eq!(mesh["name"], "demo", "{zone}: {mesh}");
+        let gone = fed.on_zone(
+            zone,
+            false,
+            &["get", "meshtrafficpermission", "allow-all", "-m", "demo"],
+        );
+        assert_eq!(gone.status.code(), Some(1), "{zone} still has allow-all");
+    }
     let status = fed.stop();
     assert!(
         status.success(),
