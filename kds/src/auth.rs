@@ -668,7 +668,7 @@ impl OpenOptionsExt0600 for OpenOptions {
 /// Authenticates KDS streams with zone tokens: reads `authorization: Bearer <token>` from the
 /// stream's metadata and verifies it against the shared [`ZoneTokenIssuer`] for the zone the
 /// stream claims. Rotation, retirement and revocation through the same issuer take effect for
-/// the next stream.
+/// the next stream. Implements the KDS server's [`crate::server::ZoneAuthenticator`] hook.
 #[derive(Debug, Clone)]
 pub struct TokenAuthenticator {
     issuer: Arc<ZoneTokenIssuer>,
@@ -704,6 +704,16 @@ impl TokenAuthenticator {
                 Err(err.into())
             }
         }
+    }
+}
+
+impl crate::server::ZoneAuthenticator for TokenAuthenticator {
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        claimed_zone: &str,
+    ) -> Result<(), tonic::Status> {
+        self.verify_metadata(metadata, claimed_zone).map(|_| ())
     }
 }
 
@@ -1032,6 +1042,14 @@ mod tests {
         let status = auth.verify_metadata(&md, "west").unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(!status.message().contains(&token));
+
+        // Through the KDS server's hook.
+        let hook: &dyn crate::server::ZoneAuthenticator = &auth;
+        assert!(hook.authenticate(&md, "east").is_ok());
+        assert_eq!(
+            hook.authenticate(&md, "west").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
 
         md.insert("authorization", token.parse().unwrap());
         assert_eq!(
