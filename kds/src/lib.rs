@@ -1,11 +1,30 @@
 //! KDS, the protocol between the global control plane and the zone control planes: one gRPC
-//! connection per zone carrying policy down and inventory up as Envoy delta xDS messages. This
-//! crate will hold the service definition, the delta engine for both directions and zone
-//! authentication (issue [2]). Today it only fixes which resource types travel which way, taken
-//! from the resource model.
+//! connection per zone with two bidirectional streams (`meridian.kds.v1.KdsSync`), policy down
+//! (`GlobalToZoneSync`) and inventory up (`ZoneToGlobalSync`), as Envoy delta xDS messages whose
+//! resources are `Any`s of our own [`pb::KdsResource`]. Versions are content hashes, only
+//! differences travel (also on reconnect), responses are chunked under a byte budget, NACKs are
+//! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
+//! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
+//! conversions, [`status`] the per-zone link status; [`auth`] and [`tls`] hold zone identity.
 
 pub mod auth;
+pub mod client;
+pub mod delta;
+pub mod pb;
+pub mod server;
+pub mod status;
+pub mod sync;
 pub mod tls;
+pub mod wire;
+
+pub use client::{
+    run, ClientError, ClientStatus, ClientStatusSnapshot, KdsClientConfig, TokenSource,
+};
+pub use server::{
+    serve, AllowAllZonesForTests, KdsServer, ServeError, ZoneAuthenticator, ZONE_METADATA,
+};
+pub use status::{ZoneStatus, ZoneStatusRegistry};
+pub use sync::{Backoff, KdsTuning, SyncError};
 
 use mesh_api::{ResourceType, SyncDirection};
 
