@@ -23,6 +23,8 @@ pub struct ZoneStatus {
     pub last_updated: Option<DateTime<Utc>>,
     pub resources_sent: u64,
     pub resources_received: u64,
+    /// Responses sent to the zone (heartbeats excluded).
+    pub messages_sent: u64,
     /// Bytes of encoded responses sent to the zone.
     pub bytes_sent: u64,
     /// NACKs the zone sent (resources it could not apply).
@@ -51,6 +53,7 @@ pub struct ZoneEntry {
     streams: AtomicUsize,
     resources_sent: AtomicU64,
     resources_received: AtomicU64,
+    messages_sent: AtomicU64,
     bytes_sent: AtomicU64,
     nacks_received: AtomicU64,
     nacks_sent: AtomicU64,
@@ -84,6 +87,7 @@ impl ZoneEntry {
         self.resources_sent
             .fetch_add(resources as u64, Ordering::Relaxed);
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
         if resources > 0 {
             self.times().last_updated = Some(Utc::now());
         }
@@ -127,6 +131,7 @@ impl ZoneEntry {
             last_updated: t.last_updated,
             resources_sent: self.resources_sent.load(Ordering::Relaxed),
             resources_received: self.resources_received.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             nacks_received: self.nacks_received.load(Ordering::Relaxed),
             nacks_sent: self.nacks_sent.load(Ordering::Relaxed),
