@@ -359,12 +359,8 @@ pub async fn run(
     loop {
         let address = config.global_addresses[dial % config.global_addresses.len()].clone();
         dial += 1;
-        let healthy_before = config
-            .status
-            .inner
-            .resources_received
-            .load(Ordering::Relaxed);
-        let session = session(&config, &address);
+        let mut opened = false;
+        let session = session(&config, &address, &mut opened);
         let result = tokio::select! {
             r = session => r,
             _ = &mut shutdown => {
@@ -379,15 +375,8 @@ pub async fn run(
         };
         tracing::warn!(zone = %config.zone, %address, %error, "KDS: connection lost; redialling");
         config.status.set_error(error);
-        // A session that got somewhere resets the backoff.
-        let progressed = config
-            .status
-            .inner
-            .resources_received
-            .load(Ordering::Relaxed)
-            > healthy_before
-            || config.status.inner.connected_since_any();
-        if progressed {
+        // A session that opened both streams resets the backoff.
+        if opened {
             attempt = 0;
         }
         let delay = config.backoff.delay(attempt);
@@ -396,14 +385,6 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
             _ = &mut shutdown => return Ok(()),
         }
-    }
-}
-
-impl StatusInner {
-    /// Whether the last session had both streams open (cleared when read).
-    fn connected_since_any(&self) -> bool {
-        let mut d = self.detail.lock().unwrap_or_else(|e| e.into_inner());
-        d.connected_since.take().is_some()
     }
 }
 
@@ -425,7 +406,11 @@ fn request<T>(
 }
 
 /// One connection: both streams until either fails.
-async fn session(config: &KdsClientConfig, address: &str) -> Result<(), ClientError> {
+async fn session(
+    config: &KdsClientConfig,
+    address: &str,
+    opened: &mut bool,
+) -> Result<(), ClientError> {
     config.status.inner.dials.fetch_add(1, Ordering::Relaxed);
     let token = config.token.token()?;
     let tuning = &config.tuning;
@@ -482,6 +467,7 @@ async fn session(config: &KdsClientConfig, address: &str) -> Result<(), ClientEr
         .map_err(|s| ClientError::Open(format!("ZoneToGlobalSync: {}", s.message())))?
         .into_inner();
     config.status.set_connected(Some(address));
+    *opened = true;
     tracing::info!(zone = %config.zone, %address, "KDS: connected to the global");
 
     let node = envoy_types::pb::envoy::config::core::v3::Node {
