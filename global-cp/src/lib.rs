@@ -1,11 +1,15 @@
 //! The global control plane: owns policy for the whole federation. It serves the REST API and
 //! diagnostics (shared with the zone control plane, in the `control-plane` crate) over its own
-//! store, creates the `default` mesh at first start, and holds the KDS listener on which zones
-//! will connect (KDS itself arrives with issue [2]; until then the port is bound but not served).
+//! store, creates the `default` mesh at first start, and serves KDS over TLS to the zones
+//! (`kds::server`): zones authenticate with tokens it signs ([`zones`]: `POST /tokens/zone`), and
+//! `GET /zones/_overview` shows each zone's connection.
+
+pub mod zones;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use control_plane::server::{Listeners, Server, ServerConfig};
 use control_plane::{process, CpMode};
@@ -38,6 +42,31 @@ pub struct Config {
     /// After binding, write the bound addresses here as JSON (for supervisors such as `meshctl up`).
     #[arg(long, env = "MERIDIAN_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Where KDS's TLS material (CA, server certificate) and zone-token signing keys live; the CA
+    /// and certificate are generated here at first start. Default: `<data-dir>/kds`.
+    #[arg(long, env = "MERIDIAN_KDS_TLS_DIR")]
+    pub kds_tls_dir: Option<PathBuf>,
+    /// A KDS server certificate (PEM) to use instead of the generated one (with --kds-tls-key).
+    #[arg(long, env = "MERIDIAN_KDS_TLS_CERT", requires = "kds_tls_key")]
+    pub kds_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "MERIDIAN_KDS_TLS_KEY", requires = "kds_tls_cert")]
+    pub kds_tls_key: Option<PathBuf>,
+    /// Extra names (DNS or IP) the generated KDS certificate covers, besides localhost, 127.0.0.1
+    /// and this host's name. Repeatable.
+    #[arg(
+        long = "kds-hostname",
+        env = "MERIDIAN_KDS_HOSTNAMES",
+        value_delimiter = ','
+    )]
+    pub kds_hostnames: Vec<String>,
+}
+
+impl Config {
+    fn kds_dir(&self) -> PathBuf {
+        self.kds_tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("kds"))
+    }
 }
 
 /// The global control plane's bound listeners.
@@ -67,7 +96,9 @@ impl GlobalListeners {
     }
 }
 
-/// Runs the global control plane on bound listeners until `shutdown` completes.
+/// Runs the global control plane on bound listeners until `shutdown` completes. Once its state
+/// is open (store, TLS material, signing keys) it writes the ready file, if configured: the bound
+/// addresses plus `kdsCa`, the CA file zones verify KDS with.
 pub async fn run(
     config: Config,
     listeners: GlobalListeners,
@@ -78,15 +109,85 @@ pub async fn run(
         mode: CpMode::Global,
     })
     .await?;
-    // Held, not served, until KDS lands: the port stays reserved for the zones.
-    let _kds = listeners.kds;
-    server
-        .serve(
-            Listeners {
-                api: listeners.api,
-                diagnostics: listeners.diagnostics,
-            },
-            shutdown,
-        )
-        .await
+    let kds_dir = config.kds_dir();
+    let tls = match (&config.kds_tls_cert, &config.kds_tls_key) {
+        (Some(cert), Some(key)) => kds::tls::KdsServerTls::from_files(cert, key)?,
+        _ => kds::tls::KdsServerTls::load_or_generate(&kds_dir, &config.kds_hostnames)?,
+    };
+    let issuer = Arc::new(kds::auth::ZoneTokenIssuer::open(
+        kds_dir.join("signing-keys"),
+    )?);
+    let kds_server = kds::server::KdsServer::new(
+        server.store.clone(),
+        Arc::new(kds::auth::TokenAuthenticator::new(issuer.clone())),
+    );
+    let zones_api = zones::router(zones::ZonesApi {
+        issuer,
+        status: kds_server.status(),
+        store: server.store.clone(),
+        admin: server.token.clone(),
+    });
+
+    if let Some(path) = &config.ready_file {
+        let mut addresses = listeners.describe()?;
+        if let Some(ca) = tls.ca_path() {
+            addresses["kdsCa"] = serde_json::Value::String(ca.display().to_string());
+        }
+        process::write_ready_file(path, &addresses)?;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut kds = tokio::spawn(kds::server::serve(
+        listeners.kds,
+        Some(tls.server_tls_config()),
+        kds_server,
+        stopped(stop_rx.clone()),
+    ));
+    let on_signal = stop_tx.clone();
+    let api = server.serve_with(
+        Listeners {
+            api: listeners.api,
+            diagnostics: listeners.diagnostics,
+        },
+        zones_api,
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stopped(stop_rx) => {}
+            }
+            let _ = on_signal.send(true);
+        },
+    );
+    tokio::pin!(api);
+    tokio::select! {
+        served = &mut api => {
+            let _ = stop_tx.send(true);
+            // KDS ends its streams on shutdown; a zone that stopped reading cannot hold the exit.
+            match tokio::time::timeout(std::time::Duration::from_secs(5), kds).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "KDS server failed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "KDS server panicked"),
+                Err(_) => tracing::warn!("KDS server did not stop within 5 s; exiting anyway"),
+            }
+            served
+        }
+        ended = &mut kds => {
+            let stopping = *stop_tx.borrow();
+            let _ = stop_tx.send(true);
+            let served = api.await;
+            if stopping {
+                return served;
+            }
+            // KDS is not optional on a global: stop everything and say why.
+            match ended {
+                Ok(Ok(())) => anyhow::bail!("the KDS server stopped unexpectedly"),
+                Ok(Err(e)) => Err(anyhow::anyhow!("the KDS server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the KDS server panicked: {e}")),
+            }
+        }
+    }
 }

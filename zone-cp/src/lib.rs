@@ -1,8 +1,10 @@
 //! The zone control plane: runs beside the workloads of one zone. It serves the REST API and
 //! diagnostics (shared with the global, in the `control-plane` crate) over its own store, and
 //! holds the xDS listener its proxies will connect to (ADS arrives with issue [3]; until then the
-//! port is bound but not served). In `zone` mode it belongs to a federation and refuses local
-//! writes of what the global owns; in `standalone` mode it owns everything.
+//! port is bound but not served). In `zone` mode it belongs to a federation: it dials the global
+//! over KDS (`kds::client`, TLS verified with `--kds-ca-file`, authenticated with the zone token),
+//! stores what the global sends, reports its inventory up, and refuses local writes of what the
+//! global owns; in `standalone` mode it owns everything.
 //! In both it keeps its ZoneIngresses' `availableServices` current from its Dataplanes
 //! ([`available_services`]).
 
@@ -55,6 +57,17 @@ pub struct Config {
     /// After binding, write the bound addresses here as JSON (for supervisors such as `meshctl up`).
     #[arg(long, env = "MERIDIAN_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// The global's KDS address (`https://host:5685`); required in zone mode. Repeatable or
+    /// comma-separated for a global of several nodes.
+    #[arg(long, env = "MERIDIAN_GLOBAL_KDS_ADDRESS", value_delimiter = ',')]
+    pub global_kds_address: Vec<String>,
+    /// The CA certificate (PEM) that signed the global's KDS certificate.
+    #[arg(long, env = "MERIDIAN_KDS_CA_FILE")]
+    pub kds_ca_file: Option<PathBuf>,
+    /// The file holding this zone's token (`meshctl generate zone-token`); read at every dial, so a
+    /// replaced token is picked up without a restart.
+    #[arg(long, env = "MERIDIAN_ZONE_TOKEN_FILE")]
+    pub zone_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -71,6 +84,27 @@ impl Config {
             ok,
             "--zone {z:?}: must be an RFC 1123 label (lowercase letters, digits and '-', at most 63 characters)"
         );
+        if self.mode == ZoneMode::Zone {
+            anyhow::ensure!(
+                !self.global_kds_address.is_empty(),
+                "--mode zone needs --global-kds-address (the global's KDS address, e.g. https://global:5685)"
+            );
+            for address in &self.global_kds_address {
+                let tls = address.starts_with("https://");
+                anyhow::ensure!(
+                    tls || address.starts_with("http://"),
+                    "--global-kds-address {address:?}: must start with https:// (or http:// without TLS)"
+                );
+                anyhow::ensure!(
+                    !tls || self.kds_ca_file.is_some(),
+                    "--global-kds-address {address:?} uses TLS: give --kds-ca-file to verify the global's certificate"
+                );
+            }
+            anyhow::ensure!(
+                self.zone_token_file.is_some(),
+                "--mode zone needs --zone-token-file (issue one with `meshctl generate zone-token --zone {z}`)"
+            );
+        }
         Ok(())
     }
 }
@@ -102,6 +136,36 @@ impl ZoneListeners {
     }
 }
 
+/// The KDS client of a zone in zone mode: TLS from `--kds-ca-file` (the server name is the
+/// address's host), the token re-read from `--zone-token-file` at every dial.
+fn kds_client_config(
+    config: &Config,
+    store: std::sync::Arc<dyn mesh_store::ResourceStore>,
+) -> anyhow::Result<kds::client::KdsClientConfig> {
+    let first = config
+        .global_kds_address
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--global-kds-address is required in zone mode"))?;
+    let mut client = kds::client::KdsClientConfig::new(&config.zone, first.clone(), store);
+    client.global_addresses = config.global_kds_address.clone();
+    if let Some(ca_file) = &config.kds_ca_file {
+        let ca = kds::tls::load_ca_file(ca_file)?;
+        let host = first
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.rsplit_once(':').map(|(host, _)| host).or(Some(rest)))
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or("localhost");
+        client.tls = Some(kds::tls::client_tls_config(&ca, host));
+    }
+    if let Some(token_file) = &config.zone_token_file {
+        client.token = kds::client::TokenSource::File(token_file.clone());
+    }
+    // A global that restarts should see its zones back within seconds, not half a minute.
+    client.backoff.max = std::time::Duration::from_secs(5);
+    Ok(client)
+}
+
 /// Runs the zone control plane on bound listeners until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -129,6 +193,18 @@ pub async fn run(
         server.store.clone(),
         stop_rx.clone(),
     ));
+    let kds = match &config.mode {
+        ZoneMode::Zone => Some(tokio::spawn(kds::client::run(
+            kds_client_config(&config, server.store.clone())?,
+            {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+            },
+        ))),
+        ZoneMode::Standalone => None,
+    };
     let served = server
         .serve(
             Listeners {
@@ -141,6 +217,13 @@ pub async fn run(
             },
         )
         .await;
+    if let Some(kds) = kds {
+        match kds.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "KDS client failed"),
+            Err(e) => tracing::error!(error = %e, "KDS client panicked"),
+        }
+    }
     match ingress.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "availableServices reconciler failed"),

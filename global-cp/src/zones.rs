@@ -1,0 +1,181 @@
+//! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
+//! the signing key and revoking tokens, and the zones overview (`GET /zones/_overview`) that
+//! `meshctl inspect zones` shows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use control_plane::api::{require_admin, ApiError};
+use control_plane::auth::AdminToken;
+use kds::auth::{AuthError, ZoneTokenIssuer};
+use kds::status::ZoneStatusRegistry;
+use mesh_api::ResourceType;
+use mesh_store::{ListQuery, ResourceStore};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// What the zone endpoints work with.
+pub struct ZonesApi {
+    pub issuer: Arc<ZoneTokenIssuer>,
+    pub status: ZoneStatusRegistry,
+    pub store: Arc<dyn ResourceStore>,
+    pub admin: AdminToken,
+}
+
+type Shared = Arc<ZonesApi>;
+
+pub fn router(api: ZonesApi) -> Router {
+    Router::new()
+        .route("/tokens/zone", post(issue_token))
+        .route("/tokens/zone/rotate", post(rotate_key))
+        .route("/tokens/zone/revoke", post(revoke_token))
+        .route("/zones/_overview", get(overview))
+        .with_state(Arc::new(api))
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::InvalidZone(_) => ApiError::bad_field("zone", e.to_string()),
+        AuthError::InvalidValidity(_) => ApiError::bad_field("validFor", e.to_string()),
+        AuthError::InvalidTokenId(_) | AuthError::Malformed(_) => {
+            ApiError::bad_field("token", e.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "zone token operation failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                other.to_string(),
+            )
+        }
+    }
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest {
+    zone: String,
+    #[serde(default = "default_validity")]
+    valid_for: String,
+}
+
+fn default_validity() -> String {
+    "24h".to_owned()
+}
+
+async fn issue_token(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&api.admin, &headers)?;
+    let request: TokenRequest = json_body(&body)?;
+    let validity = kds::auth::parse_validity(&request.valid_for).map_err(auth_error)?;
+    let (token, claims) = api
+        .issuer
+        .issue_at(&request.zone, validity, chrono::Utc::now())
+        .map_err(auth_error)?;
+    tracing::info!(zone = %request.zone, token_id = %claims.jti, "issued a zone token");
+    Ok(Json(json!({
+        "token": token,
+        "tokenId": claims.jti,
+        "zone": claims.zone,
+        "expiresAt": claims.expires_at().to_rfc3339(),
+    })))
+}
+
+async fn rotate_key(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&api.admin, &headers)?;
+    let key_id = api.issuer.rotate().map_err(auth_error)?;
+    Ok(Json(
+        json!({ "signingKeyId": key_id, "keyIds": api.issuer.key_ids() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeRequest {
+    #[serde(default)]
+    token_id: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+async fn revoke_token(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&api.admin, &headers)?;
+    let request: RevokeRequest = json_body(&body)?;
+    let token_id = match (request.token_id, request.token) {
+        (Some(id), _) => id,
+        (None, Some(token)) => {
+            kds::auth::decode_unverified(&token)
+                .map_err(auth_error)?
+                .jti
+        }
+        (None, None) => return Err(ApiError::bad_field("tokenId", "give tokenId or token")),
+    };
+    api.issuer.revoke(&token_id).map_err(auth_error)?;
+    Ok(Json(json!({ "revoked": token_id })))
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    t.map(|t| Value::String(t.to_rfc3339()))
+        .unwrap_or(Value::Null)
+}
+
+/// Every zone that ever connected since this global started, and every Zone resource.
+async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let mut items: BTreeMap<String, Value> = BTreeMap::new();
+    for zone in api
+        .store
+        .list(&ListQuery::all(ResourceType::Zone))
+        .await?
+        .items
+    {
+        items.insert(
+            zone.meta.name.clone(),
+            json!({ "name": zone.meta.name, "status": "offline" }),
+        );
+    }
+    for s in api.status.snapshot() {
+        items.insert(
+            s.zone.clone(),
+            json!({
+                "name": s.zone,
+                "status": if s.online { "online" } else { "offline" },
+                "connectedSince": time(s.connected_since),
+                "lastConnected": time(s.last_connected),
+                "lastDisconnected": time(s.last_disconnected),
+                "lastUpdated": time(s.last_updated),
+                "totalUpdates": s.resources_sent + s.resources_received,
+                "totalErrors": s.errors + s.nacks_received + s.nacks_sent,
+                "resourcesSent": s.resources_sent,
+                "resourcesReceived": s.resources_received,
+                "nacks": s.nacks_received,
+                "nacksSent": s.nacks_sent,
+                "bytesSent": s.bytes_sent,
+                "lastError": s.last_error,
+                "version": s.version,
+            }),
+        );
+    }
+    let items: Vec<Value> = items.into_values().collect();
+    Ok(Json(
+        json!({ "total": items.len(), "items": items, "next": null }),
+    ))
+}
