@@ -213,6 +213,8 @@ pub(crate) trait Sink: Send + Sync {
 /// How many resources of one response a receiver applies at once (the store shares flushes
 /// between concurrent writers).
 const APPLY_CONCURRENCY: usize = 64;
+/// At most this many unanswered responses are remembered per stream.
+const MAX_INFLIGHT: usize = 4096;
 /// A NACK's message lists at most this many refused resources (all are in its details).
 const NACK_MESSAGE_ITEMS: usize = 5;
 
@@ -223,7 +225,8 @@ struct SenderState<'a> {
     /// What the peer holds (as far as this end knows), per subscribed type. A NACKed resource is
     /// recorded with an empty version, so that it is resent or removed.
     peer: HashMap<ResourceType, HashMap<String, String>>,
-    inflight: HashMap<String, (ResourceType, Vec<String>)>,
+    /// Responses not yet answered, by nonce (fixed-width, so in send order); bounded.
+    inflight: BTreeMap<String, (ResourceType, Vec<String>)>,
     nack_attempts: HashMap<ResourceType, u32>,
     retry_at: HashMap<ResourceType, Instant>,
     nonces: u64,
@@ -304,6 +307,10 @@ impl SenderState<'_> {
             response.nonce = delta::nonce(self.nonces);
             let names = response.resources.iter().map(|r| r.name.clone()).collect();
             self.inflight.insert(response.nonce.clone(), (rtype, names));
+            if self.inflight.len() > MAX_INFLIGHT {
+                // A peer that never answers must not grow this without bound.
+                self.inflight.pop_first();
+            }
             let count = response.resources.len() + response.removed_resources.len();
             let bytes = response.encoded_len();
             out.send(response).await?;
@@ -333,13 +340,16 @@ impl SenderState<'_> {
             }
             Some(status) => {
                 observer.nack_received();
+                let sent: HashSet<&String> = names.iter().collect();
                 let mut failed: Vec<String> = status
                     .details
                     .iter()
                     .filter(|d| d.type_url == RESOURCE_ERROR_TYPE_URL)
                     .filter_map(|d| ResourceError::decode(d.value.as_slice()).ok())
                     .map(|e| e.name)
+                    .filter(|name| sent.contains(name))
                     .collect();
+                drop(sent);
                 if failed.is_empty() {
                     failed = names;
                 }
@@ -381,7 +391,7 @@ pub(crate) async fn run_sender(
         types: source.types().into_iter().collect(),
         desired: HashMap::new(),
         peer: HashMap::new(),
-        inflight: HashMap::new(),
+        inflight: BTreeMap::new(),
         nack_attempts: HashMap::new(),
         retry_at: HashMap::new(),
         nonces: 0,
@@ -719,6 +729,79 @@ pub(crate) async fn delete_guarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Everything;
+    impl Source for Everything {
+        fn types(&self) -> Vec<ResourceType> {
+            vec![ResourceType::MeshTimeout]
+        }
+        fn select(&self, resource: &Resource) -> Option<Resource> {
+            Some(resource.clone())
+        }
+    }
+
+    fn state(source: &dyn Source) -> SenderState<'_> {
+        SenderState {
+            source,
+            types: source.types().into_iter().collect(),
+            desired: HashMap::new(),
+            peer: HashMap::new(),
+            inflight: BTreeMap::new(),
+            nack_attempts: HashMap::new(),
+            retry_at: HashMap::new(),
+            nonces: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nack_marks_only_the_refused_resources_for_retry() {
+        let tuning = KdsTuning::default();
+        let source = Everything;
+        let mut st = state(&source);
+        let t = ResourceType::MeshTimeout;
+        let mut changed = HashMap::new();
+        for name in ["a", "b", "c"] {
+            let r = Resource::new(name, Some("m"), mesh_api::Spec::empty(t));
+            st.apply_event(ChangeKind::Created, &r, &mut changed);
+        }
+        st.peer.insert(t, HashMap::new());
+        let (tx, mut rx) = mpsc::channel(8);
+        let out = Outbound {
+            tx,
+            stall: Duration::from_secs(1),
+        };
+        let d = st.full_diff(t);
+        assert_eq!(d.upserts.len(), 3);
+        st.send(t, d, &out, &tuning, &NoObserver).await.unwrap();
+        let sent = rx.recv().await.unwrap().unwrap();
+        assert_eq!(sent.resources.len(), 3);
+        // Nothing left to send until something changes.
+        assert!(st.full_diff(t).is_empty());
+        let refused = ResourceError {
+            name: "m/b".into(),
+            message: "no".into(),
+        };
+        let nack = DeltaDiscoveryRequest {
+            type_url: wire::type_url(t),
+            response_nonce: sent.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "refused".into(),
+                details: vec![Any {
+                    type_url: RESOURCE_ERROR_TYPE_URL.into(),
+                    value: refused.encode_to_vec(),
+                }],
+            }),
+            ..DeltaDiscoveryRequest::default()
+        };
+        st.on_ack(&nack, t, &tuning, &NoObserver);
+        assert!(st.retry_at.contains_key(&t));
+        assert_eq!(st.nack_attempts.get(&t), Some(&1));
+        let retry = st.full_diff(t);
+        let names: Vec<_> = retry.upserts.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["m/b"]);
+        assert!(st.inflight.is_empty());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
