@@ -1,0 +1,317 @@
+//! The global's KDS as zones meet it: over TLS with the generated CA, authenticated by tokens from
+//! `POST /tokens/zone`. A zone with a valid token comes online and receives policy; a token for
+//! another zone, a revoked one and none at all are refused with a status saying why; rotating the
+//! signing key keeps a connected zone online. Real global (in-process `global_cp::run`), real KDS
+//! clients on real sled stores.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use global_cp::{Config, GlobalListeners};
+use mesh_api::{ResourceKey, ResourceType};
+use mesh_store::{ResourceStore, SledStore};
+use serde_json::{json, Value};
+
+struct Global {
+    api: String,
+    kds: String,
+    ca: Vec<u8>,
+    token: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_global(dir: &Path) -> Global {
+    let ready = dir.join("ready.json");
+    let config = Config::parse_from([
+        "global-cp",
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--diagnostics-addr",
+        "127.0.0.1:0",
+        "--kds-addr",
+        "127.0.0.1:0",
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ]);
+    let listeners = GlobalListeners::bind(&config).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(global_cp::run(config, listeners, async {
+        let _ = rx.await;
+    }));
+    let endpoints: Value =
+        test_support::eventually("the ready file", Duration::from_secs(20), || {
+            let ready = ready.clone();
+            async move {
+                std::fs::read(&ready)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            }
+        })
+        .await
+        .unwrap();
+    let ca = std::fs::read(
+        endpoints["kdsCa"]
+            .as_str()
+            .expect("kdsCa in the ready file"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let diagnostics = endpoints["diagnostics"].as_str().unwrap().to_owned();
+    test_support::eventually("/ready", Duration::from_secs(20), || {
+        let (client, url) = (client.clone(), format!("{diagnostics}/ready"));
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await
+    .unwrap();
+    Global {
+        api: endpoints["api"].as_str().unwrap().to_owned(),
+        kds: format!("https://{}", endpoints["kds"].as_str().unwrap()),
+        ca,
+        token: std::fs::read_to_string(dir.join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+        client,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Global {
+    async fn post(&self, path: &str, body: Value, admin: bool) -> (u16, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.api)).json(&body);
+        if admin {
+            request = request.bearer_auth(&self.token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn zone_token(&self, zone: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/tokens/zone",
+                json!({"zone": zone, "validFor": "1h"}),
+                true,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn overview(&self) -> Value {
+        self.client
+            .get(format!("{}/zones/_overview", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn zone_status(&self, zone: &str) -> Option<String> {
+        let overview = self.overview().await;
+        overview["items"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == zone)
+            .map(|i| i["status"].as_str().unwrap_or("").to_owned())
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+struct Zone {
+    store: Arc<dyn ResourceStore>,
+    status: kds::client::ClientStatus,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), kds::client::ClientError>>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_zone(global: &Global, zone: &str, token: Option<String>) -> Zone {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ResourceStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let mut config = kds::client::KdsClientConfig::new(zone, global.kds.clone(), store.clone());
+    config.tls = Some(kds::tls::client_tls_config(&global.ca, "127.0.0.1"));
+    config.token = match token {
+        Some(t) => kds::client::TokenSource::Static(t),
+        None => kds::client::TokenSource::None,
+    };
+    config.backoff.initial = Duration::from_millis(50);
+    config.backoff.max = Duration::from_millis(500);
+    let status = config.status.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(kds::client::run(config, async {
+        let _ = rx.await;
+    }));
+    Zone {
+        store,
+        status,
+        stop: Some(tx),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Zone {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+
+    async fn refused_with(&self, what: &str) -> String {
+        let status = self.status.clone();
+        test_support::eventually(what, Duration::from_secs(10), || {
+            let snapshot = status.snapshot();
+            async move { snapshot.last_error.filter(|_| !snapshot.connected) }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_checks_its_input_and_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(dir.path()).await;
+    let (status, _) = global
+        .post("/tokens/zone", json!({"zone": "zone-1"}), false)
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = global
+        .post("/tokens/zone", json!({"zone": "Bad_Zone"}), true)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["causes"][0]["field"], "zone", "{body}");
+    let (status, body) = global
+        .post(
+            "/tokens/zone",
+            json!({"zone": "zone-1", "validFor": "soon"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["causes"][0]["field"], "validFor", "{body}");
+    let (status, body) = global
+        .post(
+            "/tokens/zone",
+            json!({"zone": "zone-1", "validFor": "24h"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body["token"].as_str().unwrap().is_empty());
+    global.stop().await;
+}
+
+#[tokio::test]
+async fn a_zone_with_its_token_comes_online_and_receives_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(dir.path()).await;
+    let token = global.zone_token("zone-1").await;
+    let zone = start_zone(&global, "zone-1", Some(token));
+    test_support::eventually("zone-1 online", Duration::from_secs(10), || async {
+        (global.zone_status("zone-1").await.as_deref() == Some("online")).then_some(())
+    })
+    .await
+    .unwrap();
+    // The default mesh (created at the global's first start) reached the zone, labelled.
+    let key = ResourceKey::new(ResourceType::Mesh, None, "default");
+    let mesh = test_support::eventually(
+        "the default mesh in zone-1",
+        Duration::from_secs(10),
+        || {
+            let (store, key) = (zone.store.clone(), key.clone());
+            async move { store.get(&key).await.unwrap() }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        mesh.meta.labels.get("kuma.io/origin").map(String::as_str),
+        Some("global")
+    );
+
+    // Rotating the signing key does not drop the connected zone.
+    let (status, body) = global.post("/tokens/zone/rotate", json!({}), true).await;
+    assert_eq!(status, 200, "{body}");
+    let overview = global.overview().await;
+    assert_eq!(overview["items"][0]["status"], "online", "{overview}");
+    assert!(zone.status.snapshot().connected);
+
+    zone.stop().await;
+    test_support::eventually(
+        "zone-1 offline after it left",
+        Duration::from_secs(30),
+        || async {
+            (global.zone_status("zone-1").await.as_deref() == Some("offline")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    global.stop().await;
+}
+
+#[tokio::test]
+async fn streams_without_a_valid_token_for_their_zone_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(dir.path()).await;
+
+    let none = start_zone(&global, "zone-1", None);
+    let why = none
+        .refused_with("a stream with no token to be refused")
+        .await;
+    assert!(why.to_lowercase().contains("token"), "{why}");
+    none.stop().await;
+
+    // zone-2 presenting zone-1's token: impersonation.
+    let stolen = global.zone_token("zone-1").await;
+    let impostor = start_zone(&global, "zone-2", Some(stolen));
+    let why = impostor.refused_with("impersonation to be refused").await;
+    assert!(why.contains("zone-1") && why.contains("zone-2"), "{why}");
+    impostor.stop().await;
+
+    // A revoked token.
+    let token = global.zone_token("zone-3").await;
+    let (status, body) = global
+        .post("/tokens/zone/revoke", json!({"token": token}), true)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked = start_zone(&global, "zone-3", Some(token));
+    let why = revoked.refused_with("a revoked token to be refused").await;
+    assert!(why.to_lowercase().contains("revoked"), "{why}");
+    revoked.stop().await;
+
+    // None of them ever came online.
+    for zone in ["zone-1", "zone-2", "zone-3"] {
+        assert_ne!(
+            global.zone_status(zone).await.as_deref(),
+            Some("online"),
+            "{zone}"
+        );
+    }
+    global.stop().await;
+}
