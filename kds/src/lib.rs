@@ -6,6 +6,12 @@
 //! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
 //! conversions, [`status`] the per-zone link status; [`auth`] and [`tls`] hold zone identity.
+//!
+//! Wiring. Global: `serve(listener, Some(tls), KdsServer::new(store, Arc::new(authenticator)),
+//! shutdown)`, with [`KdsServer::status`] feeding diagnostics. Zone: `run(KdsClientConfig { tls,
+//! token, .. KdsClientConfig::new(zone, "https://global:5685", store) }, shutdown)`, with a clone
+//! of [`KdsClientConfig::status`] feeding diagnostics. Tests and benchmarks tune timings through
+//! [`KdsTuning`] (heartbeat, watchdog, keepalives, message budget, NACK backoff).
 
 pub mod auth;
 pub mod client;
