@@ -936,3 +936,42 @@ async fn bad_payloads_are_nacked_with_detail() -> anyhow::Result<()> {
     global.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_store_watch_resyncs_by_differences() -> anyhow::Result<()> {
+    // A global store whose watchers fall behind almost at once: the KDS sender must reload and
+    // send the differences rather than lose changes.
+    let dir = tempfile::tempdir()?;
+    let options = mesh_store::SledStoreOptions {
+        broadcast_capacity: 2,
+        watch_buffer: 1,
+        ..mesh_store::SledStoreOptions::default()
+    };
+    let store = Arc::new(SledStore::open_with(dir.path().join("global"), options)?);
+    let global = Global::start(store, tuning(), None).await;
+    let zone = Zone::start("zone-1", open_store(&dir, "zone-1"), global.url(), tuning());
+    wait_online(&global, "zone-1").await?;
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let store = global.store.clone();
+            tokio::spawn(async move { store.create(timeout_policy(&format!("p{i}"), "5s")).await })
+        })
+        .collect();
+    for w in writes {
+        w.await??;
+    }
+    test_support::eventually("all 300 policies", DEADLINE, || async {
+        let page = zone
+            .store
+            .list(&mesh_store::ListQuery::all(ResourceType::MeshTimeout))
+            .await
+            .ok()?;
+        (page.total == 300).then_some(())
+    })
+    .await?;
+    let s = global.zone("zone-1");
+    assert!(s.resources_sent <= 300 + 10, "no full resends: {s:?}");
+    zone.stop().await;
+    global.stop().await;
+    Ok(())
+}
