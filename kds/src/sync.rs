@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use mesh_api::{Resource, ResourceKey, ResourceType};
 use mesh_store::{ChangeKind, ListQuery, ResourceStore, StoreError, Watch};
 use prost::Message;
@@ -76,7 +76,8 @@ pub struct KdsTuning {
     pub message_budget: usize,
     /// The largest message accepted from the peer.
     pub max_received_message: usize,
-    /// Changes arriving within this window after a first one travel together.
+    /// At most one flush of changes per window: a change after a quiet window goes out at once,
+    /// changes following it within the window travel together at its end.
     pub coalesce: Duration,
     /// How often the sender of a stream sends a heartbeat the receiver answers.
     pub heartbeat_interval: Duration,
@@ -404,6 +405,9 @@ pub(crate) async fn run_sender(
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    let mut last_flush = Instant::now()
+        .checked_sub(tuning.coalesce)
+        .unwrap_or_else(Instant::now);
     loop {
         let next_retry = state.retry_at.values().min().copied();
         tokio::select! {
@@ -463,16 +467,29 @@ pub(crate) async fn run_sender(
                     }
                     Some(Ok(ev)) => {
                         state.apply_event(ev.kind, &ev.resource, &mut changed);
-                        // Coalesce the burst: take what else arrives within the window.
-                        let window = Instant::now() + tuning.coalesce;
+                        // Coalesce: take what is already queued; then, unless the stream was
+                        // quiet for a whole window (a lone change goes out at once), keep
+                        // collecting until the window since the last flush ends.
                         loop {
+                            match watch.next().now_or_never() {
+                                None => break,
+                                Some(None) => return Err(SyncError::StoreClosed),
+                                Some(Some(Err(e))) => {
+                                    tracing::warn!(error = %e, "KDS: store watch interrupted; reloading");
+                                    resync = true;
+                                    break;
+                                }
+                                Some(Some(Ok(ev))) => state.apply_event(ev.kind, &ev.resource, &mut changed),
+                            }
+                        }
+                        let window = last_flush + tuning.coalesce;
+                        while !resync {
                             match tokio::time::timeout_at(window, watch.next()).await {
                                 Err(_) => break,
                                 Ok(None) => return Err(SyncError::StoreClosed),
                                 Ok(Some(Err(e))) => {
                                     tracing::warn!(error = %e, "KDS: store watch interrupted; reloading");
                                     resync = true;
-                                    break;
                                 }
                                 Ok(Some(Ok(ev))) => state.apply_event(ev.kind, &ev.resource, &mut changed),
                             }
@@ -497,6 +514,7 @@ pub(crate) async fn run_sender(
                         state.send(rtype, d, &out, tuning, observer).await?;
                     }
                 }
+                last_flush = Instant::now();
             }
             _ = sleep_until_opt(next_retry) => {
                 let now = Instant::now();
