@@ -975,3 +975,39 @@ async fn a_lagging_store_watch_resyncs_by_differences() -> anyhow::Result<()> {
     global.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_changes_travels_in_few_messages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let global = Global::start(open_store(&dir, "global"), tuning(), None).await;
+    let zone = Zone::start("zone-1", open_store(&dir, "zone-1"), global.url(), tuning());
+    wait_online(&global, "zone-1").await?;
+    let before = global.zone("zone-1").messages_sent;
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let store = global.store.clone();
+            tokio::spawn(async move { store.create(timeout_policy(&format!("p{i}"), "5s")).await })
+        })
+        .collect();
+    for w in writes {
+        w.await??;
+    }
+    test_support::eventually("all 200 policies", DEADLINE, || async {
+        let page = zone
+            .store
+            .list(&mesh_store::ListQuery::all(ResourceType::MeshTimeout))
+            .await
+            .ok()?;
+        (page.total == 200).then_some(())
+    })
+    .await?;
+    let s = global.zone("zone-1");
+    assert_eq!(s.resources_sent, 200, "{s:?}");
+    assert!(
+        s.messages_sent - before < 100,
+        "coalesced into few messages: {s:?}"
+    );
+    zone.stop().await;
+    global.stop().await;
+    Ok(())
+}
