@@ -47,6 +47,11 @@ impl CpMode {
 
     /// Why this control plane refuses user writes of `rtype`, if it does.
     pub fn refuses_writes_of(&self, rtype: ResourceType) -> Option<String> {
+        if rtype.is_computed() {
+            return Some(format!(
+                "{rtype} resources are computed by the control plane and cannot be written"
+            ));
+        }
         match (self, rtype.sync_direction()) {
             (CpMode::Zone { .. }, SyncDirection::GlobalToZone) => Some(format!(
                 "{rtype} resources are owned by the global control plane: apply them on the global \

@@ -1,6 +1,6 @@
 //! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
 //! the signing key and revoking tokens, and the zones overview (`GET /zones/_overview`) that
-//! `meshctl inspect zones` shows.
+//! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -173,6 +173,20 @@ async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
                 "version": s.version,
             }),
         );
+    }
+    // Each zone's own summary, reported over KDS and stored under the zone's label.
+    for insight in api
+        .store
+        .list(&ListQuery::all(ResourceType::ZoneInsight))
+        .await?
+        .items
+    {
+        let Some(zone) = insight.meta.labels.get(mesh_api::ZONE_LABEL) else {
+            continue;
+        };
+        if let Some(Value::Object(item)) = items.get_mut(zone) {
+            item.insert("insight".into(), insight.spec.to_value());
+        }
     }
     let items: Vec<Value> = items.into_values().collect();
     Ok(Json(

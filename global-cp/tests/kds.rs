@@ -4,142 +4,15 @@
 //! signing key keeps a connected zone online. Real global (in-process `global_cp::run`), real KDS
 //! clients on real sled stores.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use global_cp::{Config, GlobalListeners};
 use mesh_api::{ResourceKey, ResourceType};
 use mesh_store::{ResourceStore, SledStore};
-use serde_json::{json, Value};
+use serde_json::json;
 
-struct Global {
-    api: String,
-    kds: String,
-    ca: Vec<u8>,
-    token: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_global(dir: &Path) -> Global {
-    let ready = dir.join("ready.json");
-    let config = Config::parse_from([
-        "global-cp",
-        "--data-dir",
-        dir.join("data").to_str().unwrap(),
-        "--api-addr",
-        "127.0.0.1:0",
-        "--diagnostics-addr",
-        "127.0.0.1:0",
-        "--kds-addr",
-        "127.0.0.1:0",
-        "--ready-file",
-        ready.to_str().unwrap(),
-    ]);
-    let listeners = GlobalListeners::bind(&config).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(global_cp::run(config, listeners, async {
-        let _ = rx.await;
-    }));
-    let endpoints: Value =
-        test_support::eventually("the ready file", Duration::from_secs(20), || {
-            let ready = ready.clone();
-            async move {
-                std::fs::read(&ready)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-            }
-        })
-        .await
-        .unwrap();
-    let ca = std::fs::read(
-        endpoints["kdsCa"]
-            .as_str()
-            .expect("kdsCa in the ready file"),
-    )
-    .unwrap();
-    let client = reqwest::Client::new();
-    let diagnostics = endpoints["diagnostics"].as_str().unwrap().to_owned();
-    test_support::eventually("/ready", Duration::from_secs(20), || {
-        let (client, url) = (client.clone(), format!("{diagnostics}/ready"));
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await
-    .unwrap();
-    Global {
-        api: endpoints["api"].as_str().unwrap().to_owned(),
-        kds: format!("https://{}", endpoints["kds"].as_str().unwrap()),
-        ca,
-        token: std::fs::read_to_string(dir.join("data/admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned(),
-        client,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Global {
-    async fn post(&self, path: &str, body: Value, admin: bool) -> (u16, Value) {
-        let mut request = self.client.post(format!("{}{path}", self.api)).json(&body);
-        if admin {
-            request = request.bearer_auth(&self.token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn zone_token(&self, zone: &str) -> String {
-        let (status, body) = self
-            .post(
-                "/tokens/zone",
-                json!({"zone": zone, "validFor": "1h"}),
-                true,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn overview(&self) -> Value {
-        self.client
-            .get(format!("{}/zones/_overview", self.api))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn zone_status(&self, zone: &str) -> Option<String> {
-        let overview = self.overview().await;
-        overview["items"]
-            .as_array()?
-            .iter()
-            .find(|i| i["name"] == zone)
-            .map(|i| i["status"].as_str().unwrap_or("").to_owned())
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.task).await.unwrap().unwrap();
-    }
-}
+mod common;
+use common::{start_global, Global};
 
 struct Zone {
     store: Arc<dyn ResourceStore>,

@@ -1,5 +1,5 @@
 //! Core and legacy types (flat universal form): Mesh, Zone, Dataplane, ZoneIngress, ZoneEgress,
-//! Secret/GlobalSecret, ExternalService, TrafficRoute, TrafficPermission.
+//! Secret/GlobalSecret, ExternalService, TrafficRoute, TrafficPermission, and ZoneInsight (computed).
 
 pub mod common;
 pub mod dataplane;
@@ -11,3 +11,4 @@ pub mod traffic_route;
 pub mod zone;
 pub mod zone_egress;
 pub mod zone_ingress;
+pub mod zone_insight;

@@ -1,18 +1,14 @@
 //! Keeps each local ZoneIngress's `availableServices` equal to what the zone's Dataplanes offer:
 //! one entry per (mesh, inbound tag set) with the number of ready instances. Other zones route to
-//! this zone through that list, so it follows every Dataplane change as it happens (a store watch,
-//! coalesced over a few milliseconds), never on a timer.
+//! this zone through that list, so it follows every Dataplane change as it happens
+//! ([`crate::reconciler`]), never on a timer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_api::core::zone_ingress::AvailableService;
 use mesh_api::{Resource, ResourceType, Spec, ORIGIN_LABEL, SERVICE_TAG};
 use mesh_store::{ListQuery, ResourceStore, StoreError};
-
-/// How long to wait for more changes after one arrives, so a burst costs one recomputation.
-const COALESCE: Duration = Duration::from_millis(5);
 
 /// The services `dataplanes` offer, sorted by mesh then tags: every ready inbound that names its
 /// service counts as one instance of its (mesh, tags).
@@ -87,45 +83,17 @@ pub async fn reconcile(store: &dyn ResourceStore) -> Result<usize, StoreError> {
     Ok(written)
 }
 
-fn matters(rtype: ResourceType) -> bool {
-    matches!(rtype, ResourceType::Dataplane | ResourceType::ZoneIngress)
-}
-
 /// Reconciles now and after every Dataplane or ZoneIngress change until `shutdown` completes.
 pub async fn run(
     store: Arc<dyn ResourceStore>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    loop {
-        let from = store.revision();
-        reconcile(store.as_ref()).await?;
-        let mut watch = store.watch(from)?;
-        // Follow the watch until it ends (lagged, compacted or closed), then list afresh.
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-                event = watch.next() => event,
-            };
-            match event {
-                None => return Ok(()),
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "availableServices watch ended; listing again");
-                    break;
-                }
-                Some(Ok(event)) => {
-                    if !matters(event.resource.resource_type()) {
-                        continue;
-                    }
-                    // Coalesce a burst: take whatever else arrives within the window.
-                    let deadline = tokio::time::Instant::now() + COALESCE;
-                    while let Ok(Some(Ok(_))) =
-                        tokio::time::timeout_at(deadline, watch.next()).await
-                    {}
-                    reconcile(store.as_ref()).await?;
-                }
-            }
-        }
-    }
+    let watched = [ResourceType::Dataplane, ResourceType::ZoneIngress];
+    crate::reconciler::run(store.clone(), shutdown, &watched, || {
+        let store = store.clone();
+        async move { reconcile(store.as_ref()).await.map(|_| ()) }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //! stores what the global sends, reports its inventory up, and refuses local writes of what the
 //! global owns; in `standalone` mode it owns everything.
 //! In both it keeps its ZoneIngresses' `availableServices` current from its Dataplanes
-//! ([`available_services`]).
+//! ([`available_services`]) and its own summary, the ZoneInsight ([`insight`]).
 
 pub mod available_services;
+pub mod insight;
+pub mod reconciler;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -193,6 +195,11 @@ pub async fn run(
         server.store.clone(),
         stop_rx.clone(),
     ));
+    let insight = tokio::spawn(insight::run(
+        server.store.clone(),
+        config.zone.clone(),
+        stop_rx.clone(),
+    ));
     let kds = match &config.mode {
         ZoneMode::Zone => Some(tokio::spawn(kds::client::run(
             kds_client_config(&config, server.store.clone())?,
@@ -224,10 +231,15 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "KDS client panicked"),
         }
     }
-    match ingress.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "availableServices reconciler failed"),
-        Err(e) => tracing::error!(error = %e, "availableServices reconciler panicked"),
+    for (what, task) in [
+        ("availableServices reconciler", ingress),
+        ("ZoneInsight reconciler", insight),
+    ] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+            Err(e) => tracing::error!(error = %e, "{what} panicked"),
+        }
     }
     served
 }
