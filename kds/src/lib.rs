@@ -29,7 +29,7 @@ pub use client::{
 pub use server::{
     serve, AllowAllZonesForTests, KdsServer, ServeError, ZoneAuthenticator, ZONE_METADATA,
 };
-pub use status::{ZoneStatus, ZoneStatusRegistry};
+pub use status::{ZoneStatus, ZoneStatusRegistry, ZoneTransition};
 pub use sync::{Backoff, KdsTuning, SyncError};
 
 use mesh_api::{ResourceType, SyncDirection};
