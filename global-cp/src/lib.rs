@@ -2,7 +2,9 @@
 //! diagnostics (shared with the zone control plane, in the `control-plane` crate) over its own
 //! store, creates the `default` mesh at first start, and serves KDS over TLS to the zones
 //! (`kds::server`): zones authenticate with tokens it signs ([`zones`]: `POST /tokens/zone`), and
-//! `GET /zones/_overview` shows each zone's connection.
+//! `GET /zones/_overview` shows each zone's connection. A zone's inventory outlives its
+//! disconnection by `--zone-grace-period` (or until its Zone resource is deleted), then the
+//! `kds::janitor` removes it.
 
 pub mod zones;
 
@@ -59,6 +61,22 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub kds_hostnames: Vec<String>,
+    /// How long a disconnected zone's inventory (dataplanes, ingresses, ...) stays at the global,
+    /// so other zones keep routing to it, before it is removed: `300ms`, `10m`, `1h`, `2d`.
+    /// Deleting the zone's Zone resource removes it at once.
+    #[arg(
+        long,
+        env = "MERIDIAN_ZONE_GRACE_PERIOD",
+        default_value = "1h",
+        value_parser = parse_grace_period
+    )]
+    pub zone_grace_period: std::time::Duration,
+}
+
+/// A duration as Kuma writes them (`<n><unit>`, unit one of `ms`, `s`, `m`, `h`, `d`, `w`, `y`).
+fn parse_grace_period(text: &str) -> Result<std::time::Duration, String> {
+    mesh_api::core::common::parse_kuma_duration(text.trim())
+        .ok_or_else(|| format!("{text:?} is not a duration such as 300ms, 10m, 1h or 2d"))
 }
 
 impl Config {
@@ -121,6 +139,11 @@ pub async fn run(
         server.store.clone(),
         Arc::new(kds::auth::TokenAuthenticator::new(issuer.clone())),
     );
+    let janitor = kds::janitor::ZoneJanitor::new(
+        server.store.clone(),
+        kds_server.status(),
+        config.zone_grace_period,
+    );
     let zones_api = zones::router(zones::ZonesApi {
         issuer,
         status: kds_server.status(),
@@ -147,6 +170,12 @@ pub async fn run(
         kds_server,
         stopped(stop_rx.clone()),
     ));
+    let janitor_stop = stopped(stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = janitor.run(janitor_stop).await {
+            tracing::error!(error = %e, "the zone janitor stopped: inventory of departed zones stays");
+        }
+    });
     let on_signal = stop_tx.clone();
     let api = server.serve_with(
         Listeners {
@@ -189,5 +218,27 @@ pub async fn run(
                 Err(e) => Err(anyhow::anyhow!("the KDS server panicked: {e}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[test]
+    fn the_grace_period_defaults_to_an_hour_and_takes_humane_durations() {
+        let config = Config::parse_from(["global-cp"]);
+        assert_eq!(config.zone_grace_period, Duration::from_secs(3600));
+        for (text, want) in [
+            ("10m", Duration::from_secs(600)),
+            ("300ms", Duration::from_millis(300)),
+            ("2d", Duration::from_secs(2 * 86_400)),
+        ] {
+            let config = Config::parse_from(["global-cp", "--zone-grace-period", text]);
+            assert_eq!(config.zone_grace_period, want, "{text}");
+        }
+        assert!(Config::try_parse_from(["global-cp", "--zone-grace-period", "soon"]).is_err());
     }
 }

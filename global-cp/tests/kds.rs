@@ -1,7 +1,9 @@
 //! The global's KDS as zones meet it: over TLS with the generated CA, authenticated by tokens from
 //! `POST /tokens/zone`. A zone with a valid token comes online and receives policy; a token for
 //! another zone, a revoked one and none at all are refused with a status saying why; rotating the
-//! signing key keeps a connected zone online. Real global (in-process `global_cp::run`), real KDS
+//! signing key keeps a connected zone online. A zone that leaves keeps its inventory at the global
+//! for `--zone-grace-period`, then loses it (also in the other zones), and at once when its Zone
+//! resource is deleted. Real global (in-process `global_cp::run`), real KDS
 //! clients on real sled stores.
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use mesh_store::{ResourceStore, SledStore};
 use serde_json::json;
 
 mod common;
-use common::{start_global, Global};
+use common::{start_global, start_global_with, Global};
 
 struct Zone {
     store: Arc<dyn ResourceStore>,
@@ -186,5 +188,164 @@ async fn streams_without_a_valid_token_for_their_zone_are_refused() {
             "{zone}"
         );
     }
+    global.stop().await;
+}
+
+fn parse(yaml: &str) -> mesh_api::Resource {
+    let mut docs = mesh_api::parse_documents(yaml);
+    docs.remove(0).expect("parses").resource
+}
+
+fn dataplane() -> mesh_api::Resource {
+    parse("type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 80\n      tags:\n        kuma.io/service: web\n")
+}
+
+fn ingress() -> mesh_api::Resource {
+    parse("type: ZoneIngress\nname: ingress\nnetworking:\n  address: 10.0.0.2\n  port: 10001\n  advertisedAddress: 192.0.2.1\n  advertisedPort: 10001\navailableServices:\n  - tags:\n      kuma.io/service: web\n")
+}
+
+async fn present(store: &Arc<dyn ResourceStore>, key: &ResourceKey) -> bool {
+    store.get(key).await.unwrap().is_some()
+}
+
+const DP_AT_GLOBAL: &str = "/meshes/default/dataplanes/web.zone-1";
+const INGRESS_AT_GLOBAL: &str = "/zoneingresses/ingress.zone-1";
+
+fn ingress_in_zone_2() -> ResourceKey {
+    ResourceKey::new(ResourceType::ZoneIngress, None, "ingress.zone-1")
+}
+
+impl Global {
+    async fn has(&self, path: &str) -> bool {
+        let status = self
+            .send(self.client.get(format!("{}{path}", self.api)))
+            .await;
+        assert!(status == 200 || status == 404, "GET {path}: {status}");
+        status == 200
+    }
+
+    async fn until_has(&self, what: &str, paths: &[&str], want: bool) {
+        test_support::eventually(what, Duration::from_secs(15), || async {
+            for path in paths {
+                if self.has(path).await != want {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
+async fn until_in_store(what: &str, store: &Arc<dyn ResourceStore>, key: &ResourceKey, want: bool) {
+    test_support::eventually(what, Duration::from_secs(15), || async {
+        (present(store, key).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// zone-1 (reporting a Dataplane and a ZoneIngress) and zone-2 online, everything synced.
+async fn two_zones_with_inventory(global: &Global) -> (Zone, Zone) {
+    let zone1 = start_zone(global, "zone-1", Some(global.zone_token("zone-1").await));
+    let zone2 = start_zone(global, "zone-2", Some(global.zone_token("zone-2").await));
+    zone1.store.create(dataplane()).await.unwrap();
+    zone1.store.create(ingress()).await.unwrap();
+    global
+        .until_has(
+            "zone-1's inventory at the global",
+            &[DP_AT_GLOBAL, INGRESS_AT_GLOBAL],
+            true,
+        )
+        .await;
+    until_in_store(
+        "zone-1's ingress relayed to zone-2",
+        &zone2.store,
+        &ingress_in_zone_2(),
+        true,
+    )
+    .await;
+    (zone1, zone2)
+}
+
+#[tokio::test]
+async fn a_departed_zone_loses_its_inventory_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global_with(dir.path(), &["--zone-grace-period", "300ms"]).await;
+    let (zone1, zone2) = two_zones_with_inventory(&global).await;
+
+    zone1.stop().await;
+    global
+        .until_has(
+            "zone-1's inventory to leave the global after the grace period",
+            &[DP_AT_GLOBAL, INGRESS_AT_GLOBAL],
+            false,
+        )
+        .await;
+    // The removal flowed to the other zone: it no longer routes to zone-1's ingress.
+    until_in_store(
+        "zone-1's ingress to leave zone-2",
+        &zone2.store,
+        &ingress_in_zone_2(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        global.zone_status("zone-2").await.as_deref(),
+        Some("online")
+    );
+    zone2.stop().await;
+    global.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_zone_removes_its_inventory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A grace period far longer than the test: only the deletion can remove anything.
+    let global = start_global_with(dir.path(), &["--zone-grace-period", "1h"]).await;
+    let status = global
+        .send(
+            global
+                .client
+                .put(format!("{}/zones/zone-1", global.api))
+                .json(&json!({"type": "Zone", "name": "zone-1"})),
+        )
+        .await;
+    assert!(
+        status == 200 || status == 201,
+        "PUT /zones/zone-1: {status}"
+    );
+    let (zone1, zone2) = two_zones_with_inventory(&global).await;
+
+    zone1.stop().await;
+    test_support::eventually("zone-1 offline", Duration::from_secs(30), || async {
+        (global.zone_status("zone-1").await.as_deref() == Some("offline")).then_some(())
+    })
+    .await
+    .unwrap();
+    // Within the grace period: still there, and still relayed.
+    assert!(global.has(DP_AT_GLOBAL).await && global.has(INGRESS_AT_GLOBAL).await);
+    assert!(present(&zone2.store, &ingress_in_zone_2()).await);
+
+    let status = global
+        .send(global.client.delete(format!("{}/zones/zone-1", global.api)))
+        .await;
+    assert_eq!(status, 200, "DELETE /zones/zone-1");
+    global
+        .until_has(
+            "zone-1's inventory to leave the global",
+            &[DP_AT_GLOBAL, INGRESS_AT_GLOBAL],
+            false,
+        )
+        .await;
+    until_in_store(
+        "zone-1's ingress to leave zone-2",
+        &zone2.store,
+        &ingress_in_zone_2(),
+        false,
+    )
+    .await;
+    zone2.stop().await;
     global.stop().await;
 }

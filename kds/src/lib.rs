@@ -5,7 +5,8 @@
 //! differences travel (also on reconnect), responses are chunked under a byte budget, NACKs are
 //! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
-//! conversions, [`status`] the per-zone link status; [`auth`] and [`tls`] hold zone identity.
+//! conversions, [`status`] the per-zone link status, [`janitor`] the removal of inventory of
+//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity.
 //!
 //! Wiring. Global: `serve(listener, Some(tls), KdsServer::new(store, Arc::new(authenticator)),
 //! shutdown)`, with [`KdsServer::status`] feeding diagnostics. Zone: `run(KdsClientConfig { tls,
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod client;
 pub mod delta;
+pub mod janitor;
 pub mod pb;
 pub mod server;
 pub mod status;
@@ -26,10 +28,11 @@ pub mod wire;
 pub use client::{
     run, ClientError, ClientStatus, ClientStatusSnapshot, KdsClientConfig, TokenSource,
 };
+pub use janitor::{JanitorError, ZoneJanitor};
 pub use server::{
     serve, AllowAllZonesForTests, KdsServer, ServeError, ZoneAuthenticator, ZONE_METADATA,
 };
-pub use status::{ZoneStatus, ZoneStatusRegistry};
+pub use status::{ZoneStatus, ZoneStatusRegistry, ZoneTransition};
 pub use sync::{Backoff, KdsTuning, SyncError};
 
 use mesh_api::{ResourceType, SyncDirection};

@@ -2,13 +2,28 @@
 //! one of its streams is open; a stream ends when the zone disconnects, fails, or its watchdog
 //! fires), when it connected, when it last sent or received anything, resources sent and
 //! received, NACKs and errors, and the version the zone reports. Counters are per-zone atomics;
-//! the registry's map is locked only when a stream opens.
+//! the registry's map is locked only when a stream opens. A zone going offline (its last stream
+//! ended) or online (its first stream opened) is announced to subscribers ([`ZoneStatusRegistry::subscribe`])
+//! as a [`ZoneTransition`]; only those two edges send anything, never the per-message counters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+/// How many transitions a slow subscriber may fall behind before it is told it lagged.
+const TRANSITIONS_BUFFER: usize = 1024;
+
+/// A zone came online (its first stream opened) or went offline (its last stream ended).
+/// Transitions of different streams may be observed out of order: on receipt, read the zone's
+/// current state with [`ZoneStatusRegistry::is_online`] rather than trusting `online` alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneTransition {
+    pub zone: String,
+    pub online: bool,
+}
 
 /// One zone's status, as of [`ZoneStatusRegistry::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -48,8 +63,10 @@ struct Times {
 }
 
 /// The live counters of one zone, shared by its streams.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ZoneEntry {
+    zone: String,
+    transitions: broadcast::Sender<ZoneTransition>,
     streams: AtomicUsize,
     resources_sent: AtomicU64,
     resources_received: AtomicU64,
@@ -62,6 +79,34 @@ pub struct ZoneEntry {
 }
 
 impl ZoneEntry {
+    fn new(zone: String, transitions: broadcast::Sender<ZoneTransition>) -> ZoneEntry {
+        ZoneEntry {
+            zone,
+            transitions,
+            streams: AtomicUsize::new(0),
+            resources_sent: AtomicU64::new(0),
+            resources_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            nacks_received: AtomicU64::new(0),
+            nacks_sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            times: Mutex::default(),
+        }
+    }
+
+    fn announce(&self, online: bool) {
+        // No subscriber is fine (a global without a janitor, tests).
+        let _ = self.transitions.send(ZoneTransition {
+            zone: self.zone.clone(),
+            online,
+        });
+    }
+
+    fn online(&self) -> bool {
+        self.streams.load(Ordering::SeqCst) > 0
+    }
+
     fn times(&self) -> std::sync::MutexGuard<'_, Times> {
         self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -69,17 +114,23 @@ impl ZoneEntry {
     pub(crate) fn stream_opened(&self) {
         let now = Utc::now();
         if self.streams.fetch_add(1, Ordering::SeqCst) == 0 {
-            let mut t = self.times();
-            t.connected_since = Some(now);
-            t.last_connected = Some(now);
+            {
+                let mut t = self.times();
+                t.connected_since = Some(now);
+                t.last_connected = Some(now);
+            }
+            self.announce(true);
         }
     }
 
     pub(crate) fn stream_closed(&self) {
         if self.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let mut t = self.times();
-            t.connected_since = None;
-            t.last_disconnected = Some(Utc::now());
+            {
+                let mut t = self.times();
+                t.connected_since = None;
+                t.last_disconnected = Some(Utc::now());
+            }
+            self.announce(false);
         }
     }
 
@@ -124,7 +175,7 @@ impl ZoneEntry {
         let t = self.times();
         ZoneStatus {
             zone: zone.to_owned(),
-            online: self.streams.load(Ordering::SeqCst) > 0,
+            online: self.online(),
             connected_since: t.connected_since,
             last_connected: t.last_connected,
             last_disconnected: t.last_disconnected,
@@ -143,14 +194,39 @@ impl ZoneEntry {
 }
 
 /// Per-zone KDS status at the global. Cloning shares the registry.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ZoneStatusRegistry {
     zones: Arc<RwLock<HashMap<String, Arc<ZoneEntry>>>>,
+    transitions: broadcast::Sender<ZoneTransition>,
+}
+
+impl Default for ZoneStatusRegistry {
+    fn default() -> ZoneStatusRegistry {
+        ZoneStatusRegistry {
+            zones: Arc::default(),
+            transitions: broadcast::channel(TRANSITIONS_BUFFER).0,
+        }
+    }
 }
 
 impl ZoneStatusRegistry {
     pub fn new() -> ZoneStatusRegistry {
         ZoneStatusRegistry::default()
+    }
+
+    /// Every later online/offline transition of any zone. A receiver that falls more than
+    /// a thousand transitions behind gets `Lagged` once and should re-read [`Self::snapshot`].
+    pub fn subscribe(&self) -> broadcast::Receiver<ZoneTransition> {
+        self.transitions.subscribe()
+    }
+
+    /// Whether a zone has a KDS stream open now.
+    pub fn is_online(&self, zone: &str) -> bool {
+        self.zones
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(zone)
+            .is_some_and(|e| e.online())
     }
 
     /// The entry of a zone, created on first use.
@@ -167,7 +243,7 @@ impl ZoneStatusRegistry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(zone.to_owned())
-            .or_default()
+            .or_insert_with(|| Arc::new(ZoneEntry::new(zone.to_owned(), self.transitions.clone())))
             .clone()
     }
 
@@ -215,5 +291,26 @@ mod tests {
         assert!(!s.online);
         assert!(s.connected_since.is_none() && s.last_disconnected.is_some());
         assert_eq!(reg.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn only_the_online_and_offline_edges_are_announced() {
+        let reg = ZoneStatusRegistry::new();
+        let mut rx = reg.subscribe();
+        let e = reg.entry("zone-1");
+        e.stream_opened();
+        e.stream_opened();
+        e.sent(1, 10);
+        e.stream_closed();
+        assert!(reg.is_online("zone-1"));
+        e.stream_closed();
+        assert!(!reg.is_online("zone-1") && !reg.is_online("zone-2"));
+        let t = |online| ZoneTransition {
+            zone: "zone-1".into(),
+            online,
+        };
+        assert_eq!(rx.try_recv().unwrap(), t(true));
+        assert_eq!(rx.try_recv().unwrap(), t(false));
+        assert!(rx.try_recv().is_err());
     }
 }

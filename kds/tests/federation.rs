@@ -521,9 +521,8 @@ async fn reconnect_sends_only_differences() -> anyhow::Result<()> {
     wait_for("initial sync down", &zone.store, &last, |r| r.is_some()).await?;
     let dp_last = key(ResourceType::Dataplane, Some("default"), "dp19.zone-1");
     wait_for("initial sync up", &global.store, &dp_last, |r| r.is_some()).await?;
-    let first = global.zone("zone-1");
-    assert_eq!(first.resources_sent, 51, "{first:?}");
-    assert_eq!(first.resources_received, 20, "{first:?}");
+    // The counters are bumped just after the writes they count become visible: wait for them.
+    let first = counted(&global, 51, 20).await?;
 
     let zone_store = zone.stop().await;
     wait_offline(&global, "zone-1").await?;
@@ -567,20 +566,30 @@ async fn reconnect_sends_only_differences() -> anyhow::Result<()> {
         |r| r.is_some_and(|r| r.spec == want),
     )
     .await?;
-    let second = global.zone("zone-1");
-    assert_eq!(
-        second.resources_sent - first.resources_sent,
-        3,
-        "only the differences travel down: {second:?}"
-    );
-    assert_eq!(
-        second.resources_received - first.resources_received,
-        1,
-        "only the differences travel up: {second:?}"
-    );
+    // Only the differences travel: three down, one up.
+    counted(
+        &global,
+        first.resources_sent + 3,
+        first.resources_received + 1,
+    )
+    .await?;
     zone.stop().await;
     global.stop().await;
     Ok(())
+}
+
+/// Waits until zone-1's counters read exactly `sent` and `received` (a count that overshoots
+/// times out, so the check stays exact).
+async fn counted(global: &Global, sent: u64, received: u64) -> anyhow::Result<kds::ZoneStatus> {
+    test_support::eventually(
+        &format!("{sent} resources sent and {received} received"),
+        DEADLINE,
+        || async {
+            let s = global.zone("zone-1");
+            (s.resources_sent == sent && s.resources_received == received).then_some(s)
+        },
+    )
+    .await
 }
 
 async fn wait_offline(global: &Global, zone: &str) -> anyhow::Result<()> {

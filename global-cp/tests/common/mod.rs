@@ -21,11 +21,16 @@ pub struct Global {
 }
 
 pub async fn start_global(dir: &Path) -> Global {
+    start_global_with(dir, &[]).await
+}
+
+pub async fn start_global_with(dir: &Path, extra: &[&str]) -> Global {
     let ready = dir.join("ready.json");
-    let config = Config::parse_from([
+    let data = dir.join("data");
+    let mut args = vec![
         "global-cp",
         "--data-dir",
-        dir.join("data").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--api-addr",
         "127.0.0.1:0",
         "--diagnostics-addr",
@@ -34,7 +39,9 @@ pub async fn start_global(dir: &Path) -> Global {
         "127.0.0.1:0",
         "--ready-file",
         ready.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::parse_from(args);
     let listeners = GlobalListeners::bind(&config).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(global_cp::run(config, listeners, async {
@@ -95,6 +102,16 @@ impl Global {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> u16 {
+        request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     pub async fn zone_token(&self, zone: &str) -> String {
