@@ -150,6 +150,7 @@ pub async fn run(
         store: server.store.clone(),
         admin: server.token.clone(),
     });
+    let zone_status = kds_server.status();
 
     if let Some(path) = &config.ready_file {
         let mut addresses = listeners.describe()?;
@@ -168,6 +169,11 @@ pub async fn run(
         listeners.kds,
         Some(tls.server_tls_config()),
         kds_server,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(zones::register_connected_zones(
+        zone_status,
+        server.store.clone(),
         stopped(stop_rx.clone()),
     ));
     let janitor_stop = stopped(stop_rx.clone());

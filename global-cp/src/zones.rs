@@ -1,6 +1,7 @@
 //! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
 //! the signing key and revoking tokens, and the zones overview (`GET /zones/_overview`) that
 //! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one.
+//! [`register_connected_zones`] gives every zone that connects a Zone resource.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -192,4 +193,51 @@ async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({ "total": items.len(), "items": items, "next": null }),
     ))
+}
+
+/// Creates the Zone resource of every zone that connects without one, so every zone is listed by
+/// `GET /zones` and can be removed with `DELETE /zones/{name}` whether or not an operator created
+/// it first. Follows the KDS status registry's online transitions; no polling.
+pub async fn register_connected_zones(
+    status: ZoneStatusRegistry,
+    store: Arc<dyn ResourceStore>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut transitions = status.subscribe();
+    tokio::pin!(shutdown);
+    let mut catch_up = true;
+    loop {
+        if catch_up {
+            for zone in status.snapshot().into_iter().filter(|z| z.online) {
+                ensure_zone(store.as_ref(), &zone.zone).await;
+            }
+            catch_up = false;
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            transition = transitions.recv() => match transition {
+                Ok(t) if t.online => ensure_zone(store.as_ref(), &t.zone).await,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn ensure_zone(store: &dyn ResourceStore, zone: &str) {
+    let key = mesh_api::ResourceKey::new(ResourceType::Zone, None, zone);
+    match store.get(&key).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let resource =
+                mesh_api::Resource::new(zone, None, mesh_api::Spec::empty(ResourceType::Zone));
+            match store.create(resource).await {
+                Ok(_) => tracing::info!(zone, "registered a newly connected zone"),
+                Err(mesh_store::StoreError::AlreadyExists(_)) => {}
+                Err(e) => tracing::error!(zone, error = %e, "cannot register the zone"),
+            }
+        }
+        Err(e) => tracing::error!(zone, error = %e, "cannot register the zone"),
+    }
 }

@@ -130,6 +130,19 @@ async fn a_zone_with_its_token_comes_online_and_receives_policy() {
         Some("global")
     );
 
+    // The zone got a Zone resource when it first connected.
+    test_support::eventually(
+        "the Zone resource of zone-1",
+        Duration::from_secs(10),
+        || async {
+            let url = format!("{}/zones/zone-1", global.api);
+            let response = global.client.get(url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
     // Rotating the signing key does not drop the connected zone.
     let (status, body) = global.post("/tokens/zone/rotate", json!({}), true).await;
     assert_eq!(status, 200, "{body}");
