@@ -878,6 +878,41 @@ pub fn is_dns_name(s: &str) -> bool {
     })
 }
 
+/// The shape most targetRef policies share: a top-level target, and `to`, `from` or `rules`
+/// entries whose `default` is the policy's own configuration `C` (MeshTimeout, MeshCircuitBreaker,
+/// MeshFaultInjection, MeshRateLimit, MeshAccessLog). Each policy validates its own
+/// `DirectionalPolicy<Conf>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "C: Deserialize<'de> + Default")
+)]
+pub struct DirectionalPolicy<C> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<ToEntry<C>>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<FromEntry<C>>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleEntry<C>>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+impl<C> Default for DirectionalPolicy<C> {
+    fn default() -> Self {
+        DirectionalPolicy {
+            target_ref: None,
+            to: None,
+            from: None,
+            rules: None,
+        }
+    }
+}
+
 /// A `to[]` entry: a target and the configuration for traffic to it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -5,24 +5,13 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     items, kuma_enum, len_of, top_or_mesh, validate_match, validate_target_ref, BackendResourceRef,
-    FromEntry, RuleEntry, TargetRef, TargetRefKind as K, TargetRefRules, ToEntry,
+    DirectionalPolicy, TargetRefKind as K, TargetRefRules,
 };
 use crate::lenient;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
-/// The spec of a MeshAccessLog.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshAccessLogSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<TargetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<Vec<ToEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<FromEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Vec<RuleEntry<Conf>>>,
-}
+/// The spec of a MeshAccessLog: the shared targetRef/to/from/rules shape over [`Conf`].
+pub type MeshAccessLogSpec = DirectionalPolicy<Conf>;
 
 /// One entry's backends.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -4,26 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    items, len_of, validate_percentage, validate_positive, validate_target_ref, Duration,
-    FromEntry, IntOrString, RuleEntry, TargetRef, TargetRefKind as K, TargetRefRules, ToEntry,
-    UINT_PERCENTAGE_RANGE,
+    items, len_of, validate_percentage, validate_positive, validate_target_ref, DirectionalPolicy,
+    Duration, IntOrString, TargetRefKind as K, TargetRefRules, UINT_PERCENTAGE_RANGE,
 };
 use crate::lenient;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
-/// The spec of a MeshCircuitBreaker.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshCircuitBreakerSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<TargetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<Vec<ToEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<FromEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Vec<RuleEntry<Conf>>>,
-}
+/// The spec of a MeshCircuitBreaker: the shared targetRef/to/from/rules shape over [`Conf`].
+pub type MeshCircuitBreakerSpec = DirectionalPolicy<Conf>;
 
 /// One entry's configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -4,25 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     items, len_of, top_or_mesh, validate_match, validate_percentage, validate_status_code,
-    validate_target_ref, Duration, FromEntry, IntOrString, RuleEntry, TargetRef,
-    TargetRefKind as K, TargetRefRules, ToEntry,
+    validate_target_ref, DirectionalPolicy, Duration, IntOrString, TargetRefKind as K,
+    TargetRefRules,
 };
 use crate::lenient;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
-/// The spec of a MeshFaultInjection.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshFaultInjectionSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<TargetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<Vec<ToEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<FromEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Vec<RuleEntry<Conf>>>,
-}
+/// The spec of a MeshFaultInjection: the shared targetRef/to/from/rules shape over [`Conf`].
+pub type MeshFaultInjectionSpec = DirectionalPolicy<Conf>;
 
 /// One entry's faults.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

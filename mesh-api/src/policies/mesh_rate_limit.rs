@@ -3,25 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    items, len_of, top_or_mesh, validate_rule_matches, validate_target_ref, Duration, FromEntry,
-    HeaderModifier, RuleEntry, TargetRef, TargetRefKind as K, TargetRefRules, ToEntry,
+    items, len_of, top_or_mesh, validate_rule_matches, validate_target_ref, DirectionalPolicy,
+    Duration, HeaderModifier, TargetRefKind as K, TargetRefRules,
 };
 use crate::lenient;
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
-/// The spec of a MeshRateLimit.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshRateLimitSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<TargetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<Vec<ToEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<FromEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Vec<RuleEntry<Conf>>>,
-}
+/// The spec of a MeshRateLimit: the shared targetRef/to/from/rules shape over [`Conf`].
+pub type MeshRateLimitSpec = DirectionalPolicy<Conf>;
 
 /// One entry's limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

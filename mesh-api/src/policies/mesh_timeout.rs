@@ -5,24 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     items, len_of, top_or_mesh, validate_not_negative, validate_positive, validate_rule_matches,
-    validate_target_ref, Duration, FromEntry, RuleEntry, TargetRef, TargetRefKind as K,
-    TargetRefRules, ToEntry,
+    validate_target_ref, DirectionalPolicy, Duration, TargetRefKind as K, TargetRefRules,
 };
 use crate::validation::{FieldPath, Validate, ValidationContext, Violations};
 
-/// The spec of a MeshTimeout.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshTimeoutSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<TargetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<Vec<ToEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<Vec<FromEntry<Conf>>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rules: Option<Vec<RuleEntry<Conf>>>,
-}
+/// The spec of a MeshTimeout: the shared targetRef/to/from/rules shape over [`Conf`].
+pub type MeshTimeoutSpec = DirectionalPolicy<Conf>;
 
 /// The timeouts of one entry.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
