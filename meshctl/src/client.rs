@@ -117,9 +117,9 @@ struct PutBody {
     warnings: Vec<String>,
 }
 
-/// The reply to `POST /tokens/zone`.
+/// The reply to `POST /tokens/zone` and `POST /tokens/dataplane`.
 #[derive(Debug, Deserialize)]
-struct ZoneTokenBody {
+struct TokenBody {
     token: String,
 }
 
@@ -287,10 +287,26 @@ impl ApiClient {
     /// `POST /tokens/zone` on the global: a token that lets zone `zone` connect over KDS, valid
     /// for `valid_for` (a duration such as `24h`). Needs the admin token.
     pub async fn generate_zone_token(&self, zone: &str, valid_for: &str) -> anyhow::Result<String> {
-        let url = self.url(&["tokens".to_owned(), "zone".to_owned()]);
         let body = serde_json::json!({ "zone": zone, "validFor": valid_for });
-        let (_, text) = self.send(Method::POST, url.clone(), Some(&body)).await?;
-        let reply: ZoneTokenBody = Self::decode("POST", &url, &text)?;
+        self.issue_token("zone", &body).await
+    }
+
+    /// `POST /tokens/dataplane` on a zone CP: the token the proxy of Dataplane `mesh`/`name`
+    /// presents on its ADS stream. Needs the admin token.
+    pub async fn generate_dataplane_token(
+        &self,
+        mesh: &str,
+        name: &str,
+        valid_for: &str,
+    ) -> anyhow::Result<String> {
+        let body = serde_json::json!({ "mesh": mesh, "name": name, "validFor": valid_for });
+        self.issue_token("dataplane", &body).await
+    }
+
+    async fn issue_token(&self, kind: &str, body: &serde_json::Value) -> anyhow::Result<String> {
+        let url = self.url(&["tokens".to_owned(), kind.to_owned()]);
+        let (_, text) = self.send(Method::POST, url.clone(), Some(body)).await?;
+        let reply: TokenBody = Self::decode("POST", &url, &text)?;
         let token = reply.token.trim();
         if token.is_empty() {
             anyhow::bail!("POST {url} returned an empty token");

@@ -79,6 +79,22 @@ pub enum GenerateCommand {
     /// Issue the token a zone control plane presents to the global's KDS (`zone-cp
     /// --zone-token-file`); printed alone on standard output. Needs the admin token.
     ZoneToken(ZoneTokenArgs),
+    /// Issue the token a proxy presents on its ADS stream to a zone control plane (point
+    /// `--api-url` at the zone CP); printed alone on standard output. Needs the admin token.
+    DataplaneToken(DataplaneTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataplaneTokenArgs {
+    /// The Dataplane's mesh.
+    #[arg(long)]
+    pub mesh: String,
+    /// The Dataplane's name.
+    #[arg(long)]
+    pub name: String,
+    /// How long the token is valid, as a duration (`30m`, `24h`, `8760h`).
+    #[arg(long, default_value = "24h")]
+    pub valid_for: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +189,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => version(&cli).await,
         Command::Generate(GenerateCommand::ZoneToken(args)) => {
             zone_token(&client(&cli)?, args).await?
+        }
+        Command::Generate(GenerateCommand::DataplaneToken(args)) => {
+            let client = client(&cli)?;
+            let token = client
+                .generate_dataplane_token(&args.mesh, &args.name, &args.valid_for)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot generate a token for dataplane {}/{} on the zone CP at {}",
+                        args.mesh,
+                        args.name,
+                        client.base()
+                    )
+                })?;
+            println!("{token}");
         }
         Command::Inspect(InspectCommand::Zones(args)) => {
             inspect_zones(&client(&cli)?, args).await?
@@ -392,6 +423,27 @@ mod tests {
             ("east", "8760h")
         );
         assert!(Cli::try_parse_from(["meshctl", "generate", "zone-token"]).is_err());
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "generate",
+            "dataplane-token",
+            "--mesh",
+            "default",
+            "--name",
+            "web-1",
+        ])
+        .unwrap();
+        let Command::Generate(GenerateCommand::DataplaneToken(args)) = cli.command else {
+            panic!("not generate dataplane-token")
+        };
+        assert_eq!(
+            (
+                args.mesh.as_str(),
+                args.name.as_str(),
+                args.valid_for.as_str()
+            ),
+            ("default", "web-1", "24h")
+        );
         assert!(Cli::try_parse_from(["meshctl", "generate", "dataplane-token"]).is_err());
     }
 

@@ -1,7 +1,7 @@
 //! The zone control plane: runs beside the workloads of one zone. It serves the REST API and
 //! diagnostics (shared with the global, in the `control-plane` crate) over its own store, and
-//! holds the xDS listener its proxies will connect to (ADS arrives with issue [3]; until then the
-//! port is bound but not served). In `zone` mode it belongs to a federation: it dials the global
+//! serves ADS to its proxies on the xDS listener (`xds_server`; dataplane tokens come from
+//! [`dataplane_tokens`]). In `zone` mode it belongs to a federation: it dials the global
 //! over KDS (`kds::client`, TLS verified with `--kds-ca-file`, authenticated with the zone token),
 //! stores what the global sends, reports its inventory up, and refuses local writes of what the
 //! global owns; in `standalone` mode it owns everything.
@@ -9,6 +9,7 @@
 //! ([`available_services`]) and its own summary, the ZoneInsight ([`insight`]).
 
 pub mod available_services;
+pub mod dataplane_tokens;
 pub mod insight;
 pub mod reconciler;
 
@@ -188,9 +189,27 @@ pub async fn run(
         mode,
     })
     .await?;
-    // Held, not served, until ADS lands: the port stays reserved for the proxies.
-    let _xds = listeners.xds;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dataplane_auth =
+        xds_server::DataplaneAuthenticator::open(config.data_dir.join("xds").join("signing-keys"))?;
+    let cache = std::sync::Arc::new(xds_server::SnapshotCache::new(std::sync::Arc::new(
+        xds_server::generator::SidecarGenerator::new(server.store.clone()),
+    )));
+    let snapshots = tokio::spawn(cache.clone().run(server.store.clone(), stop_rx.clone()));
+    let mut xds = tokio::spawn(xds_server::serve(
+        listeners.xds,
+        xds_server::XdsServer::new(cache, dataplane_auth.clone()),
+        {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        },
+    ));
+    let tokens_api = dataplane_tokens::router(dataplane_tokens::DataplaneTokensApi {
+        auth: dataplane_auth,
+        admin: server.token.clone(),
+    });
     let ingress = tokio::spawn(available_services::run(
         server.store.clone(),
         stop_rx.clone(),
@@ -213,11 +232,12 @@ pub async fn run(
         ZoneMode::Standalone => None,
     };
     let served = server
-        .serve(
+        .serve_with(
             Listeners {
                 api: listeners.api,
                 diagnostics: listeners.diagnostics,
             },
+            tokens_api,
             async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
@@ -230,6 +250,22 @@ pub async fn run(
             Ok(Err(e)) => tracing::error!(error = %e, "KDS client failed"),
             Err(e) => tracing::error!(error = %e, "KDS client panicked"),
         }
+    }
+    // Open proxy streams do not end by themselves: the server stops accepting at shutdown and
+    // is given a few seconds to close them, like KDS on the global.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut xds).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "xDS server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "xDS server panicked"),
+        Err(_) => {
+            tracing::warn!("xDS server did not stop within 5s; dropping its streams");
+            xds.abort();
+        }
+    }
+    match snapshots.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "xDS snapshot cache failed"),
+        Err(e) => tracing::error!(error = %e, "xDS snapshot cache panicked"),
     }
     for (what, task) in [
         ("availableServices reconciler", ingress),

@@ -1,0 +1,127 @@
+//! Proxy identity. A proxy's node id names its Dataplane, `<mesh>/<name>` (or Kuma's
+//! `<mesh>.<name>`), and it presents a dataplane token as `authorization: Bearer` metadata. Tokens
+//! are signed by the zone CP with `kds::auth`'s HMAC key machinery (subject `<mesh>/<name>`, keys
+//! in their own directory, so a zone token never passes as a dataplane token).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kds::auth::{AuthError, ZoneTokenIssuer};
+
+/// A proxy's identity: the Dataplane it runs for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyId {
+    pub mesh: String,
+    pub name: String,
+}
+
+impl fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.mesh, self.name)
+    }
+}
+
+impl ProxyId {
+    /// Parses a node id, `<mesh>/<name>` or `<mesh>.<name>` (mesh names hold no `.` or `/`).
+    pub fn parse(node_id: &str) -> Option<ProxyId> {
+        let (mesh, name) = node_id
+            .split_once('/')
+            .or_else(|| node_id.split_once('.'))?;
+        let ok = |s: &str| !s.is_empty() && s.len() <= 253 && !s.contains('/');
+        (ok(mesh) && ok(name) && !mesh.contains('.')).then(|| ProxyId {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Why a proxy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneAuthError {
+    #[error("dataplane token: {0}")]
+    Token(#[from] AuthError),
+    #[error("dataplane token was issued for {token_for}, not for {claimed}")]
+    Mismatch { token_for: String, claimed: String },
+}
+
+impl From<DataplaneAuthError> for tonic::Status {
+    fn from(err: DataplaneAuthError) -> Self {
+        match err {
+            DataplaneAuthError::Token(AuthError::Io { .. }) => {
+                tonic::Status::internal("dataplane token verification failed")
+            }
+            DataplaneAuthError::Token(e) => tonic::Status::unauthenticated(format!(
+                "dataplane token refused: {}",
+                e.to_string().replace("zone token", "token")
+            )),
+            e @ DataplaneAuthError::Mismatch { .. } => {
+                tonic::Status::permission_denied(e.to_string())
+            }
+        }
+    }
+}
+
+/// Issues and verifies dataplane tokens.
+#[derive(Debug, Clone)]
+pub struct DataplaneAuthenticator {
+    issuer: Arc<ZoneTokenIssuer>,
+}
+
+impl DataplaneAuthenticator {
+    /// Opens (creating if needed) the signing keys in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, AuthError> {
+        Ok(DataplaneAuthenticator {
+            issuer: Arc::new(ZoneTokenIssuer::open(dir)?),
+        })
+    }
+
+    /// A token for `proxy`, valid for `valid_for`.
+    pub fn issue(&self, proxy: &ProxyId, valid_for: Duration) -> Result<String, AuthError> {
+        self.issuer
+            .issue_subject_at(&proxy.to_string(), valid_for, Utc::now())
+            .map(|(token, _)| token)
+    }
+
+    /// Checks the stream's bearer token for `proxy`.
+    pub fn verify_metadata(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        proxy: &ProxyId,
+    ) -> Result<(), DataplaneAuthError> {
+        let token = kds::auth::bearer_token(metadata)?;
+        let claimed = proxy.to_string();
+        match self.issuer.verify_subject(token, &claimed, Utc::now()) {
+            Ok(_) => Ok(()),
+            Err(AuthError::ZoneMismatch {
+                token_zone,
+                claimed,
+            }) => Err(DataplaneAuthError::Mismatch {
+                token_for: token_zone,
+                claimed,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        let id = ProxyId::parse("default/web-1").unwrap();
+        assert_eq!((id.mesh.as_str(), id.name.as_str()), ("default", "web-1"));
+        let id = ProxyId::parse("default.web-1.ns").unwrap();
+        assert_eq!(
+            (id.mesh.as_str(), id.name.as_str()),
+            ("default", "web-1.ns")
+        );
+        assert!(ProxyId::parse("nomesh").is_none());
+        assert!(ProxyId::parse("/x").is_none());
+        assert!(ProxyId::parse("a/b/c").is_none());
+    }
+}

@@ -1,0 +1,158 @@
+//! Holds the current snapshot of every connected proxy and pushes new ones. [`SnapshotCache::run`]
+//! follows the store's ordered watch (never polls): it gathers the meshes a burst of changes
+//! touches (coalesced over [`SnapshotCache::coalesce`]), rebuilds the snapshots of the connected
+//! proxies of those meshes only, and publishes each one that changed on its proxy's channel.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_api::ResourceType;
+use mesh_store::ResourceStore;
+use tokio::sync::watch;
+
+use crate::auth::ProxyId;
+use crate::snapshot::{Snapshot, SnapshotSource, SourceError};
+
+/// The published snapshots, one channel per connected proxy.
+pub struct SnapshotCache {
+    source: Arc<dyn SnapshotSource>,
+    proxies: Mutex<HashMap<ProxyId, watch::Sender<Arc<Snapshot>>>>,
+    /// How long a burst of store changes is gathered before rebuilding.
+    pub coalesce: Duration,
+}
+
+impl std::fmt::Debug for SnapshotCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotCache")
+            .field("coalesce", &self.coalesce)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which meshes a change is relevant to: `None` means every mesh.
+fn touched_mesh(resource: &mesh_api::Resource) -> Option<String> {
+    match resource.resource_type() {
+        ResourceType::Mesh => Some(resource.meta.name.clone()),
+        _ => resource.meta.mesh.clone(),
+    }
+}
+
+impl SnapshotCache {
+    pub fn new(source: Arc<dyn SnapshotSource>) -> Self {
+        SnapshotCache {
+            source,
+            proxies: Mutex::new(HashMap::new()),
+            coalesce: Duration::from_millis(5),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProxyId, watch::Sender<Arc<Snapshot>>>> {
+        // Only inserts and removes happen under the lock: a poisoned map is consistent.
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds `proxy`'s snapshot now and returns the channel its updates arrive on.
+    pub async fn subscribe(
+        &self,
+        proxy: &ProxyId,
+    ) -> Result<watch::Receiver<Arc<Snapshot>>, SourceError> {
+        let snapshot = Arc::new(self.source.snapshot(proxy).await?);
+        let mut proxies = self.lock();
+        let sender = proxies
+            .entry(proxy.clone())
+            .or_insert_with(|| watch::channel(snapshot.clone()).0);
+        sender.send_if_modified(|current| {
+            let changed = current.version != snapshot.version;
+            if changed {
+                *current = snapshot.clone();
+            }
+            changed
+        });
+        Ok(sender.subscribe())
+    }
+
+    /// Rebuilds the snapshots of the connected proxies in `meshes` (all when `None`) and publishes
+    /// those that changed. Proxies whose streams all closed are forgotten.
+    pub async fn rebuild(&self, meshes: Option<&BTreeSet<String>>) {
+        let targets: Vec<(ProxyId, watch::Sender<Arc<Snapshot>>)> = {
+            let mut proxies = self.lock();
+            proxies.retain(|_, sender| sender.receiver_count() > 0);
+            proxies
+                .iter()
+                .filter(|(id, _)| meshes.is_none_or(|m| m.contains(&id.mesh)))
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect()
+        };
+        for (proxy, sender) in targets {
+            match self.source.snapshot(&proxy).await {
+                Ok(snapshot) => {
+                    sender.send_if_modified(|current| {
+                        let changed = current.version != snapshot.version;
+                        if changed {
+                            tracing::debug!(%proxy, version = %snapshot.version, "xDS: new snapshot");
+                            *current = Arc::new(snapshot);
+                        }
+                        changed
+                    });
+                }
+                Err(e) => tracing::warn!(%proxy, error = %e, "xDS: snapshot not rebuilt"),
+            }
+        }
+    }
+
+    /// Follows `store` until `shutdown` flips to true, rebuilding affected proxies.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn ResourceStore>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), mesh_store::StoreError> {
+        let mut watch = store.watch(store.revision())?;
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                event = watch.next() => event,
+            };
+            let mut meshes = Some(BTreeSet::new());
+            let mut note = |event: Option<Result<mesh_store::ChangeEvent, _>>,
+                            watch: &mut mesh_store::Watch|
+             -> Result<bool, mesh_store::StoreError> {
+                match event {
+                    Some(Ok(event)) => {
+                        match (touched_mesh(&event.resource), meshes.as_mut()) {
+                            (Some(mesh), Some(set)) => {
+                                set.insert(mesh);
+                            }
+                            (None, _) => meshes = None,
+                            _ => {}
+                        }
+                        Ok(true)
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "xDS: store watch interrupted; rebuilding all");
+                        *watch = store.watch(store.revision())?;
+                        meshes = None;
+                        Ok(false)
+                    }
+                    None => Ok(false),
+                }
+            };
+            let more = note(first, &mut watch)?;
+            if more {
+                let window = tokio::time::Instant::now() + self.coalesce;
+                while let Ok(event) = tokio::time::timeout_at(window, watch.next()).await {
+                    if !note(event, &mut watch)? {
+                        break;
+                    }
+                }
+            }
+            let closed = !more && meshes.as_ref().is_some_and(|m| m.is_empty());
+            self.rebuild(meshes.as_ref()).await;
+            if closed {
+                // The store closed: nothing more will change.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                return Ok(());
+            }
+        }
+    }
+}

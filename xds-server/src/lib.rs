@@ -1,0 +1,19 @@
+//! The zone control plane's xDS server (issue [3], points 1 and 2): Envoy's
+//! `AggregatedDiscoveryService`, state of the world and delta, serving each proxy a
+//! [`snapshot::Snapshot`] produced by a [`snapshot::SnapshotSource`] ([`generator`] builds the
+//! first real one, for sidecars, from the zone store). [`cache::SnapshotCache`] follows the store's
+//! ordered watch and pushes new snapshots to the proxies of the meshes a change touches, coalesced
+//! over a few milliseconds. Proxies identify as `<mesh>/<name>` (or `<mesh>.<name>`) and present
+//! a dataplane token ([`auth`]); ACKs, NACKs and connections are kept in [`status`].
+
+pub mod auth;
+pub mod cache;
+pub mod generator;
+pub mod server;
+pub mod snapshot;
+pub mod status;
+
+pub use auth::{DataplaneAuthenticator, ProxyId};
+pub use cache::SnapshotCache;
+pub use server::{serve, XdsServer};
+pub use snapshot::{Snapshot, SnapshotSource};

@@ -1,0 +1,446 @@
+//! The ADS service: both `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources`. A stream is admitted on its first request: the node id names the
+//! Dataplane (`<mesh>/<name>` or `<mesh>.<name>`), the `authorization: Bearer` metadata carries its
+//! dataplane token, and the Dataplane must exist; otherwise the stream is refused with a status
+//! saying why. Admitted streams get their proxy's snapshot and every new one the
+//! [`SnapshotCache`] publishes; responses carry a nonce, and the next request with that nonce is
+//! an ACK, or a NACK when it has `error_detail` (logged and recorded in [`ProxyStatusRegistry`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::{DataplaneAuthenticator, ProxyId};
+use crate::cache::SnapshotCache;
+use crate::snapshot::{Snapshot, SourceError};
+use crate::status::{Nack, ProxyStatusRegistry, StatusHandle};
+
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why [`serve`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("xDS server: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// The ADS server: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct XdsServer {
+    cache: Arc<SnapshotCache>,
+    auth: DataplaneAuthenticator,
+    status: ProxyStatusRegistry,
+}
+
+impl XdsServer {
+    pub fn new(cache: Arc<SnapshotCache>, auth: DataplaneAuthenticator) -> Self {
+        XdsServer {
+            cache,
+            auth,
+            status: ProxyStatusRegistry::default(),
+        }
+    }
+
+    /// The per-proxy status registry.
+    pub fn status(&self) -> ProxyStatusRegistry {
+        self.status.clone()
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    /// Checks the first request's node id, the token and the Dataplane; subscribes the proxy.
+    async fn admit(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        node_id: Option<&str>,
+    ) -> Result<(ProxyId, watch::Receiver<Arc<Snapshot>>, StatusHandle), tonic::Status> {
+        let node_id = node_id.filter(|id| !id.is_empty()).ok_or_else(|| {
+            tonic::Status::invalid_argument("the first request must carry node.id")
+        })?;
+        let proxy = ProxyId::parse(node_id).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "node id {:?} is not `<mesh>/<name>` or `<mesh>.<name>`",
+                node_id.chars().take(128).collect::<String>()
+            ))
+        })?;
+        if let Err(e) = self.auth.verify_metadata(metadata, &proxy) {
+            tracing::warn!(%proxy, reason = %e, "xDS stream refused");
+            return Err(e.into());
+        }
+        let snapshots = self.cache.subscribe(&proxy).await.map_err(|e| match e {
+            SourceError::UnknownDataplane(_) => tonic::Status::permission_denied(e.to_string()),
+            SourceError::Store(_) => tonic::Status::unavailable("configuration unavailable"),
+        })?;
+        let status = self.status.connected(&proxy);
+        tracing::info!(%proxy, "xDS stream admitted");
+        Ok((proxy, snapshots, status))
+    }
+}
+
+fn nack_message(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<String> {
+    detail.as_ref().map(|s| s.message.clone())
+}
+
+/// The state-of-the-world state of one type URL on one stream.
+#[derive(Default)]
+struct SotwType {
+    names: BTreeSet<String>,
+    sent_version: Option<String>,
+    nonce: String,
+}
+
+/// The delta state of one type URL on one stream.
+#[derive(Default)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds: name -> version.
+    known: HashMap<String, String>,
+    nonce: String,
+    sent_version: String,
+}
+
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}
+
+fn sotw_response(
+    snapshot: &Snapshot,
+    type_url: &str,
+    state: &mut SotwType,
+    nonces: &mut Nonces,
+) -> DiscoveryResponse {
+    let resources = snapshot
+        .of_type(type_url)
+        .filter(|(name, _)| state.names.is_empty() || state.names.contains(*name))
+        .map(|(_, r)| r.resource.clone())
+        .collect();
+    let version = snapshot.type_version(type_url);
+    state.sent_version = Some(version.clone());
+    state.nonce = nonces.next();
+    DiscoveryResponse {
+        version_info: version,
+        resources,
+        type_url: type_url.to_string(),
+        nonce: state.nonce.clone(),
+        ..DiscoveryResponse::default()
+    }
+}
+
+/// The changes `state`'s proxy lacks, or `None` when it is up to date.
+fn delta_response(
+    snapshot: &Snapshot,
+    type_url: &str,
+    state: &mut DeltaType,
+    nonces: &mut Nonces,
+    force: bool,
+) -> Option<DeltaDiscoveryResponse> {
+    let wanted = |name: &str| state.wildcard || state.names.contains(name);
+    let mut resources = Vec::new();
+    for (name, r) in snapshot.of_type(type_url) {
+        if wanted(name) && state.known.get(name) != Some(&r.version) {
+            resources.push(Resource {
+                name: name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.resource.clone()),
+                ..Resource::default()
+            });
+        }
+    }
+    let present: BTreeMap<&String, ()> = snapshot.of_type(type_url).map(|(n, _)| (n, ())).collect();
+    let mut removed: Vec<String> = state
+        .known
+        .keys()
+        .filter(|n| !present.contains_key(n))
+        .cloned()
+        .collect();
+    removed.sort();
+    if resources.is_empty() && removed.is_empty() && !force {
+        return None;
+    }
+    for r in &resources {
+        state.known.insert(r.name.clone(), r.version.clone());
+    }
+    for name in &removed {
+        state.known.remove(name);
+    }
+    state.nonce = nonces.next();
+    state.sent_version = snapshot.version.clone();
+    Some(DeltaDiscoveryResponse {
+        system_version_info: snapshot.version.clone(),
+        resources,
+        type_url: type_url.to_string(),
+        removed_resources: removed,
+        nonce: state.nonce.clone(),
+        ..DeltaDiscoveryResponse::default()
+    })
+}
+
+fn record_reply(
+    proxy: &ProxyId,
+    status: &StatusHandle,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    error: Option<String>,
+) {
+    match error {
+        Some(message) => {
+            tracing::warn!(%proxy, type_url, version, error_detail = %message, "xDS NACK");
+            status.nack(
+                type_url,
+                Nack {
+                    version: version.to_string(),
+                    nonce: nonce.to_string(),
+                    message,
+                    at: chrono::Utc::now(),
+                },
+            );
+        }
+        None => status.ack(type_url, version),
+    }
+}
+
+async fn run_sotw(
+    proxy: ProxyId,
+    first: DiscoveryRequest,
+    mut requests: tonic::Streaming<DiscoveryRequest>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusHandle,
+    out: mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>,
+) {
+    let mut types: HashMap<String, SotwType> = HashMap::new();
+    let mut nonces = Nonces(0);
+    let mut next = Some(first);
+    loop {
+        if let Some(request) = next.take() {
+            let snapshot = snapshots.borrow().clone();
+            let type_url = request.type_url.clone();
+            if type_url.is_empty() {
+                continue;
+            }
+            let state = types.entry(type_url.clone()).or_default();
+            let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+            let respond = if request.response_nonce.is_empty() {
+                true
+            } else if request.response_nonce != state.nonce {
+                false // stale: a reply to a response already superseded
+            } else {
+                record_reply(
+                    &proxy,
+                    &status,
+                    &type_url,
+                    &request.version_info,
+                    &request.response_nonce,
+                    nack_message(&request.error_detail),
+                );
+                names != state.names
+            };
+            if respond {
+                state.names = names;
+                let response = sotw_response(&snapshot, &type_url, state, &mut nonces);
+                if out.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => next = Some(request),
+                Some(Err(e)) => {
+                    tracing::debug!(%proxy, error = %e, "xDS stream ended");
+                    break;
+                }
+                None => break,
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for (type_url, state) in types.iter_mut() {
+                    if state.sent_version.as_deref() != Some(&snapshot.type_version(type_url)) {
+                        let response = sotw_response(&snapshot, type_url, state, &mut nonces);
+                        if out.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = out.closed() => break,
+        }
+    }
+    status.disconnected();
+    tracing::info!(%proxy, "xDS stream closed");
+}
+
+async fn run_delta(
+    proxy: ProxyId,
+    first: DeltaDiscoveryRequest,
+    mut requests: tonic::Streaming<DeltaDiscoveryRequest>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusHandle,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
+) {
+    let mut types: HashMap<String, DeltaType> = HashMap::new();
+    let mut nonces = Nonces(0);
+    let mut next = Some(first);
+    loop {
+        if let Some(request) = next.take() {
+            let snapshot = snapshots.borrow().clone();
+            let type_url = request.type_url.clone();
+            if type_url.is_empty() {
+                continue;
+            }
+            let fresh = !types.contains_key(&type_url);
+            let state = types.entry(type_url.clone()).or_default();
+            if !request.response_nonce.is_empty() {
+                if request.response_nonce != state.nonce {
+                    continue; // stale
+                }
+                let version = state.sent_version.clone();
+                record_reply(
+                    &proxy,
+                    &status,
+                    &type_url,
+                    &version,
+                    &request.response_nonce,
+                    nack_message(&request.error_detail),
+                );
+            }
+            if fresh {
+                state.wildcard = request.resource_names_subscribe.is_empty();
+                state.known = request
+                    .initial_resource_versions
+                    .clone()
+                    .into_iter()
+                    .collect();
+            }
+            for name in &request.resource_names_subscribe {
+                if name == "*" {
+                    state.wildcard = true;
+                } else {
+                    state.names.insert(name.clone());
+                }
+            }
+            for name in &request.resource_names_unsubscribe {
+                if name == "*" {
+                    state.wildcard = false;
+                } else {
+                    state.names.remove(name);
+                    state.known.remove(name);
+                }
+            }
+            if let Some(response) = delta_response(&snapshot, &type_url, state, &mut nonces, fresh)
+            {
+                if out.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => next = Some(request),
+                Some(Err(e)) => {
+                    tracing::debug!(%proxy, error = %e, "xDS delta stream ended");
+                    break;
+                }
+                None => break,
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for (type_url, state) in types.iter_mut() {
+                    if let Some(response) = delta_response(&snapshot, type_url, state, &mut nonces, false) {
+                        if out.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = out.closed() => break,
+        }
+    }
+    status.disconnected();
+    tracing::info!(%proxy, "xDS delta stream closed");
+}
+
+async fn first_request<T>(requests: &mut tonic::Streaming<T>) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.next()).await {
+        Ok(Some(Ok(request))) => Ok(request),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) => Err(tonic::Status::cancelled(
+            "stream closed before its first request",
+        )),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no first request")),
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, tonic::Status>>;
+    type DeltaAggregatedResourcesStream =
+        ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let (metadata, _, mut requests) = request.into_parts();
+        let first = first_request(&mut requests).await?;
+        let node = first.node.as_ref().map(|n| n.id.as_str());
+        let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_sotw(proxy, first, requests, snapshots, status, tx));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let (metadata, _, mut requests) = request.into_parts();
+        let first = first_request(&mut requests).await?;
+        let node = first.node.as_ref().map(|n| n.id.as_str());
+        let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_delta(proxy, first, requests, snapshots, status, tx));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves ADS on a bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: XdsServer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(server.into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! A proxy's configuration as xDS serves it: per type URL, resources by name with a content
+//! version, plus one version for the whole snapshot. [`SnapshotSource`] is the seam between the
+//! protocol and whatever builds configuration.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::google::protobuf::Any;
+use sha2::{Digest as _, Sha256};
+
+use crate::auth::ProxyId;
+
+/// `Any.type_url` of a Listener (LDS).
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// `Any.type_url` of a Cluster (CDS).
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `Any.type_url` of a ClusterLoadAssignment (EDS).
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// One resource of a snapshot: its content version and the encoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedResource {
+    pub version: String,
+    pub resource: Any,
+}
+
+/// The configuration of one proxy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// Type URL -> resource name -> resource.
+    pub resources: BTreeMap<String, BTreeMap<String, VersionedResource>>,
+    /// Changes whenever any resource changes (a hash of all of them).
+    pub version: String,
+}
+
+impl Snapshot {
+    /// Adds a message under `name`, versioned by the hash of its encoding.
+    pub fn insert(&mut self, type_url: &str, name: &str, message: &impl prost::Message) {
+        let value = message.encode_to_vec();
+        let version = hex::encode(&Sha256::digest(&value)[..8]);
+        self.resources
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(
+                name.to_string(),
+                VersionedResource {
+                    version,
+                    resource: Any {
+                        type_url: type_url.to_string(),
+                        value,
+                    },
+                },
+            );
+    }
+
+    /// Computes [`Snapshot::version`] from the resources; call once after the last insert.
+    pub fn seal(mut self) -> Snapshot {
+        let mut hash = Sha256::new();
+        for (type_url, resources) in &self.resources {
+            hash.update(type_url.as_bytes());
+            for (name, r) in resources {
+                hash.update(name.as_bytes());
+                hash.update(r.version.as_bytes());
+            }
+        }
+        self.version = hex::encode(&hash.finalize()[..8]);
+        self
+    }
+
+    /// The resources of one type (empty when none).
+    pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &VersionedResource)> {
+        self.resources.get(type_url).into_iter().flatten()
+    }
+
+    /// The version of one type's resources as a whole (state-of-the-world `version_info`).
+    pub fn type_version(&self, type_url: &str) -> String {
+        let mut hash = Sha256::new();
+        for (name, r) in self.of_type(type_url) {
+            hash.update(name.as_bytes());
+            hash.update(r.version.as_bytes());
+        }
+        hex::encode(&hash.finalize()[..8])
+    }
+}
+
+/// Why a snapshot could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The proxy's Dataplane is not in the store.
+    #[error("dataplane {0} does not exist in this zone (create it through the API first)")]
+    UnknownDataplane(ProxyId),
+    #[error("store: {0}")]
+    Store(#[from] mesh_store::StoreError),
+}
+
+/// Builds a proxy's snapshot. Implementations read current state; pushing and coalescing belong
+/// to [`crate::cache::SnapshotCache`].
+#[async_trait::async_trait]
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// The snapshot of `proxy` now.
+    async fn snapshot(&self, proxy: &ProxyId) -> Result<Snapshot, SourceError>;
+}
