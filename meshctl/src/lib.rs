@@ -1,5 +1,6 @@
 //! meshctl, Meridian's command-line interface: a kumactl-like client of the REST API served by
 //! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`, `generate zone-token`,
+//! `generate dataplane-token` (against a zone CP),
 //! `inspect zones`), plus `meshctl up`, which runs a whole local federation (one global, N zones
 //! connected to it over KDS) as child processes. `main.rs` only parses the command line and calls
 //! [`run`].

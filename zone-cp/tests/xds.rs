@@ -140,10 +140,7 @@ async fn a_proxy_registers_with_a_dataplane_token() {
         .unwrap();
     let token = reply["token"].as_str().expect("a token").to_string();
 
-    let refused = open(&xds, None)
-        .await
-        .err()
-        .expect("refused without a token");
+    let refused = open(&xds, None).await.expect_err("refused without a token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
     let (tx, stream, listeners) = open(&xds, Some(&token)).await.unwrap();
