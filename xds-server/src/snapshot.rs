@@ -95,6 +95,11 @@ pub enum SourceError {
 
 /// Builds a proxy's snapshot. Implementations read current state; pushing and coalescing belong
 /// to [`crate::cache::SnapshotCache`].
+///
+/// Contract: the result depends only on the proxy and the store's state (the same state gives
+/// the same [`Snapshot::version`], so an unchanged rebuild pushes nothing); a proxy's snapshot
+/// depends only on resources of its own mesh and global-scoped ones (the cache rebuilds by mesh);
+/// `UnknownDataplane` when the proxy's Dataplane does not exist, which refuses a new stream.
 #[async_trait::async_trait]
 pub trait SnapshotSource: Send + Sync + 'static {
     /// The snapshot of `proxy` now.
