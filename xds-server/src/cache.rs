@@ -1,7 +1,8 @@
 //! Holds the current snapshot of every connected proxy and pushes new ones. [`SnapshotCache::run`]
 //! follows the store's ordered watch (never polls): it gathers the meshes a burst of changes
 //! touches (coalesced over [`SnapshotCache::coalesce`]), rebuilds the snapshots of the connected
-//! proxies of those meshes only, and publishes each one that changed on its proxy's channel.
+//! proxies of those meshes only, and publishes each one that changed on its proxy's channel. A
+//! proxy whose Dataplane was deleted has its channel dropped, which ends its streams.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,14 @@ impl SnapshotCache {
                         }
                         changed
                     });
+                }
+                Err(SourceError::UnknownDataplane(_)) => {
+                    // Its Dataplane is gone: dropping the channel ends the proxy's streams.
+                    tracing::info!(%proxy, "xDS: Dataplane deleted; closing its streams");
+                    let mut proxies = self.lock();
+                    if proxies.get(&proxy).is_some_and(|s| s.same_channel(&sender)) {
+                        proxies.remove(&proxy);
+                    }
                 }
                 Err(e) => tracing::warn!(%proxy, error = %e, "xDS: snapshot not rebuilt"),
             }

@@ -273,6 +273,7 @@ async fn run_sotw(
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
+                    let _ = out.send(Err(tonic::Status::not_found(format!("dataplane {proxy} was deleted")))).await;
                     break;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
@@ -368,6 +369,7 @@ async fn run_delta(
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
+                    let _ = out.send(Err(tonic::Status::not_found(format!("dataplane {proxy} was deleted")))).await;
                     break;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();

@@ -410,3 +410,33 @@ fn listener_is_a_tcp_proxy_to_the_local_port() {
     let filter = &listener.filter_chains[0].filters[0];
     assert_eq!(filter.name, "envoy.filters.network.tcp_proxy");
 }
+
+#[tokio::test]
+async fn deleting_the_dataplane_ends_its_stream() {
+    let zone = zone().await;
+    add_dataplane(&zone.store, "default", "web-1", "10.0.0.1", "web").await;
+    let mut web = open_sotw(
+        &zone.url,
+        "default/web-1",
+        Some(&token(&zone, "default", "web-1")),
+    )
+    .await
+    .unwrap();
+    let key =
+        mesh_api::ResourceKey::new(mesh_api::ResourceType::Dataplane, Some("default"), "web-1");
+    zone.store.delete(&key, None).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, web.rx.message())
+        .await
+        .expect("the stream ends in time");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let id = ProxyId {
+        mesh: "default".into(),
+        name: "web-1".into(),
+    };
+    test_support::eventually("web-1 offline", WAIT, || async {
+        (!zone.status.get(&id)?.online).then_some(())
+    })
+    .await
+    .unwrap();
+}
