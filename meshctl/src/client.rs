@@ -521,6 +521,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dataplane_tokens_follow_the_contract() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let responses = vec![(200, r#"{"token":"dp.sig"}"#.to_owned())];
+        let server = tokio::spawn(canned_server(listener, responses));
+        let client = ApiClient::new(&base, Some("admin".into())).unwrap();
+        let token = client
+            .generate_dataplane_token("default", "web-1", "1h")
+            .await
+            .unwrap();
+        assert_eq!(token, "dp.sig");
+        let requests = server.await.unwrap();
+        let post = requests[0].to_ascii_lowercase();
+        assert!(
+            post.starts_with("post /tokens/dataplane http/1.1"),
+            "{post}"
+        );
+        assert!(post.contains("authorization: bearer admin"), "{post}");
+        let body = &requests[0][requests[0].find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(
+            serde_json::from_str::<Value>(body).unwrap(),
+            serde_json::json!({"mesh": "default", "name": "web-1", "validFor": "1h"})
+        );
+    }
+
+    #[tokio::test]
     async fn zone_tokens_and_the_overview_follow_the_contract() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
