@@ -7,6 +7,9 @@
 //! [`ZoneTokenIssuer::retire`] the old key once zones hold new tokens. Revoked token ids are
 //! appended to `<dir>/revoked` and fsync'd before [`ZoneTokenIssuer::revoke`] returns. Tokens are
 //! secrets: nothing here logs or echoes one, errors say only why a token was refused.
+//! The same machinery signs other identities through [`ZoneTokenIssuer::issue_subject_at`] and
+//! [`ZoneTokenIssuer::verify_subject`] (the zone CP's dataplane tokens, `<mesh>/<name>`, in their
+//! own key directory).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -769,6 +772,22 @@ mod tests {
         assert_eq!(decode_unverified(&token).unwrap(), claims);
         let token = issuer.issue("zone-2", DAY).unwrap();
         assert!(issuer.verify(&token, "zone-2", Utc::now()).is_ok());
+    }
+
+    #[test]
+    fn subjects_round_trip_and_keys_do_not_cross() {
+        let (_dir, issuer) = issuer();
+        let (_other_dir, other) = self::issuer();
+        let now = Utc::now();
+        let (token, _) = issuer.issue_subject_at("default/web-1", DAY, now).unwrap();
+        assert!(issuer.verify_subject(&token, "default/web-1", now).is_ok());
+        assert!(matches!(
+            issuer.verify_subject(&token, "default/web-2", now),
+            Err(AuthError::ZoneMismatch { .. })
+        ));
+        // Another key directory (another kind of token) does not verify it.
+        assert!(other.verify_subject(&token, "default/web-1", now).is_err());
+        assert!(issuer.issue_subject_at("", DAY, now).is_err());
     }
 
     #[test]
