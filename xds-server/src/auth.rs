@@ -11,30 +11,81 @@ use std::time::Duration;
 use chrono::Utc;
 use kds::auth::{AuthError, ZoneTokenIssuer};
 
-/// A proxy's identity: the Dataplane it runs for.
+/// What a proxy runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProxyKind {
+    /// A service's sidecar: a Dataplane of a mesh.
+    Dataplane,
+    /// The zone's ingress (a ZoneIngress, serving every mesh).
+    ZoneIngress,
+    /// The zone's egress (a ZoneEgress, serving every mesh).
+    ZoneEgress,
+}
+
+/// A proxy's identity: the resource it runs for.
+///
+/// Node ids: `<mesh>/<name>` or Kuma's `<mesh>.<name>` for a Dataplane; `ingress:<name>` and
+/// `egress:<name>` for a ZoneIngress and ZoneEgress (mesh names are RFC 1123 labels, so `:`
+/// cannot be confused with a mesh). `mesh` is empty for ingresses and egresses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProxyId {
+    pub kind: ProxyKind,
     pub mesh: String,
     pub name: String,
 }
 
 impl fmt::Display for ProxyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.mesh, self.name)
+        match self.kind {
+            ProxyKind::Dataplane => write!(f, "{}/{}", self.mesh, self.name),
+            ProxyKind::ZoneIngress => write!(f, "ingress:{}", self.name),
+            ProxyKind::ZoneEgress => write!(f, "egress:{}", self.name),
+        }
     }
 }
 
 impl ProxyId {
-    /// Parses a node id, `<mesh>/<name>` or `<mesh>.<name>` (mesh names hold no `.` or `/`).
+    /// The sidecar of Dataplane `name` in `mesh`.
+    pub fn dataplane(mesh: &str, name: &str) -> ProxyId {
+        ProxyId {
+            kind: ProxyKind::Dataplane,
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Parses a node id (see [`ProxyId`]).
     pub fn parse(node_id: &str) -> Option<ProxyId> {
+        let ok = |s: &str| !s.is_empty() && s.len() <= 253 && !s.contains('/');
+        for (prefix, kind) in [
+            ("ingress:", ProxyKind::ZoneIngress),
+            ("egress:", ProxyKind::ZoneEgress),
+        ] {
+            if let Some(name) = node_id.strip_prefix(prefix) {
+                return (ok(name) && !name.contains(':')).then(|| ProxyId {
+                    kind,
+                    mesh: String::new(),
+                    name: name.to_string(),
+                });
+            }
+        }
         let (mesh, name) = node_id
             .split_once('/')
             .or_else(|| node_id.split_once('.'))?;
-        let ok = |s: &str| !s.is_empty() && s.len() <= 253 && !s.contains('/');
-        (ok(mesh) && ok(name) && !mesh.contains('.')).then(|| ProxyId {
-            mesh: mesh.to_string(),
-            name: name.to_string(),
-        })
+        (ok(mesh) && ok(name) && !mesh.contains('.') && !mesh.contains(':'))
+            .then(|| ProxyId::dataplane(mesh, name))
+    }
+
+    /// The key of the resource the proxy runs for.
+    pub fn resource_key(&self) -> mesh_api::ResourceKey {
+        use mesh_api::{ResourceKey, ResourceType};
+        match self.kind {
+            ProxyKind::Dataplane => {
+                ResourceKey::new(ResourceType::Dataplane, Some(&self.mesh), &self.name)
+            }
+            ProxyKind::ZoneIngress => ResourceKey::new(ResourceType::ZoneIngress, None, &self.name),
+            ProxyKind::ZoneEgress => ResourceKey::new(ResourceType::ZoneEgress, None, &self.name),
+        }
     }
 }
 
@@ -123,5 +174,13 @@ mod tests {
         assert!(ProxyId::parse("nomesh").is_none());
         assert!(ProxyId::parse("/x").is_none());
         assert!(ProxyId::parse("a/b/c").is_none());
+        let id = ProxyId::parse("ingress:zone-1-ingress").unwrap();
+        assert_eq!(id.kind, ProxyKind::ZoneIngress);
+        assert_eq!(id.to_string(), "ingress:zone-1-ingress");
+        assert_eq!(
+            ProxyId::parse("egress:e1").unwrap().kind,
+            ProxyKind::ZoneEgress
+        );
+        assert!(ProxyId::parse("ingress:").is_none());
     }
 }

@@ -12,7 +12,7 @@ use mesh_api::ResourceType;
 use mesh_store::ResourceStore;
 use tokio::sync::watch;
 
-use crate::auth::ProxyId;
+use crate::auth::{ProxyId, ProxyKind};
 use crate::snapshot::{Snapshot, SnapshotSource, SourceError};
 
 /// The published snapshots, one channel per connected proxy.
@@ -31,11 +31,30 @@ impl std::fmt::Debug for SnapshotCache {
     }
 }
 
-/// Which meshes a change is relevant to: `None` means every mesh.
-fn touched_mesh(resource: &mesh_api::Resource) -> Option<String> {
+/// What a change is relevant to.
+enum Touched {
+    /// Nothing proxies see (zone insights, Zone resources, global secrets).
+    Nothing,
+    /// One mesh; `list` when it is the Mesh itself (created, changed or deleted).
+    Mesh { mesh: String, list: bool },
+    /// Every proxy (zone ingresses and egresses change every mesh's endpoints).
+    All,
+}
+
+fn touched(resource: &mesh_api::Resource) -> Touched {
     match resource.resource_type() {
-        ResourceType::Mesh => Some(resource.meta.name.clone()),
-        _ => resource.meta.mesh.clone(),
+        ResourceType::Mesh => Touched::Mesh {
+            mesh: resource.meta.name.clone(),
+            list: true,
+        },
+        ResourceType::ZoneIngress | ResourceType::ZoneEgress => Touched::All,
+        _ => match &resource.meta.mesh {
+            Some(mesh) => Touched::Mesh {
+                mesh: mesh.clone(),
+                list: false,
+            },
+            None => Touched::Nothing,
+        },
     }
 }
 
@@ -73,15 +92,18 @@ impl SnapshotCache {
         Ok(sender.subscribe())
     }
 
-    /// Rebuilds the snapshots of the connected proxies in `meshes` (all when `None`) and publishes
-    /// those that changed. Proxies whose streams all closed are forgotten.
+    /// Rebuilds the snapshots of the connected proxies in `meshes` (all when `None`; zone
+    /// ingresses and egresses serve every mesh, so always) and publishes those that changed.
+    /// Proxies whose streams all closed are forgotten.
     pub async fn rebuild(&self, meshes: Option<&BTreeSet<String>>) {
         let targets: Vec<(ProxyId, watch::Sender<Arc<Snapshot>>)> = {
             let mut proxies = self.lock();
             proxies.retain(|_, sender| sender.receiver_count() > 0);
             proxies
                 .iter()
-                .filter(|(id, _)| meshes.is_none_or(|m| m.contains(&id.mesh)))
+                .filter(|(id, _)| {
+                    id.kind != ProxyKind::Dataplane || meshes.is_none_or(|m| m.contains(&id.mesh))
+                })
                 .map(|(id, s)| (id.clone(), s.clone()))
                 .collect()
         };
@@ -123,16 +145,18 @@ impl SnapshotCache {
                 event = watch.next() => event,
             };
             let mut meshes = Some(BTreeSet::new());
+            let mut mesh_list = false;
             let mut note = |event: Option<Result<mesh_store::ChangeEvent, _>>,
                             watch: &mut mesh_store::Watch|
              -> Result<bool, mesh_store::StoreError> {
                 match event {
                     Some(Ok(event)) => {
-                        match (touched_mesh(&event.resource), meshes.as_mut()) {
-                            (Some(mesh), Some(set)) => {
+                        match (touched(&event.resource), meshes.as_mut()) {
+                            (Touched::Mesh { mesh, list }, Some(set)) => {
                                 set.insert(mesh);
+                                mesh_list |= list;
                             }
-                            (None, _) => meshes = None,
+                            (Touched::All, _) => meshes = None,
                             _ => {}
                         }
                         Ok(true)
@@ -155,13 +179,17 @@ impl SnapshotCache {
                     }
                 }
             }
-            let closed = !more && meshes.as_ref().is_some_and(|m| m.is_empty());
-            self.rebuild(meshes.as_ref()).await;
-            if closed {
-                // The store closed: nothing more will change.
-                let _ = shutdown.wait_for(|stop| *stop).await;
-                return Ok(());
+            if meshes.as_ref().is_some_and(|m| m.is_empty()) {
+                if !more {
+                    // The store closed: nothing more will change.
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                    return Ok(());
+                }
+                // Nothing a proxy sees changed.
+                continue;
             }
+            self.source.invalidate(meshes.as_ref(), mesh_list);
+            self.rebuild(meshes.as_ref()).await;
         }
     }
 }

@@ -8,12 +8,14 @@
 
 pub mod auth;
 pub mod cache;
+pub mod context;
 pub mod generator;
 pub mod server;
 pub mod snapshot;
+pub mod sni;
 pub mod status;
 
-pub use auth::{DataplaneAuthenticator, ProxyId};
+pub use auth::{DataplaneAuthenticator, ProxyId, ProxyKind};
 pub use cache::SnapshotCache;
 pub use server::{serve, XdsServer};
 pub use snapshot::{Snapshot, SnapshotSource};

@@ -13,6 +13,11 @@ use crate::auth::ProxyId;
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// `Any.type_url` of a Cluster (CDS).
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `Any.type_url` of a RouteConfiguration (RDS).
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// `Any.type_url` of an SDS Secret.
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 /// `Any.type_url` of a ClusterLoadAssignment (EDS).
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -51,6 +56,16 @@ impl Snapshot {
                     },
                 },
             );
+    }
+
+    /// Adds every resource of `other` (shared resources built once for many proxies).
+    pub fn extend_from(&mut self, other: &Snapshot) {
+        for (type_url, resources) in &other.resources {
+            let mine = self.resources.entry(type_url.clone()).or_default();
+            for (name, resource) in resources {
+                mine.insert(name.clone(), resource.clone());
+            }
+        }
     }
 
     /// Computes [`Snapshot::version`] from the resources; call once after the last insert.
@@ -104,4 +119,11 @@ pub enum SourceError {
 pub trait SnapshotSource: Send + Sync + 'static {
     /// The snapshot of `proxy` now.
     async fn snapshot(&self, proxy: &ProxyId) -> Result<Snapshot, SourceError>;
+
+    /// Tells the source that resources of `meshes` (of every mesh when `None`) changed, and the
+    /// list of meshes too when `mesh_list`; called before the proxies are rebuilt, so a source
+    /// that shares state between proxies drops what is stale.
+    fn invalidate(&self, meshes: Option<&std::collections::BTreeSet<String>>, mesh_list: bool) {
+        let _ = (meshes, mesh_list);
+    }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -38,7 +37,7 @@ async fn zone() -> Zone {
         Arc::new(mesh_store::SledStore::open(dir.path().join("store")).unwrap());
     let auth = DataplaneAuthenticator::open(dir.path().join("keys")).unwrap();
     let cache = Arc::new(SnapshotCache::new(Arc::new(
-        xds_server::generator::SidecarGenerator::new(store.clone()),
+        xds_server::generator::Generator::new(store.clone(), Some("zone-1".to_string())),
     )));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(cache.clone().run(store.clone(), stop_rx.clone()));
@@ -75,10 +74,7 @@ async fn add_dataplane(
 }
 
 fn token(zone: &Zone, mesh: &str, name: &str) -> String {
-    let id = ProxyId {
-        mesh: mesh.into(),
-        name: name.into(),
-    };
+    let id = ProxyId::dataplane(mesh, name);
     zone.auth.issue(&id, Duration::from_secs(3600)).unwrap()
 }
 
@@ -212,10 +208,7 @@ async fn a_proxy_gets_its_config_and_follows_its_mesh_only() {
     assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
     assert_eq!(cla.endpoints[0].priority, 0);
     web.ack(&eds).await;
-    let id = ProxyId {
-        mesh: "default".into(),
-        name: "web-1".into(),
-    };
+    let id = ProxyId::dataplane("default", "web-1");
     test_support::eventually("LDS, CDS and EDS ACKed", WAIT, || async {
         let s = zone.status.get(&id)?;
         let acked = [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE]
@@ -270,10 +263,7 @@ async fn a_nack_is_recorded() {
     web.request(CLUSTER_TYPE, &[]).await;
     let cds = web.next().await;
     web.reply(&cds, Some("cluster web: bad config")).await;
-    let id = ProxyId {
-        mesh: "default".into(),
-        name: "web-1".into(),
-    };
+    let id = ProxyId::dataplane("default", "web-1");
     let nack = test_support::eventually("the NACK recorded", WAIT, || async {
         zone.status
             .get(&id)?
@@ -396,21 +386,6 @@ async fn delta_sends_only_what_changed() {
     drop(tx);
 }
 
-#[test]
-fn listener_is_a_tcp_proxy_to_the_local_port() {
-    let text = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: web\n";
-    let resource = mesh_api::parse_documents(text).remove(0).unwrap().resource;
-    let mesh_api::Spec::Dataplane(spec) = &resource.spec else {
-        panic!()
-    };
-    let snapshot = xds_server::generator::sidecar_snapshot(spec, std::slice::from_ref(&resource));
-    let (name, listener) = snapshot.of_type(LISTENER_TYPE).next().unwrap();
-    assert_eq!(name, "inbound:10.0.0.1:15000");
-    let listener = Listener::decode(listener.resource.value.as_slice()).unwrap();
-    let filter = &listener.filter_chains[0].filters[0];
-    assert_eq!(filter.name, "envoy.filters.network.tcp_proxy");
-}
-
 #[tokio::test]
 async fn deleting_the_dataplane_ends_its_stream() {
     let zone = zone().await;
@@ -430,10 +405,7 @@ async fn deleting_the_dataplane_ends_its_stream() {
         .expect("the stream ends in time");
     let status = ended.expect_err("ended with a status");
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
-    let id = ProxyId {
-        mesh: "default".into(),
-        name: "web-1".into(),
-    };
+    let id = ProxyId::dataplane("default", "web-1");
     test_support::eventually("web-1 offline", WAIT, || async {
         (!zone.status.get(&id)?.online).then_some(())
     })

@@ -193,7 +193,7 @@ pub async fn run(
     let dataplane_auth =
         xds_server::DataplaneAuthenticator::open(config.data_dir.join("xds").join("signing-keys"))?;
     let cache = std::sync::Arc::new(xds_server::SnapshotCache::new(std::sync::Arc::new(
-        xds_server::generator::SidecarGenerator::new(server.store.clone()),
+        xds_server::generator::Generator::new(server.store.clone(), Some(config.zone.clone())),
     )));
     let snapshots = tokio::spawn(cache.clone().run(server.store.clone(), stop_rx.clone()));
     let mut xds = tokio::spawn(xds_server::serve(

@@ -1,0 +1,316 @@
+//! The zone's edge proxies.
+//!
+//! **Zone ingress**: one listener on the ingress's address, the TLS inspector reading the SNI,
+//! and one filter chain per (mesh, service) with local instances, matched by the service's
+//! cross-zone SNI (`crate::sni`, zone = this zone) and passed through undecrypted by a TCP proxy
+//! to that service's local endpoints: the client's mTLS session ends at the destination sidecar,
+//! which checks the client's identity itself.
+//!
+//! **Zone egress**: the same shape for meshes with `routing.zoneEgress`: a filter chain per
+//! (mesh, service, remote zone) passes the TLS through to that zone's ingress; and a filter chain
+//! per ExternalService terminates the sidecar's mTLS (the egress holds a certificate of the mesh)
+//! and originates the external service's own TLS when it has `networking.tls.enabled`.
+//!
+//! Both also serve external services to sidecars that reach them directly (no egress):
+//! [`external_cluster`] is shared with the sidecar generator.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source, transport_socket, DataSource as EnvoyDataSource, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+};
+use mesh_api::core::external_service::ExternalServiceSpec;
+use mesh_api::{Resource, Spec, SERVICE_TAG};
+
+use super::endpoints::{load_assignment, CrossZone};
+use super::envoy::{any, downstream_mtls, eds_cluster, socket, tcp_proxy_filter, tls_inspector};
+use super::sidecar::sni_for;
+use crate::context::{MeshContext, ServiceInfo};
+use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+
+/// The pseudo-zone of external services in SNIs (`<service>.<port>.external.<mesh>.mesh`).
+pub const EXTERNAL_ZONE: &str = "external";
+
+fn passthrough_chain(sni: String, cluster: &str) -> FilterChain {
+    FilterChain {
+        name: sni.clone(),
+        filter_chain_match: Some(FilterChainMatch {
+            server_names: vec![sni],
+            ..FilterChainMatch::default()
+        }),
+        filters: vec![tcp_proxy_filter(cluster, cluster)],
+        ..FilterChain::default()
+    }
+}
+
+fn edge_listener(name: String, address: &str, port: u32, chains: Vec<FilterChain>) -> Listener {
+    Listener {
+        name,
+        address: Some(socket(address, port)),
+        listener_filters: vec![tls_inspector()],
+        filter_chains: chains,
+        ..Listener::default()
+    }
+}
+
+/// The snapshot of the zone ingress `ingress`, serving `meshes`.
+pub fn ingress_snapshot(ingress: &Resource, meshes: &[Arc<MeshContext>]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let Spec::ZoneIngress(spec) = &ingress.spec else {
+        return snapshot.seal();
+    };
+    let Some(networking) = spec.networking.as_ref() else {
+        return snapshot.seal();
+    };
+    let mut chains = Vec::new();
+    for ctx in meshes.iter().filter(|c| c.mtls_enabled()) {
+        let zone = ctx.local_zone.as_deref().unwrap_or("local");
+        for (service, info) in ctx.services.iter().filter(|(_, i)| !i.local.is_empty()) {
+            let Some(sni) = sni_for(ctx, service, zone) else {
+                continue;
+            };
+            let cluster = format!("{}:{service}", ctx.name);
+            chains.push(passthrough_chain(sni, &cluster));
+            local_cluster(&mut snapshot, &cluster, info, zone);
+        }
+    }
+    let name = format!("ingress:{}:{}", networking.address, networking.port);
+    let listener = edge_listener(name, &networking.address, networking.port, chains);
+    snapshot.insert(LISTENER_TYPE, &listener.name, &listener);
+    snapshot.seal()
+}
+
+fn local_cluster(snapshot: &mut Snapshot, cluster: &str, info: &ServiceInfo, zone: &str) {
+    snapshot.insert(CLUSTER_TYPE, cluster, &eds_cluster(cluster));
+    let cla = load_assignment(
+        cluster,
+        info,
+        &Default::default(),
+        Some(zone),
+        None,
+        &CrossZone::Disabled,
+    );
+    snapshot.insert(ENDPOINT_TYPE, cluster, &cla);
+}
+
+/// The snapshot of the zone egress `egress`, serving `meshes`.
+pub fn egress_snapshot(egress: &Resource, meshes: &[Arc<MeshContext>]) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let Spec::ZoneEgress(spec) = &egress.spec else {
+        return snapshot.seal();
+    };
+    let Some(networking) = spec.networking.as_ref() else {
+        return snapshot.seal();
+    };
+    let mut chains = Vec::new();
+    for ctx in meshes
+        .iter()
+        .filter(|c| c.mtls_enabled() && c.routes_through_egress())
+    {
+        for (service, info) in &ctx.services {
+            let mut zones: Vec<&str> = info.remote.iter().map(|r| r.zone.as_str()).collect();
+            zones.dedup();
+            for zone in zones {
+                let Some(sni) = sni_for(ctx, service, zone) else {
+                    continue;
+                };
+                let cluster = format!("{}:{service}:{zone}", ctx.name);
+                chains.push(passthrough_chain(sni, &cluster));
+                let only_zone = ServiceInfo {
+                    protocol: info.protocol.clone(),
+                    local: Vec::new(),
+                    remote: info
+                        .remote
+                        .iter()
+                        .filter(|r| r.zone == zone)
+                        .cloned()
+                        .collect(),
+                };
+                snapshot.insert(CLUSTER_TYPE, &cluster, &eds_cluster(&cluster));
+                let mut cla = load_assignment(
+                    &cluster,
+                    &only_zone,
+                    &Default::default(),
+                    None,
+                    None,
+                    &CrossZone::Direct,
+                );
+                // The egress reaches the remote ingress directly: one priority.
+                for group in &mut cla.endpoints {
+                    group.priority = 0;
+                }
+                snapshot.insert(ENDPOINT_TYPE, &cluster, &cla);
+            }
+        }
+        for external in &ctx.external_services {
+            let Some((service, port, es)) = external_parts(external) else {
+                continue;
+            };
+            let Some(sni) = sni_for_external(ctx, &service, port) else {
+                continue;
+            };
+            let cluster_name = format!("{}:{service}", ctx.name);
+            let Some(cluster) = external_cluster(ctx, &cluster_name, es) else {
+                continue;
+            };
+            snapshot.insert(CLUSTER_TYPE, &cluster_name, &cluster);
+            chains.push(FilterChain {
+                name: sni.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![sni],
+                    ..FilterChainMatch::default()
+                }),
+                filters: vec![tcp_proxy_filter(&cluster_name, &cluster_name)],
+                transport_socket: Some(downstream_mtls(&ctx.name)),
+                ..FilterChain::default()
+            });
+        }
+    }
+    let name = format!("egress:{}:{}", networking.address, networking.port);
+    let listener = edge_listener(name, &networking.address, networking.port, chains);
+    snapshot.insert(LISTENER_TYPE, &listener.name, &listener);
+    snapshot.seal()
+}
+
+/// The service name, port and spec of an ExternalService resource.
+pub fn external_parts(resource: &Resource) -> Option<(String, u32, &ExternalServiceSpec)> {
+    let Spec::ExternalService(spec) = &resource.spec else {
+        return None;
+    };
+    let service = spec.tags.get(SERVICE_TAG)?.clone();
+    let (_, port) = spec.networking.as_ref()?.host_port()?;
+    Some((service, u32::from(port), spec))
+}
+
+/// The SNI a sidecar uses towards the egress for external service `service`.
+pub fn sni_for_external(ctx: &MeshContext, service: &str, port: u32) -> Option<String> {
+    let target = crate::sni::SniTarget {
+        mesh: ctx.name.clone(),
+        service: service.to_string(),
+        port,
+        zone: EXTERNAL_ZONE.to_string(),
+    };
+    target.to_sni().ok()
+}
+
+fn data_source(
+    ctx: &MeshContext,
+    source: &mesh_api::core::common::DataSource,
+) -> Option<EnvoyDataSource> {
+    let specifier = if let Some(secret) = &source.secret {
+        let bytes = match ctx.secrets.get(secret).map(|r| &r.spec) {
+            Some(Spec::Secret(s)) => s.bytes()?,
+            _ => {
+                tracing::warn!(mesh = %ctx.name, %secret, "external service TLS: secret not found");
+                return None;
+            }
+        };
+        data_source::Specifier::InlineBytes(bytes)
+    } else if let Some(file) = &source.file {
+        data_source::Specifier::Filename(file.clone())
+    } else if let Some(inline) = &source.inline {
+        let spec = mesh_api::core::secret::SecretSpec {
+            data: inline.clone(),
+        };
+        data_source::Specifier::InlineBytes(spec.bytes()?)
+    } else {
+        data_source::Specifier::InlineString(source.inline_string.clone()?)
+    };
+    Some(EnvoyDataSource {
+        specifier: Some(specifier),
+        ..EnvoyDataSource::default()
+    })
+}
+
+/// A cluster reaching an external service directly: DNS-resolved `host:port`, with TLS
+/// originated when the ExternalService asks for it.
+pub fn external_cluster(
+    ctx: &MeshContext,
+    name: &str,
+    spec: &ExternalServiceSpec,
+) -> Option<Cluster> {
+    let networking = spec.networking.as_ref()?;
+    let (host, port) = networking.host_port()?;
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let mut cluster = Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(if is_ip {
+            cluster::DiscoveryType::Static as i32
+        } else {
+            cluster::DiscoveryType::StrictDns as i32
+        })),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(host, u32::from(port))),
+                        ..Endpoint::default()
+                    })),
+                    ..LbEndpoint::default()
+                }],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }),
+        ..Cluster::default()
+    };
+    if let Some(tls) = networking.tls.as_ref().filter(|t| t.enabled) {
+        let validation = tls
+            .ca_cert
+            .as_ref()
+            .and_then(|ca| data_source(ctx, ca))
+            .map(|ca| {
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(ca),
+                        ..CertificateValidationContext::default()
+                    },
+                )
+            });
+        let certificates = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => vec![
+                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
+                    certificate_chain: data_source(ctx, cert),
+                    private_key: data_source(ctx, key),
+                    ..Default::default()
+                },
+            ],
+            _ => Vec::new(),
+        };
+        let sni = tls
+            .server_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                if is_ip {
+                    String::new()
+                } else {
+                    host.to_string()
+                }
+            });
+        let context = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificates: certificates,
+                validation_context_type: validation,
+                ..CommonTlsContext::default()
+            }),
+            sni,
+            allow_renegotiation: tls.allow_renegotiation.unwrap_or(false),
+            ..UpstreamTlsContext::default()
+        };
+        cluster.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".to_string(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+        });
+    }
+    Some(cluster)
+}
