@@ -6,6 +6,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, transport_socket, Address, AggregatedConfigSource,
     ApiVersion, ConfigSource, SocketAddress, TransportSocket,
 };
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, ListenerFilter,
 };
@@ -35,6 +38,24 @@ pub fn socket(ip: &str, port: u32) -> Address {
             port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
             ..SocketAddress::default()
         })),
+    }
+}
+
+/// A load assignment with the one endpoint `address:port`.
+pub fn single_endpoint(cluster: &str, address: &str, port: u32) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket(address, port)),
+                    ..Endpoint::default()
+                })),
+                ..LbEndpoint::default()
+            }],
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
     }
 }
 

@@ -20,9 +20,6 @@ use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, transport_socket, DataSource as EnvoyDataSource, TransportSocket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
@@ -31,7 +28,9 @@ use mesh_api::core::external_service::ExternalServiceSpec;
 use mesh_api::{Resource, Spec, SERVICE_TAG};
 
 use super::endpoints::{load_assignment, CrossZone};
-use super::envoy::{any, downstream_mtls, eds_cluster, socket, tcp_proxy_filter, tls_inspector};
+use super::envoy::{
+    any, downstream_mtls, eds_cluster, single_endpoint, socket, tcp_proxy_filter, tls_inspector,
+};
 use super::sidecar::sni_for;
 use crate::context::{MeshContext, ServiceInfo};
 use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
@@ -247,20 +246,7 @@ pub fn external_cluster(
         } else {
             cluster::DiscoveryType::StrictDns as i32
         })),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name.to_string(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(host, u32::from(port))),
-                        ..Endpoint::default()
-                    })),
-                    ..LbEndpoint::default()
-                }],
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }),
+        load_assignment: Some(single_endpoint(name, host, u32::from(port))),
         ..Cluster::default()
     };
     if let Some(tls) = networking.tls.as_ref().filter(|t| t.enabled) {
@@ -313,4 +299,129 @@ pub fn external_cluster(
         });
     }
     Some(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::ingresses_of;
+    use crate::snapshot::Snapshot;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+    fn parse(text: &str) -> Vec<Resource> {
+        mesh_api::parse_documents(text)
+            .into_iter()
+            .map(|d| d.unwrap().resource)
+            .collect()
+    }
+
+    const MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n";
+    const DATAPLANES: &str = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: web\n---\ntype: Dataplane\nname: api-1\nmesh: default\nnetworking:\n  address: 10.0.0.2\n  inbound:\n    - port: 15000\n      servicePort: 9090\n      tags:\n        kuma.io/service: api\n";
+    const INGRESSES: &str = "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 10.0.0.10\n  port: 10001\n---\ntype: ZoneIngress\nname: ingress-2.zone-2\nlabels:\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\nzone: zone-2\nnetworking:\n  address: 172.16.0.2\n  advertisedAddress: 192.0.2.2\n  port: 10001\n  advertisedPort: 20001\navailableServices:\n  - mesh: default\n    instances: 2\n    tags:\n      kuma.io/service: api\n";
+    const EGRESS: &str =
+        "type: ZoneEgress\nname: egress-1\nnetworking:\n  address: 10.0.0.20\n  port: 10002\n";
+
+    fn context(mesh: &str) -> Arc<MeshContext> {
+        let ingresses = ingresses_of(parse(INGRESSES), Some("zone-1"));
+        let mut resources = parse(mesh);
+        resources.extend(parse(DATAPLANES));
+        Arc::new(MeshContext::from_resources(
+            "default",
+            Some("zone-1"),
+            resources,
+            &ingresses,
+            &parse(EGRESS),
+        ))
+    }
+
+    fn decode<M: prost::Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
+        let (_, r) = snapshot
+            .of_type(type_url)
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        M::decode(r.resource.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn sidecars_reach_other_zones_through_their_ingress() {
+        let ctx = context(MESH);
+        assert_eq!(ctx.services["api"].remote.len(), 1);
+        let snapshot = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
+        let cla: ClusterLoadAssignment = decode(&snapshot, crate::snapshot::ENDPOINT_TYPE, "api");
+        let zones: Vec<(u32, &str)> = cla
+            .endpoints
+            .iter()
+            .map(|g| (g.priority, g.locality.as_ref().unwrap().zone.as_str()))
+            .collect();
+        assert_eq!(zones, [(0, "zone-1"), (1, "zone-2")]);
+        let cluster: Cluster = decode(&snapshot, crate::snapshot::CLUSTER_TYPE, "api");
+        assert_eq!(cluster.transport_socket_matches.len(), 1);
+        assert_eq!(cluster.transport_socket_matches[0].name, "zone-2");
+        // Without mTLS there is no SNI to route on: local endpoints only.
+        let plain = context("type: Mesh\nname: default\n");
+        let snapshot = super::super::sidecar_snapshot(&plain, plain.dataplane("web-1").unwrap());
+        let cla: ClusterLoadAssignment = decode(&snapshot, crate::snapshot::ENDPOINT_TYPE, "api");
+        assert_eq!(cla.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn ingress_has_a_passthrough_chain_per_local_service() {
+        let ctx = context(MESH);
+        let ingress = ctx.ingresses.iter().find(|i| i.local).unwrap();
+        let snapshot = ingress_snapshot(&ingress.resource, &[ctx.clone()]);
+        let listener: Listener = decode(&snapshot, LISTENER_TYPE, "ingress:10.0.0.10:10001");
+        let names: Vec<&str> = listener
+            .filter_chains
+            .iter()
+            .map(|c| c.filter_chain_match.as_ref().unwrap().server_names[0].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["api.0.zone-1.default.mesh", "web.0.zone-1.default.mesh"]
+        );
+        assert!(listener
+            .filter_chains
+            .iter()
+            .all(|c| c.transport_socket.is_none()));
+        assert_eq!(listener.listener_filters.len(), 1, "TLS inspector");
+        let cla: ClusterLoadAssignment = decode(&snapshot, ENDPOINT_TYPE, "default:api");
+        assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+    }
+
+    #[test]
+    fn egress_forwards_to_remote_ingresses_and_sidecars_use_it() {
+        let mesh = format!("{MESH}routing:\n  zoneEgress: true\n");
+        let ctx = context(&mesh);
+        let egress = &ctx.egresses[0];
+        let snapshot = egress_snapshot(egress, &[ctx.clone()]);
+        let listener: Listener = decode(&snapshot, LISTENER_TYPE, "egress:10.0.0.20:10002");
+        assert_eq!(
+            listener.filter_chains[0]
+                .filter_chain_match
+                .as_ref()
+                .unwrap()
+                .server_names,
+            ["api.0.zone-2.default.mesh"]
+        );
+        let cla: ClusterLoadAssignment = decode(&snapshot, ENDPOINT_TYPE, "default:api:zone-2");
+        let ep = &cla.endpoints[0].lb_endpoints[0];
+        let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),
+        ) = &ep.host_identifier
+        else {
+            panic!()
+        };
+        assert_eq!(e.address, Some(socket("192.0.2.2", 20001)));
+        // The sidecar's remote endpoints now point at the egress.
+        let sidecar = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
+        let cla: ClusterLoadAssignment = decode(&sidecar, ENDPOINT_TYPE, "api");
+        let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),
+        ) = &cla.endpoints[1].lb_endpoints[0].host_identifier
+        else {
+            panic!()
+        };
+        assert_eq!(e.address, Some(socket("10.0.0.20", 10002)));
+    }
 }

@@ -32,8 +32,10 @@ use mesh_api::{Resource, ResourceType, Spec, SERVICE_TAG};
 
 use super::endpoints::{load_assignment, CrossZone};
 use super::envoy::{
-    any, downstream_mtls, eds_cluster, network_filter, socket, tcp_proxy_filter, upstream_mtls,
+    any, downstream_mtls, eds_cluster, network_filter, single_endpoint, socket, tcp_proxy_filter,
+    upstream_mtls,
 };
+use super::gateways::{external_cluster, external_parts, sni_for_external};
 use crate::context::MeshContext;
 use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use crate::sni::SniTarget;
@@ -161,7 +163,7 @@ fn inbound(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
                 cluster::DiscoveryType::Static as i32,
             )),
-            load_assignment: Some(local_assignment(&local, port)),
+            load_assignment: Some(single_endpoint(&local, "127.0.0.1", port)),
             ..Cluster::default()
         };
         if protocol == "http2" || protocol == "grpc" {
@@ -171,29 +173,7 @@ fn inbound(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
     }
 }
 
-fn local_assignment(
-    name: &str,
-    port: u32,
-) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
-    use envoy_types::pb::envoy::config::endpoint::v3::{
-        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-    };
-    ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: vec![LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket("127.0.0.1", port)),
-                    ..Endpoint::default()
-                })),
-                ..LbEndpoint::default()
-            }],
-            ..LocalityLbEndpoints::default()
-        }],
-        ..ClusterLoadAssignment::default()
-    }
-}
-
+/// One endpoint, `127.0.0.1:port`.
 /// Upstream HTTP/2 (gRPC, http2 services).
 fn enable_http2(cluster: &mut Cluster) {
     use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
@@ -397,7 +377,50 @@ fn build_outbound_bundle(ctx: &MeshContext) -> Snapshot {
             &route_to_cluster(&route_name, service),
         );
     }
+    external_services(ctx, &cross_zone, &mut bundle);
     bundle
+}
+
+/// The identity the zone egress presents to sidecars of a mesh.
+pub const EGRESS_SERVICE: &str = "zone-egress";
+
+/// Clusters for the mesh's ExternalServices: through the zone egress (mTLS to it, the SNI naming
+/// the external service) when the mesh routes through it, else straight to the service.
+fn external_services(ctx: &MeshContext, cross_zone: &CrossZone, bundle: &mut Snapshot) {
+    for external in &ctx.external_services {
+        let Some((service, port, spec)) = external_parts(external) else {
+            continue;
+        };
+        let cluster = match cross_zone {
+            CrossZone::ViaEgress {
+                address,
+                port: egress_port,
+            } => {
+                let Some(sni) = sni_for_external(ctx, &service, port) else {
+                    continue;
+                };
+                let mut cluster = static_cluster(&service, address, *egress_port);
+                cluster.transport_socket = Some(upstream_mtls(&ctx.name, EGRESS_SERVICE, &sni));
+                cluster
+            }
+            _ => match external_cluster(ctx, &service, spec) {
+                Some(cluster) => cluster,
+                None => continue,
+            },
+        };
+        bundle.insert(CLUSTER_TYPE, &service, &cluster);
+    }
+}
+
+fn static_cluster(name: &str, address: &str, port: u32) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(single_endpoint(name, address, port)),
+        ..Cluster::default()
+    }
 }
 
 #[cfg(test)]
