@@ -369,7 +369,7 @@ mod tests {
     fn ingress_has_a_passthrough_chain_per_local_service() {
         let ctx = context(MESH);
         let ingress = ctx.ingresses.iter().find(|i| i.local).unwrap();
-        let snapshot = ingress_snapshot(&ingress.resource, &[ctx.clone()]);
+        let snapshot = ingress_snapshot(&ingress.resource, std::slice::from_ref(&ctx));
         let listener: Listener = decode(&snapshot, LISTENER_TYPE, "ingress:10.0.0.10:10001");
         let names: Vec<&str> = listener
             .filter_chains
@@ -394,7 +394,7 @@ mod tests {
         let mesh = format!("{MESH}routing:\n  zoneEgress: true\n");
         let ctx = context(&mesh);
         let egress = &ctx.egresses[0];
-        let snapshot = egress_snapshot(egress, &[ctx.clone()]);
+        let snapshot = egress_snapshot(egress, std::slice::from_ref(&ctx));
         let listener: Listener = decode(&snapshot, LISTENER_TYPE, "egress:10.0.0.20:10002");
         assert_eq!(
             listener.filter_chains[0]
