@@ -4,13 +4,13 @@
 //! proxies of those meshes only, and publishes each one that changed on its proxy's channel. A
 //! proxy whose Dataplane was deleted has its channel dropped, which ends its streams.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mesh_api::ResourceType;
 use mesh_store::ResourceStore;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{ProxyId, ProxyKind};
 use crate::snapshot::{Snapshot, SnapshotSource, SourceError};
@@ -19,6 +19,9 @@ use crate::snapshot::{Snapshot, SnapshotSource, SourceError};
 pub struct SnapshotCache {
     source: Arc<dyn SnapshotSource>,
     proxies: Mutex<HashMap<ProxyId, watch::Sender<Arc<Snapshot>>>>,
+    /// Snapshots that must be rebuilt at a time (certificates to re-issue), for [`Self::run`].
+    refresh_tx: mpsc::UnboundedSender<(ProxyId, SystemTime)>,
+    refresh_rx: Mutex<Option<mpsc::UnboundedReceiver<(ProxyId, SystemTime)>>>,
     /// How long a burst of store changes is gathered before rebuilding.
     pub coalesce: Duration,
 }
@@ -60,9 +63,12 @@ fn touched(resource: &mesh_api::Resource) -> Touched {
 
 impl SnapshotCache {
     pub fn new(source: Arc<dyn SnapshotSource>) -> Self {
+        let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
         SnapshotCache {
             source,
             proxies: Mutex::new(HashMap::new()),
+            refresh_tx,
+            refresh_rx: Mutex::new(Some(refresh_rx)),
             coalesce: Duration::from_millis(5),
         }
     }
@@ -78,6 +84,7 @@ impl SnapshotCache {
         proxy: &ProxyId,
     ) -> Result<watch::Receiver<Arc<Snapshot>>, SourceError> {
         let snapshot = Arc::new(self.source.snapshot(proxy).await?);
+        self.schedule_refresh(proxy, &snapshot);
         let mut proxies = self.lock();
         let sender = proxies
             .entry(proxy.clone())
@@ -107,9 +114,32 @@ impl SnapshotCache {
                 .map(|(id, s)| (id.clone(), s.clone()))
                 .collect()
         };
+        self.rebuild_targets(targets).await;
+    }
+
+    /// Rebuilds the given proxies (those still connected).
+    async fn rebuild_proxies(&self, ids: &BTreeSet<ProxyId>) {
+        let targets: Vec<(ProxyId, watch::Sender<Arc<Snapshot>>)> = {
+            let proxies = self.lock();
+            ids.iter()
+                .filter_map(|id| proxies.get(id).map(|s| (id.clone(), s.clone())))
+                .collect()
+        };
+        self.rebuild_targets(targets).await;
+    }
+
+    fn schedule_refresh(&self, proxy: &ProxyId, snapshot: &Snapshot) {
+        if let Some(at) = snapshot.refresh_at {
+            // The receiver lives as long as `run`; without it nothing rebuilds anyway.
+            let _ = self.refresh_tx.send((proxy.clone(), at));
+        }
+    }
+
+    async fn rebuild_targets(&self, targets: Vec<(ProxyId, watch::Sender<Arc<Snapshot>>)>) {
         for (proxy, sender) in targets {
             match self.source.snapshot(&proxy).await {
                 Ok(snapshot) => {
+                    self.schedule_refresh(&proxy, &snapshot);
                     sender.send_if_modified(|current| {
                         let changed = current.version != snapshot.version;
                         if changed {
@@ -138,11 +168,47 @@ impl SnapshotCache {
         store: Arc<dyn ResourceStore>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), mesh_store::StoreError> {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
         let mut watch = store.watch(store.revision())?;
+        let mut refresh_rx = self
+            .refresh_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("SnapshotCache::run is called once");
+        // When each proxy must be rebuilt again (its certificate is due for re-issue).
+        let mut deadlines: BTreeMap<SystemTime, BTreeSet<ProxyId>> = BTreeMap::new();
         loop {
+            let next_deadline = deadlines.keys().next().map(|at| {
+                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::Instant::now() + wait
+            });
             let first = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 event = watch.next() => event,
+                Some((proxy, at)) = refresh_rx.recv() => {
+                    deadlines.entry(at).or_default().insert(proxy);
+                    continue;
+                }
+                _ = sleep_until_some(next_deadline) => {
+                    let now = SystemTime::now();
+                    let mut due = BTreeSet::new();
+                    while let Some(entry) = deadlines.first_entry() {
+                        if *entry.key() > now {
+                            break;
+                        }
+                        due.extend(entry.remove());
+                    }
+                    self.rebuild_proxies(&due).await;
+                    continue;
+                }
             };
             let mut meshes = Some(BTreeSet::new());
             let mut mesh_list = false;
@@ -191,5 +257,13 @@ impl SnapshotCache {
             self.source.invalidate(meshes.as_ref(), mesh_list);
             self.rebuild(meshes.as_ref()).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub resources: BTreeMap<String, BTreeMap<String, VersionedResource>>,
     /// Changes whenever any resource changes (a hash of all of them).
     pub version: String,
+    /// When the snapshot must be rebuilt even if nothing in the store changes (a certificate in
+    /// it is due for re-issue).
+    pub refresh_at: Option<std::time::SystemTime>,
 }
 
 impl Snapshot {

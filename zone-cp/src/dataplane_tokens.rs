@@ -1,6 +1,8 @@
 //! The zone CP's dataplane-token endpoint, `POST /tokens/dataplane {"mesh","name","validFor"}`
 //! (admin token required): a token a proxy presents on its ADS stream for that Dataplane, signed
 //! with the keys under `<data-dir>/xds/signing-keys` ([`xds_server::DataplaneAuthenticator`]).
+//! `"type": "ingress"` or `"egress"` (no mesh) issues the token of the zone's ZoneIngress or
+//! ZoneEgress `name` instead.
 
 use std::sync::Arc;
 
@@ -30,8 +32,12 @@ pub fn router(api: DataplaneTokensApi) -> Router {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TokenRequest {
+    #[serde(default)]
     mesh: String,
     name: String,
+    /// `dataplane` (default), `ingress` or `egress`.
+    #[serde(default, rename = "type")]
+    proxy_type: Option<String>,
     #[serde(default = "default_validity")]
     valid_for: String,
 }
@@ -48,10 +54,20 @@ async fn issue(
     require_admin(&api.admin, &headers)?;
     let request: TokenRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))?;
-    let proxy = ProxyId::parse(&format!("{}/{}", request.mesh, request.name)).ok_or_else(|| {
+    let node_id = match request.proxy_type.as_deref().unwrap_or("dataplane") {
+        "dataplane" => format!("{}/{}", request.mesh, request.name),
+        kind @ ("ingress" | "egress") => format!("{kind}:{}", request.name),
+        other => {
+            return Err(ApiError::bad_field(
+                "type",
+                format!("{other:?} is not one of dataplane, ingress, egress"),
+            ))
+        }
+    };
+    let proxy = ProxyId::parse(&node_id).ok_or_else(|| {
         ApiError::bad_field(
             "name",
-            "mesh and name must be non-empty, without '/' (and no '.' in the mesh)",
+            "mesh (for a dataplane) and name must be non-empty, without '/' or ':' (and no '.' in the mesh)",
         )
     })?;
     let validity = kds::auth::parse_validity(&request.valid_for)
@@ -66,6 +82,6 @@ async fn issue(
     })?;
     tracing::info!(%proxy, "issued a dataplane token");
     Ok(Json(
-        json!({ "token": token, "mesh": proxy.mesh, "name": proxy.name }),
+        json!({ "token": token, "mesh": proxy.mesh, "name": proxy.name, "proxy": proxy.to_string() }),
     ))
 }
