@@ -292,14 +292,18 @@ impl ApiClient {
     }
 
     /// `POST /tokens/dataplane` on a zone CP: the token the proxy of Dataplane `mesh`/`name`
-    /// presents on its ADS stream. Needs the admin token.
+    /// (`proxy_type` `dataplane`), or of the zone's ingress or egress `name` (`ingress`,
+    /// `egress`), presents on its ADS stream. Needs the admin token.
     pub async fn generate_dataplane_token(
         &self,
+        proxy_type: &str,
         mesh: &str,
         name: &str,
         valid_for: &str,
     ) -> anyhow::Result<String> {
-        let body = serde_json::json!({ "mesh": mesh, "name": name, "validFor": valid_for });
+        let body = serde_json::json!({
+            "type": proxy_type, "mesh": mesh, "name": name, "validFor": valid_for
+        });
         self.issue_token("dataplane", &body).await
     }
 
@@ -528,7 +532,7 @@ mod tests {
         let server = tokio::spawn(canned_server(listener, responses));
         let client = ApiClient::new(&base, Some("admin".into())).unwrap();
         let token = client
-            .generate_dataplane_token("default", "web-1", "1h")
+            .generate_dataplane_token("dataplane", "default", "web-1", "1h")
             .await
             .unwrap();
         assert_eq!(token, "dp.sig");
@@ -542,7 +546,7 @@ mod tests {
         let body = &requests[0][requests[0].find("\r\n\r\n").unwrap() + 4..];
         assert_eq!(
             serde_json::from_str::<Value>(body).unwrap(),
-            serde_json::json!({"mesh": "default", "name": "web-1", "validFor": "1h"})
+            serde_json::json!({"type": "dataplane", "mesh": "default", "name": "web-1", "validFor": "1h"})
         );
     }
 

@@ -87,12 +87,15 @@ pub enum GenerateCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct DataplaneTokenArgs {
-    /// The Dataplane's mesh.
-    #[arg(long)]
+    /// The Dataplane's mesh (not for an ingress or egress, which serve every mesh).
+    #[arg(long, default_value = "")]
     pub mesh: String,
-    /// The Dataplane's name.
+    /// The Dataplane's (or ZoneIngress's, ZoneEgress's) name.
     #[arg(long)]
     pub name: String,
+    /// What the proxy runs as: a service's sidecar, or the zone's ingress or egress.
+    #[arg(long, value_parser = ["dataplane", "ingress", "egress"], default_value = "dataplane")]
+    pub proxy_type: String,
     /// How long the token is valid, as a duration (`30m`, `24h`, `8760h`).
     #[arg(long, default_value = "24h")]
     pub valid_for: String,
@@ -192,14 +195,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             zone_token(&client(&cli)?, args).await?
         }
         Command::Generate(GenerateCommand::DataplaneToken(args)) => {
+            if args.proxy_type == "dataplane" && args.mesh.is_empty() {
+                anyhow::bail!("generate dataplane-token: --mesh is required for a dataplane (only an ingress or egress serves every mesh)");
+            }
             let client = client(&cli)?;
             let token = client
-                .generate_dataplane_token(&args.mesh, &args.name, &args.valid_for)
+                .generate_dataplane_token(&args.proxy_type, &args.mesh, &args.name, &args.valid_for)
                 .await
                 .with_context(|| {
                     format!(
-                        "cannot generate a token for dataplane {}/{} on the zone CP at {}",
-                        args.mesh,
+                        "cannot generate a token for {} {}{} on the zone CP at {}",
+                        args.proxy_type,
+                        if args.mesh.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}/", args.mesh)
+                        },
                         args.name,
                         client.base()
                     )
@@ -446,6 +457,20 @@ mod tests {
             ("default", "web-1", "24h")
         );
         assert!(Cli::try_parse_from(["meshctl", "generate", "dataplane-token"]).is_err());
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "generate",
+            "dataplane-token",
+            "--proxy-type",
+            "ingress",
+            "--name",
+            "ingress-1",
+        ])
+        .unwrap();
+        let Command::Generate(GenerateCommand::DataplaneToken(args)) = cli.command else {
+            panic!("not generate dataplane-token")
+        };
+        assert_eq!(args.proxy_type, "ingress");
     }
 
     #[test]
