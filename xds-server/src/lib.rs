@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cache;
 pub mod context;
 pub mod generator;
+pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
