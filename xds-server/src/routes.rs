@@ -1280,3 +1280,786 @@ fn apply_modify(modify: &tr::Modify, route: &mut Route, action: &mut RouteAction
         route.response_headers_to_remove.extend(remove);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    use mesh_api::matching::matched_policies;
+    use mesh_api::{parse_documents, ResourceType};
+
+    use super::*;
+
+    const DATAPLANE: &str = r#"
+type: Dataplane
+name: web-1
+mesh: default
+networking:
+  address: 10.0.0.1
+  inbound:
+    - port: 8080
+      tags: {kuma.io/service: web, kuma.io/protocol: http, version: v1}
+  outbound:
+    - port: 10001
+      tags: {kuma.io/service: backend}
+"#;
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        parse_documents(yaml)
+            .into_iter()
+            .map(|r| r.expect("fixture parses").resource)
+            .collect()
+    }
+
+    fn dataplane() -> Resource {
+        resources(DATAPLANE).remove(0)
+    }
+
+    fn of_type(all: &[Resource], rtype: ResourceType) -> Vec<Resource> {
+        all.iter()
+            .filter(|r| r.resource_type() == rtype)
+            .cloned()
+            .collect()
+    }
+
+    /// What the caller would fill from MeshTimeout; it must survive on every forwarding route.
+    fn template() -> RouteAction {
+        RouteAction {
+            timeout: Some(PbDuration {
+                seconds: 15,
+                nanos: 0,
+            }),
+            ..RouteAction::default()
+        }
+    }
+
+    /// The HTTP routing of the outbound `backend` given the policies in `yaml`.
+    fn http_routing(yaml: &str) -> OutboundHttp {
+        let all = resources(yaml);
+        let dp = dataplane();
+        let matched = matched_policies(&dp, &of_type(&all, ResourceType::MeshHTTPRoute));
+        let traffic_routes = of_type(&all, ResourceType::TrafficRoute);
+        http_route_configuration(
+            "outbound:backend",
+            "backend",
+            &matched,
+            &traffic_routes,
+            &dp,
+            &template(),
+        )
+    }
+
+    fn tcp_routing(yaml: &str) -> OutboundTcp {
+        let all = resources(yaml);
+        let dp = dataplane();
+        let matched = matched_policies(&dp, &of_type(&all, ResourceType::MeshTCPRoute));
+        tcp_route_targets(
+            "backend",
+            &matched,
+            &of_type(&all, ResourceType::TrafficRoute),
+            &dp,
+        )
+    }
+
+    fn routes(out: &OutboundHttp) -> &[Route] {
+        &out.route_config.virtual_hosts[0].routes
+    }
+
+    /// `exact:/x`, `prefix:/x/` or `regex:...`.
+    fn path(route: &Route) -> String {
+        match route
+            .r#match
+            .as_ref()
+            .and_then(|m| m.path_specifier.as_ref())
+        {
+            Some(PathSpecifier::Path(p)) => format!("exact:{p}"),
+            Some(PathSpecifier::Prefix(p)) => format!("prefix:{p}"),
+            Some(PathSpecifier::SafeRegex(r)) => format!("regex:{}", r.regex),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn forward(route: &Route) -> &RouteAction {
+        match &route.action {
+            Some(Action::Route(action)) => action,
+            other => panic!("not a forwarding route: {other:?}"),
+        }
+    }
+
+    /// The (cluster, weight) pairs a route forwards to; weight 1 for a single cluster.
+    fn clusters(route: &Route) -> Vec<(String, u32)> {
+        match &forward(route).cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => vec![(name.clone(), 1)],
+            Some(ClusterSpecifier::WeightedClusters(w)) => w
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight.map_or(0, |w| w.value)))
+                .collect(),
+            other => panic!("unexpected cluster specifier {other:?}"),
+        }
+    }
+
+    fn subset(service: &str, tags: &[(&str, &str)]) -> ClusterTarget {
+        ClusterTarget::new(
+            service,
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn http_route(name: &str, top: &str, rules: &str) -> String {
+        format!(
+            "---\ntype: MeshHTTPRoute\nname: {name}\nmesh: default\nspec:\n  targetRef: {top}\n  to:\n    - targetRef: {{kind: MeshService, name: backend}}\n      rules: {rules}\n"
+        )
+    }
+
+    #[test]
+    fn cluster_names_are_stable_readable_and_distinct_per_subset() {
+        assert_eq!(ClusterTarget::service("backend").cluster_name(), "backend");
+        let v1 = subset("backend", &[("version", "v1"), ("zone", "east")]);
+        let name = v1.cluster_name();
+        let (service, hash) = name.split_at(name.len() - 9);
+        assert_eq!(service, "backend");
+        assert!(hash.starts_with('_') && hash[1..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            name,
+            subset("backend", &[("zone", "east"), ("version", "v1")]).cluster_name()
+        );
+        assert_ne!(
+            name,
+            subset("backend", &[("version", "v2"), ("zone", "east")]).cluster_name()
+        );
+        assert_ne!(
+            subset("backend", &[("a", "bc")]).cluster_name(),
+            subset("backend", &[("ab", "c")]).cluster_name()
+        );
+        // The service tag is the service, not a filter.
+        assert_eq!(
+            subset("backend", &[(SERVICE_TAG, "backend")]),
+            ClusterTarget::service("backend")
+        );
+    }
+
+    #[test]
+    fn without_policies_everything_goes_to_the_service() {
+        let out = http_routing("");
+        assert_eq!(out.source, RouteSource::Default);
+        assert_eq!(out.route_config.name, "outbound:backend");
+        assert_eq!(
+            out.route_config.validate_clusters,
+            Some(BoolValue { value: false })
+        );
+        let vhost = &out.route_config.virtual_hosts[0];
+        assert_eq!(vhost.name, "backend");
+        assert_eq!(vhost.domains, ["*"]);
+        assert_eq!(vhost.routes.len(), 1);
+        assert_eq!(path(&vhost.routes[0]), "prefix:/");
+        assert_eq!(clusters(&vhost.routes[0]), [("backend".to_owned(), 1)]);
+        assert_eq!(forward(&vhost.routes[0]).timeout, template().timeout);
+        assert_eq!(
+            out.targets,
+            BTreeSet::from([ClusterTarget::service("backend")])
+        );
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn path_method_header_and_query_matching() {
+        let out = http_routing(&http_route(
+            "match",
+            "{kind: Mesh}",
+            r#"
+        - matches:
+            - path: {type: RegularExpression, value: "/re/[0-9]+"}
+          default: {backendRefs: [{kind: MeshService, name: regex}]}
+        - matches:
+            - path: {type: PathPrefix, value: /api}
+              method: GET
+              headers:
+                - {type: Exact, name: x-exact, value: one}
+                - {type: Present, name: x-present}
+                - {type: RegularExpression, name: x-regex, value: "a.*"}
+                - {type: Absent, name: x-absent}
+                - {type: Prefix, name: x-prefix, value: pre}
+                - {type: Prefix, name: x-any, value: ""}
+                - {name: x-default, value: plain}
+                - {type: Exact, name: X-EXACT, value: repeated}
+              queryParams:
+                - {type: Exact, name: q, value: "1"}
+                - {type: RegularExpression, name: r, value: "[a-z]+"}
+          default: {backendRefs: [{kind: MeshService, name: api}]}
+        - matches:
+            - path: {type: Exact, value: /health}
+          default: {backendRefs: [{kind: MeshService, name: health}]}
+"#,
+        ));
+        assert_eq!(out.source, RouteSource::MeshRoute);
+        let r = routes(&out);
+        let paths: Vec<String> = r.iter().map(path).collect();
+        assert_eq!(
+            paths,
+            [
+                "exact:/health",
+                "exact:/api",
+                "prefix:/api/",
+                "regex:/re/[0-9]+",
+                "prefix:/"
+            ]
+        );
+        let cluster_of = |i: usize| clusters(&r[i])[0].0.clone();
+        assert_eq!(
+            (0..5).map(cluster_of).collect::<Vec<_>>(),
+            ["health", "api", "api", "regex", "backend"]
+        );
+
+        // Both halves of the prefix carry the same conditions.
+        let m = r[1].r#match.as_ref().unwrap();
+        let under = r[2].r#match.as_ref().unwrap();
+        assert_eq!(
+            (&m.headers, &m.query_parameters),
+            (&under.headers, &under.query_parameters)
+        );
+        let header = |name: &str| {
+            m.headers
+                .iter()
+                .filter(|h| h.name == name)
+                .map(|h| h.header_match_specifier.clone())
+                .collect::<Vec<_>>()
+        };
+        let string =
+            |p: MatchPattern| vec![Some(HeaderMatchSpecifier::StringMatch(string_matcher(p)))];
+        assert_eq!(header(":method"), string(MatchPattern::Exact("GET".into())));
+        assert_eq!(header("x-exact"), string(MatchPattern::Exact("one".into())));
+        assert_eq!(
+            header("X-EXACT"),
+            vec![],
+            "a repeated header name is ignored"
+        );
+        assert_eq!(
+            header("x-present"),
+            vec![Some(HeaderMatchSpecifier::PresentMatch(true))]
+        );
+        assert_eq!(
+            header("x-absent"),
+            vec![Some(HeaderMatchSpecifier::PresentMatch(false))]
+        );
+        assert_eq!(
+            header("x-regex"),
+            string(MatchPattern::SafeRegex(regex("a.*")))
+        );
+        assert_eq!(
+            header("x-prefix"),
+            string(MatchPattern::Prefix("pre".into()))
+        );
+        assert_eq!(
+            header("x-any"),
+            vec![Some(HeaderMatchSpecifier::PresentMatch(true))]
+        );
+        assert_eq!(
+            header("x-default"),
+            string(MatchPattern::Exact("plain".into()))
+        );
+        let query: Vec<(String, Option<QueryParameterMatchSpecifier>)> = m
+            .query_parameters
+            .iter()
+            .map(|q| (q.name.clone(), q.query_parameter_match_specifier.clone()))
+            .collect();
+        assert_eq!(
+            query,
+            [
+                (
+                    "q".to_owned(),
+                    Some(QueryParameterMatchSpecifier::StringMatch(string_matcher(
+                        MatchPattern::Exact("1".into())
+                    )))
+                ),
+                (
+                    "r".to_owned(),
+                    Some(QueryParameterMatchSpecifier::StringMatch(string_matcher(
+                        MatchPattern::SafeRegex(regex("[a-z]+"))
+                    )))
+                ),
+            ]
+        );
+        for route in r {
+            assert_eq!(forward(route).timeout, template().timeout);
+        }
+        let names: BTreeSet<&str> = out.targets.iter().map(|t| t.service.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["api", "backend", "health", "regex"]));
+    }
+
+    #[test]
+    fn weighted_split_between_two_subsets() {
+        let out = http_routing(&http_route(
+            "canary",
+            "{kind: Mesh}",
+            r#"
+        - matches: [{path: {type: PathPrefix, value: /}}]
+          default:
+            backendRefs:
+              - {kind: MeshServiceSubset, name: backend, tags: {version: v1}, weight: 90}
+              - {kind: MeshServiceSubset, name: backend, tags: {version: v2}, weight: 10}
+"#,
+        ));
+        let r = routes(&out);
+        // The rule matches everything, so no extra catch-all follows it.
+        assert_eq!(r.len(), 1);
+        assert_eq!(path(&r[0]), "prefix:/");
+        let v1 = subset("backend", &[("version", "v1")]);
+        let v2 = subset("backend", &[("version", "v2")]);
+        assert_eq!(
+            clusters(&r[0]),
+            [(v1.cluster_name(), 90), (v2.cluster_name(), 10)]
+        );
+        assert_eq!(out.targets, BTreeSet::from([v1, v2]));
+        assert_eq!(forward(&r[0]).timeout, template().timeout);
+    }
+
+    #[test]
+    fn redirect_replaces_the_action() {
+        let out = http_routing(&http_route(
+            "redirect",
+            "{kind: Mesh}",
+            r#"
+        - matches: [{path: {type: PathPrefix, value: /old}}]
+          default:
+            filters:
+              - type: RequestRedirect
+                requestRedirect:
+                  scheme: https
+                  hostname: new.example.com
+                  port: 8443
+                  statusCode: 302
+                  path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+        - matches: [{path: {type: Exact, value: /gone}}]
+          default:
+            filters:
+              - type: RequestRedirect
+                requestRedirect:
+                  path: {type: ReplaceFullPath, replaceFullPath: /here}
+"#,
+        ));
+        let r = routes(&out);
+        let paths: Vec<String> = r.iter().map(path).collect();
+        assert_eq!(
+            paths,
+            ["exact:/gone", "exact:/old", "prefix:/old/", "prefix:/"]
+        );
+        let redirect = |route: &Route| match &route.action {
+            Some(Action::Redirect(redirect)) => redirect.clone(),
+            other => panic!("not a redirect: {other:?}"),
+        };
+        let gone = redirect(&r[0]);
+        assert_eq!(
+            gone.response_code,
+            RedirectResponseCode::MovedPermanently as i32
+        );
+        assert_eq!(
+            gone.path_rewrite_specifier,
+            Some(PathRewriteSpecifier::PathRedirect("/here".into()))
+        );
+        for (route, rewrite) in [
+            (&r[1], PathRewriteSpecifier::PathRedirect("/new".into())),
+            (&r[2], PathRewriteSpecifier::PrefixRewrite("/new/".into())),
+        ] {
+            let redirect = redirect(route);
+            assert_eq!(redirect.response_code, RedirectResponseCode::Found as i32);
+            assert_eq!(redirect.host_redirect, "new.example.com");
+            assert_eq!(redirect.port_redirect, 8443);
+            assert_eq!(
+                redirect.scheme_rewrite_specifier,
+                Some(SchemeRewriteSpecifier::SchemeRedirect("https".into()))
+            );
+            assert_eq!(redirect.path_rewrite_specifier, Some(rewrite));
+        }
+        // Redirected routes send nothing upstream: only the catch-all's cluster is needed.
+        assert_eq!(
+            out.targets,
+            BTreeSet::from([ClusterTarget::service("backend")])
+        );
+    }
+
+    #[test]
+    fn url_rewrite_header_modifiers_and_mirror() {
+        let out = http_routing(&http_route(
+            "rewrite",
+            "{kind: Mesh}",
+            r#"
+        - matches: [{path: {type: PathPrefix, value: /v1}}]
+          default:
+            filters:
+              - type: URLRewrite
+                urlRewrite:
+                  hostname: internal.backend
+                  path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+              - type: RequestHeaderModifier
+                requestHeaderModifier:
+                  set: [{name: x-set, value: "a,b"}]
+                  add: [{name: x-add, value: c}]
+                  remove: [x-drop]
+              - type: ResponseHeaderModifier
+                responseHeaderModifier:
+                  set: [{name: x-served-by, value: v2}]
+              - type: RequestMirror
+                requestMirror:
+                  backendRef: {kind: MeshServiceSubset, name: backend, tags: {version: shadow}}
+                  percentage: "12.5"
+        - matches: [{path: {type: Exact, value: /legacy}}]
+          default:
+            filters:
+              - type: URLRewrite
+                urlRewrite:
+                  path: {type: ReplaceFullPath, replaceFullPath: /modern}
+"#,
+        ));
+        let r = routes(&out);
+        let paths: Vec<String> = r.iter().map(path).collect();
+        assert_eq!(
+            paths,
+            ["exact:/legacy", "exact:/v1", "prefix:/v1/", "prefix:/"]
+        );
+
+        assert_eq!(
+            forward(&r[0]).regex_rewrite,
+            Some(replace_whole_path("/modern"))
+        );
+        // The exact `/v1` becomes `/v2`; `/v1/x` becomes `/v2/x`.
+        assert_eq!(
+            forward(&r[1]).regex_rewrite,
+            Some(replace_whole_path("/v2"))
+        );
+        assert_eq!(forward(&r[1]).prefix_rewrite, "");
+        assert_eq!(forward(&r[2]).prefix_rewrite, "/v2/");
+        assert_eq!(forward(&r[2]).regex_rewrite, None);
+
+        let shadow = subset("backend", &[("version", "shadow")]);
+        for route in &r[1..3] {
+            let action = forward(route);
+            assert_eq!(
+                action.host_rewrite_specifier,
+                Some(HostRewriteSpecifier::HostRewriteLiteral(
+                    "internal.backend".into()
+                ))
+            );
+            assert_eq!(action.timeout, template().timeout);
+            assert_eq!(clusters(route), [("backend".to_owned(), 1)]);
+            let headers: Vec<(String, String, i32)> = route
+                .request_headers_to_add
+                .iter()
+                .map(|o| {
+                    let h = o.header.clone().unwrap();
+                    (h.key, h.value, o.append_action)
+                })
+                .collect();
+            let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+            let append = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+            assert_eq!(
+                headers,
+                [
+                    ("x-set".to_owned(), "a".to_owned(), overwrite),
+                    ("x-set".to_owned(), "b".to_owned(), append),
+                    ("x-add".to_owned(), "c".to_owned(), append),
+                ]
+            );
+            assert_eq!(route.request_headers_to_remove, ["x-drop"]);
+            assert_eq!(route.response_headers_to_add.len(), 1);
+            assert_eq!(
+                action.request_mirror_policies,
+                [RequestMirrorPolicy {
+                    cluster: shadow.cluster_name(),
+                    runtime_fraction: Some(RuntimeFractionalPercent {
+                        default_value: Some(FractionalPercent {
+                            numerator: 1250,
+                            denominator: DenominatorType::TenThousand as i32,
+                        }),
+                        ..RuntimeFractionalPercent::default()
+                    }),
+                    ..RequestMirrorPolicy::default()
+                }]
+            );
+        }
+        assert!(out.targets.contains(&shadow));
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    }
+
+    #[test]
+    fn the_more_specific_policy_wins_equal_matches_and_longer_prefixes_go_first() {
+        let yaml = [
+            http_route(
+                "mesh-wide",
+                "{kind: Mesh}",
+                "[{matches: [{path: {type: PathPrefix, value: /api}}], default: {backendRefs: [{kind: MeshService, name: api-v1}]}}, {matches: [{path: {type: PathPrefix, value: /api/v2}}], default: {backendRefs: [{kind: MeshService, name: api-v2}]}}]",
+            ),
+            http_route(
+                "web-only",
+                "{kind: Dataplane, name: web-1}",
+                "[{matches: [{path: {type: PathPrefix, value: /api}}], default: {backendRefs: [{kind: MeshService, name: api-canary}]}}]",
+            ),
+        ]
+        .concat();
+        let out = http_routing(&yaml);
+        let r = routes(&out);
+        let summary: Vec<(String, String)> = r
+            .iter()
+            .map(|route| (path(route), clusters(route)[0].0.clone()))
+            .collect();
+        let pair = |p: &str, c: &str| (p.to_owned(), c.to_owned());
+        assert_eq!(
+            summary,
+            [
+                pair("exact:/api/v2", "api-v2"),
+                pair("prefix:/api/v2/", "api-v2"),
+                pair("exact:/api", "api-canary"),
+                pair("prefix:/api/", "api-canary"),
+                pair("prefix:/", "backend"),
+            ]
+        );
+        assert!(!out.targets.contains(&ClusterTarget::service("api-v1")));
+    }
+
+    #[test]
+    fn unsupported_backends_are_reported_and_their_route_left_out() {
+        let out = http_routing(&http_route(
+            "external",
+            "{kind: Mesh}",
+            "[{matches: [{path: {type: PathPrefix, value: /ext}}], default: {backendRefs: [{kind: MeshExternalService, name: httpbin}]}}, {matches: [{path: {type: PathPrefix, value: /zero}}], default: {backendRefs: [{kind: MeshService, name: other, weight: 0}]}}]",
+        ));
+        let paths: Vec<String> = routes(&out).iter().map(path).collect();
+        assert_eq!(paths, ["prefix:/"]);
+        assert_eq!(out.warnings.len(), 3, "{:#?}", out.warnings);
+        let has = |parts: &[&str]| {
+            out.warnings
+                .iter()
+                .any(|w| parts.iter().all(|p| w.contains(p)))
+        };
+        assert!(has(&[
+            "MeshHTTPRoute to backend: rules[0].backendRefs[0]",
+            "kind MeshExternalService are not supported"
+        ]));
+        assert!(has(&["rules[0]: no backend"]));
+        assert!(has(&["rules[1]: no backend"]));
+    }
+
+    const TRAFFIC_ROUTES: &str = r#"
+---
+type: TrafficRoute
+name: route-all
+mesh: default
+creationTime: "2024-01-01T00:00:00Z"
+sources: [{match: {kuma.io/service: "*"}}]
+destinations: [{match: {kuma.io/service: "*"}}]
+conf:
+  destination: {kuma.io/service: "*"}
+---
+type: TrafficRoute
+name: web-to-backend
+mesh: default
+creationTime: "2024-01-01T00:00:00Z"
+sources: [{match: {kuma.io/service: web, version: v1}}]
+destinations: [{match: {kuma.io/service: backend}}]
+conf:
+  http:
+    - match:
+        path: {prefix: /beta}
+        method: {exact: POST}
+        headers: {x-user: {exact: tester}}
+      modify:
+        path: {rewritePrefix: /}
+        requestHeaders: {add: [{name: x-beta, value: "1"}]}
+      destination: {kuma.io/service: backend, version: v3}
+  split:
+    - weight: 80
+      destination: {kuma.io/service: backend, version: v1}
+    - weight: 20
+      destination: {kuma.io/service: backend, version: v2}
+    - weight: 0
+      destination: {kuma.io/service: backend, version: v0}
+---
+type: TrafficRoute
+name: other-source
+mesh: default
+creationTime: "2025-01-01T00:00:00Z"
+sources: [{match: {kuma.io/service: api, version: v1}}]
+destinations: [{match: {kuma.io/service: backend}}]
+conf:
+  destination: {kuma.io/service: nowhere}
+"#;
+
+    #[test]
+    fn traffic_route_is_the_fallback_and_the_most_specific_one_applies() {
+        let out = http_routing(TRAFFIC_ROUTES);
+        assert_eq!(
+            out.source,
+            RouteSource::TrafficRoute("web-to-backend".into())
+        );
+        let r = routes(&out);
+        assert_eq!(r.len(), 2);
+        let v3 = subset("backend", &[("version", "v3")]);
+        assert_eq!(path(&r[0]), "prefix:/beta");
+        assert_eq!(clusters(&r[0]), [(v3.cluster_name(), 1)]);
+        assert_eq!(forward(&r[0]).prefix_rewrite, "/");
+        let m = r[0].r#match.as_ref().unwrap();
+        let names: Vec<&str> = m.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["x-user", ":method"]);
+        assert_eq!(r[0].request_headers_to_add.len(), 1);
+
+        let v1 = subset("backend", &[("version", "v1")]);
+        let v2 = subset("backend", &[("version", "v2")]);
+        assert_eq!(path(&r[1]), "prefix:/");
+        assert_eq!(
+            clusters(&r[1]),
+            [(v1.cluster_name(), 80), (v2.cluster_name(), 20)]
+        );
+        assert_eq!(forward(&r[1]).timeout, template().timeout);
+        assert_eq!(out.targets, BTreeSet::from([v1, v2, v3]));
+    }
+
+    #[test]
+    fn a_newer_traffic_route_wins_a_tie_and_wildcards_mean_the_service() {
+        let yaml = r#"
+---
+type: TrafficRoute
+name: a-old
+mesh: default
+creationTime: "2024-01-01T00:00:00Z"
+sources: [{match: {kuma.io/service: "*"}}]
+destinations: [{match: {kuma.io/service: "*"}}]
+conf:
+  destination: {kuma.io/service: old}
+---
+type: TrafficRoute
+name: b-new
+mesh: default
+creationTime: "2024-06-01T00:00:00Z"
+sources: [{match: {kuma.io/service: "*"}}]
+destinations: [{match: {kuma.io/service: "*"}}]
+conf:
+  destination: {kuma.io/service: "*", version: "*"}
+"#;
+        let out = http_routing(yaml);
+        assert_eq!(out.source, RouteSource::TrafficRoute("b-new".into()));
+        assert_eq!(clusters(&routes(&out)[0]), [("backend".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn any_mesh_http_route_on_the_proxy_turns_traffic_routes_off() {
+        // The MeshHTTPRoute is about another service; Kuma still ignores TrafficRoutes for the
+        // proxy, so `backend` gets the plain default route.
+        let yaml = format!(
+            "{TRAFFIC_ROUTES}{}",
+            http_route("x", "{kind: Mesh}", "[]").replace("name: backend", "name: other")
+                .replace("rules: []", "rules: [{matches: [{path: {type: PathPrefix, value: /x}}], default: {backendRefs: [{kind: MeshService, name: x}]}}]")
+        );
+        let out = http_routing(&yaml);
+        assert_eq!(out.source, RouteSource::Default);
+        assert_eq!(routes(&out).len(), 1);
+        assert_eq!(clusters(&routes(&out)[0]), [("backend".to_owned(), 1)]);
+    }
+
+    fn tcp_route(backends: &str) -> String {
+        format!(
+            "---\ntype: MeshTCPRoute\nname: tcp\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n    - targetRef: {{kind: MeshService, name: backend}}\n      rules:\n        - default:\n            backendRefs: {backends}\n"
+        )
+    }
+
+    #[test]
+    fn tcp_split_between_subsets() {
+        let out = tcp_routing(&tcp_route(
+            "[{kind: MeshServiceSubset, name: backend, tags: {version: v1}, weight: 90}, {kind: MeshServiceSubset, name: backend, tags: {version: v2}, weight: 10}]",
+        ));
+        let v1 = subset("backend", &[("version", "v1")]);
+        let v2 = subset("backend", &[("version", "v2")]);
+        assert_eq!(out.source, RouteSource::MeshRoute);
+        assert_eq!(out.targets, [(v1.clone(), 90), (v2.clone(), 10)]);
+        let Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) =
+            tcp_cluster_specifier(&out.targets)
+        else {
+            panic!("expected weighted clusters");
+        };
+        let pairs: Vec<(String, u32)> = w
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight))
+            .collect();
+        assert_eq!(pairs, [(v1.cluster_name(), 90), (v2.cluster_name(), 10)]);
+    }
+
+    #[test]
+    fn tcp_falls_back_to_traffic_route_then_to_the_service() {
+        let out = tcp_routing(TRAFFIC_ROUTES);
+        assert_eq!(
+            out.source,
+            RouteSource::TrafficRoute("web-to-backend".into())
+        );
+        assert_eq!(
+            out.targets,
+            [
+                (subset("backend", &[("version", "v1")]), 80),
+                (subset("backend", &[("version", "v2")]), 20)
+            ]
+        );
+        let out = tcp_routing("");
+        assert_eq!(out.source, RouteSource::Default);
+        assert_eq!(out.targets, [(ClusterTarget::service("backend"), 1)]);
+        assert_eq!(
+            tcp_cluster_specifier(&out.targets),
+            Some(tcp_proxy::ClusterSpecifier::Cluster("backend".into()))
+        );
+        assert_eq!(tcp_cluster_specifier(&[]), None);
+        // A MeshTCPRoute naming only what Meridian cannot reach leaves nothing to forward to.
+        let out = tcp_routing(&tcp_route("[{kind: MeshExternalService, name: db}]"));
+        assert!(out.targets.is_empty());
+        assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
+    }
+
+    #[test]
+    fn mesh_http_route_wins_over_mesh_tcp_route_on_http_outbounds_only() {
+        let dp = dataplane();
+        let http = matched_policies(
+            &dp,
+            &resources(&http_route(
+                "h",
+                "{kind: Mesh}",
+                "[{matches: [{path: {type: PathPrefix, value: /a}}], default: {backendRefs: [{kind: MeshService, name: a}]}}]",
+            )),
+        );
+        let tcp = matched_policies(
+            &dp,
+            &resources(&tcp_route("[{kind: MeshService, name: b}]")),
+        );
+        let none = MatchedPolicies::default();
+        assert_eq!(
+            outbound_mode("backend", true, &http, &tcp),
+            OutboundMode::Http
+        );
+        assert_eq!(
+            outbound_mode("backend", true, &none, &tcp),
+            OutboundMode::Tcp
+        );
+        assert_eq!(
+            outbound_mode("backend", true, &none, &none),
+            OutboundMode::Http
+        );
+        assert_eq!(
+            outbound_mode("backend", false, &http, &none),
+            OutboundMode::Tcp
+        );
+        // Rules for another service do not count.
+        assert_eq!(
+            outbound_mode("other", true, &none, &tcp),
+            OutboundMode::Http
+        );
+    }
+
+    #[test]
+    fn fractional_percent_keeps_precision() {
+        let p = |v: f64| {
+            let f = fractional_percent(v);
+            (f.numerator, f.denominator)
+        };
+        assert_eq!(p(50.0), (50, DenominatorType::Hundred as i32));
+        assert_eq!(p(0.25), (25, DenominatorType::TenThousand as i32));
+        assert_eq!(p(0.0001), (1, DenominatorType::Million as i32));
+        assert_eq!(p(150.0), (100, DenominatorType::Hundred as i32));
+    }
+}
