@@ -748,16 +748,18 @@ impl HttpBuilder<'_> {
             keyed.extend(matches.iter().map(|m| (i, m, &rule.default)));
         }
         keyed.sort_by(|a, b| compare_match(a.1, b.1));
-        let catch_all = keyed.iter().any(|(_, m, _)| is_catch_all(m));
+        let mut catch_all = false;
         for (i, m, conf) in keyed {
-            self.mesh_http_route(&format!("rules[{i}]"), m, conf);
+            let added = self.mesh_http_route(&format!("rules[{i}]"), m, conf);
+            catch_all |= added && is_catch_all(m);
         }
         if !catch_all {
             self.default_route();
         }
     }
 
-    fn mesh_http_route(&mut self, at: &str, m: &http::Match, conf: &http::RuleConf) {
+    /// Adds the routes of one match; `false` (warned) when it could not.
+    fn mesh_http_route(&mut self, at: &str, m: &http::Match, conf: &http::RuleConf) -> bool {
         let at = format!("MeshHTTPRoute to {}: {at}", self.service);
         let filters = conf.filters.as_deref().unwrap_or_default();
         let backends = conf.backend_refs.as_deref().unwrap_or_default();
@@ -773,17 +775,17 @@ impl HttpBuilder<'_> {
                 .collect();
             normalize(resolved)
         };
-        let redirects = filters
-            .iter()
-            .any(|f| f.filter_type == http::FilterType::RequestRedirect);
+        let redirects = filters.iter().any(|f| {
+            f.filter_type == http::FilterType::RequestRedirect && f.request_redirect.is_some()
+        });
         if split.is_empty() && !redirects {
             self.warnings.push(format!(
                 "{at}: no backend Meridian can route to, route skipped"
             ));
-            return;
+            return false;
         }
         let Some(paths) = self.paths(&at, m.path.as_ref()) else {
-            return;
+            return false;
         };
         let mut conditions = RouteMatch::default();
         if let Some(method) = &m.method {
@@ -804,6 +806,7 @@ impl HttpBuilder<'_> {
             };
             self.push_with_filters(&at, route, origin, &split, filters);
         }
+        true
     }
 
     /// The Envoy path matches of a MeshHTTPRoute path match; `None` (warned) when unusable.
@@ -1822,10 +1825,11 @@ networking:
         let out = http_routing(&http_route(
             "external",
             "{kind: Mesh}",
-            "[{matches: [{path: {type: PathPrefix, value: /ext}}], default: {backendRefs: [{kind: MeshExternalService, name: httpbin}]}}, {matches: [{path: {type: PathPrefix, value: /zero}}], default: {backendRefs: [{kind: MeshService, name: other, weight: 0}]}}]",
+            "[{matches: [{path: {type: PathPrefix, value: /}}], default: {backendRefs: [{kind: MeshExternalService, name: httpbin}]}}, {matches: [{path: {type: PathPrefix, value: /zero}}], default: {backendRefs: [{kind: MeshService, name: other, weight: 0}]}}]",
         ));
         let paths: Vec<String> = routes(&out).iter().map(path).collect();
         assert_eq!(paths, ["prefix:/"]);
+        assert_eq!(clusters(&routes(&out)[0]), [("backend".to_owned(), 1)]);
         assert_eq!(out.warnings.len(), 3, "{:#?}", out.warnings);
         let has = |parts: &[&str]| {
             out.warnings
