@@ -5,6 +5,7 @@
 //! node metadata (gRPC cannot set stream headers). Python's stderr (with gRPC's xDS traces) is in
 //! every failure message.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -55,7 +56,7 @@ impl Script {
         python: &Path,
         script: &str,
         args: &[&str],
-        env: &[(&str, &Path)],
+        env: &[(&str, &OsStr)],
         name: &str,
         logs: &Logs,
     ) -> Script {
@@ -67,9 +68,6 @@ impl Script {
             .arg(&path)
             .args(args)
             .env("PYTHONUNBUFFERED", "1")
-            // gRPC's xDS client and resolver traces: what went wrong, when something does.
-            .env("GRPC_VERBOSITY", "INFO")
-            .env("GRPC_TRACE", "xds_client,xds_resolver")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,9 +75,9 @@ impl Script {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} {}: {e}", python.display(), path.display()));
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {} {}: {e}", python.display(), path.display())
+        });
         logs.follow(name, &mut child);
         Script {
             name: name.to_string(),
@@ -100,7 +98,10 @@ impl Script {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) => {
                 let status = self.child.try_wait().ok().flatten();
-                self.fail(&format!("{} closed its stdout (exit: {status:?})", self.name))
+                self.fail(&format!(
+                    "{} closed its stdout (exit: {status:?})",
+                    self.name
+                ))
             }
             Ok(Err(e)) => self.fail(&format!("reading {}: {e}", self.name)),
             Err(_) => self.fail(&format!("{} said nothing for {WAIT:?}", self.name)),
@@ -181,7 +182,11 @@ async fn a_grpc_xds_client_load_balances_over_the_service() {
         async move {
             let response = request.send().await.unwrap();
             let status = response.status();
-            assert!(status.is_success(), "PUT {path}: {status} {:?}", response.text().await);
+            assert!(
+                status.is_success(),
+                "PUT {path}: {status} {:?}",
+                response.text().await
+            );
         }
     };
     put(
@@ -197,7 +202,10 @@ async fn a_grpc_xds_client_load_balances_over_the_service() {
     for name in ["greeter-a", "greeter-b"] {
         let mut server = Script::spawn(&python, "echo_server.py", &[name], &[], name, &logs);
         let line = server.line().await;
-        let Some(port) = line.strip_prefix("port ").and_then(|p| p.parse::<u16>().ok()) else {
+        let Some(port) = line
+            .strip_prefix("port ")
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
             server.fail(&format!("{name} said {line:?}, not `port <N>`"))
         };
         put(
@@ -251,7 +259,12 @@ async fn a_grpc_xds_client_load_balances_over_the_service() {
         &python,
         "xds_client.py",
         &["greeter"],
-        &[("GRPC_XDS_BOOTSTRAP", &bootstrap)],
+        &[
+            ("GRPC_XDS_BOOTSTRAP", bootstrap.as_os_str()),
+            // gRPC's xDS client and resolver traces: what went wrong, when something does.
+            ("GRPC_VERBOSITY", OsStr::new("INFO")),
+            ("GRPC_TRACE", OsStr::new("xds_client,xds_resolver")),
+        ],
         "grpc-client",
         &logs,
     );
