@@ -1,5 +1,6 @@
 //! Helpers for Meridian's tests: waiting for a condition with a deadline (never a fixed sleep),
-//! locating the workspace's binaries and the shared fixtures. Dev-only: nothing ships with it.
+//! locating the workspace's binaries and the shared fixtures, and a Python with grpcio for the
+//! gRPC proxyless tests. Dev-only: nothing ships with it.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,4 +62,102 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The grpcio release the proxyless tests use (it has the xDS resolver, `xds:///`).
+pub const GRPCIO_VERSION: &str = "1.85.1";
+
+/// The cargo target directory: `$CARGO_TARGET_DIR` when set, else the nearest ancestor of the
+/// running executable holding cargo's `CACHEDIR.TAG`, else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace_root().join(dir)
+        };
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|d| d.join("CACHEDIR.TAG").is_file())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A Python interpreter that can `import grpc` (grpcio [`GRPCIO_VERSION`]): a virtualenv at
+/// `<target dir>/python-grpcio-<version>`, made once with `python3 -m venv` (or
+/// `$MERIDIAN_PYTHON -m venv`) and `pip install` from PyPI, then reused. A file lock makes
+/// parallel tests (and processes) wait for the one that installs. Panics saying what is missing
+/// when Python or PyPI is unavailable.
+pub fn python_with_grpcio() -> PathBuf {
+    use fs2::FileExt as _;
+
+    let target = target_dir();
+    let venv = target.join(format!("python-grpcio-{GRPCIO_VERSION}"));
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".meridian-ready");
+    if ready.is_file() {
+        return python;
+    }
+    std::fs::create_dir_all(&target)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", target.display()));
+    let lock_path = target.join(format!("python-grpcio-{GRPCIO_VERSION}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
+    lock.lock_exclusive()
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
+    // Whoever held the lock before may have finished the job.
+    if ready.is_file() {
+        return python;
+    }
+    let base = std::env::var("MERIDIAN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let venv_arg = venv.to_string_lossy().into_owned();
+    // --clear: a venv left half-made by an interrupted run is started afresh.
+    run_setup(
+        &base,
+        &["-m", "venv", "--clear", &venv_arg],
+        "creating a Python virtualenv (needs CPython 3 with the venv module; set MERIDIAN_PYTHON \
+         to use another interpreter than python3)",
+    );
+    let python_arg = python.to_string_lossy().into_owned();
+    run_setup(
+        &python_arg,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            &format!("grpcio=={GRPCIO_VERSION}"),
+        ],
+        &format!("installing grpcio=={GRPCIO_VERSION} from PyPI (is PyPI reachable?)"),
+    );
+    run_setup(
+        &python_arg,
+        &["-c", "import grpc"],
+        "importing grpc in the new virtualenv",
+    );
+    std::fs::write(&ready, GRPCIO_VERSION)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", ready.display()));
+    python
+}
+
+fn run_setup(program: &str, args: &[&str], what: &str) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what}: `{program} {}` failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -4,12 +4,15 @@
 //! first real one, for sidecars, from the zone store). [`cache::SnapshotCache`] follows the store's
 //! ordered watch and pushes new snapshots to the proxies of the meshes a change touches, coalesced
 //! over a few milliseconds. Proxies identify as `<mesh>/<name>` (or `<mesh>.<name>`) and present
-//! a dataplane token ([`auth`]); ACKs, NACKs and connections are kept in [`status`].
+//! a dataplane token ([`auth`]); ACKs, NACKs and connections are kept in [`status`]. gRPC's
+//! proxyless xDS clients are served too: [`proxyless`] holds their api_listener and the rules
+//! their configuration must follow.
 
 pub mod auth;
 pub mod cache;
 pub mod context;
 pub mod generator;
+pub mod proxyless;
 pub mod routes;
 pub mod server;
 pub mod snapshot;

@@ -1,33 +1,61 @@
 //! The ADS service: both `StreamAggregatedResources` (state of the world) and
-//! `DeltaAggregatedResources`. A stream is admitted on its first request: the node id names the
-//! Dataplane (`<mesh>/<name>` or `<mesh>.<name>`), the `authorization: Bearer` metadata carries its
-//! dataplane token, and the Dataplane must exist; otherwise the stream is refused with a status
-//! saying why. Admitted streams get their proxy's snapshot and every new one the
+//! `DeltaAggregatedResources`, for LDS, RDS, CDS, EDS and SDS. A stream is admitted on its first
+//! request: the node id names the Dataplane (`<mesh>/<name>` or `<mesh>.<name>`), the
+//! `authorization: Bearer` metadata carries its dataplane token (or, for clients that cannot set
+//! stream metadata such as gRPC's proxyless xDS client, the first request's node metadata field
+//! [`TOKEN_METADATA_FIELD`]), and the Dataplane must exist; otherwise the stream is refused with a
+//! status saying why. Admitted streams get their proxy's snapshot and every new one the
 //! [`SnapshotCache`] publishes; responses carry a nonce, and the next request with that nonce is
 //! an ACK, or a NACK when it has `error_detail` (logged and recorded in [`ProxyStatusRegistry`]).
+//!
+//! Subscriptions: LDS and CDS may be wildcard (no names on the first request, or `*`); RDS, EDS
+//! and SDS are always by name. A wildcard never selects named-only resources
+//! ([`Snapshot::insert_named_only`]); a name always selects its resource when present.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{DataplaneAuthenticator, ProxyId};
 use crate::cache::SnapshotCache;
-use crate::snapshot::{Snapshot, SourceError};
+use crate::snapshot::{wildcard_capable, Snapshot, SourceError, Subscription};
 use crate::status::{Nack, ProxyStatusRegistry, StatusHandle};
 
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `node.metadata` field (a string) that may carry the dataplane token when the stream has
+/// no `authorization` metadata: gRPC's xDS bootstrap cannot add stream headers.
+pub const TOKEN_METADATA_FIELD: &str = "meridian.io/dataplane-token";
+
+/// The dataplane token in `node.metadata`, if the field is there.
+fn node_metadata_token(node: Option<&Node>) -> Result<Option<&str>, tonic::Status> {
+    let Some(value) = node
+        .and_then(|n| n.metadata.as_ref())
+        .and_then(|m| m.fields.get(TOKEN_METADATA_FIELD))
+    else {
+        return Ok(None);
+    };
+    match &value.kind {
+        Some(Kind::StringValue(token)) => Ok(Some(token.as_str())),
+        _ => Err(tonic::Status::unauthenticated(format!(
+            "dataplane token refused: node.metadata[{TOKEN_METADATA_FIELD:?}] must be a string"
+        ))),
+    }
+}
 
 /// Why [`serve`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +88,54 @@ impl XdsServer {
         AggregatedDiscoveryServiceServer::new(self)
     }
 
-    /// Checks the first request's node id, the token and the Dataplane; subscribes the proxy.
+    /// Verifies the dataplane token for `proxy`: the `authorization` metadata when present,
+    /// otherwise the node metadata's [`TOKEN_METADATA_FIELD`]; the same checks either way.
+    fn verify_token(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        node: Option<&Node>,
+        proxy: &ProxyId,
+    ) -> Result<(), tonic::Status> {
+        let node_token = node_metadata_token(node)?;
+        match node_token {
+            Some(token) if !metadata.contains_key("authorization") => {
+                // Presented exactly as the header would be, so every check and refusal is shared.
+                let value = format!("Bearer {token}").parse().map_err(|_| {
+                    tonic::Status::unauthenticated(format!(
+                        "dataplane token refused: node.metadata[{TOKEN_METADATA_FIELD:?}] is not \
+                         printable ASCII"
+                    ))
+                })?;
+                let mut header = tonic::metadata::MetadataMap::new();
+                header.insert("authorization", value);
+                Ok(self.auth.verify_metadata(&header, proxy)?)
+            }
+            Some(_) => Ok(self.auth.verify_metadata(metadata, proxy)?),
+            None => self.auth.verify_metadata(metadata, proxy).map_err(|e| {
+                let status = tonic::Status::from(e);
+                if metadata.contains_key("authorization") {
+                    return status;
+                }
+                tonic::Status::new(
+                    status.code(),
+                    format!(
+                        "{} (or, for clients that cannot set stream metadata, the string \
+                         node.metadata[{TOKEN_METADATA_FIELD:?}])",
+                        status.message()
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Checks the first request's node id, the token (stream metadata, else node metadata) and the
+    /// Dataplane; subscribes the proxy.
     async fn admit(
         &self,
         metadata: &tonic::metadata::MetadataMap,
-        node_id: Option<&str>,
+        node: Option<&Node>,
     ) -> Result<(ProxyId, watch::Receiver<Arc<Snapshot>>, StatusHandle), tonic::Status> {
+        let node_id = node.map(|n| n.id.as_str());
         let node_id = node_id.filter(|id| !id.is_empty()).ok_or_else(|| {
             tonic::Status::invalid_argument("the first request must carry node.id")
         })?;
@@ -75,9 +145,9 @@ impl XdsServer {
                 node_id.chars().take(128).collect::<String>()
             ))
         })?;
-        if let Err(e) = self.auth.verify_metadata(metadata, &proxy) {
-            tracing::warn!(%proxy, reason = %e, "xDS stream refused");
-            return Err(e.into());
+        if let Err(status) = self.verify_token(metadata, node, &proxy) {
+            tracing::warn!(%proxy, reason = %status.message(), "xDS stream refused");
+            return Err(status);
         }
         let snapshots = self.cache.subscribe(&proxy).await.map_err(|e| match e {
             SourceError::UnknownDataplane(_) => tonic::Status::permission_denied(e.to_string()),
@@ -96,16 +166,30 @@ fn nack_message(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option
 /// The state-of-the-world state of one type URL on one stream.
 #[derive(Default)]
 struct SotwType {
-    names: BTreeSet<String>,
+    subscription: Subscription,
+    /// Whether the stream ever named resources of this type: from then on an empty list means
+    /// "none", not the legacy wildcard.
+    named_before: bool,
     sent_version: Option<String>,
     nonce: String,
+}
+
+impl SotwType {
+    /// The subscription a state-of-the-world request states (its names replace the previous).
+    fn subscription(&mut self, type_url: &str, resource_names: &[String]) -> Subscription {
+        let mut names: BTreeSet<String> = resource_names.iter().cloned().collect();
+        let explicit_wildcard = names.remove("*");
+        let wildcard = wildcard_capable(type_url)
+            && (explicit_wildcard || (resource_names.is_empty() && !self.named_before));
+        self.named_before |= !resource_names.is_empty();
+        Subscription { wildcard, names }
+    }
 }
 
 /// The delta state of one type URL on one stream.
 #[derive(Default)]
 struct DeltaType {
-    wildcard: bool,
-    names: BTreeSet<String>,
+    subscription: Subscription,
     /// What the proxy holds: name -> version.
     known: HashMap<String, String>,
     nonce: String,
@@ -128,11 +212,10 @@ fn sotw_response(
     nonces: &mut Nonces,
 ) -> DiscoveryResponse {
     let resources = snapshot
-        .of_type(type_url)
-        .filter(|(name, _)| state.names.is_empty() || state.names.contains(*name))
+        .selected(type_url, &state.subscription)
         .map(|(_, r)| r.resource.clone())
         .collect();
-    let version = snapshot.type_version(type_url);
+    let version = snapshot.selection_version(type_url, &state.subscription);
     state.sent_version = Some(version.clone());
     state.nonce = nonces.next();
     DiscoveryResponse {
@@ -152,10 +235,11 @@ fn delta_response(
     nonces: &mut Nonces,
     force: bool,
 ) -> Option<DeltaDiscoveryResponse> {
-    let wanted = |name: &str| state.wildcard || state.names.contains(name);
     let mut resources = Vec::new();
-    for (name, r) in snapshot.of_type(type_url) {
-        if wanted(name) && state.known.get(name) != Some(&r.version) {
+    let mut selected = BTreeSet::new();
+    for (name, r) in snapshot.selected(type_url, &state.subscription) {
+        selected.insert(name);
+        if state.known.get(name) != Some(&r.version) {
             resources.push(Resource {
                 name: name.clone(),
                 version: r.version.clone(),
@@ -164,11 +248,11 @@ fn delta_response(
             });
         }
     }
-    let present: BTreeMap<&String, ()> = snapshot.of_type(type_url).map(|(n, _)| (n, ())).collect();
+    // Whatever the proxy holds that is gone, or no longer selected for it.
     let mut removed: Vec<String> = state
         .known
         .keys()
-        .filter(|n| !present.contains_key(n))
+        .filter(|n| !selected.contains(n))
         .cloned()
         .collect();
     removed.sort();
@@ -237,7 +321,7 @@ async fn run_sotw(
                 continue;
             }
             let state = types.entry(type_url.clone()).or_default();
-            let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+            let subscription = state.subscription(&type_url, &request.resource_names);
             let respond = if request.response_nonce.is_empty() {
                 true
             } else if request.response_nonce != state.nonce {
@@ -251,10 +335,10 @@ async fn run_sotw(
                     &request.response_nonce,
                     nack_message(&request.error_detail),
                 );
-                names != state.names
+                subscription != state.subscription
             };
             if respond {
-                state.names = names;
+                state.subscription = subscription;
                 let response = sotw_response(&snapshot, &type_url, state, &mut nonces);
                 if out.send(Ok(response)).await.is_err() {
                     break;
@@ -278,7 +362,8 @@ async fn run_sotw(
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 for (type_url, state) in types.iter_mut() {
-                    if state.sent_version.as_deref() != Some(&snapshot.type_version(type_url)) {
+                    let version = snapshot.selection_version(type_url, &state.subscription);
+                    if state.sent_version.as_deref() != Some(&version) {
                         let response = sotw_response(&snapshot, type_url, state, &mut nonces);
                         if out.send(Ok(response)).await.is_err() {
                             break;
@@ -327,8 +412,11 @@ async fn run_delta(
                     nack_message(&request.error_detail),
                 );
             }
+            let wildcard_ok = wildcard_capable(&type_url);
             if fresh {
-                state.wildcard = request.resource_names_subscribe.is_empty();
+                // Legacy wildcard: a first request naming nothing.
+                state.subscription.wildcard =
+                    wildcard_ok && request.resource_names_subscribe.is_empty();
                 state.known = request
                     .initial_resource_versions
                     .clone()
@@ -337,16 +425,16 @@ async fn run_delta(
             }
             for name in &request.resource_names_subscribe {
                 if name == "*" {
-                    state.wildcard = true;
+                    state.subscription.wildcard = wildcard_ok;
                 } else {
-                    state.names.insert(name.clone());
+                    state.subscription.names.insert(name.clone());
                 }
             }
             for name in &request.resource_names_unsubscribe {
                 if name == "*" {
-                    state.wildcard = false;
+                    state.subscription.wildcard = false;
                 } else {
-                    state.names.remove(name);
+                    state.subscription.names.remove(name);
                     state.known.remove(name);
                 }
             }
@@ -411,7 +499,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
         let (metadata, _, mut requests) = request.into_parts();
         let first = first_request(&mut requests).await?;
-        let node = first.node.as_ref().map(|n| n.id.as_str());
+        let node = first.node.as_ref();
         let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run_sotw(proxy, first, requests, snapshots, status, tx));
@@ -424,7 +512,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
         let (metadata, _, mut requests) = request.into_parts();
         let first = first_request(&mut requests).await?;
-        let node = first.node.as_ref().map(|n| n.id.as_str());
+        let node = first.node.as_ref();
         let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run_delta(proxy, first, requests, snapshots, status, tx));

@@ -1,8 +1,12 @@
 //! A proxy's configuration as xDS serves it: per type URL, resources by name with a content
 //! version, plus one version for the whole snapshot. [`SnapshotSource`] is the seam between the
 //! protocol and whatever builds configuration.
+//!
+//! A resource may be *named-only* ([`Snapshot::insert_named_only`]): served only to a
+//! subscription that names it, never under a wildcard LDS/CDS subscription. gRPC's proxyless
+//! api_listeners are such: Envoy sidecars subscribe to LDS by wildcard and must not get them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::google::protobuf::Any;
 use sha2::{Digest as _, Sha256};
@@ -22,11 +26,34 @@ pub const SECRET_TYPE: &str =
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// Whether a type may be subscribed to by wildcard. Only LDS and CDS may (xDS protocol); RDS, EDS
+/// and SDS resources are always asked for by name.
+pub fn wildcard_capable(type_url: &str) -> bool {
+    type_url == LISTENER_TYPE || type_url == CLUSTER_TYPE
+}
+
+/// What one stream subscribed to for one type: a wildcard (only meaningful for
+/// [`wildcard_capable`] types) and/or explicit names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    pub wildcard: bool,
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Whether the resource `name` belongs in this subscription's answers.
+    pub fn wants(&self, name: &str, resource: &VersionedResource) -> bool {
+        self.names.contains(name) || (self.wildcard && !resource.named_only)
+    }
+}
+
 /// One resource of a snapshot: its content version and the encoded message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionedResource {
     pub version: String,
     pub resource: Any,
+    /// Served only to subscriptions that name it (never under a wildcard).
+    pub named_only: bool,
 }
 
 /// The configuration of one proxy.
@@ -44,6 +71,23 @@ pub struct Snapshot {
 impl Snapshot {
     /// Adds a message under `name`, versioned by the hash of its encoding.
     pub fn insert(&mut self, type_url: &str, name: &str, message: &impl prost::Message) {
+        self.insert_with(type_url, name, message, false);
+    }
+
+    /// Adds a message that is served only to subscriptions naming it (never under a wildcard
+    /// subscription): for example a gRPC proxyless api_listener, which Envoy sidecars, subscribed
+    /// to LDS by wildcard, must not receive.
+    pub fn insert_named_only(&mut self, type_url: &str, name: &str, message: &impl prost::Message) {
+        self.insert_with(type_url, name, message, true);
+    }
+
+    fn insert_with(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        message: &impl prost::Message,
+        named_only: bool,
+    ) {
         let value = message.encode_to_vec();
         let version = hex::encode(&Sha256::digest(&value)[..8]);
         self.resources
@@ -57,6 +101,7 @@ impl Snapshot {
                         type_url: type_url.to_string(),
                         value,
                     },
+                    named_only,
                 },
             );
     }
@@ -79,6 +124,8 @@ impl Snapshot {
             for (name, r) in resources {
                 hash.update(name.as_bytes());
                 hash.update(r.version.as_bytes());
+                // Who is served a resource is part of the configuration too.
+                hash.update([u8::from(r.named_only)]);
             }
         }
         self.version = hex::encode(&hash.finalize()[..8]);
@@ -90,10 +137,22 @@ impl Snapshot {
         self.resources.get(type_url).into_iter().flatten()
     }
 
-    /// The version of one type's resources as a whole (state-of-the-world `version_info`).
-    pub fn type_version(&self, type_url: &str) -> String {
+    /// The resources of one type that `subscription` selects.
+    pub fn selected<'a>(
+        &'a self,
+        type_url: &str,
+        subscription: &'a Subscription,
+    ) -> impl Iterator<Item = (&'a String, &'a VersionedResource)> {
+        self.of_type(type_url)
+            .filter(move |(name, r)| subscription.wants(name, r))
+    }
+
+    /// The version of what `subscription` selects of one type (state-of-the-world
+    /// `version_info`): it changes exactly when that selection changes, so a stream is pushed
+    /// only what concerns it.
+    pub fn selection_version(&self, type_url: &str, subscription: &Subscription) -> String {
         let mut hash = Sha256::new();
-        for (name, r) in self.of_type(type_url) {
+        for (name, r) in self.selected(type_url, subscription) {
             hash.update(name.as_bytes());
             hash.update(r.version.as_bytes());
         }
@@ -128,5 +187,90 @@ pub trait SnapshotSource: Send + Sync + 'static {
     /// that shares state between proxies drops what is stale.
     fn invalidate(&self, meshes: Option<&std::collections::BTreeSet<String>>, mesh_list: bool) {
         let _ = (meshes, mesh_list);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+    fn listener(name: &str) -> Listener {
+        Listener {
+            name: name.to_string(),
+            ..Listener::default()
+        }
+    }
+
+    fn names<'a>(it: impl Iterator<Item = (&'a String, &'a VersionedResource)>) -> Vec<&'a str> {
+        it.map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn named_only_resources_need_a_name() {
+        let mut s = Snapshot::default();
+        s.insert(
+            LISTENER_TYPE,
+            "inbound:10.0.0.1:15000",
+            &listener("inbound"),
+        );
+        s.insert_named_only(LISTENER_TYPE, "greeter", &listener("greeter"));
+        let s = s.seal();
+        let wildcard = Subscription {
+            wildcard: true,
+            names: BTreeSet::new(),
+        };
+        assert_eq!(
+            names(s.selected(LISTENER_TYPE, &wildcard)),
+            ["inbound:10.0.0.1:15000"]
+        );
+        let named = Subscription {
+            wildcard: false,
+            names: ["greeter".to_string(), "absent".to_string()].into(),
+        };
+        assert_eq!(names(s.selected(LISTENER_TYPE, &named)), ["greeter"]);
+        let both = Subscription {
+            wildcard: true,
+            ..named.clone()
+        };
+        assert_eq!(
+            names(s.selected(LISTENER_TYPE, &both)),
+            ["greeter", "inbound:10.0.0.1:15000"]
+        );
+        // Each selection has its own version; a change outside it leaves it unchanged.
+        assert_ne!(
+            s.selection_version(LISTENER_TYPE, &wildcard),
+            s.selection_version(LISTENER_TYPE, &named)
+        );
+        let mut changed = s.clone();
+        changed.insert_named_only(LISTENER_TYPE, "greeter", &listener("greeter-v2"));
+        let changed = changed.seal();
+        assert_ne!(changed.version, s.version);
+        assert_eq!(
+            changed.selection_version(LISTENER_TYPE, &wildcard),
+            s.selection_version(LISTENER_TYPE, &wildcard)
+        );
+        assert_ne!(
+            changed.selection_version(LISTENER_TYPE, &named),
+            s.selection_version(LISTENER_TYPE, &named)
+        );
+    }
+
+    #[test]
+    fn named_only_is_part_of_the_snapshot_version() {
+        let mut a = Snapshot::default();
+        a.insert(LISTENER_TYPE, "greeter", &listener("greeter"));
+        let mut b = Snapshot::default();
+        b.insert_named_only(LISTENER_TYPE, "greeter", &listener("greeter"));
+        assert_ne!(a.seal().version, b.seal().version);
+    }
+
+    #[test]
+    fn only_lds_and_cds_are_wildcard_capable() {
+        assert!(wildcard_capable(LISTENER_TYPE));
+        assert!(wildcard_capable(CLUSTER_TYPE));
+        for t in [ROUTE_TYPE, ENDPOINT_TYPE, SECRET_TYPE] {
+            assert!(!wildcard_capable(t), "{t}");
+        }
     }
 }

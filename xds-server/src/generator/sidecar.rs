@@ -376,6 +376,15 @@ fn build_outbound_bundle(ctx: &MeshContext) -> Snapshot {
             &route_name,
             &route_to_cluster(&route_name, service),
         );
+        // TEMPORARY (proxyless, until the generator owns it): what a gRPC client dialing
+        // `xds:///<service>` asks for first; named-only, so wildcard LDS subscribers (sidecars)
+        // never get it. The rest of crate::proxyless's contract is met by the cluster, routes
+        // and assignment above.
+        bundle.insert_named_only(
+            LISTENER_TYPE,
+            service,
+            &crate::proxyless::api_listener(service, &route_name),
+        );
     }
     external_services(ctx, &cross_zone, &mut bundle);
     bundle
@@ -436,6 +445,14 @@ mod tests {
             .collect()
     }
 
+    fn sidecar_listeners(
+        snapshot: &Snapshot,
+    ) -> impl Iterator<Item = (&String, &crate::snapshot::VersionedResource)> {
+        snapshot
+            .of_type(LISTENER_TYPE)
+            .filter(|(_, r)| !r.named_only)
+    }
+
     const WEB: &str = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: web\n  outbound:\n    - port: 10001\n      tags:\n        kuma.io/service: api\n---\ntype: Dataplane\nname: api-1\nmesh: default\nnetworking:\n  address: 10.0.0.2\n  inbound:\n    - port: 15000\n      servicePort: 9090\n      tags:\n        kuma.io/service: api\n        kuma.io/protocol: http\n";
 
     #[test]
@@ -443,12 +460,13 @@ mod tests {
         let ctx = MeshContext::from_resources("default", Some("zone-1"), parse(WEB), &[], &[]);
         let web = ctx.dataplane("web-1").unwrap();
         let snapshot = sidecar_snapshot(&ctx, web);
-        let listeners: Vec<&String> = snapshot.of_type(LISTENER_TYPE).map(|(n, _)| n).collect();
+        // What a sidecar gets (LDS by wildcard: not the named-only proxyless api listeners).
+        let listeners: Vec<&String> = sidecar_listeners(&snapshot).map(|(n, _)| n).collect();
         assert_eq!(
             listeners,
             ["inbound:10.0.0.1:15000", "outbound:127.0.0.1:10001"]
         );
-        let (_, inbound) = snapshot.of_type(LISTENER_TYPE).next().unwrap();
+        let (_, inbound) = sidecar_listeners(&snapshot).next().unwrap();
         let inbound = Listener::decode(inbound.resource.value.as_slice()).unwrap();
         assert_eq!(
             inbound.filter_chains[0].filters[0].name,
@@ -474,7 +492,7 @@ mod tests {
         resources.extend(parse("type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"));
         let ctx = MeshContext::from_resources("default", Some("zone-1"), resources, &[], &[]);
         let snapshot = sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
-        let (_, inbound) = snapshot.of_type(LISTENER_TYPE).next().unwrap();
+        let (_, inbound) = sidecar_listeners(&snapshot).next().unwrap();
         let inbound = Listener::decode(inbound.resource.value.as_slice()).unwrap();
         assert!(inbound.filter_chains[0].transport_socket.is_some());
         let api = snapshot
