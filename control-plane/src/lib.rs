@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod diagnostics;
 pub mod metrics;
 pub mod process;
+pub mod reconciler;
 pub mod server;
 
 use mesh_api::{ResourceType, SyncDirection};

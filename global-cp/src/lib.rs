@@ -4,8 +4,10 @@
 //! (`kds::server`): zones authenticate with tokens it signs ([`zones`]: `POST /tokens/zone`), and
 //! `GET /zones/_overview` shows each zone's connection. A zone's inventory outlives its
 //! disconnection by `--zone-grace-period` (or until its Zone resource is deleted), then the
-//! `kds::janitor` removes it.
+//! `kds::janitor` removes it. For every mesh whose enabled mTLS backend is `builtin` it creates
+//! the mesh's CA as two Secrets ([`ca`]), which KDS syncs to the zones.
 
+pub mod ca;
 pub mod zones;
 
 use std::future::Future;
@@ -176,6 +178,12 @@ pub async fn run(
         server.store.clone(),
         stopped(stop_rx.clone()),
     ));
+    let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = ca::run(ca_store, ca_stop).await {
+            tracing::error!(error = %e, "the builtin CA reconciler stopped: new meshes get no CA");
+        }
+    });
     let janitor_stop = stopped(stop_rx.clone());
     tokio::spawn(async move {
         if let Err(e) = janitor.run(janitor_stop).await {

@@ -11,12 +11,13 @@
 pub mod available_services;
 pub mod dataplane_tokens;
 pub mod insight;
-pub mod reconciler;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The store-watch-driven loop, shared with the global (it lives in `control-plane`).
+pub use control_plane::reconciler;
 use control_plane::server::{Listeners, Server, ServerConfig};
 use control_plane::{process, CpMode};
 use tokio::net::TcpListener;

@@ -1,7 +1,8 @@
-//! The loop behind every piece of state a zone control plane derives from its store (ZoneIngress
-//! `availableServices`, the ZoneInsight): reconcile once, then again after every change to the
-//! types it depends on, coalescing a burst over a few milliseconds; when the watch ends (the
-//! watcher lagged or the change log was compacted) list afresh. No timer, no polling.
+//! The loop behind every piece of state a control plane derives from its store (the zone's
+//! ZoneIngress `availableServices` and ZoneInsight, the global's builtin mesh CAs): reconcile
+//! once, then again after every change to the types it depends on, coalescing a burst over a few
+//! milliseconds; when the watch ends (the watcher lagged or the change log was compacted) list
+//! afresh. No timer, no polling.
 
 use std::future::Future;
 use std::sync::Arc;
