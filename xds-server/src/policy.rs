@@ -16,6 +16,7 @@
 //! policy type and field; the conf is skipped, nothing panics. Numbers that validation bounds
 //! (negative durations, counts beyond `u32`) saturate instead of failing.
 
+mod cluster;
 mod convert;
 pub mod defaults;
 mod locality;
@@ -23,6 +24,7 @@ mod matched;
 #[cfg(test)]
 mod testing;
 
+pub use cluster::{configure_cluster, configure_inbound_cluster, HTTP_PROTOCOL_OPTIONS};
 pub use locality::{AffinityGroup, CrossZoneRule, Locality, ZoneSelection};
 pub use matched::{
     FaultSource, InboundPolicies, OutboundPolicies, PermissionSource, ProxyPolicies, Timeouts,
