@@ -16,6 +16,7 @@
 //! policy type and field; the conf is skipped, nothing panics. Numbers that validation bounds
 //! (negative durations, counts beyond `u32`) saturate instead of failing.
 
+mod access_log;
 mod cluster;
 mod convert;
 pub mod defaults;
@@ -24,6 +25,7 @@ mod matched;
 #[cfg(test)]
 mod testing;
 
+pub use access_log::{access_logs, AccessLogContext, AccessLogs, LogCluster, LogClusterKind};
 pub use cluster::{configure_cluster, configure_inbound_cluster, HTTP_PROTOCOL_OPTIONS};
 pub use locality::{AffinityGroup, CrossZoneRule, Locality, ZoneSelection};
 pub use matched::{
