@@ -20,18 +20,22 @@ mod access_log;
 mod cluster;
 mod convert;
 pub mod defaults;
+mod listener;
 mod locality;
 mod matched;
+mod route;
 #[cfg(test)]
 mod testing;
 
 pub use access_log::{access_logs, AccessLogContext, AccessLogs, LogCluster, LogClusterKind};
 pub use cluster::{configure_cluster, configure_inbound_cluster, HTTP_PROTOCOL_OPTIONS};
+pub use listener::{http_connection_manager_settings, tcp_proxy_settings};
 pub use locality::{AffinityGroup, CrossZoneRule, Locality, ZoneSelection};
 pub use matched::{
     FaultSource, InboundPolicies, OutboundPolicies, PermissionSource, ProxyPolicies, Timeouts,
     TrafficPolicies,
 };
+pub use route::{inbound_route_action_settings, route_action_settings};
 
 use mesh_api::ResourceType;
 
