@@ -20,21 +20,27 @@ mod access_log;
 mod cluster;
 mod convert;
 pub mod defaults;
+mod http_filters;
 mod listener;
 mod locality;
 mod matched;
+mod rbac;
 mod route;
 #[cfg(test)]
 mod testing;
 
 pub use access_log::{access_logs, AccessLogContext, AccessLogs, LogCluster, LogClusterKind};
 pub use cluster::{configure_cluster, configure_inbound_cluster, HTTP_PROTOCOL_OPTIONS};
+pub use http_filters::{
+    inbound_http_filters, inbound_tcp_rate_limit, source_tags_header, SOURCE_TAGS_HEADER,
+};
 pub use listener::{http_connection_manager_settings, tcp_proxy_settings};
 pub use locality::{AffinityGroup, CrossZoneRule, Locality, ZoneSelection};
 pub use matched::{
     FaultSource, InboundPolicies, OutboundPolicies, PermissionSource, ProxyPolicies, Timeouts,
     TrafficPolicies,
 };
+pub use rbac::{inbound_rbac, InboundRbac, POLICY_NAME as RBAC_POLICY_NAME};
 pub use route::{inbound_route_action_settings, route_action_settings};
 
 use mesh_api::ResourceType;
