@@ -17,7 +17,9 @@
 //! the calling proxy sets to its own tags ([`source_tags_header`]: outbound routes must add it,
 //! and inbound routes must remove it before the application sees it); Meridian does the same:
 //! a source's filters match its tags and exclude every narrower source's tags, so each caller
-//! gets the faults of the most specific source that selects it. The header is only as
+//! gets the faults of the most specific of nested sources that select it (a caller selected by
+//! two sources that do not nest, say `MeshSubset {team: a}` and `MeshService client`, gets
+//! both sources' faults; Kuma would merge them). The header is only as
 //! trustworthy as the callers (with mTLS, every caller is a mesh proxy). A `rules` entry with
 //! `matches` wraps its faults in an `ExtensionWithMatcher` that skips the fault unless the
 //! caller's certificate URI SAN (SPIFFE ID) or the requested SNI matches, as Kuma does.
