@@ -316,8 +316,9 @@ fn same_target(a: &TargetRef, b: &TargetRef) -> bool {
         && a.tags.clone().unwrap_or_default() == b.tags.clone().unwrap_or_default()
 }
 
-/// Whether configuration for `entry` also applies to traffic for `target`.
-fn covers(entry: &TargetRef, target: &TargetRef) -> bool {
+/// Whether configuration for `entry` also applies to traffic for `target` (`Mesh` covers every
+/// target, `MeshService x` its subsets, a subset every subset with more tags).
+pub fn covers(entry: &TargetRef, target: &TargetRef) -> bool {
     use TargetRefKind as K;
     if same_target(entry, target) {
         return true;

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cache;
 pub mod context;
 pub mod generator;
+pub mod policy;
 pub mod proxyless;
 pub mod routes;
 pub mod server;
