@@ -72,23 +72,22 @@ impl MeshCa {
         now: SystemTime,
     ) -> Result<MeshCa, CaError> {
         let settings = ca_settings(mesh, backend)?;
-        let crypto = |what| {
-            move |e: &dyn std::fmt::Display| CaError::Crypto {
-                mesh: mesh.to_owned(),
-                what,
-                reason: e.to_string(),
-            }
+        let crypto = |what, e: String| CaError::Crypto {
+            mesh: mesh.to_owned(),
+            what,
+            reason: e,
         };
+        // ring cannot generate RSA keys; the `rsa` crate does, and ring signs with them.
         let rsa = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, settings.rsa_bits)
-            .map_err(|e| crypto("generating the CA's RSA key")(&e))?;
+            .map_err(|e| crypto("generating the CA's RSA key", e.to_string()))?;
         let pkcs8 = rsa
             .to_pkcs8_der()
-            .map_err(|e| crypto("encoding the CA's RSA key")(&e))?;
+            .map_err(|e| crypto("encoding the CA's RSA key", e.to_string()))?;
         let key = KeyPair::from_pkcs8_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
             &PKCS_RSA_SHA256,
         )
-        .map_err(|e| crypto("loading the CA's RSA key")(&e))?;
+        .map_err(|e| crypto("loading the CA's RSA key", e.to_string()))?;
         MeshCa::self_sign(mesh, backend, key, now)
     }
 
@@ -102,7 +101,6 @@ impl MeshCa {
         key_pem: &str,
         now: SystemTime,
     ) -> Result<MeshCa, CaError> {
-        ca_settings(mesh, backend)?;
         let key = parse_key(mesh, "the CA key", key_pem)?;
         MeshCa::self_sign(mesh, backend, key, now)
     }
