@@ -157,19 +157,31 @@ fn with_etag(resource: &Resource, body: Value) -> Response {
 
 // ---- reads ----
 
+/// Secrets (CA keys among them) are read with the admin token only, as Kuma does.
+fn guard_read(state: &ApiState, rtype: ResourceType, headers: &HeaderMap) -> Result<(), ApiError> {
+    if matches!(rtype, ResourceType::Secret | ResourceType::GlobalSecret) {
+        require_admin(&state.token, headers)?;
+    }
+    Ok(())
+}
+
 async fn get_top(
     State(state): State<SharedState>,
     Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rtype = global_type(&plural)?;
+    guard_read(&state, rtype, &headers)?;
     get_one(&state, ResourceKey::new(rtype, None, name)).await
 }
 
 async fn get_in_mesh(
     State(state): State<SharedState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rtype = mesh_type(&plural)?;
+    guard_read(&state, rtype, &headers)?;
     get_one(&state, ResourceKey::new(rtype, Some(&mesh), name)).await
 }
 
@@ -217,6 +229,7 @@ async fn list(
     params: &[(String, String)],
     headers: &HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    guard_read(state, rtype, headers)?;
     let mut query = ListQuery::all(rtype);
     query.mesh = mesh;
     let mut size = DEFAULT_PAGE_SIZE;

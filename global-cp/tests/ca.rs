@@ -22,9 +22,11 @@ const KEY: &str = "secure.ca-builtin-key-ca-1";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// GET `url`: the body and ETag when it answers 200.
-async fn get(client: &reqwest::Client, url: String) -> Option<(Value, String)> {
+/// GETs `url` with the admin `token` (secrets are not readable without it).
+async fn get(client: &reqwest::Client, url: String, token: &str) -> Option<(Value, String)> {
     let response = client
         .get(url)
+        .bearer_auth(token)
         .send()
         .await
         .ok()
@@ -34,9 +36,9 @@ async fn get(client: &reqwest::Client, url: String) -> Option<(Value, String)> {
 }
 
 /// Waits until Secret `name` of mesh `secure` is served by the REST API at `api`.
-async fn secret(client: &reqwest::Client, api: &str, name: &str) -> (Value, String) {
+async fn secret(client: &reqwest::Client, api: &str, token: &str, name: &str) -> (Value, String) {
     test_support::eventually(&format!("secret {name} at {api}"), DEADLINE, || {
-        get(client, format!("{api}/meshes/secure/secrets/{name}"))
+        get(client, format!("{api}/meshes/secure/secrets/{name}"), token)
     })
     .await
     .unwrap()
@@ -106,10 +108,27 @@ async fn a_builtin_mesh_ca_is_made_once_at_the_global_and_used_in_the_zone() {
 
     apply_mesh(&global, MESH, "secure").await;
     let client = reqwest::Client::new();
-    let (global_cert, global_cert_etag) = secret(&client, &global.api, CERT).await;
-    let (global_key, _) = secret(&client, &global.api, KEY).await;
-    let (zone_cert, _) = secret(&client, &zone_api, CERT).await;
-    let (zone_key, _) = secret(&client, &zone_api, KEY).await;
+    let (global_cert, global_cert_etag) = secret(&client, &global.api, &global.token, CERT).await;
+    let (global_key, _) = secret(&client, &global.api, &global.token, KEY).await;
+    let zone_token = std::fs::read_to_string(zone_dir.join("admin-token")).unwrap();
+    let zone_token = zone_token.trim();
+    let (zone_cert, _) = secret(&client, &zone_api, zone_token, CERT).await;
+    let (zone_key, _) = secret(&client, &zone_api, zone_token, KEY).await;
+    // The CA key is not readable without the admin token, at the global or in the zone.
+    for api in [&global.api, &zone_api] {
+        let anonymous = client
+            .get(format!("{api}/meshes/secure/secrets/{KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401, "{api}");
+        let listed = client
+            .get(format!("{api}/meshes/secure/secrets"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 401, "{api}");
+    }
     assert_eq!(zone_cert["data"], global_cert["data"]);
     assert_eq!(zone_key["data"], global_key["data"]);
 
@@ -176,11 +195,12 @@ async fn a_builtin_mesh_ca_is_made_once_at_the_global_and_used_in_the_zone() {
                 "{}/meshes/later/secrets/later.ca-builtin-cert-ca-1",
                 global.api
             ),
+            &global.token,
         )
     })
     .await
     .unwrap();
-    let (after, after_etag) = secret(&client, &global.api, CERT).await;
+    let (after, after_etag) = secret(&client, &global.api, &global.token, CERT).await;
     assert_eq!(after["data"], global_cert["data"], "the CA was regenerated");
     assert_eq!(after_etag, global_cert_etag, "the CA secret was rewritten");
     global.stop().await;
