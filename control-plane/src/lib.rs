@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod ca;
 pub mod defaults;
 pub mod diagnostics;
 pub mod metrics;

@@ -5,9 +5,8 @@
 //! `GET /zones/_overview` shows each zone's connection. A zone's inventory outlives its
 //! disconnection by `--zone-grace-period` (or until its Zone resource is deleted), then the
 //! `kds::janitor` removes it. For every mesh whose enabled mTLS backend is `builtin` it creates
-//! the mesh's CA as two Secrets ([`ca`]), which KDS syncs to the zones.
+//! the mesh's CA as two Secrets ([`control_plane::ca`]), which KDS syncs to the zones.
 
-pub mod ca;
 pub mod zones;
 
 use std::future::Future;
@@ -180,7 +179,7 @@ pub async fn run(
     ));
     let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
     tokio::spawn(async move {
-        if let Err(e) = ca::run(ca_store, ca_stop).await {
+        if let Err(e) = control_plane::ca::run(ca_store, ca_stop).await {
             tracing::error!(error = %e, "the builtin CA reconciler stopped: new meshes get no CA");
         }
     });

@@ -220,6 +220,15 @@ pub async fn run(
         config.zone.clone(),
         stop_rx.clone(),
     ));
+    if config.mode == ZoneMode::Standalone {
+        // No global makes the meshes' CAs: a standalone zone owns its Meshes, so it does.
+        let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = control_plane::ca::run(ca_store, ca_stop).await {
+                tracing::error!(error = %e, "the builtin CA reconciler stopped: new meshes get no CA");
+            }
+        });
+    }
     let kds = match &config.mode {
         ZoneMode::Zone => Some(tokio::spawn(kds::client::run(
             kds_client_config(&config, server.store.clone())?,

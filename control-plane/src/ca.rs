@@ -1,8 +1,9 @@
-//! The global control plane creates each mesh's builtin CA. For every Mesh whose enabled mTLS
+//! The control plane that owns Meshes (the global, or a standalone zone control plane) creates
+//! each mesh's builtin CA. For every Mesh whose enabled mTLS
 //! backend is `builtin` and whose CA Secrets do not exist, it generates the CA (`mesh_ca`) and
 //! creates the two Secrets, which KDS then syncs to every zone. It runs once over all meshes at
 //! start and again after every change to a Mesh or a Secret (the store's ordered watch, through
-//! [`control_plane::reconciler`]), so a new mesh, a mesh switching to a builtin backend, or deleted
+//! [`crate::reconciler`]), so a new mesh, a mesh switching to a builtin backend, or deleted
 //! CA Secrets get a CA. It never replaces a CA: an existing certificate is left alone, a create
 //! that loses to a concurrent writer is fine, and the key is written before the certificate so
 //! that a writer stopped between the two leaves a key that the next pass completes with a
@@ -39,7 +40,7 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let watched = [ResourceType::Mesh, ResourceType::Secret];
     let stop = shutdown.clone();
-    control_plane::reconciler::run(store.clone(), shutdown, &watched, || {
+    crate::reconciler::run(store.clone(), shutdown, &watched, || {
         let (store, mut stop) = (store.clone(), stop.clone());
         async move {
             // Generating an RSA key takes a while: stopping does not wait for it. A pass cut
