@@ -77,6 +77,9 @@ pub struct MeshContext {
     pub services: BTreeMap<String, ServiceInfo>,
     pub ingresses: Vec<IngressInfo>,
     pub egresses: Vec<Resource>,
+    /// The mesh's builtin CA when mTLS is on and its Secrets are in the store (`Err` says why it
+    /// cannot be used: missing or damaged Secrets, a `provided` backend).
+    pub ca: Result<Arc<mesh_ca::MeshCa>, String>,
     /// Outbound resources shared by the proxies that the same policies apply to, keyed by a
     /// fingerprint of those policies (see `generator::sidecar`).
     pub bundles: Mutex<HashMap<u64, Arc<Snapshot>>>,
@@ -166,6 +169,7 @@ impl MeshContext {
             }
         }
         let services = services_of(mesh, &dataplanes, ingresses, local_zone);
+        let ca = mesh_ca_of(mesh, mesh_spec.as_ref(), &secrets);
         MeshContext {
             name: mesh.to_string(),
             mesh: mesh_spec,
@@ -177,6 +181,7 @@ impl MeshContext {
             services,
             ingresses: ingresses.to_vec(),
             egresses: egresses.to_vec(),
+            ca,
             bundles: Mutex::new(HashMap::new()),
         }
     }
@@ -185,6 +190,40 @@ impl MeshContext {
     pub fn dataplane(&self, name: &str) -> Option<&Resource> {
         self.dataplanes.iter().find(|d| d.meta.name == name)
     }
+}
+
+/// The mesh's CA from its Secrets (synced from the global, or made by a standalone control plane).
+fn mesh_ca_of(
+    mesh: &str,
+    spec: Option<&MeshSpec>,
+    secrets: &BTreeMap<String, Resource>,
+) -> Result<Arc<mesh_ca::MeshCa>, String> {
+    let backend = spec
+        .and_then(|m| m.enabled_mtls_backend())
+        .ok_or_else(|| format!("mesh {mesh} has no enabled mTLS backend"))?;
+    if backend.backend_type != mesh_ca::BUILTIN {
+        return Err(format!(
+            "mesh {mesh}: CA backend {:?} of type {:?} is not supported yet (only builtin)",
+            backend.name, backend.backend_type
+        ));
+    }
+    let pem = |name: String| -> Result<String, String> {
+        let resource = secrets
+            .get(&name)
+            .ok_or_else(|| format!("mesh {mesh}: Secret {name} is not in this zone yet"))?;
+        let Spec::Secret(secret) = &resource.spec else {
+            return Err(format!("mesh {mesh}: {name} is not a Secret"));
+        };
+        let bytes = secret
+            .bytes()
+            .ok_or_else(|| format!("mesh {mesh}: Secret {name}: data is not base64"))?;
+        String::from_utf8(bytes).map_err(|_| format!("mesh {mesh}: Secret {name} is not PEM"))
+    };
+    let cert = pem(mesh_ca::cert_secret_name(mesh, &backend.name))?;
+    let key = pem(mesh_ca::key_secret_name(mesh, &backend.name))?;
+    mesh_ca::MeshCa::from_pem(mesh, &backend.name, &cert, &key)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// The zone an ingress serves: `spec.zone`, else the `kuma.io/zone` label, else this zone.

@@ -1,7 +1,8 @@
 //! A service's ClusterLoadAssignment as a sidecar in this zone sees it (DESIGN.md section 5):
 //! local instances at priority 0; every other zone through its ingress (the ingress's advertised
 //! address, weight = instances behind it, locality = that zone) at priority 1, or at `i + 1` for
-//! the `i`-th `crossZone.failover` rule of MeshLoadBalancingStrategy that admits the zone. That
+//! the `i`-th `crossZone.failover` rule of MeshLoadBalancingStrategy that admits the zone
+//! ([`Locality::priority`]). That
 //! is locality-aware failover with no policy needed: Envoy (and gRPC, and Meridian's own proxy)
 //! spill to the next priority only as the healthy share of the one before drops.
 //!
@@ -12,12 +13,12 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{Locality, Metadata};
+use crate::policy::Locality;
+use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::google::protobuf::{value, Struct, UInt32Value, Value};
-use mesh_api::policies::mesh_load_balancing_strategy::{Conf as LbConf, FailoverToType};
 
 use super::envoy::socket;
 use crate::context::{LocalEndpoint, RemoteEndpoint, ServiceInfo};
@@ -42,20 +43,16 @@ pub fn load_assignment(
     service: &ServiceInfo,
     subset: &BTreeMap<String, String>,
     local_zone: Option<&str>,
-    lb: Option<&LbConf>,
+    locality: &Locality,
     cross_zone: &CrossZone,
 ) -> ClusterLoadAssignment {
     let matches =
         |tags: &BTreeMap<String, String>| subset.iter().all(|(k, v)| tags.get(k) == Some(v));
     let local: Vec<&LocalEndpoint> = service.local.iter().filter(|e| matches(&e.tags)).collect();
-    let locality_disabled = lb
-        .and_then(|c| c.locality_awareness.as_ref())
-        .and_then(|l| l.disabled)
-        .unwrap_or(false);
     let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
     if !local.is_empty() {
         groups.push(LocalityLbEndpoints {
-            locality: Some(locality(local_zone.unwrap_or_default())),
+            locality: Some(envoy_locality(local_zone.unwrap_or_default())),
             load_balancing_weight: Some(UInt32Value {
                 value: local.len() as u32,
             }),
@@ -76,12 +73,9 @@ pub fn load_assignment(
                 .push(remote);
         }
         for (zone, endpoints) in by_zone {
-            let priority = if locality_disabled {
-                Some(0)
-            } else {
-                remote_priority(lb, local_zone, zone)
+            let Some(priority) = locality.priority(local_zone.unwrap_or_default(), zone) else {
+                continue;
             };
-            let Some(priority) = priority else { continue };
             // One endpoint per ingress, weighted by the instances behind it.
             let mut per_ingress: BTreeMap<(&str, u32), u32> = BTreeMap::new();
             for e in &endpoints {
@@ -98,7 +92,7 @@ pub fn load_assignment(
                 })
                 .collect();
             groups.push(LocalityLbEndpoints {
-                locality: Some(locality(zone)),
+                locality: Some(envoy_locality(zone)),
                 load_balancing_weight: Some(UInt32Value {
                     value: total.max(1),
                 }),
@@ -123,43 +117,10 @@ pub fn load_assignment(
     }
 }
 
-/// The priority of a remote zone: 1 without failover rules; with rules, `i + 1` for the first
-/// rule (applying to this zone) that admits it, `None` when no rule does (Kuma: zones the rules
-/// do not list get no traffic).
-fn remote_priority(lb: Option<&LbConf>, local_zone: Option<&str>, zone: &str) -> Option<u32> {
-    let rules = lb
-        .and_then(|c| c.locality_awareness.as_ref())
-        .and_then(|l| l.cross_zone.as_ref())
-        .and_then(|c| c.failover.as_ref())
-        .filter(|rules| !rules.is_empty());
-    let Some(rules) = rules else {
-        return Some(1);
-    };
-    let applicable = rules.iter().filter(|rule| match (&rule.from, local_zone) {
-        (Some(from), Some(local)) if !from.zones.is_empty() => {
-            from.zones.iter().any(|z| z == local)
-        }
-        _ => true,
-    });
-    for (i, rule) in applicable.enumerate() {
-        let listed = rule.to.zones.as_deref().unwrap_or_default();
-        let admits = match rule.to.to_type {
-            FailoverToType::Any => true,
-            FailoverToType::Only => listed.iter().any(|z| z == zone),
-            FailoverToType::AnyExcept => !listed.iter().any(|z| z == zone),
-            FailoverToType::None | FailoverToType::Other(_) => false,
-        };
-        if admits {
-            return Some(i as u32 + 1);
-        }
-    }
-    None
-}
-
-fn locality(zone: &str) -> Locality {
-    Locality {
+fn envoy_locality(zone: &str) -> EnvoyLocality {
+    EnvoyLocality {
         zone: zone.to_string(),
-        ..Locality::default()
+        ..EnvoyLocality::default()
     }
 }
 
@@ -242,7 +203,7 @@ mod tests {
             &service(),
             &BTreeMap::new(),
             Some("zone-1"),
-            None,
+            &Locality::default(),
             &CrossZone::Direct,
         );
         assert_eq!(
@@ -270,7 +231,7 @@ mod tests {
             &service(),
             &BTreeMap::new(),
             Some("zone-1"),
-            None,
+            &Locality::default(),
             &CrossZone::Disabled,
         );
         assert_eq!(summary(&cla), vec![(0, "zone-1".into(), 1)]);
@@ -280,7 +241,7 @@ mod tests {
             &service(),
             &subset,
             Some("zone-1"),
-            None,
+            &Locality::default(),
             &CrossZone::Direct,
         );
         assert!(cla.endpoints.is_empty());
@@ -288,7 +249,7 @@ mod tests {
 
     #[test]
     fn failover_rules_order_zones_and_priorities_stay_contiguous() {
-        let conf: LbConf = serde_json::from_str(
+        let conf: mesh_api::policies::mesh_load_balancing_strategy::Conf = serde_json::from_str(
             r#"{"localityAwareness": {"crossZone": {"failover": [
                 {"to": {"type": "Only", "zones": ["zone-3"]}},
                 {"to": {"type": "Any"}}]}}}"#,
@@ -301,7 +262,7 @@ mod tests {
             &svc,
             &BTreeMap::new(),
             Some("zone-1"),
-            Some(&conf),
+            &Locality::from_conf(conf.locality_awareness.as_ref()),
             &CrossZone::ViaEgress {
                 address: "10.0.0.9".into(),
                 port: 10002,
@@ -317,7 +278,7 @@ mod tests {
             panic!()
         };
         assert_eq!(e.address, Some(socket("10.0.0.9", 10002)));
-        let none: LbConf = serde_json::from_str(
+        let none: mesh_api::policies::mesh_load_balancing_strategy::Conf = serde_json::from_str(
             r#"{"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}}"#,
         )
         .unwrap();
@@ -326,7 +287,7 @@ mod tests {
             &service(),
             &BTreeMap::new(),
             Some("zone-1"),
-            Some(&none),
+            &Locality::from_conf(none.locality_awareness.as_ref()),
             &CrossZone::Direct,
         );
         assert_eq!(summary(&cla), vec![(0, "zone-1".into(), 1)]);

@@ -14,6 +14,7 @@
 //! Both also serve external services to sidecars that reach them directly (no egress):
 //! [`external_cluster`] is shared with the sidecar generator.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
@@ -31,7 +32,7 @@ use super::endpoints::{load_assignment, CrossZone};
 use super::envoy::{
     any, downstream_mtls, eds_cluster, single_endpoint, socket, tcp_proxy_filter, tls_inspector,
 };
-use super::sidecar::sni_for;
+use super::sidecar::{insert_identity, sni_for, ProxyIdentity};
 use crate::context::{MeshContext, ServiceInfo};
 use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
@@ -94,14 +95,19 @@ fn local_cluster(snapshot: &mut Snapshot, cluster: &str, info: &ServiceInfo, zon
         info,
         &Default::default(),
         Some(zone),
-        None,
+        &Default::default(),
         &CrossZone::Disabled,
     );
     snapshot.insert(ENDPOINT_TYPE, cluster, &cla);
 }
 
 /// The snapshot of the zone egress `egress`, serving `meshes`.
-pub fn egress_snapshot(egress: &Resource, meshes: &[Arc<MeshContext>]) -> Snapshot {
+/// `identities` holds the egress's certificate for each mesh it terminates mTLS for.
+pub fn egress_snapshot(
+    egress: &Resource,
+    meshes: &[Arc<MeshContext>],
+    identities: &BTreeMap<String, ProxyIdentity>,
+) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let Spec::ZoneEgress(spec) = &egress.spec else {
         return snapshot.seal();
@@ -139,7 +145,7 @@ pub fn egress_snapshot(egress: &Resource, meshes: &[Arc<MeshContext>]) -> Snapsh
                     &only_zone,
                     &Default::default(),
                     None,
-                    None,
+                    &Default::default(),
                     &CrossZone::Direct,
                 );
                 // The egress reaches the remote ingress directly: one priority.
@@ -176,6 +182,13 @@ pub fn egress_snapshot(egress: &Resource, meshes: &[Arc<MeshContext>]) -> Snapsh
     let name = format!("egress:{}:{}", networking.address, networking.port);
     let listener = edge_listener(name, &networking.address, networking.port, chains);
     snapshot.insert(LISTENER_TYPE, &listener.name, &listener);
+    for (mesh, identity) in identities {
+        insert_identity(&mut snapshot, mesh, identity);
+        let due = snapshot
+            .refresh_at
+            .map_or(identity.renew_at, |at| at.min(identity.renew_at));
+        snapshot.refresh_at = Some(due);
+    }
     snapshot.seal()
 }
 
@@ -347,7 +360,7 @@ mod tests {
     fn sidecars_reach_other_zones_through_their_ingress() {
         let ctx = context(MESH);
         assert_eq!(ctx.services["api"].remote.len(), 1);
-        let snapshot = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
+        let snapshot = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap(), None);
         let cla: ClusterLoadAssignment = decode(&snapshot, crate::snapshot::ENDPOINT_TYPE, "api");
         let zones: Vec<(u32, &str)> = cla
             .endpoints
@@ -360,7 +373,8 @@ mod tests {
         assert_eq!(cluster.transport_socket_matches[0].name, "zone-2");
         // Without mTLS there is no SNI to route on: local endpoints only.
         let plain = context("type: Mesh\nname: default\n");
-        let snapshot = super::super::sidecar_snapshot(&plain, plain.dataplane("web-1").unwrap());
+        let snapshot =
+            super::super::sidecar_snapshot(&plain, plain.dataplane("web-1").unwrap(), None);
         let cla: ClusterLoadAssignment = decode(&snapshot, crate::snapshot::ENDPOINT_TYPE, "api");
         assert_eq!(cla.endpoints.len(), 1);
     }
@@ -394,7 +408,7 @@ mod tests {
         let mesh = format!("{MESH}routing:\n  zoneEgress: true\n");
         let ctx = context(&mesh);
         let egress = &ctx.egresses[0];
-        let snapshot = egress_snapshot(egress, std::slice::from_ref(&ctx));
+        let snapshot = egress_snapshot(egress, std::slice::from_ref(&ctx), &BTreeMap::new());
         let listener: Listener = decode(&snapshot, LISTENER_TYPE, "egress:10.0.0.20:10002");
         assert_eq!(
             listener.filter_chains[0]
@@ -414,7 +428,7 @@ mod tests {
         };
         assert_eq!(e.address, Some(socket("192.0.2.2", 20001)));
         // The sidecar's remote endpoints now point at the egress.
-        let sidecar = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
+        let sidecar = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap(), None);
         let cla: ClusterLoadAssignment = decode(&sidecar, ENDPOINT_TYPE, "api");
         let Some(
             envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),

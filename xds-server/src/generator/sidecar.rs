@@ -1,22 +1,30 @@
 //! A service's sidecar. Its snapshot has two parts:
 //!
 //! - its own resources: one inbound listener per inbound (mTLS with the mesh CA when the mesh has
-//!   it, then the service's protocol: HTTP connection manager or TCP proxy to
-//!   `localhost:<servicePort>`), one outbound listener per `networking.outbound` entry, and its
-//!   certificate over SDS;
-//! - the outbound bundle, shared: for every service of the mesh, an EDS cluster (mTLS to the
-//!   service's identity, one transport socket per remote zone for its SNI), its
-//!   ClusterLoadAssignment (`super::endpoints`) and its RouteConfiguration `outbound:<service>`.
-//!   The bundle depends only on the mesh and on which policies apply to the proxy, so proxies the
-//!   same policies apply to share one (`MeshContext::bundles`, keyed by [`policy_fingerprint`]).
+//!   it, RBAC from MeshTrafficPermission against the peer's SPIFFE identity, then the service's
+//!   protocol: an HTTP connection manager with the inbound policies' filters, or a TCP proxy, to
+//!   `localhost:<servicePort>`), one outbound listener per `networking.outbound` entry (RDS
+//!   `outbound:<service>` for HTTP, or a TCP proxy to the MeshTCPRoute/TrafficRoute split), and
+//!   its certificate and the mesh CA over SDS;
+//! - the outbound bundle, shared: for every service of the mesh, an EDS cluster configured by the
+//!   outbound policies (timeouts, circuit breaker, health checks, load balancer), with mTLS to the
+//!   service's identity and one transport socket per remote zone for its SNI; its
+//!   ClusterLoadAssignment (`super::endpoints`, priorities from MeshLoadBalancingStrategy); its
+//!   RouteConfiguration `outbound:<service>` (MeshHTTPRoute, else TrafficRoute, else one default
+//!   route; timeouts and retries from MeshTimeout/MeshRetry); clusters for route subsets; and the
+//!   named-only api listener gRPC's proxyless clients ask for. The bundle depends only on the mesh
+//!   and on which policies select the proxy, so proxies with the same [`policy_fingerprint`] share
+//!   one (`MeshContext::bundles`).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost,
@@ -25,24 +33,40 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, CertificateValidationContext, Secret, TlsCertificate,
+};
 use envoy_types::pb::google::protobuf::{value, Struct, Value};
 use mesh_api::core::dataplane::DataplaneSpec;
-use mesh_api::matching::matched_policies;
-use mesh_api::{Resource, ResourceType, Spec, SERVICE_TAG};
+use mesh_api::matching::MatchedPolicies;
+use mesh_api::{Resource, ResourceType, Spec, PROTOCOL_TAG, SERVICE_TAG};
 
 use super::endpoints::{load_assignment, CrossZone};
 use super::envoy::{
-    any, downstream_mtls, eds_cluster, network_filter, single_endpoint, socket, tcp_proxy_filter,
-    upstream_mtls,
+    ads, any, ca_secret_name, downstream_mtls, eds_cluster, identity_secret_name, network_filter,
+    single_endpoint, socket, tcp_proxy_filter_with, upstream_mtls,
 };
 use super::gateways::{external_cluster, external_parts, sni_for_external};
 use crate::context::MeshContext;
-use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::policy::{
+    access_logs, configure_cluster, configure_inbound_cluster, http_connection_manager_settings,
+    inbound_http_filters, inbound_rbac, inbound_route_action_settings, inbound_tcp_rate_limit,
+    route_action_settings, tcp_proxy_settings, AccessLogContext, Direction, OutboundPolicies,
+    Protocol, ProxyPolicies,
+};
+use crate::routes::{
+    http_route_configuration, outbound_mode, tcp_cluster_specifier, tcp_route_targets,
+    ClusterTarget, OutboundMode,
+};
+use crate::snapshot::{
+    Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
+};
 use crate::sni::SniTarget;
 
 /// Whether a `kuma.io/protocol` value is served by an HTTP connection manager.
 pub fn is_http(protocol: &str) -> bool {
-    matches!(protocol, "http" | "http2" | "grpc")
+    Protocol::from_tag(Some(protocol)).is_http()
 }
 
 /// The RDS name of the outbound routes to `service`.
@@ -50,29 +74,91 @@ pub fn outbound_route_name(service: &str) -> String {
     format!("outbound:{service}")
 }
 
-/// The sidecar snapshot of `dataplane` (a Dataplane of `ctx`'s mesh).
-pub fn sidecar_snapshot(ctx: &MeshContext, dataplane: &Resource) -> Snapshot {
+/// A proxy's certificate for one mesh, and that mesh's CA (both PEM).
+#[derive(Debug, Clone)]
+pub struct ProxyIdentity {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    /// When the certificate must be re-issued.
+    pub renew_at: std::time::SystemTime,
+}
+
+/// The sidecar snapshot of `dataplane` (a Dataplane of `ctx`'s mesh); `identity` is its
+/// certificate when the mesh has mTLS.
+pub fn sidecar_snapshot(
+    ctx: &MeshContext,
+    dataplane: &Resource,
+    identity: Option<&ProxyIdentity>,
+) -> Snapshot {
     let Spec::Dataplane(spec) = &dataplane.spec else {
         return Snapshot::default().seal();
     };
+    let policies = ProxyPolicies::compute(dataplane, &ctx.policies);
+    for error in policies.errors() {
+        tracing::warn!(mesh = %ctx.name, dataplane = %dataplane.meta.name, %error, "policy skipped");
+    }
     let mut snapshot = Snapshot::default();
-    inbound(ctx, spec, &mut snapshot);
-    outbound_listeners(ctx, spec, &mut snapshot);
-    let bundle = outbound_bundle(ctx, dataplane);
+    let mut log_clusters = BTreeMap::new();
+    inbound(ctx, spec, &policies, &mut snapshot, &mut log_clusters);
+    outbound_listeners(
+        ctx,
+        dataplane,
+        spec,
+        &policies,
+        &mut snapshot,
+        &mut log_clusters,
+    );
+    for (name, cluster) in log_clusters {
+        snapshot.insert(CLUSTER_TYPE, &name, &cluster);
+    }
+    let bundle = outbound_bundle(ctx, dataplane, &policies);
     snapshot.extend_from(&bundle);
+    if let Some(identity) = identity.filter(|_| ctx.mtls_enabled()) {
+        insert_identity(&mut snapshot, &ctx.name, identity);
+        snapshot.refresh_at = Some(identity.renew_at);
+    }
     snapshot.seal()
 }
 
+/// The SDS secrets of one mesh: the proxy's certificate and the mesh CA.
+pub fn insert_identity(snapshot: &mut Snapshot, mesh: &str, identity: &ProxyIdentity) {
+    let inline = |pem: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(pem.to_string())),
+        ..DataSource::default()
+    };
+    let cert = Secret {
+        name: identity_secret_name(mesh),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&identity.cert_chain_pem)),
+            private_key: Some(inline(&identity.key_pem)),
+            ..TlsCertificate::default()
+        })),
+    };
+    snapshot.insert(SECRET_TYPE, &cert.name, &cert);
+    let ca = Secret {
+        name: ca_secret_name(mesh),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(inline(&identity.ca_pem)),
+                ..CertificateValidationContext::default()
+            },
+        )),
+    };
+    snapshot.insert(SECRET_TYPE, &ca.name, &ca);
+}
+
 fn http_connection_manager(
+    mut hcm: HttpConnectionManager,
     stat_prefix: &str,
     route: http_connection_manager::RouteSpecifier,
+    mut filters: Vec<HttpFilter>,
 ) -> HttpConnectionManager {
-    HttpConnectionManager {
-        stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(route),
-        http_filters: vec![router_filter()],
-        ..HttpConnectionManager::default()
-    }
+    filters.push(router_filter());
+    hcm.stat_prefix = stat_prefix.to_string();
+    hcm.route_specifier = Some(route);
+    hcm.http_filters = filters;
+    hcm
 }
 
 /// The terminal router HTTP filter.
@@ -86,12 +172,14 @@ pub fn router_filter() -> HttpFilter {
     }
 }
 
-fn hcm_filter(hcm: &HttpConnectionManager) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     network_filter("envoy.filters.network.http_connection_manager", hcm)
 }
 
-/// A route configuration sending everything to `cluster`.
-fn route_to_cluster(name: &str, cluster: &str) -> RouteConfiguration {
+/// A route configuration sending everything to `cluster` with `template`'s settings.
+fn route_to_cluster(name: &str, cluster: &str, template: &RouteAction) -> RouteConfiguration {
+    let mut action = template.clone();
+    action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(cluster.to_string()));
     RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -102,12 +190,7 @@ fn route_to_cluster(name: &str, cluster: &str) -> RouteConfiguration {
                     path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
                     ..RouteMatch::default()
                 }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        cluster.to_string(),
-                    )),
-                    ..RouteAction::default()
-                })),
+                action: Some(route::Action::Route(action)),
                 ..Route::default()
             }],
             ..VirtualHost::default()
@@ -116,12 +199,45 @@ fn route_to_cluster(name: &str, cluster: &str) -> RouteConfiguration {
     }
 }
 
-fn inbound(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
-    let address = spec
-        .networking
+/// Access loggers for one listener, registering the clusters they send to.
+fn listener_logs(
+    conf: Option<&mesh_api::policies::mesh_access_log::Conf>,
+    log_ctx: &AccessLogContext,
+    log_clusters: &mut BTreeMap<String, Cluster>,
+) -> Vec<AccessLog> {
+    let Some(conf) = conf else {
+        return Vec::new();
+    };
+    match access_logs(conf, log_ctx) {
+        Ok(logs) => {
+            for cluster in logs.clusters {
+                let cluster = cluster.to_cluster();
+                log_clusters.insert(cluster.name.clone(), cluster);
+            }
+            logs.logs
+        }
+        Err(error) => {
+            tracing::warn!(mesh = %log_ctx.mesh, %error, "access log skipped");
+            Vec::new()
+        }
+    }
+}
+
+fn dataplane_address(spec: &DataplaneSpec) -> &str {
+    spec.networking
         .as_ref()
         .map(|n| n.address.as_str())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn inbound(
+    ctx: &MeshContext,
+    spec: &DataplaneSpec,
+    policies: &ProxyPolicies,
+    snapshot: &mut Snapshot,
+    log_clusters: &mut BTreeMap<String, Cluster>,
+) {
+    let address = dataplane_address(spec);
     let mtls = ctx.mtls_enabled();
     for inbound in spec.inbounds() {
         let ip = if inbound.address.is_empty() {
@@ -132,26 +248,54 @@ fn inbound(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
         let port = inbound.workload_port();
         let local = format!("localhost:{port}");
         let name = format!("inbound:{ip}:{}", inbound.port);
-        let protocol = inbound
-            .tags
-            .get(mesh_api::PROTOCOL_TAG)
-            .map(String::as_str)
-            .unwrap_or("tcp");
-        let filter = if is_http(protocol) {
-            hcm_filter(&http_connection_manager(
+        let protocol = Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
+        let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+        let p = policies.inbound_at(inbound.port);
+        let rbac = inbound_rbac(&p, &ctx.name, mtls);
+        let log_ctx = AccessLogContext {
+            mesh: ctx.name.clone(),
+            zone: ctx.local_zone.clone().unwrap_or_default(),
+            source_service: "unknown".to_string(),
+            source_ip: ip.to_string(),
+            destination_service: service.clone(),
+            direction: Direction::Inbound,
+            protocol,
+        };
+        let logs = listener_logs(p.access_log.as_ref(), &log_ctx, log_clusters);
+        let mut filters = Vec::new();
+        if protocol.is_http() {
+            let http_filters = match inbound_http_filters(&p, rbac.as_ref()) {
+                Ok(filters) => filters,
+                Err(error) => {
+                    tracing::warn!(mesh = %ctx.name, %error, "inbound HTTP filters skipped");
+                    rbac.iter().map(|r| r.http_filter()).collect()
+                }
+            };
+            let template = inbound_route_action_settings(&p);
+            let hcm = http_connection_manager(
+                http_connection_manager_settings(&p, logs),
                 &name,
                 http_connection_manager::RouteSpecifier::RouteConfig(route_to_cluster(
-                    &name, &local,
+                    &name, &local, &template,
                 )),
-            ))
+                http_filters,
+            );
+            filters.push(hcm_filter(&hcm));
         } else {
-            tcp_proxy_filter(&local, &local)
-        };
+            if let Some(rbac) = &rbac {
+                filters.push(rbac.network_filter(&name));
+            }
+            filters.extend(inbound_tcp_rate_limit(&p));
+            let mut tcp = tcp_proxy_settings(&p, logs);
+            tcp.stat_prefix = local.clone();
+            tcp.cluster_specifier = Some(tcp_proxy::ClusterSpecifier::Cluster(local.clone()));
+            filters.push(tcp_proxy_filter_with(tcp));
+        }
         let listener = Listener {
             name: name.clone(),
             address: Some(socket(ip, inbound.port)),
             filter_chains: vec![FilterChain {
-                filters: vec![filter],
+                filters,
                 transport_socket: mtls.then(|| downstream_mtls(&ctx.name)),
                 ..FilterChain::default()
             }],
@@ -166,41 +310,55 @@ fn inbound(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
             load_assignment: Some(single_endpoint(&local, "127.0.0.1", port)),
             ..Cluster::default()
         };
-        if protocol == "http2" || protocol == "grpc" {
-            enable_http2(&mut cluster);
+        if let Err(error) = configure_inbound_cluster(&mut cluster, &p, protocol) {
+            tracing::warn!(mesh = %ctx.name, %error, "inbound cluster policy skipped");
         }
         snapshot.insert(CLUSTER_TYPE, &local, &cluster);
     }
 }
 
-/// One endpoint, `127.0.0.1:port`.
-/// Upstream HTTP/2 (gRPC, http2 services).
-fn enable_http2(cluster: &mut Cluster) {
-    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
-    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-        http_protocol_options, HttpProtocolOptions,
-    };
-    let options = HttpProtocolOptions {
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
-                },
-            ),
-        ),
-        ..HttpProtocolOptions::default()
-    };
-    cluster.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-        any(&options),
-    );
+/// The MeshHTTPRoute and MeshTCPRoute matches of the proxy (empty when none apply).
+fn route_policies(policies: &ProxyPolicies) -> (MatchedPolicies, MatchedPolicies) {
+    let applied = policies.applied();
+    (
+        applied
+            .get(&ResourceType::MeshHTTPRoute)
+            .cloned()
+            .unwrap_or_default(),
+        applied
+            .get(&ResourceType::MeshTCPRoute)
+            .cloned()
+            .unwrap_or_default(),
+    )
 }
 
-fn outbound_listeners(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Snapshot) {
+fn traffic_routes(ctx: &MeshContext) -> Vec<Resource> {
+    ctx.policies
+        .iter()
+        .filter(|p| p.resource_type() == ResourceType::TrafficRoute)
+        .cloned()
+        .collect()
+}
+
+fn service_protocol(ctx: &MeshContext, service: &str) -> Protocol {
+    Protocol::from_tag(ctx.services.get(service).map(|s| s.protocol.as_str()))
+}
+
+fn outbound_listeners(
+    ctx: &MeshContext,
+    dataplane: &Resource,
+    spec: &DataplaneSpec,
+    policies: &ProxyPolicies,
+    snapshot: &mut Snapshot,
+    log_clusters: &mut BTreeMap<String, Cluster>,
+) {
+    let (http_routes, tcp_routes) = route_policies(policies);
+    let trs = traffic_routes(ctx);
+    let source_service = spec
+        .services()
+        .first()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     for outbound in spec.outbounds() {
         let service = outbound
             .tags
@@ -214,21 +372,42 @@ fn outbound_listeners(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Sn
             &outbound.address
         };
         let name = format!("outbound:{address}:{}", outbound.port);
-        let protocol = ctx
-            .services
-            .get(&service)
-            .map(|s| s.protocol.as_str())
-            .unwrap_or("tcp");
-        let filter = if is_http(protocol) {
-            hcm_filter(&http_connection_manager(
+        let protocol = service_protocol(ctx, &service);
+        let p = policies.outbound(&service);
+        let log_ctx = AccessLogContext {
+            mesh: ctx.name.clone(),
+            zone: ctx.local_zone.clone().unwrap_or_default(),
+            source_service: source_service.clone(),
+            source_ip: dataplane_address(spec).to_string(),
+            destination_service: service.clone(),
+            direction: Direction::Outbound,
+            protocol,
+        };
+        let logs = listener_logs(p.access_log.as_ref(), &log_ctx, log_clusters);
+        let filter = match outbound_mode(&service, protocol.is_http(), &http_routes, &tcp_routes) {
+            OutboundMode::Http => hcm_filter(&http_connection_manager(
+                http_connection_manager_settings(&p, logs),
                 &name,
                 http_connection_manager::RouteSpecifier::Rds(Rds {
-                    config_source: Some(super::envoy::ads()),
+                    config_source: Some(ads()),
                     route_config_name: outbound_route_name(&service),
                 }),
-            ))
-        } else {
-            tcp_proxy_filter(&service, &service)
+                Vec::new(),
+            )),
+            OutboundMode::Tcp => {
+                let routed = tcp_route_targets(&service, &tcp_routes, &trs, dataplane);
+                for warning in &routed.warnings {
+                    tracing::warn!(mesh = %ctx.name, %service, "{warning}");
+                }
+                let Some(specifier) = tcp_cluster_specifier(&routed.targets) else {
+                    tracing::warn!(mesh = %ctx.name, %service, "no TCP route target: outbound {name} not forwarded");
+                    continue;
+                };
+                let mut tcp = tcp_proxy_settings(&p, logs);
+                tcp.stat_prefix = service.clone();
+                tcp.cluster_specifier = Some(specifier);
+                tcp_proxy_filter_with(tcp)
+            }
         };
         let listener = Listener {
             name: name.clone(),
@@ -243,31 +422,51 @@ fn outbound_listeners(ctx: &MeshContext, spec: &DataplaneSpec, snapshot: &mut Sn
     }
 }
 
-/// A hash of which policies apply to `dataplane`: proxies with equal fingerprints get the same
-/// outbound configuration.
-pub fn policy_fingerprint(ctx: &MeshContext, dataplane: &Resource) -> u64 {
-    let mut by_type: BTreeMap<ResourceType, Vec<Resource>> = BTreeMap::new();
-    for policy in &ctx.policies {
-        if policy.resource_type().is_policy() {
-            by_type
-                .entry(policy.resource_type())
-                .or_default()
-                .push(policy.clone());
+/// A hash of what the outbound bundle of `dataplane` depends on beyond the mesh: which policies
+/// select it, which TrafficRoute sources match it, and (only when an outbound access log applies)
+/// its own service and address, which access log formats interpolate.
+pub fn policy_fingerprint(
+    ctx: &MeshContext,
+    dataplane: &Resource,
+    policies: &ProxyPolicies,
+) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for (rtype, matched) in policies.applied() {
+        rtype.hash(&mut hasher);
+        matched.applied.hash(&mut hasher);
+    }
+    let Spec::Dataplane(spec) = &dataplane.spec else {
+        return hasher.finish();
+    };
+    let tag_sets: Vec<&BTreeMap<String, String>> =
+        spec.inbounds().iter().map(|i| &i.tags).collect();
+    for route in &ctx.policies {
+        if let Spec::TrafficRoute(tr) = &route.spec {
+            route.meta.name.hash(&mut hasher);
+            for (i, source) in tr.sources.iter().enumerate() {
+                if tag_sets.iter().any(|tags| source.matches(tags)) {
+                    i.hash(&mut hasher);
+                }
+            }
         }
     }
-    let mut hasher = DefaultHasher::new();
-    for (rtype, policies) in &by_type {
-        rtype.hash(&mut hasher);
-        matched_policies(dataplane, policies)
-            .applied
-            .hash(&mut hasher);
+    if policies
+        .applied()
+        .contains_key(&ResourceType::MeshAccessLog)
+    {
+        spec.services().hash(&mut hasher);
+        dataplane_address(spec).hash(&mut hasher);
     }
     hasher.finish()
 }
 
-/// The shared outbound resources for `dataplane`'s policy fingerprint, built on first use.
-fn outbound_bundle(ctx: &MeshContext, dataplane: &Resource) -> Arc<Snapshot> {
-    let fingerprint = policy_fingerprint(ctx, dataplane);
+/// The shared outbound resources for `dataplane`'s fingerprint, built on first use.
+fn outbound_bundle(
+    ctx: &MeshContext,
+    dataplane: &Resource,
+    policies: &ProxyPolicies,
+) -> Arc<Snapshot> {
+    let fingerprint = policy_fingerprint(ctx, dataplane, policies);
     if let Some(bundle) = ctx
         .bundles
         .lock()
@@ -276,7 +475,7 @@ fn outbound_bundle(ctx: &MeshContext, dataplane: &Resource) -> Arc<Snapshot> {
     {
         return bundle.clone();
     }
-    let bundle = Arc::new(build_outbound_bundle(ctx));
+    let bundle = Arc::new(build_outbound_bundle(ctx, dataplane, policies));
     ctx.bundles
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -324,67 +523,129 @@ pub fn sni_for(ctx: &MeshContext, service: &str, zone: &str) -> Option<String> {
     }
 }
 
-fn build_outbound_bundle(ctx: &MeshContext) -> Snapshot {
-    let mut bundle = Snapshot::default();
-    let cross_zone = cross_zone(ctx);
-    let local_zone = ctx.local_zone.as_deref().unwrap_or("local");
-    for (service, info) in &ctx.services {
-        let mut cluster = eds_cluster(service);
-        if ctx.mtls_enabled() {
-            let local_sni = sni_for(ctx, service, local_zone).unwrap_or_default();
-            cluster.transport_socket = Some(upstream_mtls(&ctx.name, service, &local_sni));
-            if cross_zone != CrossZone::Disabled {
-                let mut zones: Vec<&str> = info.remote.iter().map(|r| r.zone.as_str()).collect();
-                zones.dedup();
-                for zone in zones {
-                    let Some(sni) = sni_for(ctx, service, zone) else {
-                        continue;
-                    };
-                    let mut fields = std::collections::HashMap::new();
-                    fields.insert(
-                        "zone".to_string(),
-                        Value {
-                            kind: Some(value::Kind::StringValue(zone.to_string())),
-                        },
-                    );
-                    cluster
-                        .transport_socket_matches
-                        .push(cluster::TransportSocketMatch {
-                            name: zone.to_string(),
-                            r#match: Some(Struct { fields }),
-                            transport_socket: Some(upstream_mtls(&ctx.name, service, &sni)),
-                        });
-                }
+/// The cluster and endpoints of `target` (a service, or a tag subset of one) for a proxy whose
+/// outbound policies to that service are `p`.
+fn outbound_cluster(
+    ctx: &MeshContext,
+    target: &ClusterTarget,
+    p: &OutboundPolicies,
+    cross_zone: &CrossZone,
+    bundle: &mut Snapshot,
+) {
+    let name = target.cluster_name();
+    let service = &target.service;
+    let protocol = service_protocol(ctx, service);
+    let mut cluster = eds_cluster(&name);
+    if ctx.mtls_enabled() {
+        let local_zone = ctx.local_zone.as_deref().unwrap_or("local");
+        let local_sni = sni_for(ctx, service, local_zone).unwrap_or_default();
+        cluster.transport_socket = Some(upstream_mtls(&ctx.name, service, &local_sni));
+        if *cross_zone != CrossZone::Disabled {
+            let zones: BTreeSet<&str> = ctx
+                .services
+                .get(service)
+                .map(|s| s.remote.iter().map(|r| r.zone.as_str()).collect())
+                .unwrap_or_default();
+            for zone in zones {
+                let Some(sni) = sni_for(ctx, service, zone) else {
+                    continue;
+                };
+                let mut fields = std::collections::HashMap::new();
+                fields.insert(
+                    "zone".to_string(),
+                    Value {
+                        kind: Some(value::Kind::StringValue(zone.to_string())),
+                    },
+                );
+                cluster
+                    .transport_socket_matches
+                    .push(cluster::TransportSocketMatch {
+                        name: zone.to_string(),
+                        r#match: Some(Struct { fields }),
+                        transport_socket: Some(upstream_mtls(&ctx.name, service, &sni)),
+                    });
             }
         }
-        if info.protocol == "http2" || info.protocol == "grpc" {
-            enable_http2(&mut cluster);
-        }
-        bundle.insert(CLUSTER_TYPE, service, &cluster);
-        let cla = load_assignment(
-            service,
-            info,
-            &BTreeMap::new(),
-            ctx.local_zone.as_deref(),
-            None,
+    }
+    if let Err(error) = configure_cluster(&mut cluster, p, protocol) {
+        tracing::warn!(mesh = %ctx.name, %service, %error, "outbound cluster policy skipped");
+    }
+    bundle.insert(CLUSTER_TYPE, &name, &cluster);
+    let empty = Default::default();
+    let info = ctx.services.get(service).unwrap_or(&empty);
+    let cla = load_assignment(
+        &name,
+        info,
+        &target.tags,
+        ctx.local_zone.as_deref(),
+        &p.locality(),
+        cross_zone,
+    );
+    bundle.insert(ENDPOINT_TYPE, &name, &cla);
+}
+
+fn build_outbound_bundle(
+    ctx: &MeshContext,
+    dataplane: &Resource,
+    policies: &ProxyPolicies,
+) -> Snapshot {
+    let mut bundle = Snapshot::default();
+    let cross_zone = cross_zone(ctx);
+    let (http_routes, tcp_routes) = route_policies(policies);
+    let trs = traffic_routes(ctx);
+    // Route targets other than the services themselves (subsets, unknown services).
+    let mut extra_targets: BTreeSet<ClusterTarget> = BTreeSet::new();
+    for service in ctx.services.keys() {
+        let p = policies.outbound(service);
+        let protocol = service_protocol(ctx, service);
+        outbound_cluster(
+            ctx,
+            &ClusterTarget::service(service),
+            &p,
             &cross_zone,
+            &mut bundle,
         );
-        bundle.insert(ENDPOINT_TYPE, service, &cla);
         let route_name = outbound_route_name(service);
-        bundle.insert(
-            ROUTE_TYPE,
-            &route_name,
-            &route_to_cluster(&route_name, service),
-        );
-        // TEMPORARY (proxyless, until the generator owns it): what a gRPC client dialing
-        // `xds:///<service>` asks for first; named-only, so wildcard LDS subscribers (sidecars)
-        // never get it. The rest of crate::proxyless's contract is met by the cluster, routes
-        // and assignment above.
+        let template = route_action_settings(&p, protocol);
+        let route_config =
+            match outbound_mode(service, protocol.is_http(), &http_routes, &tcp_routes) {
+                OutboundMode::Http => {
+                    let routed = http_route_configuration(
+                        &route_name,
+                        service,
+                        &http_routes,
+                        &trs,
+                        dataplane,
+                        &template,
+                    );
+                    for warning in &routed.warnings {
+                        tracing::warn!(mesh = %ctx.name, %service, "{warning}");
+                    }
+                    extra_targets.extend(routed.targets);
+                    routed.route_config
+                }
+                OutboundMode::Tcp => {
+                    let routed = tcp_route_targets(service, &tcp_routes, &trs, dataplane);
+                    extra_targets.extend(routed.targets.into_iter().map(|(t, _)| t));
+                    route_to_cluster(&route_name, service, &template)
+                }
+            };
+        bundle.insert(ROUTE_TYPE, &route_name, &route_config);
+        // What a gRPC client dialing `xds:///<service>` asks for by name; sidecars subscribe
+        // to LDS by wildcard and never get it (crate::proxyless has gRPC's rules).
         bundle.insert_named_only(
             LISTENER_TYPE,
             service,
             &crate::proxyless::api_listener(service, &route_name),
         );
+    }
+    for target in extra_targets {
+        let name = target.cluster_name();
+        if bundle.of_type(CLUSTER_TYPE).any(|(n, _)| *n == name) {
+            continue;
+        }
+        let p = policies.outbound(&target.service);
+        outbound_cluster(ctx, &target, &p, &cross_zone, &mut bundle);
     }
     external_services(ctx, &cross_zone, &mut bundle);
     bundle
@@ -459,7 +720,7 @@ mod tests {
     fn inbound_tcp_proxy_outbound_rds_and_shared_bundle() {
         let ctx = MeshContext::from_resources("default", Some("zone-1"), parse(WEB), &[], &[]);
         let web = ctx.dataplane("web-1").unwrap();
-        let snapshot = sidecar_snapshot(&ctx, web);
+        let snapshot = sidecar_snapshot(&ctx, web, None);
         // What a sidecar gets (LDS by wildcard: not the named-only proxyless api listeners).
         let listeners: Vec<&String> = sidecar_listeners(&snapshot).map(|(n, _)| n).collect();
         assert_eq!(
@@ -482,7 +743,7 @@ mod tests {
         assert_eq!(routes, ["outbound:api", "outbound:web"]);
         // Both proxies share one bundle: the same policies apply to them.
         let api = ctx.dataplane("api-1").unwrap();
-        let _ = sidecar_snapshot(&ctx, api);
+        let _ = sidecar_snapshot(&ctx, api, None);
         assert_eq!(ctx.bundles.lock().unwrap().len(), 1);
     }
 
@@ -491,7 +752,7 @@ mod tests {
         let mut resources = parse(WEB);
         resources.extend(parse("type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n"));
         let ctx = MeshContext::from_resources("default", Some("zone-1"), resources, &[], &[]);
-        let snapshot = sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap());
+        let snapshot = sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap(), None);
         let (_, inbound) = sidecar_listeners(&snapshot).next().unwrap();
         let inbound = Listener::decode(inbound.resource.value.as_slice()).unwrap();
         assert!(inbound.filter_chains[0].transport_socket.is_some());
