@@ -13,13 +13,9 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
-use xds_server::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
-
-/// `Any.type_url` of a RouteConfiguration (RDS).
-pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// `Any.type_url` of a Secret (SDS).
-pub const SECRET_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+use xds_server::snapshot::{
+    Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
+};
 
 /// The keys of a config dump, in xDS order, with the type each holds. Resources of any other
 /// type go under `"other"`.
