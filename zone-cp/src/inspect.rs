@@ -81,7 +81,14 @@ async fn xds(
     Path((mesh, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&api.admin, &headers)?;
+    require_admin(&api.admin, &headers).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a dataplane's Envoy configuration needs the admin token: send `Authorization: Bearer \
+             <token>` (the token is in the control plane's data directory, file admin-token)",
+        )
+    })?;
     let proxy = proxy_id(&mesh, &name)?;
     dataplane(&api, &mesh, &name).await?;
     let snapshot = api
