@@ -230,6 +230,25 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     guard_read(state, rtype, headers)?;
+    let (page, next) = list_page(state.store.as_ref(), rtype, mesh, path, params, headers).await?;
+    Ok(Json(json!({
+        "total": page.total,
+        "items": page.items.iter().map(universal_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// One page of a list as every list endpoint serves it: the query parameters (`size`, `offset`,
+/// `namePrefix`, `labels.KEY`) checked and applied, and the URL of the next page (`path` is the
+/// list's own path). For endpoints that decorate the items (`dataplanes+insights`).
+pub async fn list_page(
+    store: &dyn ResourceStore,
+    rtype: ResourceType,
+    mesh: Option<String>,
+    path: &str,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<(mesh_store::ListPage, Option<String>), ApiError> {
     let mut query = ListQuery::all(rtype);
     query.mesh = mesh;
     let mut size = DEFAULT_PAGE_SIZE;
@@ -267,15 +286,11 @@ async fn list(
         }
     }
     query.limit = Some(size);
-    let page = state.store.list(&query).await?;
+    let page = store.list(&query).await?;
     let next = page
         .next_offset
         .map(|offset| next_url(headers, path, size, offset, &query.labels));
-    Ok(Json(json!({
-        "total": page.total,
-        "items": page.items.iter().map(universal_json).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok((page, next))
 }
 
 fn next_url(

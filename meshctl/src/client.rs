@@ -77,7 +77,7 @@ impl fmt::Display for ApiError {
         if self.status == 401 {
             write!(
                 f,
-                "; writes need the admin token: pass --token, MESHCTL_TOKEN or a --config file"
+                "; this needs the admin token: pass --token, MESHCTL_TOKEN or a --config file"
             )?;
         }
         for cause in &self.causes {

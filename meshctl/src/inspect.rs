@@ -1,5 +1,9 @@
 //! `meshctl inspect zones`: the global's view of each zone's KDS connection, from
 //! `GET /zones/_overview`, as a kumactl-like table (times shown as ages, `12s ago`, or `-`).
+//! `meshctl inspect dataplane`: a zone CP's view of one dataplane, its Envoy configuration and
+//! policies (printed as the JSON the API returns) or its xDS insight, summarised for reading.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -107,6 +111,107 @@ pub fn render_zones_table(zones: &[ZoneOverview], now: DateTime<Utc>) -> String 
     crate::output::align(&ZONE_HEADERS, &rows)
 }
 
+/// The API path of a dataplane view.
+pub fn dataplane_segments(view: crate::DataplaneView, mesh: &str, name: &str) -> Vec<String> {
+    let (collection, tail) = match view {
+        crate::DataplaneView::ConfigDump => ("dataplanes", Some("xds")),
+        crate::DataplaneView::Policies => ("dataplanes", Some("_policies")),
+        crate::DataplaneView::Insight => ("dataplanes+insights", None),
+    };
+    ["meshes", mesh, collection, name]
+        .into_iter()
+        .chain(tail)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `dataplaneInsight` of `GET /meshes/{mesh}/dataplanes+insights/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DataplaneInsight {
+    pub online: bool,
+    pub connected_since: Option<String>,
+    pub disconnected_at: Option<String>,
+    /// Per xDS type URL.
+    pub xds: BTreeMap<String, XdsTypeInsight>,
+}
+
+/// One xDS type's state in a [`DataplaneInsight`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct XdsTypeInsight {
+    pub last_acked_version: Option<String>,
+    pub last_acked_at: Option<String>,
+    pub last_nack: Option<XdsNack>,
+}
+
+/// The last configuration a proxy refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct XdsNack {
+    pub message: String,
+    pub at: Option<String>,
+}
+
+/// `Listener` for `type.googleapis.com/envoy.config.listener.v3.Listener`.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit(['.', '/']).next().unwrap_or(type_url)
+}
+
+/// The summary `meshctl inspect dataplane --type insight` prints: who, whether online since
+/// when, and a table of the xDS types with their last ACK and NACK.
+pub fn render_dataplane_insight(overview: &Value, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let field = |k: &str| overview.get(k).and_then(Value::as_str).unwrap_or("?");
+    let insight: DataplaneInsight = serde_json::from_value(
+        overview
+            .get("dataplaneInsight")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no dataplaneInsight in {overview}"))?,
+    )
+    .map_err(|e| anyhow::anyhow!("dataplaneInsight is not the expected shape ({e}): {overview}"))?;
+    let status = match (&insight.connected_since, insight.online) {
+        (None, _) => "offline (never connected)".to_owned(),
+        (Some(since), true) => format!("online (connected {})", ago(Some(since), now)),
+        (Some(since), false) => format!(
+            "offline (disconnected {}, had connected {})",
+            ago(insight.disconnected_at.as_deref(), now),
+            ago(Some(since), now)
+        ),
+    };
+    let mut out = format!(
+        "Dataplane: {}/{}\nStatus:    {status}\n",
+        field("mesh"),
+        field("name")
+    );
+    if insight.xds.is_empty() {
+        return Ok(out);
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = insight
+        .xds
+        .iter()
+        .map(|(type_url, t)| {
+            let nack = match &t.last_nack {
+                None => "-".to_owned(),
+                Some(n) => format!("{}: {}", ago(n.at.as_deref(), now), n.message),
+            };
+            vec![
+                short_type(type_url).to_owned(),
+                t.last_acked_version
+                    .clone()
+                    .unwrap_or_else(|| "-".to_owned()),
+                ago(t.last_acked_at.as_deref(), now),
+                nack,
+            ]
+        })
+        .collect();
+    out.push_str(&crate::output::align(
+        &["XDS TYPE", "ACKED VERSION", "ACKED", "LAST NACK"],
+        &rows,
+    ));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +270,63 @@ mod tests {
             render_zones_table(&[], now()),
             "NAME   STATUS   LAST CONNECTED   LAST UPDATED   TOTAL UPDATES   TOTAL ERRORS   VERSION\n"
         );
+    }
+
+    #[test]
+    fn dataplane_views_have_their_paths() {
+        use crate::DataplaneView as V;
+        assert_eq!(
+            dataplane_segments(V::ConfigDump, "m", "dp").join("/"),
+            "meshes/m/dataplanes/dp/xds"
+        );
+        assert_eq!(
+            dataplane_segments(V::Policies, "m", "dp").join("/"),
+            "meshes/m/dataplanes/dp/_policies"
+        );
+        assert_eq!(
+            dataplane_segments(V::Insight, "m", "dp").join("/"),
+            "meshes/m/dataplanes+insights/dp"
+        );
+    }
+
+    #[test]
+    fn dataplane_insight_summary() {
+        let overview = json!({"type": "DataplaneOverview", "mesh": "default", "name": "web-1",
+            "dataplaneInsight": {"online": true, "connectedSince": "2026-01-10T11:59:00Z",
+                "disconnectedAt": null, "xds": {
+                "type.googleapis.com/envoy.config.listener.v3.Listener": {
+                    "lastAckedVersion": "3f2a", "lastAckedAt": "2026-01-10T11:59:50Z",
+                    "lastNack": null},
+                "type.googleapis.com/envoy.config.cluster.v3.Cluster": {
+                    "lastAckedVersion": null, "lastAckedAt": null,
+                    "lastNack": {"version": "", "nonce": "2", "message": "bad cluster",
+                                 "at": "2026-01-10T11:59:58Z"}}}}});
+        assert_eq!(
+            render_dataplane_insight(&overview, now()).unwrap(),
+            "Dataplane: default/web-1\n\
+             Status:    online (connected 60s ago)\n\
+             \n\
+             XDS TYPE   ACKED VERSION   ACKED     LAST NACK\n\
+             Cluster    -               -         2s ago: bad cluster\n\
+             Listener   3f2a            10s ago   -\n"
+        );
+        let offline = json!({"mesh": "default", "name": "web-1", "dataplaneInsight": {
+            "online": false, "connectedSince": "2026-01-10T11:00:00Z",
+            "disconnectedAt": "2026-01-10T11:59:30Z", "xds": {}}});
+        assert_eq!(
+            render_dataplane_insight(&offline, now()).unwrap(),
+            "Dataplane: default/web-1\n\
+             Status:    offline (disconnected 30s ago, had connected 60m ago)\n"
+        );
+        let never = json!({"mesh": "m", "name": "n", "dataplaneInsight": {"online": false}});
+        assert!(render_dataplane_insight(&never, now())
+            .unwrap()
+            .contains("offline (never connected)"));
+        let err = render_dataplane_insight(&json!({"name": "x"}), now()).unwrap_err();
+        assert!(err.to_string().contains("no dataplaneInsight"), "{err}");
+        let err = render_dataplane_insight(&json!({"dataplaneInsight": {"online": "yes"}}), now())
+            .unwrap_err();
+        assert!(err.to_string().contains("not the expected shape"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! meshctl, Meridian's command-line interface: a kumactl-like client of the REST API served by
 //! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`, `generate zone-token`,
 //! `generate dataplane-token` (against a zone CP),
-//! `inspect zones`), plus `meshctl up`, which runs a whole local federation (one global, N zones
+//! `inspect zones`, `inspect dataplane` (against a zone CP)), plus `meshctl up`, which runs a whole local federation (one global, N zones
 //! connected to it over KDS) as child processes. `main.rs` only parses the command line and calls
 //! [`run`].
 
@@ -33,7 +33,7 @@ pub struct Cli {
     /// URL of the control plane's REST API [default from --config, else http://127.0.0.1:5681].
     #[arg(long, global = true, env = "MESHCTL_API_URL")]
     pub api_url: Option<String>,
-    /// Admin token sent as `Authorization: Bearer` (writes need it).
+    /// Admin token sent as `Authorization: Bearer` (writes and config dumps need it).
     #[arg(long, global = true, env = "MESHCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// YAML config file with `apiUrl` and `token` (as `meshctl up` writes it).
@@ -57,7 +57,8 @@ pub enum Command {
     /// Generate credentials (on the global control plane).
     #[command(subcommand)]
     Generate(GenerateCommand),
-    /// Show the state of the federation (from the global control plane).
+    /// Show the state of the federation (zones, from the global control plane) or of a
+    /// dataplane (its Envoy configuration, policies and xDS status, from its zone control plane).
     #[command(subcommand)]
     Inspect(InspectCommand),
     /// Run a local federation: one global-cp and N zone-cp, until Ctrl-C.
@@ -116,6 +117,33 @@ pub struct ZoneTokenArgs {
 pub enum InspectCommand {
     /// Each zone's KDS connection as the global sees it: status, last connection, updates.
     Zones(InspectZonesArgs),
+    /// One dataplane as its zone control plane sees it (point `--api-url` at the zone CP): its
+    /// Envoy configuration (JSON; needs the admin token), the policies that apply to it (JSON),
+    /// or its xDS insight (online, ACKed versions, last NACK).
+    Dataplane(InspectDataplaneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectDataplaneArgs {
+    /// The Dataplane's name.
+    pub name: String,
+    /// The Dataplane's mesh.
+    #[arg(short = 'm', long, default_value = DEFAULT_MESH)]
+    pub mesh: String,
+    /// What to show.
+    #[arg(long = "type", value_enum, default_value_t = DataplaneView::ConfigDump)]
+    pub view: DataplaneView,
+}
+
+/// What `inspect dataplane` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataplaneView {
+    /// The Envoy configuration (`GET .../dataplanes/NAME/xds`), as JSON.
+    ConfigDump,
+    /// The policies that apply and their merged configuration (`.../_policies`), as JSON.
+    Policies,
+    /// Online or not, and per xDS type the last ACKed version and NACK (`dataplanes+insights`).
+    Insight,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +248,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(InspectCommand::Zones(args)) => {
             inspect_zones(&client(&cli)?, args).await?
         }
+        Command::Inspect(InspectCommand::Dataplane(args)) => {
+            inspect_dataplane(&client(&cli)?, args).await?
+        }
         Command::Up(args) => return up::run(args).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -302,6 +333,40 @@ async fn inspect_zones(client: &ApiClient, args: &InspectZonesArgs) -> anyhow::R
         }
         OutputFormat::Json => print!("{}", output::to_json(&output::list_document(total, items))),
         OutputFormat::Yaml => print!("{}", output::to_yaml(&output::list_document(total, items))),
+    }
+    Ok(())
+}
+
+async fn inspect_dataplane(client: &ApiClient, args: &InspectDataplaneArgs) -> anyhow::Result<()> {
+    let what = match args.view {
+        DataplaneView::ConfigDump => "the Envoy configuration of",
+        DataplaneView::Policies => "the policies of",
+        DataplaneView::Insight => "the insight of",
+    };
+    let value = client
+        .get(&inspect::dataplane_segments(
+            args.view, &args.mesh, &args.name,
+        ))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot get {what} dataplane {} (mesh {}) from {}",
+                args.name,
+                args.mesh,
+                client.base()
+            )
+        })?;
+    match args.view {
+        // As the API returns it: Envoy's field order (`@type` first), not `get`'s resource order.
+        DataplaneView::ConfigDump | DataplaneView::Policies => {
+            println!("{}", serde_json::to_string_pretty(&value)?)
+        }
+        DataplaneView::Insight => print!(
+            "{}",
+            inspect::render_dataplane_insight(&value, chrono::Utc::now()).with_context(|| {
+                format!("unexpected dataplane insight from {}", client.base())
+            })?
+        ),
     }
     Ok(())
 }
@@ -493,5 +558,43 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["meshctl", "inspect", "zones", "-o", "wide"]).is_err());
         assert!(Cli::try_parse_from(["meshctl", "inspect"]).is_err());
+    }
+
+    #[test]
+    fn inspect_dataplane_defaults_to_the_config_dump_of_mesh_default() {
+        let cli = Cli::try_parse_from(["meshctl", "inspect", "dataplane", "web-1"]).unwrap();
+        let Command::Inspect(InspectCommand::Dataplane(args)) = cli.command else {
+            panic!("not inspect dataplane")
+        };
+        assert_eq!(
+            (args.name.as_str(), args.mesh.as_str(), args.view),
+            ("web-1", "default", DataplaneView::ConfigDump)
+        );
+        for (flag, want) in [
+            ("config-dump", DataplaneView::ConfigDump),
+            ("policies", DataplaneView::Policies),
+            ("insight", DataplaneView::Insight),
+        ] {
+            let cli = Cli::try_parse_from([
+                "meshctl",
+                "inspect",
+                "dataplane",
+                "web-1",
+                "-m",
+                "demo",
+                "--type",
+                flag,
+            ])
+            .unwrap();
+            let Command::Inspect(InspectCommand::Dataplane(args)) = cli.command else {
+                panic!("not inspect dataplane")
+            };
+            assert_eq!((args.mesh.as_str(), args.view), ("demo", want));
+        }
+        assert!(Cli::try_parse_from(["meshctl", "inspect", "dataplane"]).is_err());
+        assert!(
+            Cli::try_parse_from(["meshctl", "inspect", "dataplane", "x", "--type", "stats"])
+                .is_err()
+        );
     }
 }

@@ -99,6 +99,20 @@ impl SnapshotCache {
         Ok(sender.subscribe())
     }
 
+    /// `proxy`'s current snapshot, for inspection: the one published to it when it is connected,
+    /// else built from the source now (what it would get if it connected). Publishes nothing.
+    pub async fn snapshot_of(&self, proxy: &ProxyId) -> Result<Arc<Snapshot>, SourceError> {
+        let published = self
+            .lock()
+            .get(proxy)
+            .filter(|sender| sender.receiver_count() > 0)
+            .map(|sender| sender.borrow().clone());
+        match published {
+            Some(snapshot) => Ok(snapshot),
+            None => Ok(Arc::new(self.source.snapshot(proxy).await?)),
+        }
+    }
+
     /// Rebuilds the snapshots of the connected proxies in `meshes` (all when `None`; zone
     /// ingresses and egresses serve every mesh, so always) and publishes those that changed.
     /// Proxies whose streams all closed are forgotten.

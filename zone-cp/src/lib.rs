@@ -1,7 +1,8 @@
 //! The zone control plane: runs beside the workloads of one zone. It serves the REST API and
 //! diagnostics (shared with the global, in the `control-plane` crate) over its own store, and
 //! serves ADS to its proxies on the xDS listener (`xds_server`; dataplane tokens come from
-//! [`dataplane_tokens`]). In `zone` mode it belongs to a federation: it dials the global
+//! [`dataplane_tokens`]; [`inspect`] serves each dataplane's configuration, policies and xDS
+//! status). In `zone` mode it belongs to a federation: it dials the global
 //! over KDS (`kds::client`, TLS verified with `--kds-ca-file`, authenticated with the zone token),
 //! stores what the global sends, reports its inventory up, and refuses local writes of what the
 //! global owns; in `standalone` mode it owns everything.
@@ -11,6 +12,7 @@
 pub mod available_services;
 pub mod dataplane_tokens;
 pub mod insight;
+pub mod inspect;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -197,16 +199,19 @@ pub async fn run(
         xds_server::generator::Generator::new(server.store.clone(), Some(config.zone.clone())),
     )));
     let snapshots = tokio::spawn(cache.clone().run(server.store.clone(), stop_rx.clone()));
-    let mut xds = tokio::spawn(xds_server::serve(
-        listeners.xds,
-        xds_server::XdsServer::new(cache, dataplane_auth.clone()),
-        {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        },
-    ));
+    let ads = xds_server::XdsServer::new(cache.clone(), dataplane_auth.clone());
+    let inspect_api = inspect::router(inspect::InspectApi {
+        store: server.store.clone(),
+        snapshots: cache,
+        status: ads.status(),
+        admin: server.token.clone(),
+    });
+    let mut xds = tokio::spawn(xds_server::serve(listeners.xds, ads, {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }));
     let tokens_api = dataplane_tokens::router(dataplane_tokens::DataplaneTokensApi {
         auth: dataplane_auth,
         admin: server.token.clone(),
@@ -247,7 +252,7 @@ pub async fn run(
                 api: listeners.api,
                 diagnostics: listeners.diagnostics,
             },
-            tokens_api,
+            tokens_api.merge(inspect_api),
             async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
