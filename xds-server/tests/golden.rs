@@ -26,7 +26,7 @@ const MESH: &str = "default";
 const ZONE: &str = "zone-1";
 const CA_PEM: &str = include_str!("golden/pki/ca.pem");
 
-/// How many differing lines a failure shows from each side.
+/// How many differing lines a failure shows.
 const DIFF_LINES: usize = 40;
 
 /// The topology's resources; every document must parse without warnings and validate.
@@ -149,33 +149,48 @@ fn render(snapshot: &Snapshot) -> String {
     text
 }
 
-/// A readable account of how `actual` differs from `expected`: the common head and tail are
-/// skipped and the first lines of the differing middle shown from each side, with line numbers.
+/// A readable account of how `actual` differs from `expected`: a line diff (longest common
+/// subsequence) showing the first differing lines, `-` from the golden and `+` generated, each
+/// with its line number in its own file.
 fn diff(expected: &str, actual: &str) -> String {
     let old: Vec<&str> = expected.lines().collect();
     let new: Vec<&str> = actual.lines().collect();
-    let head = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
-    let tail = old[head..]
+    // lcs[i][j]: length of the longest common subsequence of old[i..] and new[j..].
+    let mut lcs = vec![vec![0u32; new.len() + 1]; old.len() + 1];
+    for i in (0..old.len()).rev() {
+        for j in (0..new.len()).rev() {
+            lcs[i][j] = if old[i] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut changes = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        if i < old.len() && j < new.len() && old[i] == new[j] {
+            i += 1;
+            j += 1;
+        } else if i < old.len() && (j == new.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            changes.push(format!("-{:>6} {}", i + 1, old[i]));
+            i += 1;
+        } else {
+            changes.push(format!("+{:>6} {}", j + 1, new[j]));
+            j += 1;
+        }
+    }
+    let mut out: String = changes
         .iter()
-        .rev()
-        .zip(new[head..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut out = String::new();
-    let mut side = |sign: char, lines: &[&str]| {
-        let middle = &lines[head..lines.len() - tail];
-        for (i, line) in middle.iter().take(DIFF_LINES).enumerate() {
-            out.push_str(&format!("{sign}{:>6} {line}\n", head + i + 1));
-        }
-        if middle.len() > DIFF_LINES {
-            out.push_str(&format!(
-                "{sign}   ... {} more lines\n",
-                middle.len() - DIFF_LINES
-            ));
-        }
-    };
-    side('-', &old);
-    side('+', &new);
+        .take(DIFF_LINES)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if changes.len() > DIFF_LINES {
+        out.push_str(&format!(
+            "... and {} more differing lines\n",
+            changes.len() - DIFF_LINES
+        ));
+    }
     out
 }
 
@@ -255,4 +270,7 @@ fn diff_shows_the_differing_lines_with_their_numbers() {
     assert_eq!(shown, "-     2 b\n+     2 B\n");
     let added = diff("a\nz\n", "a\nb\nz\n");
     assert_eq!(added, "+     2 b\n");
+    // An insertion early on does not make everything after it look changed.
+    let inserted = diff("a\nb\nc\nd\nv1\n", "a\nx\nb\nc\nd\nv2\n");
+    assert_eq!(inserted, "+     2 x\n-     5 v1\n+     6 v2\n");
 }
