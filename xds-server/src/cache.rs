@@ -152,9 +152,10 @@ impl SnapshotCache {
     async fn rebuild_targets(&self, targets: Vec<(ProxyId, watch::Sender<Arc<Snapshot>>)>) {
         for (proxy, sender) in targets {
             match self.source.snapshot(&proxy).await {
-                Ok(snapshot) => {
+                Ok(mut snapshot) => {
                     self.schedule_refresh(&proxy, &snapshot);
                     sender.send_if_modified(|current| {
+                        keep_equal_versions(&mut snapshot, current);
                         let changed = current.version != snapshot.version;
                         if changed {
                             tracing::debug!(%proxy, version = %snapshot.version, "xDS: new snapshot");
@@ -274,10 +275,116 @@ impl SnapshotCache {
     }
 }
 
+/// Whether two encodings of a resource of `type_url` are the same message. prost encodes map
+/// fields (metadata, JSON log formats, RBAC policies) in hash order, so equal messages can have
+/// different bytes; comparing decoded messages ignores that order.
+fn same_message(type_url: &str, a: &[u8], b: &[u8]) -> bool {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use prost::Message;
+    fn equal<M: Message + Default + PartialEq>(a: &[u8], b: &[u8]) -> bool {
+        matches!((M::decode(a), M::decode(b)), (Ok(a), Ok(b)) if a == b)
+    }
+    match type_url {
+        crate::snapshot::LISTENER_TYPE => equal::<Listener>(a, b),
+        crate::snapshot::CLUSTER_TYPE => equal::<Cluster>(a, b),
+        crate::snapshot::ENDPOINT_TYPE => equal::<ClusterLoadAssignment>(a, b),
+        crate::snapshot::ROUTE_TYPE => equal::<RouteConfiguration>(a, b),
+        crate::snapshot::SECRET_TYPE => equal::<Secret>(a, b),
+        _ => false,
+    }
+}
+
+/// Gives `snapshot`'s resources that are the same messages as in `previous` the previous bytes
+/// and version, so a rebuild that changed nothing but map order pushes nothing (and Envoy does
+/// not drain a listener for nothing).
+fn keep_equal_versions(snapshot: &mut Snapshot, previous: &Snapshot) {
+    let mut kept = false;
+    for (type_url, resources) in snapshot.resources.iter_mut() {
+        let Some(before) = previous.resources.get(type_url) else {
+            continue;
+        };
+        for (name, resource) in resources.iter_mut() {
+            if let Some(old) = before.get(name) {
+                if old.version != resource.version
+                    && old.named_only == resource.named_only
+                    && same_message(type_url, &old.resource.value, &resource.resource.value)
+                {
+                    *resource = old.clone();
+                    kept = true;
+                }
+            }
+        }
+    }
+    if kept {
+        let refresh_at = snapshot.refresh_at;
+        let mut sealed = std::mem::take(snapshot).seal();
+        sealed.refresh_at = refresh_at;
+        *snapshot = sealed;
+    }
+}
+
 /// Sleeps until `at`, or forever when there is no deadline.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::google::protobuf::Struct;
+
+    /// A listener whose metadata map has many entries: its encoding varies with hash order.
+    fn listener() -> Listener {
+        let mut filter_metadata = std::collections::HashMap::new();
+        for i in 0..16 {
+            filter_metadata.insert(format!("key-{i}"), Struct::default());
+        }
+        Listener {
+            name: "l".into(),
+            metadata: Some(Metadata {
+                filter_metadata,
+                ..Metadata::default()
+            }),
+            ..Listener::default()
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.insert(crate::snapshot::LISTENER_TYPE, "l", &listener());
+        s.seal()
+    }
+
+    #[test]
+    fn equal_messages_keep_their_version_whatever_the_map_order() {
+        let first = snapshot();
+        let mut differs = false;
+        for _ in 0..20 {
+            let mut next = snapshot();
+            differs |= next.version != first.version;
+            keep_equal_versions(&mut next, &first);
+            assert_eq!(next.version, first.version);
+        }
+        assert!(
+            differs,
+            "the encoding never varied: the test proves nothing"
+        );
+        // A real change still changes the version.
+        let mut changed = Snapshot::default();
+        let mut l = listener();
+        l.name = "l2".into();
+        changed.insert(crate::snapshot::LISTENER_TYPE, "l", &l);
+        let mut changed = changed.seal();
+        keep_equal_versions(&mut changed, &first);
+        assert_ne!(changed.version, first.version);
     }
 }

@@ -23,8 +23,10 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context, CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+    common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
+    SubjectAltNameMatcher, UpstreamTlsContext,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
 use mesh_api::core::external_service::ExternalServiceSpec;
 use mesh_api::{Resource, Spec, SERVICE_TAG};
 
@@ -242,6 +244,17 @@ fn data_source(
     })
 }
 
+fn dns_san(host: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: subject_alt_name_matcher::SanType::Dns as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(host.to_string())),
+            ..StringMatcher::default()
+        }),
+        oid: String::new(),
+    }
+}
+
 /// A cluster reaching an external service directly: DNS-resolved `host:port`, with TLS
 /// originated when the ExternalService asks for it.
 pub fn external_cluster(
@@ -263,6 +276,19 @@ pub fn external_cluster(
         ..Cluster::default()
     };
     if let Some(tls) = networking.tls.as_ref().filter(|t| t.enabled) {
+        let sni = tls
+            .server_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                if is_ip {
+                    String::new()
+                } else {
+                    host.to_string()
+                }
+            });
+        // The server must prove it is the host we dial (its DNS SAN), unless told not to check.
+        let check_host = !tls.skip_hostname_verification.unwrap_or(false) && !sni.is_empty();
         let validation = tls
             .ca_cert
             .as_ref()
@@ -271,6 +297,11 @@ pub fn external_cluster(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(ca),
+                        match_typed_subject_alt_names: if check_host {
+                            vec![dns_san(&sni)]
+                        } else {
+                            Vec::new()
+                        },
                         ..CertificateValidationContext::default()
                     },
                 )
@@ -285,17 +316,6 @@ pub fn external_cluster(
             ],
             _ => Vec::new(),
         };
-        let sni = tls
-            .server_name
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| {
-                if is_ip {
-                    String::new()
-                } else {
-                    host.to_string()
-                }
-            });
         let context = UpstreamTlsContext {
             common_tls_context: Some(CommonTlsContext {
                 tls_certificates: certificates,
