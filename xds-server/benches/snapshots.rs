@@ -483,12 +483,18 @@ mod client {
     pub async fn run(url: String, tokens: String) {
         let tokens = std::fs::read_to_string(&tokens).expect("tokens file");
         let (events, mut rx) = mpsc::unbounded_channel();
+        let cache: Arc<Derived> = Arc::default();
         for (stream, line) in tokens.lines().enumerate() {
             let (node, token) = line.split_once(' ').expect("`<node id> <token>` lines");
-            let (url, node, token, events) =
-                (url.clone(), node.to_string(), token.to_string(), events.clone());
+            let (url, node, token, events, cache) = (
+                url.clone(),
+                node.to_string(),
+                token.to_string(),
+                events.clone(),
+                cache.clone(),
+            );
             tokio::spawn(async move {
-                if let Err(e) = proxy(stream, &url, &node, &token, events).await {
+                if let Err(e) = proxy(stream, &url, &node, &token, events, &cache).await {
                     eprintln!("ADS stream {node}: {e}");
                     std::process::exit(2);
                 }
@@ -516,6 +522,9 @@ mod client {
                 }
                 Event::Settled(stream) => {
                     settled.insert(stream);
+                    if settled.len() % 100 == 0 {
+                        eprintln!("ADS client: {} streams settled", settled.len());
+                    }
                 }
             }
         }
@@ -593,6 +602,24 @@ mod client {
         names
     }
 
+    /// Names derived from a response, by its version: proxies sharing a configuration share the
+    /// work of decoding it (the client shares two cores with the server).
+    type Derived = std::sync::Mutex<HashMap<(String, String), BTreeSet<String>>>;
+
+    fn derived(
+        cache: &Derived,
+        response: &DiscoveryResponse,
+        derive: fn(&DiscoveryResponse) -> BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        let key = (response.type_url.clone(), response.version_info.clone());
+        if let Some(names) = cache.lock().unwrap().get(&key) {
+            return names.clone();
+        }
+        let names = derive(response);
+        cache.lock().unwrap().insert(key, names.clone());
+        names
+    }
+
     /// The EDS names an Envoy would ask for: its EDS clusters' names.
     fn endpoint_names(response: &DiscoveryResponse) -> BTreeSet<String> {
         response
@@ -629,6 +656,7 @@ mod client {
         node_id: &str,
         token: &str,
         events: mpsc::UnboundedSender<Event>,
+        cache: &Derived,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string()).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -698,8 +726,8 @@ mod client {
             .await?;
             // What this response makes the proxy ask for next.
             let follow = match type_url {
-                LISTENER_TYPE => Some((ROUTE_TYPE, route_names(&response))),
-                CLUSTER_TYPE => Some((ENDPOINT_TYPE, endpoint_names(&response))),
+                LISTENER_TYPE => Some((ROUTE_TYPE, derived(cache, &response, route_names))),
+                CLUSTER_TYPE => Some((ENDPOINT_TYPE, derived(cache, &response, endpoint_names))),
                 _ => None,
             };
             if let Some((next, names)) = follow {
