@@ -307,10 +307,18 @@ async fn ads_phase(
     for k in 0..20 {
         let id = ProxyId::dataplane(MESH, &dataplane_name(k, 1));
         let snapshot = cache.snapshot_of(&id).await.unwrap();
-        sizes.push((encoded_size(&snapshot), resource_count(&snapshot)));
+        let own: usize = snapshot
+            .resources
+            .values()
+            .flat_map(|r| r.values())
+            .map(|r| r.resource.value.len())
+            .sum();
+        sizes.push((encoded_size(&snapshot), resource_count(&snapshot), own));
     }
-    let (size, count) = sizes[SELECTIVE + 1];
-    println!("one proxy's snapshot: {count} resources, {size} bytes encoded");
+    let (size, count, own) = sizes[SELECTIVE + 1];
+    println!(
+        "one proxy's snapshot: {count} resources, {size} bytes encoded, of which {own} bytes its own (the rest shared)"
+    );
 
     let tokens_path = dir.join("tokens");
     let tokens: String = connected_ids()
