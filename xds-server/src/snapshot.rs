@@ -7,6 +7,8 @@
 //! api_listeners are such: Envoy sidecars subscribe to LDS by wildcard and must not get them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::iter::Peekable;
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use sha2::{Digest as _, Sha256};
@@ -59,8 +61,13 @@ pub struct VersionedResource {
 /// The configuration of one proxy.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
-    /// Type URL -> resource name -> resource.
+    /// Type URL -> resource name -> resource: this proxy's own resources.
     pub resources: BTreeMap<String, BTreeMap<String, VersionedResource>>,
+    /// Resources shared with other proxies (an outbound bundle), referenced rather than copied:
+    /// a bundle holds every service of the mesh, so a copy per proxy would cost more than the rest
+    /// of the snapshot. Served as if inserted after `resources` (on a name in both, the shared
+    /// one wins). Read through [`Snapshot::of_type`], never directly.
+    pub shared: Option<Arc<Snapshot>>,
     /// Changes whenever any resource changes (a hash of all of them).
     pub version: String,
     /// When the snapshot must be rebuilt even if nothing in the store changes (a certificate in
@@ -106,22 +113,45 @@ impl Snapshot {
             );
     }
 
-    /// Adds every resource of `other` (shared resources built once for many proxies).
-    pub fn extend_from(&mut self, other: &Snapshot) {
-        for (type_url, resources) in &other.resources {
-            let mine = self.resources.entry(type_url.clone()).or_default();
-            for (name, resource) in resources {
-                mine.insert(name.clone(), resource.clone());
-            }
+    /// Adds every resource of `other` (shared resources built once for many proxies) by
+    /// reference; on a name in both, `other`'s resource is served. One level only: what was
+    /// shared before, or what `other` itself shares, is copied.
+    pub fn share(&mut self, other: Arc<Snapshot>) {
+        if let Some(previous) = self.shared.take() {
+            self.copy_from(&previous);
         }
+        if other.shared.is_none() {
+            self.shared = Some(other);
+        } else {
+            self.copy_from(&other);
+        }
+    }
+
+    fn copy_from(&mut self, other: &Snapshot) {
+        for type_url in other.type_urls() {
+            let copied: Vec<(String, VersionedResource)> = other
+                .of_type(&type_url)
+                .map(|(name, r)| (name.clone(), r.clone()))
+                .collect();
+            self.resources.entry(type_url).or_default().extend(copied);
+        }
+    }
+
+    /// Every type URL with resources, own or shared, in order.
+    pub fn type_urls(&self) -> BTreeSet<String> {
+        let mut types: BTreeSet<String> = self.resources.keys().cloned().collect();
+        if let Some(shared) = &self.shared {
+            types.extend(shared.type_urls());
+        }
+        types
     }
 
     /// Computes [`Snapshot::version`] from the resources; call once after the last insert.
     pub fn seal(mut self) -> Snapshot {
         let mut hash = Sha256::new();
-        for (type_url, resources) in &self.resources {
+        for type_url in self.type_urls() {
             hash.update(type_url.as_bytes());
-            for (name, r) in resources {
+            for (name, r) in self.of_type(&type_url) {
                 hash.update(name.as_bytes());
                 hash.update(r.version.as_bytes());
                 // Who is served a resource is part of the configuration too.
@@ -132,9 +162,19 @@ impl Snapshot {
         self
     }
 
-    /// The resources of one type (empty when none).
+    /// The resources of one type (empty when none), own and shared, in name order.
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &VersionedResource)> {
-        self.resources.get(type_url).into_iter().flatten()
+        let own = self.resources.get(type_url).into_iter().flatten();
+        let shared = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.resources.get(type_url))
+            .into_iter()
+            .flatten();
+        ByName {
+            own: own.peekable(),
+            shared: shared.peekable(),
+        }
     }
 
     /// The resources of one type that `subscription` selects.
@@ -157,6 +197,35 @@ impl Snapshot {
             hash.update(r.version.as_bytes());
         }
         hex::encode(&hash.finalize()[..8])
+    }
+}
+
+/// Two iterators in name order merged in name order; on a name in both, `shared`'s item.
+struct ByName<A: Iterator, B: Iterator> {
+    own: Peekable<A>,
+    shared: Peekable<B>,
+}
+
+impl<'a, A, B> Iterator for ByName<A, B>
+where
+    A: Iterator<Item = (&'a String, &'a VersionedResource)>,
+    B: Iterator<Item = (&'a String, &'a VersionedResource)>,
+{
+    type Item = (&'a String, &'a VersionedResource);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match (self.own.peek(), self.shared.peek()) {
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => self.own.next(),
+                std::cmp::Ordering::Greater => self.shared.next(),
+                std::cmp::Ordering::Equal => {
+                    self.own.next();
+                    self.shared.next()
+                }
+            },
+            (Some(_), None) => self.own.next(),
+            (None, _) => self.shared.next(),
+        }
     }
 }
 
@@ -194,6 +263,7 @@ pub trait SnapshotSource: Send + Sync + 'static {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use prost::Message as _;
 
     fn listener(name: &str) -> Listener {
         Listener {
@@ -263,6 +333,50 @@ mod tests {
         let mut b = Snapshot::default();
         b.insert_named_only(LISTENER_TYPE, "greeter", &listener("greeter"));
         assert_ne!(a.seal().version, b.seal().version);
+    }
+
+    #[test]
+    fn shared_resources_are_served_as_if_copied() {
+        let mut bundle = Snapshot::default();
+        bundle.insert(CLUSTER_TYPE, "b", &listener("shared-b"));
+        bundle.insert(CLUSTER_TYPE, "d", &listener("d"));
+        bundle.insert(ROUTE_TYPE, "r", &listener("r"));
+        let bundle = Arc::new(bundle);
+        let own = || {
+            let mut s = Snapshot::default();
+            s.insert(CLUSTER_TYPE, "a", &listener("a"));
+            s.insert(CLUSTER_TYPE, "b", &listener("own-b"));
+            s.insert(CLUSTER_TYPE, "c", &listener("c"));
+            s
+        };
+        let mut shared = own();
+        shared.share(bundle.clone());
+        let shared = shared.seal();
+        let mut copied = own();
+        copied.copy_from(&bundle);
+        let copied = copied.seal();
+        assert!(Arc::ptr_eq(shared.shared.as_ref().unwrap(), &bundle));
+        assert!(copied.shared.is_none());
+        assert_eq!(names(shared.of_type(CLUSTER_TYPE)), ["a", "b", "c", "d"]);
+        assert_eq!(names(shared.of_type(ROUTE_TYPE)), ["r"]);
+        // On a name in both, the shared resource is served.
+        let b = shared.of_type(CLUSTER_TYPE).find(|(n, _)| *n == "b").unwrap().1;
+        assert_eq!(b.resource.value, listener("shared-b").encode_to_vec());
+        for t in [CLUSTER_TYPE, ROUTE_TYPE] {
+            let versions = |s: &Snapshot| -> Vec<(String, String)> {
+                s.of_type(t).map(|(n, r)| (n.clone(), r.version.clone())).collect()
+            };
+            assert_eq!(versions(&shared), versions(&copied), "{t}");
+        }
+        assert_eq!(shared.version, copied.version);
+        // Sharing a second bundle copies the first, so neither is lost.
+        let mut other = Snapshot::default();
+        other.insert(ROUTE_TYPE, "r2", &listener("r2"));
+        let mut twice = own();
+        twice.share(bundle.clone());
+        twice.share(Arc::new(other));
+        assert_eq!(names(twice.of_type(ROUTE_TYPE)), ["r", "r2"]);
+        assert_eq!(names(twice.of_type(CLUSTER_TYPE)), ["a", "b", "c", "d"]);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn sidecar_snapshot(
         snapshot.insert(CLUSTER_TYPE, &name, &cluster);
     }
     let bundle = outbound_bundle(ctx, dataplane, &policies);
-    snapshot.extend_from(&bundle);
+    snapshot.share(bundle);
     if let Some(identity) = identity.filter(|_| ctx.mtls_enabled()) {
         insert_identity(&mut snapshot, &ctx.name, identity);
         snapshot.refresh_at = Some(identity.renew_at);
