@@ -449,7 +449,9 @@ async fn change_phase(store: &Arc<dyn ResourceStore>, timeout: &mut Resource, co
 async fn cold_build(store: &Arc<dyn ResourceStore>) {
     let generator = Generator::new(store.clone(), Some(ZONE.to_string()));
     let ids: Vec<ProxyId> = (0..SERVICES)
-        .flat_map(|k| (0..PER_SERVICE).map(move |i| ProxyId::dataplane(MESH, &dataplane_name(k, i))))
+        .flat_map(|k| {
+            (0..PER_SERVICE).map(move |i| ProxyId::dataplane(MESH, &dataplane_name(k, i)))
+        })
         .collect();
     let pass = async |label: &str| {
         let started = Instant::now();
@@ -602,7 +604,10 @@ mod client {
             let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
             // From just before the store write to the last stream having the change.
             let total = armed.elapsed().as_secs_f64();
-            say(&mut out, &format!("pushed {responses} {bytes} {secs} {total}"));
+            say(
+                &mut out,
+                &format!("pushed {responses} {bytes} {secs} {total}"),
+            );
         }
     }
 
@@ -738,7 +743,10 @@ mod client {
                 },
             );
         }
-        let mut responses = client.stream_aggregated_resources(request).await?.into_inner();
+        let mut responses = client
+            .stream_aggregated_resources(request)
+            .await?
+            .into_inner();
         let mut settled = false;
         while let Some(response) = responses.message().await? {
             let type_url: &'static str = [
