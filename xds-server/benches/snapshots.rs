@@ -68,7 +68,7 @@ fn service(k: usize) -> String {
 }
 
 fn is_http(k: usize) -> bool {
-    k % 2 == 0
+    k.is_multiple_of(2)
 }
 
 fn dataplane_name(k: usize, i: usize) -> String {
@@ -206,7 +206,7 @@ async fn populate(store: &Arc<dyn ResourceStore>) -> Resource {
 /// Replaces the Mesh-wide MeshTimeout with one of `connect` seconds.
 async fn change_timeout(store: &Arc<dyn ResourceStore>, current: &mut Resource, connect: u32) {
     let mut next = parse(&mesh_timeout_yaml(connect));
-    next.meta.version = current.meta.version.clone();
+    next.meta.version = current.meta.version;
     *current = store.update(next).await.unwrap();
 }
 
@@ -449,7 +449,9 @@ async fn change_phase(store: &Arc<dyn ResourceStore>, timeout: &mut Resource, co
 async fn cold_build(store: &Arc<dyn ResourceStore>) {
     let generator = Generator::new(store.clone(), Some(ZONE.to_string()));
     let ids: Vec<ProxyId> = (0..SERVICES)
-        .flat_map(|k| (0..PER_SERVICE).map(move |i| ProxyId::dataplane(MESH, &dataplane_name(k, i))))
+        .flat_map(|k| {
+            (0..PER_SERVICE).map(move |i| ProxyId::dataplane(MESH, &dataplane_name(k, i)))
+        })
         .collect();
     let pass = async |label: &str| {
         let started = Instant::now();
@@ -602,7 +604,10 @@ mod client {
             let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
             // From just before the store write to the last stream having the change.
             let total = armed.elapsed().as_secs_f64();
-            say(&mut out, &format!("pushed {responses} {bytes} {secs} {total}"));
+            say(
+                &mut out,
+                &format!("pushed {responses} {bytes} {secs} {total}"),
+            );
         }
     }
 
@@ -738,7 +743,10 @@ mod client {
                 },
             );
         }
-        let mut responses = client.stream_aggregated_resources(request).await?.into_inner();
+        let mut responses = client
+            .stream_aggregated_resources(request)
+            .await?
+            .into_inner();
         let mut settled = false;
         while let Some(response) = responses.message().await? {
             let type_url: &'static str = [
@@ -779,7 +787,7 @@ mod client {
             if let Some((next, names)) = follow {
                 let names: Vec<String> = names.into_iter().collect();
                 let state = types.entry(next).or_default();
-                if state.names != names && !(names.is_empty() && !state.answered) {
+                if state.names != names && (state.answered || !names.is_empty()) {
                     state.names = names.clone();
                     state.awaiting = true;
                     tx.send(DiscoveryRequest {

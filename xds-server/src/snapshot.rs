@@ -360,11 +360,17 @@ mod tests {
         assert_eq!(names(shared.of_type(CLUSTER_TYPE)), ["a", "b", "c", "d"]);
         assert_eq!(names(shared.of_type(ROUTE_TYPE)), ["r"]);
         // On a name in both, the shared resource is served.
-        let b = shared.of_type(CLUSTER_TYPE).find(|(n, _)| *n == "b").unwrap().1;
+        let b = shared
+            .of_type(CLUSTER_TYPE)
+            .find(|(n, _)| *n == "b")
+            .unwrap()
+            .1;
         assert_eq!(b.resource.value, listener("shared-b").encode_to_vec());
         for t in [CLUSTER_TYPE, ROUTE_TYPE] {
             let versions = |s: &Snapshot| -> Vec<(String, String)> {
-                s.of_type(t).map(|(n, r)| (n.clone(), r.version.clone())).collect()
+                s.of_type(t)
+                    .map(|(n, r)| (n.clone(), r.version.clone()))
+                    .collect()
             };
             assert_eq!(versions(&shared), versions(&copied), "{t}");
         }
