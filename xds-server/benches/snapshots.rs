@@ -68,7 +68,7 @@ fn service(k: usize) -> String {
 }
 
 fn is_http(k: usize) -> bool {
-    k % 2 == 0
+    k.is_multiple_of(2)
 }
 
 fn dataplane_name(k: usize, i: usize) -> String {
@@ -206,7 +206,7 @@ async fn populate(store: &Arc<dyn ResourceStore>) -> Resource {
 /// Replaces the Mesh-wide MeshTimeout with one of `connect` seconds.
 async fn change_timeout(store: &Arc<dyn ResourceStore>, current: &mut Resource, connect: u32) {
     let mut next = parse(&mesh_timeout_yaml(connect));
-    next.meta.version = current.meta.version.clone();
+    next.meta.version = current.meta.version;
     *current = store.update(next).await.unwrap();
 }
 
@@ -787,7 +787,7 @@ mod client {
             if let Some((next, names)) = follow {
                 let names: Vec<String> = names.into_iter().collect();
                 let state = types.entry(next).or_default();
-                if state.names != names && !(names.is_empty() && !state.answered) {
+                if state.names != names && (state.answered || !names.is_empty()) {
                     state.names = names.clone();
                     state.awaiting = true;
                     tx.send(DiscoveryRequest {
