@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
 use mesh_api::Spec;
 use mesh_store::SledStore;
 use rustls_pki_types::pem::PemObject;
@@ -72,33 +71,8 @@ async fn a_builtin_mesh_ca_is_made_once_at_the_global_and_used_in_the_zone() {
     let dir = tempfile::tempdir().unwrap();
     let global_dir = dir.path().join("global");
     let global = start_global(&global_dir).await;
-    let token_file = dir.path().join("zone-1.token");
-    std::fs::write(&token_file, global.zone_token("zone-1").await).unwrap();
-    let ca_file = dir.path().join("kds-ca.crt");
-    std::fs::write(&ca_file, &global.ca).unwrap();
-
     let zone_dir = dir.path().join("zone-1");
-    let config = zone_cp::Config::parse_from([
-        "zone-cp",
-        "--zone",
-        "zone-1",
-        "--mode",
-        "zone",
-        "--data-dir",
-        zone_dir.to_str().unwrap(),
-        "--api-addr",
-        "127.0.0.1:0",
-        "--diagnostics-addr",
-        "127.0.0.1:0",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--global-kds-address",
-        &global.kds,
-        "--kds-ca-file",
-        ca_file.to_str().unwrap(),
-        "--zone-token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let config = global.zone_config(dir.path(), "zone-1").await;
     let listeners = zone_cp::ZoneListeners::bind(&config).await.unwrap();
     let zone_api = format!("http://{}", listeners.api.local_addr().unwrap());
     let (stop_zone, zone_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use serde_json::{json, Value};
 
 mod common;
@@ -15,34 +14,8 @@ use common::start_global;
 async fn zone_inventory_and_insight_reach_the_global() {
     let dir = tempfile::tempdir().unwrap();
     let global = start_global(&dir.path().join("global")).await;
-    let token = global.zone_token("zone-1").await;
-    let token_file = dir.path().join("zone-1.token");
-    std::fs::write(&token_file, &token).unwrap();
-    let ca_file = dir.path().join("kds-ca.crt");
-    std::fs::write(&ca_file, &global.ca).unwrap();
-
     let zone_dir = dir.path().join("zone-1");
-    let config = zone_cp::Config::parse_from([
-        "zone-cp",
-        "--zone",
-        "zone-1",
-        "--mode",
-        "zone",
-        "--data-dir",
-        zone_dir.to_str().unwrap(),
-        "--api-addr",
-        "127.0.0.1:0",
-        "--diagnostics-addr",
-        "127.0.0.1:0",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--global-kds-address",
-        &global.kds,
-        "--kds-ca-file",
-        ca_file.to_str().unwrap(),
-        "--zone-token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let config = global.zone_config(dir.path(), "zone-1").await;
     let listeners = zone_cp::ZoneListeners::bind(&config).await.unwrap();
     let zone_api = format!("http://{}", listeners.api.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

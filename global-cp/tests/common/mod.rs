@@ -114,6 +114,37 @@ impl Global {
             .as_u16()
     }
 
+    /// The configuration of zone `zone` federated to this global: its token and the global's KDS
+    /// CA written under `dir`, data in `dir/<zone>`, every listener on 127.0.0.1:0.
+    pub async fn zone_config(&self, dir: &Path, zone: &str) -> zone_cp::Config {
+        let token_file = dir.join(format!("{zone}.token"));
+        std::fs::write(&token_file, self.zone_token(zone).await).unwrap();
+        let ca_file = dir.join("kds-ca.crt");
+        std::fs::write(&ca_file, &self.ca).unwrap();
+        let data = dir.join(zone);
+        zone_cp::Config::parse_from([
+            "zone-cp",
+            "--zone",
+            zone,
+            "--mode",
+            "zone",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--api-addr",
+            "127.0.0.1:0",
+            "--diagnostics-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--global-kds-address",
+            &self.kds,
+            "--kds-ca-file",
+            ca_file.to_str().unwrap(),
+            "--zone-token-file",
+            token_file.to_str().unwrap(),
+        ])
+    }
+
     pub async fn zone_token(&self, zone: &str) -> String {
         let (status, body) = self
             .post(
