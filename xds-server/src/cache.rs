@@ -5,6 +5,7 @@
 //! proxy whose Dataplane was deleted has its channel dropped, which ends its streams.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,10 @@ pub struct SnapshotCache {
     /// Snapshots that must be rebuilt at a time (certificates to re-issue), for [`Self::run`].
     refresh_tx: mpsc::UnboundedSender<(ProxyId, SystemTime)>,
     refresh_rx: Mutex<Option<mpsc::UnboundedReceiver<(ProxyId, SystemTime)>>>,
+    /// Bumped by [`Self::run`] after it invalidates the source and before it picks the proxies
+    /// to rebuild, so [`Self::subscribe`] can tell that its first snapshot may predate a change
+    /// whose rebuild did not see it yet.
+    changes: AtomicU64,
     /// How long a burst of store changes is gathered before rebuilding.
     pub coalesce: Duration,
 }
@@ -69,6 +74,7 @@ impl SnapshotCache {
             proxies: Mutex::new(HashMap::new()),
             refresh_tx,
             refresh_rx: Mutex::new(Some(refresh_rx)),
+            changes: AtomicU64::new(0),
             coalesce: Duration::from_millis(5),
         }
     }
@@ -83,20 +89,30 @@ impl SnapshotCache {
         &self,
         proxy: &ProxyId,
     ) -> Result<watch::Receiver<Arc<Snapshot>>, SourceError> {
-        let snapshot = Arc::new(self.source.snapshot(proxy).await?);
-        self.schedule_refresh(proxy, &snapshot);
-        let mut proxies = self.lock();
-        let sender = proxies
-            .entry(proxy.clone())
-            .or_insert_with(|| watch::channel(snapshot.clone()).0);
-        sender.send_if_modified(|current| {
-            let changed = current.version != snapshot.version;
-            if changed {
-                *current = snapshot.clone();
+        loop {
+            let seen = self.changes.load(Ordering::SeqCst);
+            let snapshot = Arc::new(self.source.snapshot(proxy).await?);
+            self.schedule_refresh(proxy, &snapshot);
+            let receiver = {
+                let mut proxies = self.lock();
+                let sender = proxies
+                    .entry(proxy.clone())
+                    .or_insert_with(|| watch::channel(snapshot.clone()).0);
+                sender.send_if_modified(|current| {
+                    let changed = current.version != snapshot.version;
+                    if changed {
+                        *current = snapshot.clone();
+                    }
+                    changed
+                });
+                sender.subscribe()
+            };
+            // A change handled while the snapshot was built may have picked the proxies to
+            // rebuild before this one was registered: build again, from the fresh source.
+            if self.changes.load(Ordering::SeqCst) == seen {
+                return Ok(receiver);
             }
-            changed
-        });
-        Ok(sender.subscribe())
+        }
     }
 
     /// `proxy`'s current snapshot, for inspection: the one published to it when it is connected,
@@ -270,6 +286,7 @@ impl SnapshotCache {
                 continue;
             }
             self.source.invalidate(meshes.as_ref(), mesh_list);
+            self.changes.fetch_add(1, Ordering::SeqCst);
             self.rebuild(meshes.as_ref()).await;
         }
     }

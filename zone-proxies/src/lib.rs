@@ -1,6 +1,8 @@
 //! The data plane: one `zone-proxy` binary configured over xDS by the zone control plane, running
-//! as a service's sidecar, as a zone's ingress or as its egress (issue [4]). Today it only defines
-//! the proxy modes and their default ports.
+//! as a service's sidecar, as a zone's ingress or as its egress (issue [4]). [`config`] is the
+//! plain-Rust configuration the data path runs on; xDS resources are translated into it.
+
+pub mod config;
 
 /// What a zone proxy is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
