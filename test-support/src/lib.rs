@@ -1,6 +1,9 @@
 //! Helpers for Meridian's tests: waiting for a condition with a deadline (never a fixed sleep),
 //! locating the workspace's binaries and the shared fixtures, and a Python with grpcio for the
-//! gRPC proxyless tests. Dev-only: nothing ships with it.
+//! gRPC proxyless tests, and [`relay::FaultRelay`], a TCP relay that injects link faults.
+//! Dev-only: nothing ships with it.
+
+pub mod relay;
 
 use std::future::Future;
 use std::path::PathBuf;
