@@ -4,8 +4,9 @@
 //! `envoy/service/discovery`, with their imports, so that any resource or `typed_config` the
 //! generators emit can be rendered as JSON by reflection.
 //!
-//! envoy-types' directory is found with `cargo metadata` (its `manifest_path`); set
-//! `MERIDIAN_ENVOY_PROTO_DIR` to an envoy-types `proto/` directory to override. protox resolves
+//! envoy-types' directory is found with `cargo metadata` for the target platform (its
+//! `manifest_path`); set `MERIDIAN_ENVOY_PROTO_DIR` to an envoy-types `proto/` directory to
+//! override. protox resolves
 //! some of Envoy's relative type names differently from protoc (see [`shadowing_fix`]); those
 //! names are written fully qualified in the sources it is served, so the result is protoc's.
 //! Cost: about 2 s per run (402 files, ~600 KiB of descriptors); it reruns only when this file,
@@ -139,13 +140,18 @@ fn envoy_types_proto_dir() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest_dir =
         std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?;
-    let output = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    command
         .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(&manifest_dir)
-        .output()
-        .map_err(|e| {
-            format!("cannot run `cargo metadata` to find envoy-types: {e}; set {OVERRIDE}")
-        })?;
+        .current_dir(&manifest_dir);
+    // Only this target's packages: without the filter cargo wants every platform's
+    // dependencies (android, windows...) downloaded, which a fresh machine has not done.
+    if let Some(target) = std::env::var_os("TARGET") {
+        command.arg("--filter-platform").arg(target);
+    }
+    let output = command.output().map_err(|e| {
+        format!("cannot run `cargo metadata` to find envoy-types: {e}; set {OVERRIDE}")
+    })?;
     if !output.status.success() {
         return Err(format!(
             "`cargo metadata --offline` failed ({}): {}; set {OVERRIDE} to envoy-types' proto/ \
