@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use mesh_api::ResourceType;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, PutOutcome};
 use crate::types;
 
 /// One document, ready to send.
@@ -176,13 +176,47 @@ pub fn dry_run(file: &Path) -> anyhow::Result<()> {
 pub async fn apply(client: &ApiClient, file: &Path) -> anyhow::Result<()> {
     let (text, source) = read_input(file)?;
     let planned = plan(&text, &source)?;
+    put_all(client, &planned, |p, outcome| {
+        let verb = if outcome.created {
+            "created"
+        } else {
+            "updated"
+        };
+        println!("{verb} {} {}", p.rtype, p.name);
+        // The server sees the normalized document, so unknown fields are reported from here; the
+        // server's own warnings are added when they say something new.
+        let mut warnings = p.warnings.clone();
+        for w in &outcome.warnings {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
+        print_warnings(p, &warnings);
+    })
+    .await
+}
+
+/// Applies `text` (YAML, one or more documents; `source` names it in errors), all or nothing
+/// on invalid input, in order; for programs and tests driving a control plane.
+pub async fn apply_text(client: &ApiClient, text: &str, source: &str) -> anyhow::Result<()> {
+    let planned = plan(text, source)?;
+    put_all(client, &planned, |_, _| {}).await
+}
+
+/// PUTs every planned resource in order, calling `done` after each; the error says which
+/// resource failed and how many were applied before it.
+async fn put_all(
+    client: &ApiClient,
+    planned: &[Planned],
+    mut done: impl FnMut(&Planned, &PutOutcome),
+) -> anyhow::Result<()> {
     let count = planned.len();
-    for (done, p) in planned.iter().enumerate() {
+    for (applied, p) in planned.iter().enumerate() {
         let outcome = client.put(&p.segments(), &p.body).await.with_context(|| {
-            let rest = if done + 1 < count {
+            let rest = if applied + 1 < count {
                 format!(
-                    " ({done} of {count} applied before it, the {} after it were not)",
-                    count - done - 1
+                    " ({applied} of {count} applied before it, the {} after it were not)",
+                    count - applied - 1
                 )
             } else {
                 String::new()
@@ -193,21 +227,7 @@ pub async fn apply(client: &ApiClient, file: &Path) -> anyhow::Result<()> {
                 p.describe()
             )
         })?;
-        let verb = if outcome.created {
-            "created"
-        } else {
-            "updated"
-        };
-        println!("{verb} {} {}", p.rtype, p.name);
-        // The server sees the normalized document, so unknown fields are reported from here; the
-        // server's own warnings are added when they say something new.
-        let mut warnings = p.warnings.clone();
-        for w in outcome.warnings {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
-        }
-        print_warnings(p, &warnings);
+        done(p, &outcome);
     }
     Ok(())
 }

@@ -1,0 +1,287 @@
+//! A whole federation in one process, on real code: a global control plane (`global_cp::run`)
+//! and zone control planes (`zone_cp::run` in zone mode, KDS over TLS with zone tokens), every
+//! listener on 127.0.0.1:0, data in a directory the caller owns. Tests and scenarios drive it
+//! through the same REST API as `meshctl` ([`meshctl::client::ApiClient`]) and stop or restart
+//! each control plane on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use meshctl::client::ApiClient;
+use meshctl::inspect::ZoneOverview;
+use serde_json::Value;
+
+/// How long a control plane gets to become ready, and the federation to converge.
+pub const STARTUP: Duration = Duration::from_secs(60);
+
+/// A control plane task and the means to stop it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops the task gracefully and returns its outcome.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("the control plane task panicked")?
+    }
+}
+
+/// The global control plane.
+pub struct GlobalCp {
+    pub dir: PathBuf,
+    /// `http://127.0.0.1:PORT` of the REST API.
+    pub api_url: String,
+    /// `https://127.0.0.1:PORT` zones dial for KDS.
+    pub kds_url: String,
+    /// The CA file zones verify the KDS server with.
+    pub kds_ca: PathBuf,
+    /// The REST API with the admin token.
+    pub api: ApiClient,
+    running: Option<Running>,
+}
+
+impl GlobalCp {
+    /// Starts a global with its data in `dir` and waits until it is ready.
+    pub async fn start(dir: &Path) -> anyhow::Result<GlobalCp> {
+        let ready = dir.join("ready.json");
+        let data = dir.join("data");
+        let _ = std::fs::remove_file(&ready);
+        let config = global_cp::Config::try_parse_from([
+            "global-cp",
+            "--data-dir",
+            path_str(&data)?,
+            "--api-addr",
+            "127.0.0.1:0",
+            "--diagnostics-addr",
+            "127.0.0.1:0",
+            "--kds-addr",
+            "127.0.0.1:0",
+            "--ready-file",
+            path_str(&ready)?,
+        ])?;
+        let listeners = global_cp::GlobalListeners::bind(&config).await?;
+        let api_url = format!("http://{}", listeners.api.local_addr()?);
+        let kds_url = format!("https://{}", listeners.kds.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let running = Running {
+            stop,
+            task: tokio::spawn(global_cp::run(config, listeners, shutdown)),
+        };
+        let endpoints: Value = test_support::eventually("the global's ready file", STARTUP, || {
+            let ready = ready.clone();
+            async move {
+                std::fs::read(&ready)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            }
+        })
+        .await?;
+        let kds_ca = PathBuf::from(
+            endpoints["kdsCa"]
+                .as_str()
+                .context("no kdsCa in the global's ready file")?,
+        );
+        let token = read_token(&data.join("admin-token"))?;
+        Ok(GlobalCp {
+            dir: dir.to_path_buf(),
+            api: ApiClient::new(&api_url, Some(token))?,
+            api_url,
+            kds_url,
+            kds_ca,
+            running: Some(running),
+        })
+    }
+
+    /// Applies YAML documents (Kuma's universal form) as `meshctl apply` does.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        meshctl::apply::apply_text(&self.api, yaml, "the test").await
+    }
+
+    /// Issues a token for zone `zone`.
+    pub async fn zone_token(&self, zone: &str) -> anyhow::Result<String> {
+        self.api.generate_zone_token(zone, "24h").await
+    }
+
+    /// Waits until the global reports every zone of `zones` online.
+    pub async fn wait_online(&self, zones: &[&str]) -> anyhow::Result<()> {
+        let expected: Vec<String> = zones.iter().map(|z| z.to_string()).collect();
+        test_support::eventually("every zone online at the global", STARTUP, || async {
+            let (_, items) = self.api.zones_overview().await.ok()?;
+            let overview = ZoneOverview::from_items(&items).ok()?;
+            meshctl::up::not_online(&expected, &overview)
+                .is_empty()
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Stops the global (its data stays in `dir`).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        match self.running.take() {
+            Some(running) => running.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A zone control plane federated to a [`GlobalCp`].
+pub struct ZoneCp {
+    pub name: String,
+    pub dir: PathBuf,
+    pub api_url: String,
+    /// `http://127.0.0.1:PORT` proxies dial for ADS.
+    pub xds_url: String,
+    /// The REST API with the admin token.
+    pub api: ApiClient,
+    running: Option<Running>,
+}
+
+impl ZoneCp {
+    /// Starts zone `name` with its data in `dir/<name>`, federated to `global`, and waits until
+    /// its API answers and the default mesh has arrived from the global.
+    pub async fn start(dir: &Path, global: &GlobalCp, name: &str) -> anyhow::Result<ZoneCp> {
+        let token_file = dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, global.zone_token(name).await?)?;
+        let data = dir.join(name);
+        let config = zone_cp::Config::try_parse_from([
+            "zone-cp",
+            "--zone",
+            name,
+            "--mode",
+            "zone",
+            "--data-dir",
+            path_str(&data)?,
+            "--api-addr",
+            "127.0.0.1:0",
+            "--diagnostics-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--global-kds-address",
+            &global.kds_url,
+            "--kds-ca-file",
+            path_str(&global.kds_ca)?,
+            "--zone-token-file",
+            path_str(&token_file)?,
+        ])?;
+        let listeners = zone_cp::ZoneListeners::bind(&config).await?;
+        let api_url = format!("http://{}", listeners.api.local_addr()?);
+        let xds_url = format!("http://{}", listeners.xds.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let running = Running {
+            stop,
+            task: tokio::spawn(zone_cp::run(config, listeners, shutdown)),
+        };
+        let token_path = data.join("admin-token");
+        let token = test_support::eventually("the zone's admin token", STARTUP, || {
+            let path = token_path.clone();
+            async move { read_token(&path).ok() }
+        })
+        .await?;
+        let zone = ZoneCp {
+            name: name.to_string(),
+            dir: data,
+            api: ApiClient::new(&api_url, Some(token))?,
+            api_url,
+            xds_url,
+            running: Some(running),
+        };
+        zone.wait_for("the default mesh from the global", &["meshes", "default"])
+            .await?;
+        Ok(zone)
+    }
+
+    /// Applies YAML documents to this zone's API (Dataplanes, ZoneIngresses).
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        meshctl::apply::apply_text(&self.api, yaml, &format!("the test (zone {})", self.name)).await
+    }
+
+    /// Waits until `GET /<segments...>` answers, and returns the resource.
+    pub async fn wait_for(&self, what: &str, segments: &[&str]) -> anyhow::Result<Value> {
+        let segments: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
+        test_support::eventually(
+            &format!("{what} in zone {}", self.name),
+            STARTUP,
+            || async { self.api.get(&segments).await.ok() },
+        )
+        .await
+    }
+
+    /// The token proxy `name` presents: `kind` is `dataplane` (with its mesh), `ingress` or
+    /// `egress`.
+    pub async fn proxy_token(&self, kind: &str, mesh: &str, name: &str) -> anyhow::Result<String> {
+        self.api
+            .generate_dataplane_token(kind, mesh, name, "24h")
+            .await
+    }
+
+    /// Stops the zone CP (its data stays in `dir`).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        match self.running.take() {
+            Some(running) => running.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A global and its zones.
+pub struct Federation {
+    pub global: GlobalCp,
+    pub zones: Vec<ZoneCp>,
+}
+
+impl Federation {
+    /// Starts a global in `dir/global` and zones `zones` beside it, and waits until the global
+    /// reports them all online.
+    pub async fn start(dir: &Path, zones: &[&str]) -> anyhow::Result<Federation> {
+        let global = GlobalCp::start(&dir.join("global")).await?;
+        let mut started = Vec::new();
+        for zone in zones {
+            started.push(ZoneCp::start(dir, &global, zone).await?);
+        }
+        global.wait_online(zones).await?;
+        Ok(Federation {
+            global,
+            zones: started,
+        })
+    }
+
+    /// The zone named `name`.
+    pub fn zone(&self, name: &str) -> &ZoneCp {
+        self.zones
+            .iter()
+            .find(|z| z.name == name)
+            .unwrap_or_else(|| panic!("no zone {name} in this federation"))
+    }
+
+    /// Stops every zone, then the global.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for zone in self.zones {
+            zone.stop().await?;
+        }
+        self.global.stop().await
+    }
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+    Ok(token.to_string())
+}
