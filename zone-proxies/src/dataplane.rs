@@ -91,7 +91,7 @@ pub async fn run_with(
 ) -> Result<(), DataplaneError> {
     let first = config.borrow_and_update().clone();
     let runtime = Arc::new(Runtime::build(first, None, &stats, &options.access_logs));
-    let (runtime_tx, runtime_rx) = watch::channel(runtime);
+    let (runtime_tx, runtime_rx) = watch::channel(runtime.clone());
     let (drain_tx, drain_rx) = watch::channel(DrainState::Serving);
     // Every connection holds a clone of `alive_tx`; when all are gone, `alive_rx` yields None.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -101,13 +101,9 @@ pub async fn run_with(
         drain: drain_rx,
         alive: alive_tx,
     };
-    reconcile(
-        &mut listeners,
-        &runtime_tx.borrow(),
-        &ctx,
-        options.bound.as_ref(),
-    )
-    .await;
+    let initial = runtime_tx.borrow().clone();
+    reconcile(&mut listeners, &initial, &ctx, options.bound.as_ref()).await;
+    drop(initial);
 
     tokio::pin!(shutdown);
     let mut config_open = true;

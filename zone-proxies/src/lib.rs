@@ -16,6 +16,7 @@ pub mod http;
 pub mod matcher;
 pub mod runtime;
 pub mod stats;
+pub mod testing;
 pub mod tls;
 pub mod upstream;
 
