@@ -43,6 +43,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 pub struct ConnContext {
     pub listener: Arc<str>,
+    /// The filter chain that took the connection.
+    pub chain: Arc<str>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub sni: Option<String>,
@@ -174,6 +176,7 @@ pub async fn serve_connection(
     let stream = Prefixed::new(Bytes::from(first), stream);
     let mut ctx = ConnContext {
         listener: name.clone(),
+        chain: chain.name.as_str().into(),
         peer,
         local,
         sni,

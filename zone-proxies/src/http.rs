@@ -221,7 +221,14 @@ async fn handle(
         flags: "-",
         ..Default::default()
     };
-    let response = route_request(req, ctx, handler, runtime, &mut log).await;
+    // The chain's current handler: a configuration update applies to kept connections too.
+    let rt = runtime.borrow().clone();
+    let current = rt
+        .listeners
+        .get(&*ctx.listener)
+        .and_then(|l| l.http_handler(&ctx.chain));
+    let handler = current.as_deref().unwrap_or(handler);
+    let response = route_request(req, ctx, handler, &rt, &mut log).await;
     stats.downstream_rq_active.fetch_sub(1, Ordering::Relaxed);
     for sink in &handler.access_logs {
         sink.log(serde_json::json!({
@@ -249,7 +256,7 @@ async fn route_request(
     req: Request<Incoming>,
     ctx: &ConnContext,
     handler: &HttpHandler,
-    runtime: &watch::Receiver<Arc<Runtime>>,
+    rt: &Arc<Runtime>,
     log: &mut RequestLog,
 ) -> Response<Body> {
     let stats = &handler.stats;
@@ -280,7 +287,6 @@ async fn route_request(
             return local_reply(status, "fault filter abort");
         }
     }
-    let rt = runtime.borrow().clone();
     let table = match &handler.config.routes {
         RouteSource::Rds(name) => rt.routes.get(name),
         RouteSource::Inline(_) => handler.inline_routes.as_ref(),
@@ -311,7 +317,7 @@ async fn route_request(
                 return local_reply(503, "no cluster");
             };
             let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
-            let work = forward_with_retries(request, &cluster, forward, runtime, log);
+            let work = forward_with_retries(request, &cluster, forward, log);
             match forward.timeout.filter(|t| !t.is_zero()) {
                 None => work.await,
                 Some(timeout) => match tokio::time::timeout(timeout, work).await {
@@ -531,7 +537,6 @@ async fn forward_with_retries(
     mut request: UpstreamRequest,
     cluster: &Arc<UpstreamCluster>,
     forward: &Forward,
-    runtime: &watch::Receiver<Arc<Runtime>>,
     log: &mut RequestLog,
 ) -> Response<Body> {
     let shared = &cluster.shared;
@@ -550,7 +555,7 @@ async fn forward_with_retries(
         return response;
     }
     let _request_slot = Slot(&shared.requests);
-    let client = client::client_for(cluster, runtime);
+    let client = client::client_for(cluster);
     let policy = forward.retry.as_ref();
     let max_attempts = 1 + policy.map(|p| p.num_retries).unwrap_or(0);
     let mut tried: Vec<Arc<Host>> = Vec::new();

@@ -48,6 +48,20 @@ pub struct ListenerRuntime {
     pub default_chain: Option<ChainRuntime>,
 }
 
+impl ListenerRuntime {
+    /// The HTTP handler of the chain named `chain` in this version, if it is one.
+    pub fn http_handler(&self, chain: &str) -> Option<Arc<HttpHandler>> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .find(|c| c.name == chain)
+            .and_then(|c| match &c.handler {
+                Handler::Http(h) => Some(h.clone()),
+                Handler::Tcp(_) => None,
+            })
+    }
+}
+
 /// Everything connections and requests read, as of one configuration version.
 #[derive(Debug)]
 pub struct Runtime {

@@ -66,7 +66,13 @@ pub fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Cluster {
 }
 
 pub fn weighted(clusters: &[(&str, u32)]) -> Vec<WeightedCluster> {
-    clusters.iter().map(|(name, weight)| WeightedCluster { name: name.to_string(), weight: *weight }).collect()
+    clusters
+        .iter()
+        .map(|(name, weight)| WeightedCluster {
+            name: name.to_string(),
+            weight: *weight,
+        })
+        .collect()
 }
 
 pub fn tcp_chain(name: &str, clusters: &[(&str, u32)]) -> FilterChain {
@@ -85,14 +91,23 @@ pub fn tcp_chain(name: &str, clusters: &[(&str, u32)]) -> FilterChain {
 }
 
 pub fn listener(name: &str, address: SocketAddr, chains: Vec<FilterChain>) -> Listener {
-    Listener { name: name.to_string(), address, inspect_tls: false, filter_chains: chains, default_chain: None }
+    Listener {
+        name: name.to_string(),
+        address,
+        inspect_tls: false,
+        filter_chains: chains,
+        default_chain: None,
+    }
 }
 
 /// A route forwarding everything under `prefix` to the weighted clusters.
 pub fn forward_route(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Route {
     Route {
         name: name.to_string(),
-        matcher: RouteMatch { path: PathMatch::Prefix(prefix.to_string()), ..Default::default() },
+        matcher: RouteMatch {
+            path: PathMatch::Prefix(prefix.to_string()),
+            ..Default::default()
+        },
         action: RouteAction::Forward(Forward {
             clusters: weighted(clusters),
             timeout: Some(Duration::from_secs(15)),
@@ -108,7 +123,11 @@ pub fn forward_route(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Rout
 pub fn route_table(name: &str, routes: Vec<Route>) -> RouteTable {
     RouteTable {
         name: name.to_string(),
-        virtual_hosts: vec![VirtualHost { name: "any".to_string(), domains: vec!["*".to_string()], routes }],
+        virtual_hosts: vec![VirtualHost {
+            name: "any".to_string(),
+            domains: vec!["*".to_string()],
+            routes,
+        }],
     }
 }
 
@@ -172,7 +191,9 @@ pub struct RunningDataplane {
 
 impl std::fmt::Debug for RunningDataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningDataplane").field("bound", &*self.bound.borrow()).finish()
+        f.debug_struct("RunningDataplane")
+            .field("bound", &*self.bound.borrow())
+            .finish()
     }
 }
 
@@ -186,17 +207,36 @@ impl RunningDataplane {
         let (bound_tx, bound) = watch::channel(BTreeMap::new());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let stats = Stats::new();
-        let options = DataplaneOptions { drain_timeout, bound: Some(bound_tx), ..Default::default() };
-        let task = tokio::spawn(run_with(config_rx, stats.clone(), async move {
-            let _ = shutdown_rx.await;
-        }, options));
-        RunningDataplane { config: config_tx, stats, bound, shutdown: Some(shutdown_tx), task }
+        let options = DataplaneOptions {
+            drain_timeout,
+            bound: Some(bound_tx),
+            ..Default::default()
+        };
+        let task = tokio::spawn(run_with(
+            config_rx,
+            stats.clone(),
+            async move {
+                let _ = shutdown_rx.await;
+            },
+            options,
+        ));
+        RunningDataplane {
+            config: config_tx,
+            stats,
+            bound,
+            shutdown: Some(shutdown_tx),
+            task,
+        }
     }
 
     /// The address listener `name` is bound to, once it is (5 s at most).
     pub async fn addr(&self, name: &str) -> SocketAddr {
         let mut bound = self.bound.clone();
-        let found = tokio::time::timeout(Duration::from_secs(5), bound.wait_for(|b| b.contains_key(name))).await;
+        let found = tokio::time::timeout(
+            Duration::from_secs(5),
+            bound.wait_for(|b| b.contains_key(name)),
+        )
+        .await;
         match found {
             Ok(Ok(map)) => map[name],
             _ => panic!("listener {name:?} was not bound within 5 s"),
@@ -211,8 +251,14 @@ impl RunningDataplane {
     /// Waits until the bound listeners satisfy `check` (5 s at most).
     pub async fn wait_bound(&self, check: impl Fn(&BTreeMap<String, SocketAddr>) -> bool) {
         let mut bound = self.bound.clone();
-        if tokio::time::timeout(Duration::from_secs(5), bound.wait_for(|b| check(b))).await.is_err() {
-            panic!("listeners did not reach the expected state within 5 s: {:?}", *self.bound.borrow());
+        if tokio::time::timeout(Duration::from_secs(5), bound.wait_for(|b| check(b)))
+            .await
+            .is_err()
+        {
+            panic!(
+                "listeners did not reach the expected state within 5 s: {:?}",
+                *self.bound.borrow()
+            );
         }
     }
 

@@ -26,7 +26,10 @@ fn inbound(pki: &Pki, service: &str, app: SocketAddr, rbac: Option<Rbac>) -> Pro
     });
     chain.rbac = rbac;
     ProxyConfig::default()
-        .with_secret(CERT, pki.identity_secret(&format!("spiffe://default/{service}")))
+        .with_secret(
+            CERT,
+            pki.identity_secret(&format!("spiffe://default/{service}")),
+        )
         .with_secret(CA, pki.ca_secret())
         .with_cluster(static_cluster("localhost", &[app]))
         .with_listener(listener("inbound", localhost(), vec![chain]))
@@ -46,13 +49,21 @@ fn outbound(pki: &Pki, me: &str, service: &str, sni: &str, endpoint: SocketAddr)
         .with_secret(CERT, pki.identity_secret(&format!("spiffe://default/{me}")))
         .with_secret(CA, pki.ca_secret())
         .with_cluster(cluster)
-        .with_listener(listener("outbound", localhost(), vec![tcp_chain("outbound", &[(service, 1)])]))
+        .with_listener(listener(
+            "outbound",
+            localhost(),
+            vec![tcp_chain("outbound", &[(service, 1)])],
+        ))
 }
 
 fn allow_only(spiffe: &str) -> Rbac {
     Rbac {
         action: RbacAction::Allow,
-        policies: [("allowed".to_string(), vec![Principal::UriSan(ValueMatch::Exact(spiffe.into()))])].into(),
+        policies: [(
+            "allowed".to_string(),
+            vec![Principal::UriSan(ValueMatch::Exact(spiffe.into()))],
+        )]
+        .into(),
     }
 }
 
@@ -60,27 +71,54 @@ fn allow_only(spiffe: &str) -> Rbac {
 async fn sidecar_to_sidecar_mtls_with_spiffe_identities() {
     let pki = Pki::new("default");
     let app = echo_server().await;
-    let api = RunningDataplane::start(inbound(&pki, "api", app.addr, Some(allow_only("spiffe://default/web"))));
+    let api = RunningDataplane::start(inbound(
+        &pki,
+        "api",
+        app.addr,
+        Some(allow_only("spiffe://default/web")),
+    ));
     let api_addr = api.addr("inbound").await;
 
     let web = RunningDataplane::start(outbound(&pki, "web", "api", "api", api_addr));
-    let mut conn = TcpStream::connect(web.addr("outbound").await).await.unwrap();
+    let mut conn = TcpStream::connect(web.addr("outbound").await)
+        .await
+        .unwrap();
     assert_eq!(echo(&mut conn, b"over mTLS").await.unwrap(), b"over mTLS");
 
     // A client whose identity RBAC does not allow: connection closed.
     let other = RunningDataplane::start(outbound(&pki, "other", "api", "api", api_addr));
-    let mut conn = TcpStream::connect(other.addr("outbound").await).await.unwrap();
+    let mut conn = TcpStream::connect(other.addr("outbound").await)
+        .await
+        .unwrap();
     let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"denied?").await;
     assert!(closed(&mut conn).await, "RBAC closes the connection");
     let stats = api.stats.render();
-    assert_eq!(stat(&stats, "envoy_listener_downstream_cx_rbac_denied{envoy_listener_name=\"inbound\"}"), 1, "{stats}");
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_listener_downstream_cx_rbac_denied{envoy_listener_name=\"inbound\"}"
+        ),
+        1,
+        "{stats}"
+    );
 
     // A server presenting another service's identity: the client side refuses it.
     let wrong = RunningDataplane::start(outbound(&pki, "web", "db", "db", api_addr));
-    let mut conn = TcpStream::connect(wrong.addr("outbound").await).await.unwrap();
-    assert!(closed(&mut conn).await, "a server SAN other than spiffe://default/db is refused");
+    let mut conn = TcpStream::connect(wrong.addr("outbound").await)
+        .await
+        .unwrap();
+    assert!(
+        closed(&mut conn).await,
+        "a server SAN other than spiffe://default/db is refused"
+    );
     let stats = wrong.stats.render();
-    assert!(stat(&stats, "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"db\"}") >= 1, "{stats}");
+    assert!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"db\"}"
+        ) >= 1,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
@@ -95,30 +133,53 @@ async fn a_certificate_from_another_mesh_ca_is_refused() {
     let mut config = outbound(&pki, "web", "api", "api", api_addr);
     config = config.with_secret(CERT, foreign.identity_secret("spiffe://default/web"));
     let web = RunningDataplane::start(config);
-    let mut conn = TcpStream::connect(web.addr("outbound").await).await.unwrap();
+    let mut conn = TcpStream::connect(web.addr("outbound").await)
+        .await
+        .unwrap();
     let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, b"let me in").await;
-    assert!(closed(&mut conn).await, "the inbound side refuses the foreign client certificate");
+    assert!(
+        closed(&mut conn).await,
+        "the inbound side refuses the foreign client certificate"
+    );
 
     // The same client with a certificate from the mesh CA gets through.
     web.update(|c| {
-        c.secrets.insert(CERT.into(), Arc::new(pki.identity_secret("spiffe://default/web")));
+        c.secrets.insert(
+            CERT.into(),
+            Arc::new(pki.identity_secret("spiffe://default/web")),
+        );
     });
     let addr = web.addr("outbound").await;
-    test_support::eventually("the new certificate to be used", std::time::Duration::from_secs(5), || async move {
-        let mut conn = TcpStream::connect(addr).await.ok()?;
-        (echo(&mut conn, b"ok").await.ok()? == b"ok").then_some(())
-    })
+    test_support::eventually(
+        "the new certificate to be used",
+        std::time::Duration::from_secs(5),
+        || async move {
+            let mut conn = TcpStream::connect(addr).await.ok()?;
+            (echo(&mut conn, b"ok").await.ok()? == b"ok").then_some(())
+        },
+    )
     .await
     .unwrap();
     let stats = api.stats.render();
-    assert!(stat(&stats, "envoy_listener_downstream_cx_tls_handshake_error{envoy_listener_name=\"inbound\"}") >= 1, "{stats}");
+    assert!(
+        stat(
+            &stats,
+            "envoy_listener_downstream_cx_tls_handshake_error{envoy_listener_name=\"inbound\"}"
+        ) >= 1,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
 async fn sni_passthrough_through_an_ingress() {
     let pki = Pki::new("default");
     let app = echo_server().await;
-    let api = RunningDataplane::start(inbound(&pki, "api", app.addr, Some(allow_only("spiffe://default/web"))));
+    let api = RunningDataplane::start(inbound(
+        &pki,
+        "api",
+        app.addr,
+        Some(allow_only("spiffe://default/web")),
+    ));
     let api_addr = api.addr("inbound").await;
 
     // The zone ingress: TLS inspected, not terminated; the SNI picks the service's cluster.
@@ -138,15 +199,38 @@ async fn sni_passthrough_through_an_ingress() {
     let ingress_addr = ingress.addr("ingress").await;
 
     let web = RunningDataplane::start(outbound(&pki, "web", "api", sni, ingress_addr));
-    let mut conn = TcpStream::connect(web.addr("outbound").await).await.unwrap();
+    let mut conn = TcpStream::connect(web.addr("outbound").await)
+        .await
+        .unwrap();
     assert_eq!(echo(&mut conn, b"cross-zone").await.unwrap(), b"cross-zone");
 
     // An SNI no chain serves is closed at the ingress.
-    let unknown = RunningDataplane::start(outbound(&pki, "web", "api", "db.0.zone-2.default.mesh", ingress_addr));
-    let mut conn = TcpStream::connect(unknown.addr("outbound").await).await.unwrap();
+    let unknown = RunningDataplane::start(outbound(
+        &pki,
+        "web",
+        "api",
+        "db.0.zone-2.default.mesh",
+        ingress_addr,
+    ));
+    let mut conn = TcpStream::connect(unknown.addr("outbound").await)
+        .await
+        .unwrap();
     assert!(closed(&mut conn).await);
     let stats = ingress.stats.render();
     // The client side tries its connect attempts (3), each refused at the ingress.
-    assert!(stat(&stats, "envoy_listener_downstream_cx_no_filter_chain_match{envoy_listener_name=\"ingress\"}") >= 1, "{stats}");
-    assert_eq!(stat(&stats, "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"default:api\"}"), 1, "{stats}");
+    assert!(
+        stat(
+            &stats,
+            "envoy_listener_downstream_cx_no_filter_chain_match{envoy_listener_name=\"ingress\"}"
+        ) >= 1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"default:api\"}"
+        ),
+        1,
+        "{stats}"
+    );
 }

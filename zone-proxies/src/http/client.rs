@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,10 +18,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::watch;
 
 use crate::config::{EndpointAddress, UpstreamProtocol};
-use crate::runtime::Runtime;
+use crate::upstream::cluster::ClusterShared;
 use crate::upstream::{ConnectError, UpstreamCluster, UpstreamConn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,10 +47,12 @@ impl Connection for UpstreamConn {
 }
 
 /// Connects a cluster's pooled client to the endpoint named by the request URI's authority.
+/// It reaches the cluster's current version through a weak reference: the cluster owns the
+/// client, so a strong one would be a cycle.
 #[derive(Clone)]
 pub struct ClusterConnector {
-    cluster: Arc<str>,
-    runtime: watch::Receiver<Arc<Runtime>>,
+    name: Arc<str>,
+    cluster: Weak<ClusterShared>,
 }
 
 impl tower::Service<Uri> for ClusterConnector {
@@ -64,8 +65,8 @@ impl tower::Service<Uri> for ClusterConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let cluster = self.runtime.borrow().clusters.get(&self.cluster).cloned();
-        let name = self.cluster.clone();
+        let cluster = self.cluster.upgrade().and_then(|shared| shared.current());
+        let name = self.name.clone();
         Box::pin(async move {
             let cluster =
                 cluster.ok_or_else(|| ConnectError::NoHealthyUpstream(name.to_string()))?;
@@ -102,20 +103,17 @@ impl tower::Service<Uri> for ClusterConnector {
 }
 
 /// The cluster's pooled client, made on first use and rebuilt when its settings change.
-pub fn client_for(
-    cluster: &UpstreamCluster,
-    runtime: &watch::Receiver<Arc<Runtime>>,
-) -> HttpClient {
+pub fn client_for(cluster: &UpstreamCluster) -> HttpClient {
     let cached = cluster
         .http_client
-        .get_or_init(|| Arc::new(shared_client(cluster, runtime)));
+        .get_or_init(|| Arc::new(shared_client(cluster)));
     match cached.downcast_ref::<HttpClient>() {
         Some(client) => client.clone(),
-        None => shared_client(cluster, runtime),
+        None => shared_client(cluster),
     }
 }
 
-fn shared_client(cluster: &UpstreamCluster, runtime: &watch::Receiver<Arc<Runtime>>) -> HttpClient {
+fn shared_client(cluster: &UpstreamCluster) -> HttpClient {
     let mut slot = cluster
         .shared
         .http_clients
@@ -138,8 +136,8 @@ fn shared_client(cluster: &UpstreamCluster, runtime: &watch::Receiver<Arc<Runtim
     );
     builder.http2_only(cluster.config.protocol == UpstreamProtocol::Http2);
     let client: HttpClient = builder.build(ClusterConnector {
-        cluster: cluster.name().into(),
-        runtime: runtime.clone(),
+        name: cluster.name().into(),
+        cluster: Arc::downgrade(&cluster.shared),
     });
     *slot = Some((cluster.settings_version, Arc::new(client.clone())));
     client

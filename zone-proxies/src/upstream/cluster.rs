@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Discovery, EndpointAddress, EndpointHealth, LbPolicy, ProxyConfig};
@@ -95,6 +95,19 @@ pub struct ClusterShared {
     /// Pooled HTTP clients of this cluster (built by the HTTP layer), by TLS/protocol settings.
     pub http_clients: Mutex<Option<(u64, Arc<dyn std::any::Any + Send + Sync>)>>,
     health_checker: Mutex<Option<HealthChecker>>,
+    /// The cluster's current version, for connectors that outlive versions (weak: a version
+    /// owns this, and pooled clients reach it from their connector).
+    current: RwLock<Weak<UpstreamCluster>>,
+}
+
+impl ClusterShared {
+    /// The cluster as of the latest configuration version, while it exists.
+    pub fn current(&self) -> Option<Arc<UpstreamCluster>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()
+    }
 }
 
 impl std::fmt::Debug for ClusterShared {
@@ -281,6 +294,7 @@ impl Clusters {
                     retries: AtomicU32::new(0),
                     http_clients: Mutex::new(None),
                     health_checker: Mutex::new(None),
+                    current: RwLock::new(Weak::new()),
                 }),
             };
             shared
@@ -326,7 +340,13 @@ impl Clusters {
                     };
                 }
             }
-            by_name.insert(name.clone(), Arc::new(built));
+            let built = Arc::new(built);
+            *built
+                .shared
+                .current
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&built);
+            by_name.insert(name.clone(), built);
         }
         Clusters { by_name }
     }

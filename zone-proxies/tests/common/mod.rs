@@ -35,9 +35,11 @@ impl Server {
         self.task.abort();
         let addr = self.addr;
         drop(self);
-        test_support::eventually("the server's port to close", Duration::from_secs(5), || async move {
-            TcpStream::connect(addr).await.is_err().then_some(())
-        })
+        test_support::eventually(
+            "the server's port to close",
+            Duration::from_secs(5),
+            || async move { TcpStream::connect(addr).await.is_err().then_some(()) },
+        )
         .await
         .unwrap();
     }
@@ -50,7 +52,9 @@ pub async fn echo_server_on(addr: SocketAddr) -> Server {
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             conns.spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -66,7 +70,11 @@ pub async fn echo_server() -> Server {
 
 /// An HTTP/1.1 + HTTP/2 server answering every request with its `name` and the status held in
 /// the returned cell (200 to start with), after `delay`.
-pub async fn http_server_on(addr: SocketAddr, name: &str, delay: Duration) -> (Server, Arc<AtomicU16>) {
+pub async fn http_server_on(
+    addr: SocketAddr,
+    name: &str,
+    delay: Duration,
+) -> (Server, Arc<AtomicU16>) {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let status = Arc::new(AtomicU16::new(200));
@@ -75,21 +83,26 @@ pub async fn http_server_on(addr: SocketAddr, name: &str, delay: Duration) -> (S
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
-            let Ok((s, _)) = listener.accept().await else { return };
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
             let (name, status) = (name.clone(), cell.clone());
             conns.spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (name, status) = (name.clone(), status.clone());
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (name, status) = (name.clone(), status.clone());
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut res =
+                                http::Response::new(Full::new(Bytes::from(name.to_string())));
+                            *res.status_mut() =
+                                http::StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
+                            Ok::<_, std::convert::Infallible>(res)
                         }
-                        let mut res = http::Response::new(Full::new(Bytes::from(name.to_string())));
-                        *res.status_mut() = http::StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
-                        Ok::<_, std::convert::Infallible>(res)
-                    }
-                });
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), service)
                     .await;
@@ -110,7 +123,11 @@ pub fn client() -> TestClient {
 }
 
 /// GET `http://addr/path`: (status, body).
-pub async fn get(client: &TestClient, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub async fn get(
+    client: &TestClient,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     let uri: http::Uri = format!("http://{addr}{path}").parse()?;
     let res = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
     let status = res.status().as_u16();
@@ -119,7 +136,10 @@ pub async fn get(client: &TestClient, addr: SocketAddr, path: &str) -> anyhow::R
 }
 
 /// Sends `msg` on `stream` and reads the echo.
-pub async fn echo(stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), msg: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub async fn echo(
+    stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin),
+    msg: &[u8],
+) -> anyhow::Result<Vec<u8>> {
     stream.write_all(msg).await?;
     let mut buf = vec![0u8; msg.len()];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await??;
@@ -129,7 +149,10 @@ pub async fn echo(stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), msg:
 /// Whether the peer closed `stream` (EOF or reset) within 5 s.
 pub async fn closed(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
     let mut buf = [0u8; 16];
-    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
 }
 
 /// A mesh CA issuing workload certificates with SPIFFE URI SANs.
@@ -143,9 +166,14 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, mesh);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, mesh);
         let ca = params.self_signed(&key).unwrap();
-        Pki { ca_pem: ca.pem(), issuer: Issuer::new(params, key) }
+        Pki {
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     /// (chain PEM, key PEM) for `spiffe://<mesh>/<service>`.
@@ -163,7 +191,9 @@ impl Pki {
     }
 
     pub fn ca_secret(&self) -> zone_proxies::config::Secret {
-        zone_proxies::config::Secret::TrustedCa { ca_pem: self.ca_pem.clone() }
+        zone_proxies::config::Secret::TrustedCa {
+            ca_pem: self.ca_pem.clone(),
+        }
     }
 }
 
