@@ -120,6 +120,8 @@ async fn config_updates_keep_established_connections() {
         b"still here"
     );
     assert_eq!(echo(&mut fresh, b"and here").await.unwrap(), b"and here");
+    // TCP connections cannot be drained gracefully: close them so stopping is quick.
+    drop((established, fresh, on_removed));
     dp.stop().await.unwrap();
 }
 
@@ -191,4 +193,26 @@ async fn the_drain_deadline_closes_what_is_left() {
         "an idle TCP connection is closed at the drain deadline"
     );
     dp.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_tcp_idle_timeout_closes_quiet_connections() {
+    let upstream = echo_server().await;
+    let mut chain = tcp_chain("tcp", &[("echo", 1)]);
+    if let zone_proxies::config::ChainHandler::Tcp(tcp) = &mut chain.handler {
+        tcp.idle_timeout = Some(Duration::from_millis(300));
+    }
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[upstream.addr]))
+            .with_listener(listener("tcp", localhost(), vec![chain])),
+    );
+    let mut conn = TcpStream::connect(dp.addr("tcp").await).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(echo(&mut conn, b"ping").await.unwrap(), b"ping");
+    assert!(closed(&mut conn).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the idle timeout"
+    );
 }

@@ -371,3 +371,52 @@ async fn http2_upstreams_and_access_logs() {
     assert_eq!(lines[0]["upstream_cluster"], "app");
     assert_eq!(lines[0]["method"], "GET");
 }
+
+#[tokio::test]
+async fn the_request_circuit_breaker_answers_503_overflow() {
+    let (slow, _) = http_server_on(localhost(), "slow", Duration::from_millis(500)).await;
+    let mut cluster = static_cluster("slow", &[slow.addr]);
+    cluster.circuit_breakers.max_requests = 1;
+    let dp = RunningDataplane::start(
+        http_config(http_manager(
+            "http",
+            route_table("r", vec![forward_route("all", "/", &[("slow", 1)])]),
+        ))
+        .with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "/").await })
+    };
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the first request to be in flight",
+        Duration::from_secs(5),
+        || {
+            let text = stats.render();
+            async move {
+                (stat(
+                    &text,
+                    "envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"}",
+                ) == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let res = c
+        .get(format!("http://{addr}/").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["x-envoy-overloaded"], "true");
+    assert_eq!(first.await.unwrap().unwrap(), (200, "slow".into()));
+    assert_eq!(
+        get(&c, addr, "/").await.unwrap().0,
+        200,
+        "the slot is free again"
+    );
+}
