@@ -560,6 +560,8 @@ async fn forward_with_retries(
     let max_attempts = 1 + policy.map(|p| p.num_retries).unwrap_or(0);
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt = 0;
+    // The retry in progress holds one of the cluster's `max_retries` slots until it ends.
+    let mut retry_slot: Option<Slot<'_>> = None;
     loop {
         attempt += 1;
         log.attempts = attempt;
@@ -625,8 +627,10 @@ async fn forward_with_retries(
         let retry = policy
             .filter(|p| attempt < max_attempts && request.can_retry() && retriable(p, outcome));
         if let Some(policy) = retry {
+            // This request's own slot is handed back first, so a chain of retries holds one.
+            drop(retry_slot.take());
             if shared.retries.fetch_add(1, Ordering::Relaxed) < limits.max_retries {
-                let _retry_slot = Slot(&shared.retries);
+                retry_slot = Some(Slot(&shared.retries));
                 stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
                 drop(response);
                 drop(in_flight);

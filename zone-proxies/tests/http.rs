@@ -420,3 +420,50 @@ async fn the_request_circuit_breaker_answers_503_overflow() {
         "the slot is free again"
     );
 }
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries() {
+    let (bad, bad_status) = http_server("bad").await;
+    bad_status.store(503, Ordering::Relaxed);
+    let mut route = forward_route("all", "/", &[("backend", 1)]);
+    if let RouteAction::Forward(f) = &mut route.action {
+        f.retry = Some(RetryPolicy {
+            retry_on: RetryOn {
+                five_xx: true,
+                ..Default::default()
+            },
+            num_retries: 3,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+            retriable_status_codes: Vec::new(),
+        });
+    }
+    let mut cluster = static_cluster("backend", &[bad.addr]);
+    cluster.circuit_breakers.max_retries = 0;
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", route_table("r", vec![route]))).with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    assert_eq!(
+        get(&client(), addr, "/").await.unwrap(),
+        (503, "bad".into())
+    );
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_retry_overflow{envoy_cluster_name=\"backend\"}"
+        ),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"}"
+        ),
+        1,
+        "{stats}"
+    );
+}

@@ -86,26 +86,35 @@ fn health_percent(available: usize, total: usize, overprovisioning: u32) -> f64 
 /// Each priority level's share of traffic in percent (sums to 100 unless no host exists), given
 /// the number of available hosts per level.
 pub fn priority_loads(levels: &[(usize, usize)], overprovisioning: u32) -> Vec<f64> {
-    let health: Vec<f64> = levels
+    let health = levels
         .iter()
-        .map(|(a, t)| health_percent(*a, *t, overprovisioning))
-        .collect();
-    let total: f64 = health.iter().sum::<f64>().min(100.0);
-    let mut loads = vec![0.0; levels.len()];
-    if total <= 0.0 {
-        // Nothing is available anywhere: the first level with hosts takes everything (panic).
-        if let Some(i) = levels.iter().position(|(_, t)| *t > 0) {
-            loads[i] = 100.0;
+        .map(|(a, t)| health_percent(*a, *t, overprovisioning));
+    match spill(health) {
+        Some(loads) => loads.collect(),
+        None => {
+            // Nothing is available anywhere: the first level with hosts takes everything (panic).
+            let first = levels.iter().position(|(_, t)| *t > 0);
+            (0..levels.len())
+                .map(|i| if Some(i) == first { 100.0 } else { 0.0 })
+                .collect()
         }
-        return loads;
     }
-    let mut remaining = 100.0;
-    for (i, h) in health.iter().enumerate() {
+}
+
+/// Envoy's priority load from each level's health percent: a level takes its health
+/// (normalised by the total health when that is under 100) and spills the rest to the levels
+/// below. `None` when no level has any health. Lazy, so picking allocates nothing.
+fn spill(health: impl Iterator<Item = f64> + Clone) -> Option<impl Iterator<Item = f64>> {
+    let total = health.clone().sum::<f64>().min(100.0);
+    if total <= 0.0 {
+        return None;
+    }
+    let mut remaining = 100.0f64;
+    Some(health.map(move |h| {
         let load = (h * 100.0 / total).min(remaining);
-        loads[i] = load;
         remaining -= load;
-    }
-    loads
+        load
+    }))
 }
 
 impl UpstreamCluster {
@@ -124,30 +133,19 @@ impl UpstreamCluster {
             _ => {}
         }
         let of = self.overprovisioning_factor();
-        let mut rng = rand::thread_rng();
-        // Two passes over the levels instead of a vector per pick: health, then choice.
-        let mut total = 0.0;
-        for p in &self.priorities {
-            total += health_percent(
+        let health = self.priorities.iter().map(|p| {
+            health_percent(
                 available_in(p.localities.iter().flat_map(|l| &l.hosts), now),
                 p.host_count,
                 of,
-            );
-        }
-        let total = total.min(100.0);
-        if total <= 0.0 {
+            )
+        });
+        let Some(loads) = spill(health) else {
             return self.priorities.iter().find(|p| p.host_count > 0);
-        }
-        let roll = rng.gen_range(0.0..100.0);
-        let (mut acc, mut remaining) = (0.0, 100.0f64);
-        for p in &self.priorities {
-            let h = health_percent(
-                available_in(p.localities.iter().flat_map(|l| &l.hosts), now),
-                p.host_count,
-                of,
-            );
-            let load = (h * 100.0 / total).min(remaining);
-            remaining -= load;
+        };
+        let roll = rand::thread_rng().gen_range(0.0..100.0);
+        let mut acc = 0.0;
+        for (p, load) in self.priorities.iter().zip(loads) {
             acc += load;
             if roll < acc {
                 return Some(p);
@@ -277,6 +275,120 @@ mod tests {
         );
         // Nothing available anywhere: the first level with hosts (panic).
         assert_eq!(priority_loads(&[(0, 2), (0, 2)], 140), vec![100.0, 0.0]);
+    }
+
+    use crate::config::{LbPolicy, ProxyConfig};
+    use crate::stats::Stats;
+    use crate::testing::{assignment, eds_cluster, ConfigExt};
+    use crate::upstream::Clusters;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    fn addrs(base: u16, n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], base + i)))
+            .collect()
+    }
+
+    fn cluster(policy: LbPolicy, levels: &[(u32, Vec<SocketAddr>)]) -> Arc<UpstreamCluster> {
+        let mut c = eds_cluster("c");
+        c.lb_policy = policy;
+        let config = ProxyConfig::default()
+            .with_cluster(c)
+            .with_endpoints(assignment("c", levels));
+        Clusters::build(&config, &Clusters::default(), &Stats::new())
+            .get("c")
+            .unwrap()
+            .clone()
+    }
+
+    fn shares(c: &UpstreamCluster, picks: usize) -> HashMap<SocketAddr, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..picks {
+            let host = c.pick(PickContext::default()).unwrap();
+            let crate::config::EndpointAddress::Socket(a) = host.address else {
+                unreachable!()
+            };
+            *counts.entry(a).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn picking_spills_from_a_degraded_priority_by_the_overprovisioning_factor() {
+        let p0 = addrs(1000, 5);
+        let p1 = addrs(2000, 2);
+        let c = cluster(LbPolicy::RoundRobin, &[(0, p0.clone()), (1, p1.clone())]);
+        let to_p0 = |c: &UpstreamCluster| {
+            shares(c, 10_000)
+                .iter()
+                .filter(|(a, _)| p0.contains(a))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+        };
+        assert_eq!(to_p0(&c), 10_000);
+        // 4 of 5 available: 112% health, P0 keeps everything.
+        c.hosts[0].set_health_check_failed(true);
+        assert_eq!(to_p0(&c), 10_000);
+        // 2 of 5: 56% stays on P0.
+        c.hosts[1].set_health_check_failed(true);
+        c.hosts[2].set_health_check_failed(true);
+        let share = to_p0(&c) as f64 / 100.0;
+        assert!((53.0..59.0).contains(&share), "{share}");
+        // The hosts that are out get nothing.
+        let counts = shares(&c, 1000);
+        assert!(
+            !counts.contains_key(&p0[0])
+                && !counts.contains_key(&p0[1])
+                && !counts.contains_key(&p0[2])
+        );
+        // An update keeps the state of hosts that stay.
+        let config = ProxyConfig::default()
+            .with_cluster(eds_cluster("c"))
+            .with_endpoints(assignment("c", &[(0, p0.clone()), (1, p1)]));
+        let mut previous = Clusters::default();
+        previous.by_name.insert("c".into(), c.clone());
+        let next = Clusters::build(&config, &previous, &Stats::new());
+        assert!(next.get("c").unwrap().hosts[0].health_check_failed());
+    }
+
+    #[test]
+    fn round_robin_is_even_and_ring_hash_is_sticky() {
+        let rr = cluster(LbPolicy::RoundRobin, &[(0, addrs(3000, 4))]);
+        assert!(shares(&rr, 4000).values().all(|n| *n == 1000));
+        let ring = cluster(
+            LbPolicy::RingHash {
+                minimum_ring_size: 1024,
+            },
+            &[(0, addrs(4000, 4))],
+        );
+        let pick = |key: &str| {
+            ring.pick(PickContext {
+                hash: Some(hash_key(key.as_bytes())),
+                exclude: &[],
+            })
+            .unwrap()
+        };
+        assert!(Arc::ptr_eq(&pick("user-1"), &pick("user-1")));
+        let distinct: std::collections::HashSet<_> = (0..200)
+            .map(|i| Arc::as_ptr(&pick(&format!("user-{i}"))))
+            .collect();
+        assert_eq!(distinct.len(), 4, "keys spread over every host");
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_host() {
+        let c = cluster(
+            LbPolicy::LeastRequest { choice_count: 2 },
+            &[(0, addrs(5000, 2))],
+        );
+        c.hosts[0]
+            .active_requests
+            .store(10, std::sync::atomic::Ordering::Relaxed);
+        let counts = shares(&c, 1000);
+        let busy = counts.get(&addrs(5000, 1)[0]).copied().unwrap_or(0);
+        // Only when both choices land on the busy host (1 in 4).
+        assert!(busy < 350, "{busy}");
     }
 
     #[test]
