@@ -2,7 +2,8 @@
 //! HTTP/1.1 keep-alive requests to a local hyper upstream (requests/s with 16 connections,
 //! p50/p99 latency with 16 and with 1 connection), and TCP throughput (256 MiB one way).
 //! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each HTTP phase's length
-//! (default 3).
+//! (default 3), `BENCH_WORKERS` the tokio worker threads shared by load, proxy and upstreams
+//! (default 2).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -130,8 +131,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let duration = Duration::from_secs(secs);
+    let workers: usize = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap();
@@ -155,7 +160,7 @@ fn main() {
         http_load(http, 4, Duration::from_millis(300)).await;
         http_load(proxy_http, 4, Duration::from_millis(300)).await;
 
-        println!("zone-proxies bench: {secs} s per HTTP phase, 2 tokio workers, loopback");
+        println!("zone-proxies bench: {secs} s per HTTP phase, {workers} tokio workers, loopback");
         println!("{:<34} {:>12} {:>10} {:>10}", "phase", "req/s", "p50 us", "p99 us");
         for connections in [16usize, 1] {
             let direct = http_load(http, connections, duration).await;
@@ -180,6 +185,12 @@ fn main() {
         let direct = tcp_throughput(sink, bytes).await;
         let proxied = tcp_throughput(proxy_tcp, bytes).await;
         println!("tcp 256 MiB one way: direct {direct:.0} MiB/s, through proxy {proxied:.0} MiB/s, ratio {:.2}", proxied / direct);
+        let stats = dp.stats.render();
+        let opened = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"http\"} "))
+            .unwrap_or("?");
+        println!("upstream HTTP connections the proxy opened: {opened}");
         dp.stop().await.unwrap();
     });
 }
