@@ -38,6 +38,7 @@ use crate::upstream::lb::PickContext;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{ConnectError, Host, UpstreamCluster};
 
+use self::client::SendError;
 pub use self::client::{Body, BoxError};
 use self::filters::TokenBucket;
 pub use self::route::RouteTableRuntime;
@@ -427,12 +428,8 @@ impl UpstreamRequest {
         self.body.is_ok()
     }
 
-    fn build(&mut self, host: &Host) -> Request<Body> {
-        let uri = format!(
-            "http://{}{}",
-            client::authority(&host.address),
-            self.path_and_query
-        );
+    /// The request for one attempt, origin-form (the pool makes it absolute for HTTP/2).
+    fn build(&mut self) -> Request<Body> {
         let body: Body = match &mut self.body {
             Ok(bytes) => Full::new(bytes.clone())
                 .map_err(|e| match e {})
@@ -446,7 +443,7 @@ impl UpstreamRequest {
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri.parse().unwrap_or_default();
+        *request.uri_mut() = self.path_and_query.parse().unwrap_or_default();
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers.clone();
         request
@@ -522,17 +519,6 @@ fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
     Duration::from_micros(rand::thread_rng().gen_range(0..=ceiling.as_micros() as u64))
 }
 
-fn is_overflow(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(ConnectError::Overflow(_)) = s.downcast_ref::<ConnectError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
 async fn forward_with_retries(
     mut request: UpstreamRequest,
     cluster: &Arc<UpstreamCluster>,
@@ -555,7 +541,6 @@ async fn forward_with_retries(
         return response;
     }
     let _request_slot = Slot(&shared.requests);
-    let client = client::client_for(cluster);
     let policy = forward.retry.as_ref();
     let max_attempts = 1 + policy.map(|p| p.num_retries).unwrap_or(0);
     let mut tried: Vec<Arc<Host>> = Vec::new();
@@ -576,14 +561,14 @@ async fn forward_with_retries(
             return local_reply(503, "no healthy upstream");
         };
         log.host = Some(client::authority(&host.address));
-        let upstream = request.build(&host);
+        let upstream = request.build();
         let started = Instant::now();
         stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::start(cluster, &host);
         let per_try = policy
             .and_then(|p| p.per_try_timeout)
             .filter(|t| !t.is_zero());
-        let sent = client.request(upstream);
+        let sent = client::send(cluster, &host, upstream);
         let result = match per_try {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -595,7 +580,7 @@ async fn forward_with_retries(
                 stats.upstream_rq_time.record(started.elapsed());
                 (Outcome::Status(status), Some(response))
             }
-            Ok(Err(e)) if is_overflow(&e) => {
+            Ok(Err(SendError::Connect(ConnectError::Overflow(_)))) => {
                 log.flags = "UO";
                 let mut response = local_reply(503, "upstream overflow");
                 response
@@ -603,15 +588,15 @@ async fn forward_with_retries(
                     .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
                 return response;
             }
-            Ok(Err(e)) => {
+            // Connect failures were recorded for outlier detection when they happened.
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::debug!(cluster = %cluster.name(), error = %e, "upstream connect failed");
+                (Outcome::ConnectFailure, None)
+            }
+            Ok(Err(SendError::Http(e))) => {
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream request failed");
-                // Connect failures were recorded by the connector.
-                if e.is_connect() {
-                    (Outcome::ConnectFailure, None)
-                } else {
-                    cluster.record_outcome(&host, Outcome::Reset);
-                    (Outcome::Reset, None)
-                }
+                cluster.record_outcome(&host, Outcome::Reset);
+                (Outcome::Reset, None)
             }
             Err(()) => {
                 stats

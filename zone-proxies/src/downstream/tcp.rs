@@ -103,7 +103,12 @@ pub async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
                 inner: upstream,
                 last: last.clone(),
             };
-            let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER, COPY_BUFFER);
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut down,
+                &mut up,
+                COPY_BUFFER,
+                COPY_BUFFER,
+            );
             tokio::pin!(copy);
             let idle = tcp.config.idle_timeout.filter(|d| !d.is_zero());
             loop {

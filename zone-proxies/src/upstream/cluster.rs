@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Discovery, EndpointAddress, EndpointHealth, LbPolicy, ProxyConfig};
@@ -33,6 +33,8 @@ pub struct Host {
     pub outlier: OutlierState,
     /// Requests in flight to this endpoint (least-request picking).
     pub active_requests: AtomicU32,
+    /// Pooled HTTP connections to this endpoint (kept while the endpoint stays).
+    pub http_pool: crate::http::client::EndpointPool,
 }
 
 impl Host {
@@ -45,6 +47,7 @@ impl Host {
             hc_failed: AtomicBool::new(false),
             outlier: OutlierState::default(),
             active_requests: AtomicU32::new(0),
+            http_pool: Default::default(),
         };
         host.update(endpoint);
         host
@@ -92,22 +95,7 @@ pub struct ClusterShared {
     pub pending: AtomicU32,
     /// Retries in flight (circuit breaker `max_retries`, the retry budget).
     pub retries: AtomicU32,
-    /// Pooled HTTP clients of this cluster (built by the HTTP layer), by TLS/protocol settings.
-    pub http_clients: Mutex<Option<(u64, Arc<dyn std::any::Any + Send + Sync>)>>,
     health_checker: Mutex<Option<HealthChecker>>,
-    /// The cluster's current version, for connectors that outlive versions (weak: a version
-    /// owns this, and pooled clients reach it from their connector).
-    current: RwLock<Weak<UpstreamCluster>>,
-}
-
-impl ClusterShared {
-    /// The cluster as of the latest configuration version, while it exists.
-    pub fn current(&self) -> Option<Arc<UpstreamCluster>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .upgrade()
-    }
 }
 
 impl std::fmt::Debug for ClusterShared {
@@ -150,9 +138,6 @@ pub struct UpstreamCluster {
     tls_by_metadata: Vec<(BTreeMap<String, String>, TlsChoice)>,
     /// Identifies the TLS and protocol settings, so pooled clients are rebuilt only when they change.
     pub settings_version: u64,
-    /// This version's pooled HTTP client (set by the HTTP layer on first use, without locking
-    /// afterwards); the same client as the previous version's while the settings stay.
-    pub http_client: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl UpstreamCluster {
@@ -292,9 +277,7 @@ impl Clusters {
                     requests: AtomicU32::new(0),
                     pending: AtomicU32::new(0),
                     retries: AtomicU32::new(0),
-                    http_clients: Mutex::new(None),
                     health_checker: Mutex::new(None),
-                    current: RwLock::new(Weak::new()),
                 }),
             };
             shared
@@ -312,7 +295,6 @@ impl Clusters {
                     .map(|(m, t)| (m.clone(), build_tls(t, &config.secrets, name)))
                     .collect(),
                 settings_version: settings_version(cluster, &config.secrets),
-                http_client: OnceLock::new(),
                 hosts,
                 shared,
             };
@@ -340,13 +322,7 @@ impl Clusters {
                     };
                 }
             }
-            let built = Arc::new(built);
-            *built
-                .shared
-                .current
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&built);
-            by_name.insert(name.clone(), built);
+            by_name.insert(name.clone(), Arc::new(built));
         }
         Clusters { by_name }
     }
