@@ -234,3 +234,91 @@ async fn sni_passthrough_through_an_ingress() {
         "{stats}"
     );
 }
+
+/// HTTP between sidecars over mTLS: the inbound HTTP manager's RBAC decides per request on the
+/// caller's SPIFFE identity (403 when denied), HTTP/2 negotiated by ALPN on the mTLS hop.
+#[tokio::test]
+async fn http_over_mtls_with_per_request_rbac() {
+    let pki = Pki::new("default");
+    let (app, _) = http_server("api-app").await;
+    let mut manager = http_manager(
+        "inbound",
+        route_table(
+            "inbound",
+            vec![forward_route("all", "/", &[("localhost", 1)])],
+        ),
+    );
+    manager.rbac = Some(allow_only("spiffe://default/web"));
+    let mut chain = http_chain("inbound", manager);
+    chain.tls = Some(DownstreamTls {
+        certificate: CERT.into(),
+        trusted_ca: Some(CA.into()),
+        require_client_certificate: true,
+        match_san: Vec::new(),
+    });
+    let api = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_secret(CERT, pki.identity_secret("spiffe://default/api"))
+            .with_secret(CA, pki.ca_secret())
+            .with_cluster(static_cluster("localhost", &[app.addr]))
+            .with_listener(listener("inbound", localhost(), vec![chain])),
+    );
+    let api_addr = api.addr("inbound").await;
+
+    let caller = |me: &str| {
+        let mut cluster = static_cluster("api", &[api_addr]);
+        cluster.tls = Some(UpstreamTls {
+            sni: "api".into(),
+            certificate: Some(CERT.into()),
+            trusted_ca: Some(CA.into()),
+            match_san: vec![ValueMatch::Exact("spiffe://default/api".into())],
+            alpn: vec!["h2".into()],
+        });
+        RunningDataplane::start(
+            ProxyConfig::default()
+                .with_secret(CERT, pki.identity_secret(&format!("spiffe://default/{me}")))
+                .with_secret(CA, pki.ca_secret())
+                .with_cluster(cluster)
+                .with_listener(listener(
+                    "outbound",
+                    localhost(),
+                    vec![http_chain(
+                        "outbound",
+                        http_manager(
+                            "outbound",
+                            route_table("out", vec![forward_route("all", "/", &[("api", 1)])]),
+                        ),
+                    )],
+                )),
+        )
+    };
+    let web = caller("web");
+    let other = caller("other");
+    let c = client();
+    let web_addr = web.addr("outbound").await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, web_addr, "/").await.unwrap(),
+            (200, "api-app".into())
+        );
+    }
+    assert_eq!(
+        get(&c, other.addr("outbound").await, "/").await.unwrap(),
+        (403, "RBAC: access denied".into())
+    );
+    // The three requests shared one HTTP/2 connection over mTLS.
+    assert_eq!(
+        stat(
+            &web.stats.render(),
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"api\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        stat(
+            &api.stats.render(),
+            "envoy_http_rbac_denied{envoy_http_conn_manager_prefix=\"inbound\"}"
+        ),
+        1
+    );
+}
