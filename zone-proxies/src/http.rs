@@ -1,0 +1,683 @@
+//! The HTTP connection manager: HTTP/1.1 and HTTP/2 served by hyper on one connection (h2 by
+//! ALPN or preface, auto-detected), each request through RBAC (403), the local rate limit
+//! (429), fault injection, route matching ([`route`]) and forwarding to a cluster with
+//! timeouts, retries (conditions, per-try timeout, exponential backoff with jitter, the
+//! cluster's `max_retries` budget) and circuit breaking, over pooled upstream connections
+//! ([`client`]). One JSON access log line per request.
+
+pub mod client;
+pub mod filters;
+pub mod route;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::access_log::{timestamp, AccessLogSink, AccessLogs};
+use crate::config::{
+    Forward, HttpManager, PathMatch, RetryPolicy, Route, RouteAction, RouteSource, UpstreamProtocol,
+};
+use crate::dataplane::DrainState;
+use crate::downstream::rbac::{RbacEngine, Verdict};
+use crate::downstream::{ConnContext, IoObj};
+use crate::matcher::PatternError;
+use crate::runtime::Runtime;
+use crate::stats::{HttpStats, Stats};
+use crate::upstream::cluster::now_ms;
+use crate::upstream::lb::PickContext;
+use crate::upstream::outlier::Outcome;
+use crate::upstream::{ConnectError, Host, UpstreamCluster};
+
+use self::client::SendError;
+pub use self::client::{Body, BoxError};
+use self::filters::TokenBucket;
+pub use self::route::RouteTableRuntime;
+
+/// Why an HTTP connection manager could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConfigError {
+    #[error("rbac: {0}")]
+    Rbac(PatternError),
+    #[error("routes: {0}")]
+    Routes(#[from] route::RouteError),
+}
+
+/// A compiled [`HttpManager`].
+#[derive(Debug)]
+pub struct HttpHandler {
+    pub config: HttpManager,
+    stats: Arc<HttpStats>,
+    rbac: Option<RbacEngine>,
+    inline_routes: Option<Arc<RouteTableRuntime>>,
+    rate_limit: Option<TokenBucket>,
+    access_logs: Vec<AccessLogSink>,
+}
+
+impl HttpHandler {
+    pub fn build(
+        config: &HttpManager,
+        stats: &Stats,
+        logs: &AccessLogs,
+    ) -> Result<HttpHandler, HttpConfigError> {
+        Ok(HttpHandler {
+            config: config.clone(),
+            stats: stats.http(&config.stat_prefix),
+            rbac: config
+                .rbac
+                .as_ref()
+                .map(RbacEngine::compile)
+                .transpose()
+                .map_err(HttpConfigError::Rbac)?,
+            inline_routes: match &config.routes {
+                RouteSource::Inline(table) => {
+                    Some(Arc::new(RouteTableRuntime::compile(table.clone())?))
+                }
+                RouteSource::Rds(_) => None,
+            },
+            rate_limit: config.local_rate_limit.as_ref().map(TokenBucket::new),
+            access_logs: config
+                .access_logs
+                .iter()
+                .map(|l| logs.sink(&l.path))
+                .collect(),
+        })
+    }
+}
+
+/// When a connection was last busy, for the connection manager's idle timeout.
+#[derive(Default)]
+struct ConnActivity {
+    active: AtomicU32,
+    last_ms: AtomicU64,
+}
+
+/// Serves HTTP on `io` until the client closes, the idle timeout passes, or the dataplane
+/// drains (in-flight requests finish first).
+pub async fn serve(
+    io: Box<dyn IoObj>,
+    ctx: Arc<ConnContext>,
+    handler: Arc<HttpHandler>,
+    runtime: watch::Receiver<Arc<Runtime>>,
+    mut drain: watch::Receiver<DrainState>,
+) {
+    let idle = handler_idle(&handler);
+    let activity = Arc::new(ConnActivity {
+        active: AtomicU32::new(0),
+        last_ms: AtomicU64::new(now_ms()),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (ctx, handler, runtime, activity) = (
+                ctx.clone(),
+                handler.clone(),
+                runtime.clone(),
+                activity.clone(),
+            );
+            async move {
+                activity.active.fetch_add(1, Ordering::Relaxed);
+                let response = handle(req, &ctx, &handler, &runtime).await;
+                activity.active.fetch_sub(1, Ordering::Relaxed);
+                activity.last_ms.store(now_ms(), Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    // The auto builder detects HTTP/2 by its connection preface (ALPN `h2` clients send it).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let wake = match idle {
+            Some(idle) if activity.active.load(Ordering::Relaxed) == 0 && !draining => {
+                let due = activity.last_ms.load(Ordering::Relaxed) + idle.as_millis() as u64;
+                let now = now_ms();
+                if now >= due {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                Duration::from_millis(due - now)
+            }
+            Some(idle) => idle,
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = async { let _ = drain.wait_for(|s| *s != DrainState::Serving).await; }, if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+fn handler_idle(handler: &HttpHandler) -> Option<Duration> {
+    handler.config.idle_timeout.filter(|d| !d.is_zero())
+}
+
+fn local_reply(status: u16, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// What happened to a request, for its access log line.
+#[derive(Default)]
+struct RequestLog {
+    cluster: Option<String>,
+    host: Option<String>,
+    flags: &'static str,
+    attempts: u32,
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ctx: &ConnContext,
+    handler: &HttpHandler,
+    runtime: &watch::Receiver<Arc<Runtime>>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    let stats = &handler.stats;
+    stats.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
+    stats.downstream_rq_active.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path_and_query().map(|p| p.to_string());
+    let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
+    let version = req.version();
+    let mut log = RequestLog {
+        flags: "-",
+        ..Default::default()
+    };
+    // The chain's current handler: a configuration update applies to kept connections too.
+    let rt = runtime.borrow().clone();
+    let current = rt
+        .listeners
+        .get(&*ctx.listener)
+        .and_then(|l| l.http_handler(&ctx.chain));
+    let handler = current.as_deref().unwrap_or(handler);
+    let response = route_request(req, ctx, handler, &rt, &mut log).await;
+    stats.downstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+    for sink in &handler.access_logs {
+        sink.log(serde_json::json!({
+            "start_time": timestamp(start_time),
+            "kind": "http",
+            "listener": &*ctx.listener,
+            "method": method.as_str(),
+            "path": path,
+            "authority": authority,
+            "protocol": format!("{version:?}"),
+            "response_code": response.status().as_u16(),
+            "response_flags": log.flags,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "upstream_cluster": log.cluster,
+            "upstream_host": log.host,
+            "attempts": log.attempts,
+            "downstream_remote_address": ctx.peer.to_string(),
+            "downstream_peer_identity": ctx.identity.spiffe_id(),
+        }));
+    }
+    response
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    ctx: &ConnContext,
+    handler: &HttpHandler,
+    rt: &Arc<Runtime>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let stats = &handler.stats;
+    if let Some(rbac) = &handler.rbac {
+        if let Verdict::Denied { .. } = rbac.check(&ctx.identity) {
+            stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
+            log.flags = "RBAC";
+            return local_reply(403, "RBAC: access denied");
+        }
+    }
+    if let Some(bucket) = &handler.rate_limit {
+        if !bucket.try_acquire() {
+            stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            log.flags = "RL";
+            return local_reply(bucket.status(), "local_rate_limited");
+        }
+    }
+    if let Some(fault) = &handler.config.fault {
+        let faults = filters::decide(fault);
+        if let Some(delay) = faults.delay {
+            stats.fault_delays.fetch_add(1, Ordering::Relaxed);
+            log.flags = "DI";
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = faults.abort {
+            stats.fault_aborts.fetch_add(1, Ordering::Relaxed);
+            log.flags = "FI";
+            return local_reply(status, "fault filter abort");
+        }
+    }
+    let table = match &handler.config.routes {
+        RouteSource::Rds(name) => rt.routes.get(name),
+        RouteSource::Inline(_) => handler.inline_routes.as_ref(),
+    };
+    let (parts, body) = req.into_parts();
+    let Some(route) = table.and_then(|t| t.find(&parts)) else {
+        stats.no_route.fetch_add(1, Ordering::Relaxed);
+        log.flags = "NR";
+        return local_reply(404, "");
+    };
+    match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            let mut response = local_reply(*status, "");
+            *response.body_mut() = Full::new(Bytes::from(body.clone()))
+                .map_err(|e| match e {})
+                .boxed_unsync();
+            response
+        }
+        RouteAction::Forward(forward) => {
+            let Some(cluster_name) = crate::upstream::pick_weighted(&forward.clusters) else {
+                stats.no_cluster.fetch_add(1, Ordering::Relaxed);
+                return local_reply(503, "no cluster");
+            };
+            log.cluster = Some(cluster_name.to_string());
+            let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
+                stats.no_cluster.fetch_add(1, Ordering::Relaxed);
+                log.flags = "NC";
+                return local_reply(503, "no cluster");
+            };
+            let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
+            let work = forward_with_retries(request, &cluster, forward, log);
+            match forward.timeout.filter(|t| !t.is_zero()) {
+                None => work.await,
+                Some(timeout) => match tokio::time::timeout(timeout, work).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        cluster
+                            .stats()
+                            .upstream_rq_timeout
+                            .fetch_add(1, Ordering::Relaxed);
+                        log.flags = "UT";
+                        local_reply(504, "upstream request timeout")
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers, never forwarded.
+const HOP_BY_HOP: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::PROXY_AUTHORIZATION,
+    header::HeaderName::from_static("keep-alive"),
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// A request ready to send upstream, possibly several times.
+struct UpstreamRequest {
+    method: http::Method,
+    path_and_query: String,
+    version: Version,
+    headers: HeaderMap,
+    /// `Ok` buffered (retries possible), `Err` streamed once.
+    body: Result<Bytes, Option<Incoming>>,
+}
+
+/// Bodies are buffered for retries up to this size (Envoy's default buffer limit is 1 MiB).
+const RETRY_BUFFER_LIMIT: usize = 1 << 20;
+
+impl UpstreamRequest {
+    async fn new(
+        parts: http::request::Parts,
+        body: Incoming,
+        route: &Route,
+        forward: &Forward,
+        cluster: &UpstreamCluster,
+    ) -> UpstreamRequest {
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+        if let Some(host) = &forward.host_rewrite {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(header::HOST, v);
+            }
+        } else if !headers.contains_key(header::HOST) {
+            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        let mut path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        if let (Some(rewrite), PathMatch::Prefix(prefix)) =
+            (&forward.prefix_rewrite, &route.matcher.path)
+        {
+            if let Some(rest) = path_and_query.strip_prefix(prefix.as_str()) {
+                path_and_query = format!("{rewrite}{rest}");
+            }
+        }
+        let version = match cluster.config.protocol {
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+            UpstreamProtocol::Downstream => Version::HTTP_11,
+        };
+        let retries = forward.retry.as_ref().is_some_and(|r| r.num_retries > 0);
+        let small = hyper::body::Body::size_hint(&body)
+            .upper()
+            .is_some_and(|n| n as usize <= RETRY_BUFFER_LIMIT);
+        let body = if retries && small {
+            match body.collect().await {
+                Ok(collected) => Ok(collected.to_bytes()),
+                Err(_) => Ok(Bytes::new()),
+            }
+        } else {
+            Err(Some(body))
+        };
+        UpstreamRequest {
+            method: parts.method,
+            path_and_query,
+            version,
+            headers,
+            body,
+        }
+    }
+
+    fn can_retry(&self) -> bool {
+        self.body.is_ok()
+    }
+
+    /// The request for one attempt, origin-form (the pool makes it absolute for HTTP/2).
+    fn build(&mut self) -> Request<Body> {
+        let body: Body = match &mut self.body {
+            Ok(bytes) => Full::new(bytes.clone())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+            Err(incoming) => match incoming.take() {
+                Some(b) => b.map_err(BoxError::from).boxed_unsync(),
+                None => Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            },
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.path_and_query.parse().unwrap_or_default();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Undoes an in-flight count when the response body is finished or dropped.
+struct InFlight {
+    cluster: Arc<UpstreamCluster>,
+    host: Arc<Host>,
+}
+
+impl InFlight {
+    fn start(cluster: &Arc<UpstreamCluster>, host: &Arc<Host>) -> InFlight {
+        host.active_requests.fetch_add(1, Ordering::Relaxed);
+        cluster
+            .stats()
+            .upstream_rq_active
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            cluster: cluster.clone(),
+            host: host.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.host.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.cluster
+            .stats()
+            .upstream_rq_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Releases a circuit-breaker slot when dropped.
+struct Slot<'a>(&'a AtomicU32);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn retriable(policy: &RetryPolicy, outcome: Outcome) -> bool {
+    let on = &policy.retry_on;
+    match outcome {
+        Outcome::Status(s) => {
+            (on.five_xx && s >= 500)
+                || (on.gateway_error && matches!(s, 502..=504))
+                || (on.retriable_status_codes && policy.retriable_status_codes.contains(&s))
+        }
+        Outcome::ConnectFailure => on.connect_failure || on.five_xx || on.gateway_error || on.reset,
+        Outcome::Reset => on.reset || on.five_xx || on.gateway_error || on.refused_stream,
+        Outcome::Timeout => on.five_xx || on.gateway_error || on.reset,
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait up to `base * 2^(retry-1)`, capped.
+fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let base = if policy.backoff_base.is_zero() {
+        Duration::from_millis(25)
+    } else {
+        policy.backoff_base
+    };
+    let max = if policy.backoff_max.is_zero() {
+        base * 10
+    } else {
+        policy.backoff_max
+    };
+    let ceiling = base.saturating_mul(1 << (retry - 1).min(16)).min(max);
+    Duration::from_micros(rand::thread_rng().gen_range(0..=ceiling.as_micros() as u64))
+}
+
+async fn forward_with_retries(
+    mut request: UpstreamRequest,
+    cluster: &Arc<UpstreamCluster>,
+    forward: &Forward,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let shared = &cluster.shared;
+    let stats = &shared.stats;
+    let limits = cluster.config.circuit_breakers;
+    if shared.requests.fetch_add(1, Ordering::Relaxed) >= limits.max_requests {
+        shared.requests.fetch_sub(1, Ordering::Relaxed);
+        stats
+            .upstream_rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        log.flags = "UO";
+        let mut response = local_reply(503, "upstream overflow");
+        response
+            .headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        return response;
+    }
+    let _request_slot = Slot(&shared.requests);
+    let policy = forward.retry.as_ref();
+    let max_attempts = 1 + policy.map(|p| p.num_retries).unwrap_or(0);
+    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut attempt = 0;
+    // The retry in progress holds one of the cluster's `max_retries` slots until it ends.
+    let mut retry_slot: Option<Slot<'_>> = None;
+    loop {
+        attempt += 1;
+        log.attempts = attempt;
+        let Some(host) = cluster.pick(PickContext {
+            hash: None,
+            exclude: &tried,
+        }) else {
+            stats
+                .upstream_cx_none_healthy
+                .fetch_add(1, Ordering::Relaxed);
+            log.flags = "UH";
+            return local_reply(503, "no healthy upstream");
+        };
+        log.host = Some(client::authority(&host.address));
+        let upstream = request.build();
+        let started = Instant::now();
+        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(cluster, &host);
+        let per_try = policy
+            .and_then(|p| p.per_try_timeout)
+            .filter(|t| !t.is_zero());
+        let sent = client::send(cluster, &host, upstream);
+        let result = match per_try {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let (outcome, response) = match result {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                stats.record_status(status);
+                stats.upstream_rq_time.record(started.elapsed());
+                (Outcome::Status(status), Some(response))
+            }
+            Ok(Err(SendError::Connect(ConnectError::Overflow(_)))) => {
+                log.flags = "UO";
+                let mut response = local_reply(503, "upstream overflow");
+                response
+                    .headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                return response;
+            }
+            // Connect failures were recorded for outlier detection when they happened.
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::debug!(cluster = %cluster.name(), error = %e, "upstream connect failed");
+                (Outcome::ConnectFailure, None)
+            }
+            Ok(Err(SendError::Http(e))) => {
+                tracing::debug!(cluster = %cluster.name(), error = %e, "upstream request failed");
+                cluster.record_outcome(&host, Outcome::Reset);
+                (Outcome::Reset, None)
+            }
+            Err(()) => {
+                stats
+                    .upstream_rq_per_try_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                cluster.record_outcome(&host, Outcome::Timeout);
+                (Outcome::Timeout, None)
+            }
+        };
+        if let Outcome::Status(_) = outcome {
+            cluster.record_outcome(&host, outcome);
+        }
+        let retry = policy
+            .filter(|p| attempt < max_attempts && request.can_retry() && retriable(p, outcome));
+        if let Some(policy) = retry {
+            // This request's own slot is handed back first, so a chain of retries holds one.
+            drop(retry_slot.take());
+            if shared.retries.fetch_add(1, Ordering::Relaxed) < limits.max_retries {
+                retry_slot = Some(Slot(&shared.retries));
+                stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
+                drop(response);
+                drop(in_flight);
+                tried.push(host);
+                tokio::time::sleep(backoff(policy, attempt)).await;
+                continue;
+            }
+            shared.retries.fetch_sub(1, Ordering::Relaxed);
+            stats
+                .upstream_rq_retry_overflow
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        return match (outcome, response) {
+            (_, Some(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = body.map_err(BoxError::from).map_frame(move |frame| {
+                    let _held = &in_flight;
+                    frame
+                });
+                Response::from_parts(parts, body.boxed_unsync())
+            }
+            (Outcome::Timeout, None) => {
+                log.flags = "UT";
+                local_reply(504, "upstream request timeout")
+            }
+            (Outcome::ConnectFailure, None) => {
+                log.flags = "UF";
+                local_reply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            }
+            (_, None) => {
+                log.flags = "UR";
+                local_reply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetryOn;
+
+    #[test]
+    fn retry_conditions_and_backoff() {
+        let policy = RetryPolicy {
+            retry_on: RetryOn {
+                gateway_error: true,
+                ..Default::default()
+            },
+            num_retries: 3,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(30),
+            retriable_status_codes: vec![409],
+        };
+        assert!(retriable(&policy, Outcome::Status(503)));
+        assert!(!retriable(&policy, Outcome::Status(500)));
+        assert!(!retriable(&policy, Outcome::Status(409)));
+        assert!(retriable(&policy, Outcome::ConnectFailure));
+        for retry in 1..6 {
+            assert!(backoff(&policy, retry) <= Duration::from_millis(30));
+        }
+    }
+}

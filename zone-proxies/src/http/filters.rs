@@ -1,0 +1,143 @@
+//! The request filters before routing: the local rate limit (a token bucket per connection
+//! manager, refilled lazily from elapsed time, one atomic per request) and fault injection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::config::{FaultInjection, LocalRateLimit};
+use crate::upstream::cluster::now_ms;
+
+/// A token bucket: `max_tokens`, plus `tokens_per_fill` every `fill_interval`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    config: LocalRateLimit,
+    /// Packed state: tokens (high 32 bits) and the fill interval index last credited (low 32).
+    state: AtomicU64,
+    origin_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(config: &LocalRateLimit) -> TokenBucket {
+        TokenBucket {
+            config: config.clone(),
+            state: AtomicU64::new((config.max_tokens as u64) << 32),
+            origin_ms: now_ms(),
+        }
+    }
+
+    fn interval_ms(&self) -> u64 {
+        (self.config.fill_interval.as_millis() as u64).max(1)
+    }
+
+    /// Takes one token; `false` when the bucket is empty (the request gets `status()`).
+    pub fn try_acquire(&self) -> bool {
+        let tick = ((now_ms() - self.origin_ms) / self.interval_ms()) as u32;
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let (tokens, last_tick) = ((current >> 32) as u32, current as u32);
+            let fills = tick.saturating_sub(last_tick) as u64;
+            let refilled = (tokens as u64 + fills * self.config.tokens_per_fill as u64)
+                .min(self.config.max_tokens as u64);
+            if refilled == 0 {
+                return false;
+            }
+            let next = ((refilled - 1) << 32) | tick.max(last_tick) as u64;
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        if self.config.status == 0 {
+            429
+        } else {
+            self.config.status
+        }
+    }
+}
+
+/// What fault injection decided for one request.
+#[derive(Debug, Default, PartialEq)]
+pub struct Faults {
+    pub delay: Option<Duration>,
+    pub abort: Option<u16>,
+}
+
+fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::thread_rng().gen_range(0.0..100.0) < percent)
+}
+
+pub fn decide(fault: &FaultInjection) -> Faults {
+    Faults {
+        delay: fault
+            .delay
+            .as_ref()
+            .filter(|d| roll(d.percent))
+            .map(|d| d.delay),
+        abort: fault
+            .abort
+            .as_ref()
+            .filter(|a| roll(a.percent))
+            .map(|a| a.status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FaultAbort, FaultDelay};
+
+    #[test]
+    fn the_bucket_empties_and_refills_per_interval() {
+        let bucket = TokenBucket::new(&LocalRateLimit {
+            max_tokens: 3,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_secs(3600),
+            status: 0,
+        });
+        assert!(bucket.try_acquire() && bucket.try_acquire() && bucket.try_acquire());
+        assert!(!bucket.try_acquire());
+        assert_eq!(bucket.status(), 429);
+    }
+
+    #[test]
+    fn fault_percentages() {
+        let always = FaultInjection {
+            abort: Some(FaultAbort {
+                status: 503,
+                percent: 100.0,
+            }),
+            delay: Some(FaultDelay {
+                delay: Duration::from_millis(5),
+                percent: 0.0,
+            }),
+        };
+        assert_eq!(
+            decide(&always),
+            Faults {
+                delay: None,
+                abort: Some(503)
+            }
+        );
+        let half = FaultInjection {
+            abort: Some(FaultAbort {
+                status: 500,
+                percent: 50.0,
+            }),
+            delay: None,
+        };
+        let aborted = (0..10_000)
+            .filter(|_| decide(&half).abort.is_some())
+            .count();
+        assert!((4_500..5_500).contains(&aborted), "{aborted}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Route tables compiled for matching: virtual host by the request's host (exact, then the
+//! longest `*.suffix`, then the longest `prefix.*`, then `*`, as Envoy orders them), then the
+//! first route whose path, header and query matchers all hold.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+
+use crate::config::{HeaderMatch, PathMatch, QueryMatch, Route, RouteTable};
+use crate::matcher::{compile_regex, full_match, PatternError, StringMatcher};
+
+#[derive(Debug)]
+enum PathMatcher {
+    Prefix(String),
+    Exact(String),
+    Regex(regex_automata::meta::Regex),
+}
+
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: String,
+    value: StringMatcher,
+    invert: bool,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    path: PathMatcher,
+    headers: Vec<HeaderMatcher>,
+    query: Vec<(String, StringMatcher)>,
+    route: Route,
+}
+
+#[derive(Debug)]
+struct CompiledHost {
+    domains: Vec<String>,
+    routes: Vec<CompiledRoute>,
+}
+
+/// A compiled [`RouteTable`].
+#[derive(Debug)]
+pub struct RouteTableRuntime {
+    pub config: Arc<RouteTable>,
+    hosts: Vec<CompiledHost>,
+}
+
+/// Why a route table could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[error("route table {table:?}, virtual host {host:?}, route {route:?}: {source}")]
+pub struct RouteError {
+    table: String,
+    host: String,
+    route: String,
+    source: PatternError,
+}
+
+impl RouteTableRuntime {
+    pub fn compile(config: Arc<RouteTable>) -> Result<RouteTableRuntime, RouteError> {
+        let mut hosts = Vec::new();
+        for vh in &config.virtual_hosts {
+            let mut routes = Vec::new();
+            for route in &vh.routes {
+                let err = |source| RouteError {
+                    table: config.name.clone(),
+                    host: vh.name.clone(),
+                    route: route.name.clone(),
+                    source,
+                };
+                let m = &route.matcher;
+                let path = match &m.path {
+                    PathMatch::Prefix(p) => PathMatcher::Prefix(p.clone()),
+                    PathMatch::Exact(p) => PathMatcher::Exact(p.clone()),
+                    PathMatch::Regex(r) => PathMatcher::Regex(compile_regex(r).map_err(err)?),
+                };
+                let headers = m
+                    .headers
+                    .iter()
+                    .map(
+                        |HeaderMatch {
+                             name,
+                             value,
+                             invert,
+                         }| {
+                            Ok(HeaderMatcher {
+                                name: name.to_ascii_lowercase(),
+                                value: StringMatcher::compile(value)?,
+                                invert: *invert,
+                            })
+                        },
+                    )
+                    .collect::<Result<_, PatternError>>()
+                    .map_err(err)?;
+                let query = m
+                    .query
+                    .iter()
+                    .map(|QueryMatch { name, value }| {
+                        Ok((name.clone(), StringMatcher::compile(value)?))
+                    })
+                    .collect::<Result<_, PatternError>>()
+                    .map_err(err)?;
+                routes.push(CompiledRoute {
+                    path,
+                    headers,
+                    query,
+                    route: route.clone(),
+                });
+            }
+            hosts.push(CompiledHost {
+                domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                routes,
+            });
+        }
+        Ok(RouteTableRuntime { config, hosts })
+    }
+
+    /// The route for a request, or `None` (404).
+    pub fn find(&self, parts: &Parts) -> Option<&Route> {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let host = strip_port(authority).to_ascii_lowercase();
+        let vh = self.virtual_host(&host)?;
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        vh.routes
+            .iter()
+            .find(|r| r.matches(path, query, parts))
+            .map(|r| &r.route)
+    }
+
+    fn virtual_host(&self, host: &str) -> Option<&CompiledHost> {
+        // (rank, specificity): exact 3, suffix wildcard 2, prefix wildcard 1, `*` 0.
+        let mut best: Option<((u8, usize), &CompiledHost)> = None;
+        for vh in &self.hosts {
+            for d in &vh.domains {
+                let score = if d == "*" {
+                    Some((0, 0))
+                } else if d == host {
+                    Some((3, d.len()))
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    (host.len() > suffix.len() && host.ends_with(suffix)).then_some((2, d.len()))
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    (host.len() > prefix.len() && host.starts_with(prefix)).then_some((1, d.len()))
+                } else {
+                    None
+                };
+                if let Some(score) = score {
+                    if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                        best = Some((score, vh));
+                    }
+                }
+            }
+        }
+        best.map(|(_, vh)| vh)
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map(|(h, _)| &h[1..])
+            .unwrap_or(authority);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+impl CompiledRoute {
+    fn matches(&self, path: &str, query: &str, parts: &Parts) -> bool {
+        let path_ok = match &self.path {
+            PathMatcher::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatcher::Exact(p) => path == p,
+            PathMatcher::Regex(r) => full_match(r, path),
+        };
+        path_ok
+            && self.headers.iter().all(|h| h.matches(parts))
+            && self.query.iter().all(|(name, m)| {
+                query
+                    .split('&')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == name).then_some(v)
+                    })
+                    .any(|v| m.matches(v))
+            })
+    }
+}
+
+impl HeaderMatcher {
+    fn matches(&self, parts: &Parts) -> bool {
+        let pseudo;
+        let values: Vec<&str> = match self.name.as_str() {
+            ":method" => vec![parts.method.as_str()],
+            ":path" => {
+                pseudo = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                vec![pseudo]
+            }
+            ":authority" => parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                })
+                .into_iter()
+                .collect(),
+            name => parts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect(),
+        };
+        let found = values.iter().any(|v| self.value.matches(v));
+        found != self.invert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        Forward, RouteAction, RouteMatch, ValueMatch, VirtualHost, WeightedCluster,
+    };
+
+    fn route(name: &str, matcher: RouteMatch) -> Route {
+        Route {
+            name: name.into(),
+            matcher,
+            action: RouteAction::Forward(Forward {
+                clusters: vec![WeightedCluster {
+                    name: name.into(),
+                    weight: 1,
+                }],
+                timeout: None,
+                idle_timeout: None,
+                retry: None,
+                prefix_rewrite: None,
+                host_rewrite: None,
+            }),
+        }
+    }
+
+    fn parts(uri: &str, host: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri(uri).header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn picks_the_most_specific_host_then_the_first_matching_route() {
+        let table = RouteTable {
+            name: "outbound".into(),
+            virtual_hosts: vec![
+                VirtualHost {
+                    name: "any".into(),
+                    domains: vec!["*".into()],
+                    routes: vec![route("any", RouteMatch::default())],
+                },
+                VirtualHost {
+                    name: "api".into(),
+                    domains: vec!["api".into(), "api:8080".into()],
+                    routes: vec![
+                        route(
+                            "v2",
+                            RouteMatch {
+                                path: PathMatch::Regex("/v2/[a-z]+".into()),
+                                ..Default::default()
+                            },
+                        ),
+                        route(
+                            "canary",
+                            RouteMatch {
+                                headers: vec![HeaderMatch {
+                                    name: "x-canary".into(),
+                                    value: ValueMatch::Exact("1".into()),
+                                    invert: false,
+                                }],
+                                ..Default::default()
+                            },
+                        ),
+                        route(
+                            "debug",
+                            RouteMatch {
+                                query: vec![QueryMatch {
+                                    name: "debug".into(),
+                                    value: ValueMatch::Present,
+                                }],
+                                ..Default::default()
+                            },
+                        ),
+                        route(
+                            "exact",
+                            RouteMatch {
+                                path: PathMatch::Exact("/health".into()),
+                                ..Default::default()
+                            },
+                        ),
+                    ],
+                },
+            ],
+        };
+        let t = RouteTableRuntime::compile(Arc::new(table)).unwrap();
+        let name = |p: &Parts| t.find(p).map(|r| r.name.clone());
+        assert_eq!(
+            name(&parts("/v2/users", "api:8080", &[])),
+            Some("v2".into())
+        );
+        assert_eq!(
+            name(&parts("/v2/users/1", "api", &[("x-canary", "1")])),
+            Some("canary".into())
+        );
+        assert_eq!(
+            name(&parts("/x?a=1&debug", "api", &[])),
+            Some("debug".into())
+        );
+        assert_eq!(name(&parts("/health", "api", &[])), Some("exact".into()));
+        assert_eq!(name(&parts("/healthz", "api", &[])), None);
+        assert_eq!(name(&parts("/anything", "web", &[])), Some("any".into()));
+    }
+}

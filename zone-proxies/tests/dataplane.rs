@@ -1,0 +1,218 @@
+//! The data plane's life: TCP proxying, listeners following configuration updates without
+//! dropping established connections, and draining on shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpStream;
+use zone_proxies::config::ProxyConfig;
+use zone_proxies::testing::*;
+
+#[tokio::test]
+async fn tcp_proxy_carries_bytes_both_ways() {
+    let upstream = echo_server().await;
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[upstream.addr]))
+            .with_listener(listener(
+                "tcp",
+                localhost(),
+                vec![tcp_chain("tcp", &[("echo", 1)])],
+            )),
+    );
+    let mut conn = TcpStream::connect(dp.addr("tcp").await).await.unwrap();
+    assert_eq!(echo(&mut conn, b"hello").await.unwrap(), b"hello");
+    let big = vec![7u8; 1 << 20];
+    assert_eq!(echo(&mut conn, &big).await.unwrap(), big);
+    drop(conn);
+    let stats = dp.stats.render();
+    assert!(
+        stats.contains("envoy_listener_downstream_cx_total{envoy_listener_name=\"tcp\"} 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"echo\"} 1"),
+        "{stats}"
+    );
+    dp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connect_failure_moves_on_to_the_next_endpoint() {
+    let upstream = echo_server().await;
+    let dead = {
+        let s = echo_server().await;
+        let addr = s.addr;
+        s.stop().await;
+        addr
+    };
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[dead, upstream.addr]))
+            .with_listener(listener(
+                "tcp",
+                localhost(),
+                vec![tcp_chain("tcp", &[("echo", 1)])],
+            )),
+    );
+    let addr = dp.addr("tcp").await;
+    for i in 0..6u8 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echo(&mut conn, &[i]).await.unwrap(), [i]);
+    }
+    let failed = stat(
+        &dp.stats.render(),
+        "envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"echo\"}",
+    );
+    assert!(failed >= 1, "the dead endpoint was tried: {failed}");
+}
+
+#[tokio::test]
+async fn config_updates_keep_established_connections() {
+    let first = echo_server().await;
+    let second = echo_server().await;
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[first.addr]))
+            .with_listener(listener(
+                "tcp",
+                localhost(),
+                vec![tcp_chain("tcp", &[("echo", 1)])],
+            )),
+    );
+    let addr = dp.addr("tcp").await;
+    let mut established = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo(&mut established, b"before").await.unwrap(), b"before");
+
+    // The cluster moves to another endpoint and a second listener appears: the old connection
+    // stays on its upstream, new connections go to the new one.
+    dp.update(|c| {
+        *c = c
+            .clone()
+            .with_cluster(static_cluster("echo", &[second.addr]))
+            .with_listener(listener(
+                "other",
+                localhost(),
+                vec![tcp_chain("other", &[("echo", 1)])],
+            ))
+    });
+    let other = dp.addr("other").await;
+    assert_eq!(echo(&mut established, b"during").await.unwrap(), b"during");
+    first.stop().await;
+    let mut fresh = TcpStream::connect(other).await.unwrap();
+    assert_eq!(echo(&mut fresh, b"fresh").await.unwrap(), b"fresh");
+
+    // Removing the listener stops accepting; its connection carries on.
+    let mut on_removed = TcpStream::connect(other).await.unwrap();
+    assert_eq!(echo(&mut on_removed, b"x").await.unwrap(), b"x");
+    dp.update(|c| {
+        c.listeners.remove("other");
+    });
+    dp.wait_bound(|b| !b.contains_key("other")).await;
+    assert!(
+        TcpStream::connect(other).await.is_err(),
+        "a removed listener accepts no more"
+    );
+    assert_eq!(
+        echo(&mut on_removed, b"still here").await.unwrap(),
+        b"still here"
+    );
+    assert_eq!(echo(&mut fresh, b"and here").await.unwrap(), b"and here");
+    // TCP connections cannot be drained gracefully: close them so stopping is quick.
+    drop((established, fresh, on_removed));
+    dp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let (slow, _) = http_server_on(localhost(), "slow", Duration::from_millis(500)).await;
+    let mut dp = RunningDataplane::start_with_drain(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("slow", &[slow.addr]))
+            .with_listener(listener(
+                "http",
+                localhost(),
+                vec![http_chain(
+                    "http",
+                    http_manager(
+                        "http",
+                        route_table("r", vec![forward_route("all", "/", &[("slow", 1)])]),
+                    ),
+                )],
+            )),
+        Duration::from_secs(5),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let in_flight = tokio::spawn(async move { get(&c, addr, "/").await });
+    // Shut down once the request is with the upstream.
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || {
+            let text = stats.render();
+            async move {
+                text.contains("envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"} 1")
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    dp.begin_shutdown();
+    let (status, body) = in_flight.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    dp.join().await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no listener after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn the_drain_deadline_closes_what_is_left() {
+    let upstream = echo_server().await;
+    let mut dp = RunningDataplane::start_with_drain(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[upstream.addr]))
+            .with_listener(listener(
+                "tcp",
+                localhost(),
+                vec![tcp_chain("tcp", &[("echo", 1)])],
+            )),
+        Duration::from_millis(200),
+    );
+    let mut conn = TcpStream::connect(dp.addr("tcp").await).await.unwrap();
+    assert_eq!(echo(&mut conn, b"hi").await.unwrap(), b"hi");
+    dp.begin_shutdown();
+    assert!(
+        closed(&mut conn).await,
+        "an idle TCP connection is closed at the drain deadline"
+    );
+    dp.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_tcp_idle_timeout_closes_quiet_connections() {
+    let upstream = echo_server().await;
+    let mut chain = tcp_chain("tcp", &[("echo", 1)]);
+    if let zone_proxies::config::ChainHandler::Tcp(tcp) = &mut chain.handler {
+        tcp.idle_timeout = Some(Duration::from_millis(300));
+    }
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[upstream.addr]))
+            .with_listener(listener("tcp", localhost(), vec![chain])),
+    );
+    let mut conn = TcpStream::connect(dp.addr("tcp").await).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(echo(&mut conn, b"ping").await.unwrap(), b"ping");
+    assert!(closed(&mut conn).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the idle timeout"
+    );
+}

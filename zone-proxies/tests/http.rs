@@ -1,0 +1,469 @@
+//! HTTP through the proxy: weighted route splits, RBAC (403), local rate limit and fault
+//! injection, priority failover driven by active health checks, retries hiding a failing
+//! endpoint, HTTP/2 upstreams, and access logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use zone_proxies::config::*;
+use zone_proxies::testing::*;
+
+fn http_config(manager: HttpManager) -> ProxyConfig {
+    ProxyConfig::default().with_listener(listener(
+        "http",
+        localhost(),
+        vec![http_chain("http", manager)],
+    ))
+}
+
+#[tokio::test]
+async fn a_90_10_split_holds_within_5_points_over_1000_requests() {
+    let (v1, _) = http_server("v1").await;
+    let (v2, _) = http_server("v2").await;
+    let routes = route_table(
+        "r",
+        vec![forward_route("split", "/", &[("v1", 90), ("v2", 10)])],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("v1", &[v1.addr]))
+            .with_cluster(static_cluster("v2", &[v2.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1000 {
+        let (status, body) = get(&c, addr, "/").await.unwrap();
+        assert_eq!(status, 200);
+        *counts.entry(body).or_default() += 1;
+    }
+    let v1_share = counts.get("v1").copied().unwrap_or(0) as f64 / 10.0;
+    assert!(
+        (85.0..=95.0).contains(&v1_share),
+        "v1 got {v1_share}% ({counts:?})"
+    );
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"v1\"}"
+        ) + stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"v2\"}"
+        ),
+        1000
+    );
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"v1\"}"
+        ),
+        *counts.get("v1").unwrap() as i64
+    );
+}
+
+#[tokio::test]
+async fn routes_match_paths_headers_and_rewrite() {
+    let (api, _) = http_server("api").await;
+    let (web, _) = http_server("web").await;
+    let mut exact = forward_route("exact", "/", &[("api", 1)]);
+    exact.matcher.path = PathMatch::Exact("/api".into());
+    let mut header = forward_route("header", "/", &[("api", 1)]);
+    header.matcher.headers = vec![HeaderMatch {
+        name: "x-to".into(),
+        value: ValueMatch::Exact("api".into()),
+        invert: false,
+    }];
+    let direct = Route {
+        name: "direct".into(),
+        matcher: RouteMatch {
+            path: PathMatch::Prefix("/direct".into()),
+            ..Default::default()
+        },
+        action: RouteAction::DirectResponse {
+            status: 418,
+            body: "teapot".into(),
+        },
+    };
+    let routes = route_table(
+        "r",
+        vec![exact, direct, forward_route("web", "/web", &[("web", 1)])],
+    );
+    let mut with_header = routes.clone();
+    with_header.virtual_hosts[0].routes.insert(0, header);
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", with_header))
+            .with_cluster(static_cluster("api", &[api.addr]))
+            .with_cluster(static_cluster("web", &[web.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    assert_eq!(get(&c, addr, "/api").await.unwrap(), (200, "api".into()));
+    assert_eq!(get(&c, addr, "/web/x").await.unwrap(), (200, "web".into()));
+    assert_eq!(
+        get(&c, addr, "/direct").await.unwrap(),
+        (418, "teapot".into())
+    );
+    assert_eq!(get(&c, addr, "/api/more").await.unwrap().0, 404);
+    let req = http::Request::get(format!("http://{addr}/anything"))
+        .header("x-to", "api")
+        .body(Default::default())
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn rbac_denies_with_403_and_filters_apply_before_routing() {
+    let (app, _) = http_server("app").await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("app", 1)])]);
+    let mut manager = http_manager("http", routes.clone());
+    // Only spiffe://default/web may call; a plaintext caller has no identity.
+    manager.rbac = Some(Rbac {
+        action: RbacAction::Allow,
+        policies: [(
+            "web".into(),
+            vec![Principal::UriSan(ValueMatch::Exact(
+                "spiffe://default/web".into(),
+            ))],
+        )]
+        .into(),
+    });
+    let dp = RunningDataplane::start(
+        http_config(manager).with_cluster(static_cluster("app", &[app.addr])),
+    );
+    let c = client();
+    let addr = dp.addr("http").await;
+    assert_eq!(
+        get(&c, addr, "/").await.unwrap(),
+        (403, "RBAC: access denied".into())
+    );
+
+    // Allowing anyone (a config update) lets requests through, on the same connection pool.
+    let mut open = http_manager("http", routes.clone());
+    open.rbac = Some(Rbac {
+        action: RbacAction::Allow,
+        policies: [("any".into(), vec![Principal::Any])].into(),
+    });
+    open.local_rate_limit = Some(LocalRateLimit {
+        max_tokens: 2,
+        tokens_per_fill: 1,
+        fill_interval: Duration::from_secs(3600),
+        status: 429,
+    });
+    dp.update(|cfg| {
+        *cfg = cfg.clone().with_listener(listener(
+            "http",
+            localhost(),
+            vec![http_chain("http", open)],
+        ));
+    });
+    test_support::eventually("the allow-all policy", Duration::from_secs(5), || {
+        let c = c.clone();
+        async move { (get(&c, addr, "/").await.ok()?.0 == 200).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // One token was left; then the bucket is empty.
+    assert_eq!(get(&c, addr, "/").await.unwrap().0, 200);
+    assert_eq!(get(&c, addr, "/").await.unwrap().0, 429);
+
+    let mut faulty = http_manager("http", routes);
+    faulty.fault = Some(FaultInjection {
+        abort: Some(FaultAbort {
+            status: 503,
+            percent: 100.0,
+        }),
+        delay: None,
+    });
+    dp.update(|cfg| {
+        *cfg = cfg.clone().with_listener(listener(
+            "http",
+            localhost(),
+            vec![http_chain("http", faulty)],
+        ));
+    });
+    test_support::eventually("the fault filter", Duration::from_secs(5), || {
+        let c = c.clone();
+        async move {
+            (get(&c, addr, "/").await.ok()? == (503, "fault filter abort".into())).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn priority_failover_follows_health_checks_and_comes_back() {
+    let (preferred, _) = http_server("preferred").await;
+    let (fallback, _) = http_server("fallback").await;
+    let preferred_addr = preferred.addr;
+    let mut cluster = eds_cluster("backend");
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::Http {
+            path: "/health".into(),
+            expected_statuses: vec![(200, 300)],
+        },
+    }];
+    let dp = RunningDataplane::start(
+        http_config(http_manager(
+            "http",
+            route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]),
+        ))
+        .with_cluster(cluster)
+        .with_endpoints(assignment(
+            "backend",
+            &[(0, vec![preferred.addr]), (1, vec![fallback.addr])],
+        )),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "preferred".into()));
+    }
+    preferred.stop().await;
+    test_support::eventually(
+        "traffic to move to priority 1",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move { (get(&c, addr, "/").await.ok()?.1 == "fallback").then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "fallback".into()));
+    }
+    let (_back, _) = http_server_on(preferred_addr, "preferred", Duration::ZERO).await;
+    test_support::eventually(
+        "traffic to return to priority 0",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move { (get(&c, addr, "/").await.ok()?.1 == "preferred").then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "preferred".into()));
+    }
+}
+
+#[tokio::test]
+async fn retries_hide_a_failing_endpoint_and_outlier_detection_ejects_it() {
+    let (good, _) = http_server("good").await;
+    let (bad, bad_status) = http_server("bad").await;
+    bad_status.store(503, Ordering::Relaxed);
+    let mut route = forward_route("all", "/", &[("backend", 1)]);
+    if let RouteAction::Forward(f) = &mut route.action {
+        f.retry = Some(RetryPolicy {
+            retry_on: RetryOn {
+                five_xx: true,
+                connect_failure: true,
+                ..Default::default()
+            },
+            num_retries: 3,
+            per_try_timeout: Some(Duration::from_secs(2)),
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            retriable_status_codes: Vec::new(),
+        });
+    }
+    let mut cluster = static_cluster("backend", &[good.addr, bad.addr]);
+    cluster.outlier_detection = Some(OutlierDetection {
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+        consecutive_5xx: Some(5),
+        consecutive_gateway_failure: None,
+    });
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", route_table("r", vec![route]))).with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    for i in 0..200 {
+        assert_eq!(
+            get(&c, addr, "/").await.unwrap(),
+            (200, "good".into()),
+            "request {i}"
+        );
+    }
+    let stats = dp.stats.render();
+    assert!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"backend\"}"
+        ) >= 1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_outlier_detection_ejections_total{envoy_cluster_name=\"backend\"}"
+        ),
+        1,
+        "{stats}"
+    );
+    // Once ejected, the bad endpoint gets nothing: the 5xx count stays where ejection left it.
+    let fivexx = stat(&stats, "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"backend\"}");
+    assert_eq!(fivexx, 5, "{stats}");
+}
+
+#[tokio::test]
+async fn http2_upstreams_and_access_logs() {
+    let (app, _) = http_server("h2-app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let mut manager = http_manager(
+        "http",
+        route_table("r", vec![forward_route("all", "/", &[("app", 1)])]),
+    );
+    manager.access_logs = vec![AccessLog {
+        path: log_path.to_string_lossy().into_owned(),
+    }];
+    let mut cluster = static_cluster("app", &[app.addr]);
+    cluster.protocol = UpstreamProtocol::Http2;
+    let dp = RunningDataplane::start(http_config(manager).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, addr, "/logged?x=1").await.unwrap(),
+            (200, "h2-app".into())
+        );
+    }
+    // HTTP/2 multiplexes the three requests on one upstream connection.
+    assert_eq!(
+        stat(
+            &dp.stats.render(),
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"app\"}"
+        ),
+        1
+    );
+    let path = Arc::new(log_path);
+    let lines = test_support::eventually("three access log lines", Duration::from_secs(5), || {
+        let path = path.clone();
+        async move {
+            let text = std::fs::read_to_string(&*path).ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            (lines.len() == 3).then_some(lines)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines[0]["path"], "/logged?x=1");
+    assert_eq!(lines[0]["response_code"], 200);
+    assert_eq!(lines[0]["upstream_cluster"], "app");
+    assert_eq!(lines[0]["method"], "GET");
+}
+
+#[tokio::test]
+async fn the_request_circuit_breaker_answers_503_overflow() {
+    let (slow, _) = http_server_on(localhost(), "slow", Duration::from_millis(500)).await;
+    let mut cluster = static_cluster("slow", &[slow.addr]);
+    cluster.circuit_breakers.max_requests = 1;
+    let dp = RunningDataplane::start(
+        http_config(http_manager(
+            "http",
+            route_table("r", vec![forward_route("all", "/", &[("slow", 1)])]),
+        ))
+        .with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "/").await })
+    };
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the first request to be in flight",
+        Duration::from_secs(5),
+        || {
+            let text = stats.render();
+            async move {
+                (stat(
+                    &text,
+                    "envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"}",
+                ) == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let res = c
+        .get(format!("http://{addr}/").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["x-envoy-overloaded"], "true");
+    assert_eq!(first.await.unwrap().unwrap(), (200, "slow".into()));
+    assert_eq!(
+        get(&c, addr, "/").await.unwrap().0,
+        200,
+        "the slot is free again"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries() {
+    let (bad, bad_status) = http_server("bad").await;
+    bad_status.store(503, Ordering::Relaxed);
+    let mut route = forward_route("all", "/", &[("backend", 1)]);
+    if let RouteAction::Forward(f) = &mut route.action {
+        f.retry = Some(RetryPolicy {
+            retry_on: RetryOn {
+                five_xx: true,
+                ..Default::default()
+            },
+            num_retries: 3,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
+            retriable_status_codes: Vec::new(),
+        });
+    }
+    let mut cluster = static_cluster("backend", &[bad.addr]);
+    cluster.circuit_breakers.max_retries = 0;
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", route_table("r", vec![route]))).with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    assert_eq!(
+        get(&client(), addr, "/").await.unwrap(),
+        (503, "bad".into())
+    );
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_retry_overflow{envoy_cluster_name=\"backend\"}"
+        ),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"}"
+        ),
+        1,
+        "{stats}"
+    );
+}
