@@ -285,3 +285,137 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
     Ok(token.to_string())
 }
+
+/// A zone proxy (sidecar, ingress or egress) running in-process against a zone CP, as
+/// `zone-proxy run` runs it.
+pub struct ProxyProcess {
+    pub name: String,
+    /// The admin server (`/ready`, `/config_dump`, `/stats/prometheus`).
+    pub admin: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), zone_proxies::run::RunError>>,
+}
+
+impl ProxyProcess {
+    /// Stops the proxy (draining) and returns how it ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("the proxy task panicked")??;
+        Ok(())
+    }
+
+    /// Waits until the proxy has a complete configuration (`/ready` answers 200).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/ready", self.admin);
+        test_support::eventually(&format!("proxy {} ready", self.name), STARTUP, || async {
+            let status = http_get(&url).await.ok()?.0;
+            (status == 200).then_some(())
+        })
+        .await
+    }
+}
+
+impl ZoneCp {
+    /// Starts the proxy of Dataplane `mesh`/`name` (`Sidecar`), or of the zone's ZoneIngress or
+    /// ZoneEgress `name`, with a token issued by this zone CP; the resource must exist (apply it
+    /// first).
+    pub async fn start_proxy(
+        &self,
+        mode: zone_proxies::ProxyMode,
+        mesh: &str,
+        name: &str,
+    ) -> anyhow::Result<ProxyProcess> {
+        let kind = match mode {
+            zone_proxies::ProxyMode::Sidecar => "dataplane",
+            zone_proxies::ProxyMode::Ingress => "ingress",
+            zone_proxies::ProxyMode::Egress => "egress",
+        };
+        let token_file = self.dir.join(format!("{kind}-{mesh}-{name}.token"));
+        std::fs::write(&token_file, self.proxy_token(kind, mesh, name).await?)?;
+        let mut options =
+            zone_proxies::xds::client::ClientOptions::new(&self.xds_url, mode.node_id(mesh, name));
+        options.token_file = Some(token_file);
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let admin = admin_listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(zone_proxies::run::run_proxy(
+            zone_proxies::run::ConfigSource::Ads(options),
+            admin_listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(ProxyProcess {
+            name: format!("{}/{name}", self.name),
+            admin,
+            stop,
+            task,
+        })
+    }
+}
+
+/// A demo-app instance serving in-process on a loopback port.
+pub struct DemoService {
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DemoService {
+    /// Serves `service` of `zone` (instance `instance`, `version` if given) on a new port.
+    pub async fn start(
+        service: &str,
+        zone: &str,
+        instance: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<DemoService> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = demo_app::server::ServerConfig {
+            identity: demo_app::server::Identity {
+                service: service.to_string(),
+                zone: zone.to_string(),
+                instance: instance.to_string(),
+                version: version.map(str::to_string),
+            },
+            fail_percent: 0,
+            drain_timeout: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = demo_app::server::serve(listener, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("demo service {addr}: {e}");
+            }
+        });
+        Ok(DemoService { addr, stop, task })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// A loopback port free now (bound, then released), for resources that must name their port
+/// before the proxy binds it (a Dataplane's inbound, a ZoneIngress).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET url` over plain HTTP/1.1: the status and the body.
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(url)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}

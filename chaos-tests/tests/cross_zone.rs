@@ -1,0 +1,273 @@
+//! Cross-zone traffic end to end (issue [4]), on the real control planes and proxies in one
+//! process: a global, zones federated over KDS, zone proxies configured over ADS, demo services
+//! behind sidecars, and each zone's ingress reached by other zones through a fault relay (its
+//! advertised address), so a test can cut the link between zones.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::federation::{
+    free_port, http_get, DemoService, Federation, ProxyProcess, ZoneCp,
+};
+use test_support::relay::{Fault, FaultRelay};
+use zone_proxies::ProxyMode;
+
+const MTLS_MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n---\ntype: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Allow\n";
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An instance of a service: the demo app and its sidecar.
+struct Instance {
+    app: DemoService,
+    sidecar: ProxyProcess,
+}
+
+impl Instance {
+    async fn stop(self) {
+        self.sidecar.stop().await.unwrap();
+        self.app.stop().await;
+    }
+}
+
+/// Starts `name`, an instance of `service` in `zone`, behind its sidecar.
+async fn instance(zone: &ZoneCp, name: &str, service: &str) -> Instance {
+    let app = DemoService::start(service, &zone.name, name, None)
+        .await
+        .unwrap();
+    let inbound = free_port().unwrap();
+    zone.apply(&format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: {service}\n        kuma.io/protocol: http\n",
+        app.addr.port()
+    ))
+    .await
+    .unwrap();
+    let sidecar = zone
+        .start_proxy(ProxyMode::Sidecar, "default", name)
+        .await
+        .unwrap();
+    sidecar.wait_ready().await.unwrap();
+    Instance { app, sidecar }
+}
+
+/// A zone's ingress, and the relay other zones reach it through.
+struct Ingress {
+    proxy: ProxyProcess,
+    link: FaultRelay,
+}
+
+async fn ingress(zone: &ZoneCp) -> Ingress {
+    let port = free_port().unwrap();
+    let link = FaultRelay::start(([127, 0, 0, 1], port).into())
+        .await
+        .unwrap();
+    let name = format!("ingress-{}", zone.name);
+    zone.apply(&format!(
+        "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
+        link.addr().port()
+    ))
+    .await
+    .unwrap();
+    let proxy = zone
+        .start_proxy(ProxyMode::Ingress, "default", &name)
+        .await
+        .unwrap();
+    proxy.wait_ready().await.unwrap();
+    Ingress { proxy, link }
+}
+
+/// The client side in zone-1: `frontend-1`'s sidecar with an outbound to `backend`; returns the
+/// sidecar and the outbound URL.
+async fn frontend(zone: &ZoneCp) -> (ProxyProcess, String) {
+    let outbound = free_port().unwrap();
+    let inbound = free_port().unwrap();
+    zone.apply(&format!(
+        "type: Dataplane\nname: frontend-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: frontend\n        kuma.io/protocol: http\n  outbound:\n    - port: {outbound}\n      tags:\n        kuma.io/service: backend\n",
+        free_port().unwrap()
+    ))
+    .await
+    .unwrap();
+    let sidecar = zone
+        .start_proxy(ProxyMode::Sidecar, "default", "frontend-1")
+        .await
+        .unwrap();
+    sidecar.wait_ready().await.unwrap();
+    (sidecar, format!("http://127.0.0.1:{outbound}/"))
+}
+
+/// Waits until `url` answers 200 from a body naming `zone`.
+async fn answered_from(url: &str, zone: &str) {
+    let needle = format!("\"zone\":\"{zone}\"");
+    test_support::eventually(&format!("{url} answered from {zone}"), DEADLINE, || async {
+        let (status, body) = http_get(url).await.ok()?;
+        (status == 200 && body.contains(&needle)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// `rate` requests a second to `url` for `duration`, open loop; the final report.
+async fn load(url: &str, rate: f64, duration: Duration) -> demo_app::report::Report {
+    demo_app::client::call(
+        demo_app::client::CallConfig {
+            target: url.parse().unwrap(),
+            rate,
+            duration,
+            concurrency: 64,
+            timeout: Duration::from_secs(5),
+            report_every: None,
+        },
+        std::future::pending(),
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let federation = Federation::start(dir.path(), &["zone-1", "zone-2"])
+        .await
+        .unwrap();
+    federation.global.apply(MTLS_MESH).await.unwrap();
+    let (zone1, zone2) = (federation.zone("zone-1"), federation.zone("zone-2"));
+    zone2
+        .wait_for(
+            "the mesh CA",
+            &["meshes", "default", "secrets", "default.ca-builtin-cert-ca-1"],
+        )
+        .await
+        .unwrap();
+    let backend = instance(zone2, "backend-1", "backend").await;
+    let ingress2 = ingress(zone2).await;
+    let (frontend, url) = frontend(zone1).await;
+
+    answered_from(&url, "zone-2").await;
+    let report = load(&url, 100.0, Duration::from_secs(2)).await;
+    assert_eq!(report.failed, 0, "{}", report.to_text());
+    assert_eq!(report.zones.get("zone-2"), Some(&report.ok));
+    assert!(
+        ingress2.link.bytes() > 0,
+        "the traffic did not cross zone-2's ingress link"
+    );
+
+    // The backend's inbound only speaks mTLS: a plaintext request is not answered.
+    let inbound_port = federation_inbound_port(zone2, "backend-1").await;
+    let plain = http_get(&format!("http://127.0.0.1:{inbound_port}/")).await;
+    assert!(
+        plain.is_err(),
+        "plaintext reached the backend's inbound: {plain:?}"
+    );
+
+    frontend.stop().await.unwrap();
+    ingress2.proxy.stop().await.unwrap();
+    backend.stop().await;
+    federation.stop().await.unwrap();
+}
+
+/// The inbound port of Dataplane `name` as the zone CP holds it.
+async fn federation_inbound_port(zone: &ZoneCp, name: &str) -> u64 {
+    let dataplane = zone
+        .wait_for(name, &["meshes", "default", "dataplanes", name])
+        .await
+        .unwrap();
+    dataplane["networking"]["inbound"][0]["port"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Retries with a short per-try timeout, outlier detection ejecting a failing ingress quickly
+/// and letting it back soon, and zone-2 preferred over zone-3 for backend.
+const RESILIENCE: &str = "type: MeshRetry\nname: retry\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      http:\n        numRetries: 5\n        perTryTimeout: 300ms\n        backOff:\n          baseInterval: 10ms\n          maxInterval: 50ms\n        retryOn:\n        - 5xx\n        - GatewayError\n        - Reset\n        - ConnectFailure\n---\ntype: MeshCircuitBreaker\nname: eject\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      outlierDetection:\n        disabled: false\n        interval: 1s\n        baseEjectionTime: 2s\n        maxEjectionPercent: 100\n        detectors:\n          totalFailures:\n            consecutive: 2\n          gatewayFailures:\n            consecutive: 2\n---\ntype: MeshLoadBalancingStrategy\nname: prefer-zone-2\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to:\n              type: Only\n              zones: [zone-2]\n          - to:\n              type: Only\n              zones: [zone-3]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutting_a_zone_link_fails_over_to_the_next_zone_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let federation = Federation::start(dir.path(), &["zone-1", "zone-2", "zone-3"])
+        .await
+        .unwrap();
+    federation.global.apply(MTLS_MESH).await.unwrap();
+    federation.global.apply(RESILIENCE).await.unwrap();
+    let zone1 = federation.zone("zone-1");
+    let mut backends = Vec::new();
+    let mut ingresses = Vec::new();
+    for zone in ["zone-2", "zone-3"] {
+        let zone = federation.zone(zone);
+        zone.wait_for(
+            "the mesh CA",
+            &["meshes", "default", "secrets", "default.ca-builtin-cert-ca-1"],
+        )
+        .await
+        .unwrap();
+        backends.push(instance(zone, &format!("backend-{}", zone.name), "backend").await);
+        ingresses.push(ingress(zone).await);
+    }
+    let (frontend, url) = frontend(zone1).await;
+    // zone-2 is preferred; zone-3 must be known too before the cut.
+    answered_from(&url, "zone-2").await;
+    test_support::eventually("zone-3 in frontend's endpoints", DEADLINE, || async {
+        let dump = http_get(&format!("http://{}/config_dump", frontend.admin))
+            .await
+            .ok()?
+            .1;
+        let port = ingresses[1].link.addr().port();
+        dump.contains(&format!("\"portValue\": {port}"))
+            .then_some(())
+            .or_else(|| dump.contains(&format!("\"portValue\":{port}")).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Steady load through the whole scenario, 200 requests a second.
+    let steady = tokio::spawn({
+        let url = url.clone();
+        async move { load(&url, 200.0, Duration::from_secs(9)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Cut zone-2's link: first a blackhole (requests hang), then resets.
+    ingresses[0].link.set(Fault::Blackhole);
+    let cut = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_cut = load(&url, 100.0, Duration::from_millis(1500)).await;
+    assert_eq!(
+        after_cut.zones.get("zone-2"),
+        None,
+        "1 s after the cut zone-2 still answered: {}",
+        after_cut.to_text()
+    );
+    assert_eq!(
+        after_cut.zones.get("zone-3"),
+        Some(&after_cut.ok),
+        "{}",
+        after_cut.to_text()
+    );
+    ingresses[0].link.set(Fault::Reset);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ingresses[0].link.set(Fault::Pass);
+    let healed = Instant::now();
+    eprintln!("cut for {:?}", healed - cut);
+
+    let steady = steady.await.unwrap();
+    eprintln!("steady load: {}", steady.to_text());
+    let failed_share = steady.failed as f64 / steady.sent.max(1) as f64;
+    assert!(
+        failed_share < 0.001,
+        "{} of {} requests failed with retries on: {}",
+        steady.failed,
+        steady.sent,
+        steady.to_text()
+    );
+    assert!(steady.zones.get("zone-3").is_some_and(|n| *n > 0));
+
+    // The link is back: traffic returns to the preferred zone.
+    answered_from(&url, "zone-2").await;
+
+    frontend.stop().await.unwrap();
+    for ingress in ingresses {
+        ingress.proxy.stop().await.unwrap();
+    }
+    for backend in backends {
+        backend.stop().await;
+    }
+    federation.stop().await.unwrap();
+}
