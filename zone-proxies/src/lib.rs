@@ -2,10 +2,13 @@
 //! as a service's sidecar, as a zone's ingress or as its egress (issue [4]). [`config`] is the
 //! plain-Rust configuration the data path runs on; xDS resources are translated into it.
 
+pub mod admin;
 pub mod config;
+pub mod run;
+pub mod xds;
 
 /// What a zone proxy is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyMode {
     Sidecar,
     Ingress,
@@ -19,6 +22,17 @@ impl ProxyMode {
             ProxyMode::Sidecar => None,
             ProxyMode::Ingress => Some(10001),
             ProxyMode::Egress => Some(10002),
+        }
+    }
+
+    /// The xDS node id the zone CP admits this proxy by: `<mesh>/<name>` for a sidecar,
+    /// `ingress:<name>` and `egress:<name>` for a zone's ingress and egress (which serve every
+    /// mesh).
+    pub fn node_id(self, mesh: &str, name: &str) -> String {
+        match self {
+            ProxyMode::Sidecar => format!("{mesh}/{name}"),
+            ProxyMode::Ingress => format!("ingress:{name}"),
+            ProxyMode::Egress => format!("egress:{name}"),
         }
     }
 }
