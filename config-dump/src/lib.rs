@@ -230,10 +230,7 @@ pub fn dump_resources<'a>(
     let mut other = Vec::new();
     for (name, resource) in resources {
         let rendered = json.any_to_json(name, resource)?;
-        match SECTIONS
-            .iter()
-            .position(|(_, t)| *t == resource.type_url)
-        {
+        match SECTIONS.iter().position(|(_, t)| *t == resource.type_url) {
             Some(i) => sections[i].push(rendered),
             None => other.push(rendered),
         }
@@ -482,7 +479,10 @@ mod tests {
     fn bad_json_is_named_by_its_place() {
         let dump = json!({"listeners": [{"@type": LISTENER_TYPE, "name": "l", "bogus": 1}]});
         let err = resources_of_dump(&dump).unwrap_err().to_string();
-        assert!(err.starts_with("listeners[0]: ") && err.contains("bogus"), "{err}");
+        assert!(
+            err.starts_with("listeners[0]: ") && err.contains("bogus"),
+            "{err}"
+        );
         let dump = json!({"secrets": [{"@type": SECRET_TYPE, "name": "s",
             "tlsCertificate": {"privateKey": REDACTED}}]});
         let err = resources_of_dump(&dump).unwrap_err().to_string();

@@ -89,8 +89,49 @@ async fn config_dump(State(state): State<AdminState>) -> Response {
 
 async fn stats(State(state): State<AdminState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         (state.stats)(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_complete_and_stats_from_the_data_path() {
+        let (tx, rx) = watch::channel(Arc::new(Accepted::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AdminState {
+            accepted: rx,
+            stats: Arc::new(|| "downstream_cx_total 7\n".to_owned()),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        assert_eq!(get(addr, "/ready").await.0, 503);
+        tx.send_replace(Arc::new(Accepted {
+            complete: true,
+            ..Accepted::default()
+        }));
+        assert_eq!(get(addr, "/ready").await, (200, "LIVE\n".to_owned()));
+        assert_eq!(get(addr, "/stats").await.1, "downstream_cx_total 7\n");
+        let (status, dump) = get(addr, "/config_dump").await;
+        assert_eq!(status, 200);
+        let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(dump["listeners"], serde_json::json!([]));
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }

@@ -285,13 +285,8 @@ pub struct UpstreamTls {
 /// TLS material delivered over SDS.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Secret {
-    Certificate {
-        chain_pem: String,
-        key_pem: String,
-    },
-    TrustedCa {
-        ca_pem: String,
-    },
+    Certificate { chain_pem: String, key_pem: String },
+    TrustedCa { ca_pem: String },
 }
 
 /// An upstream: how to pick an endpoint, and how to talk to it.

@@ -129,13 +129,21 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_PROXY_MODE", value_enum)]
     pub mode: crate::ProxyMode,
     /// The zone CP's xDS URL (`http://host:5678`); not needed with --static.
-    #[arg(long, env = "MERIDIAN_CP_ADDRESS", required_unless_present = "static_file")]
+    #[arg(
+        long,
+        env = "MERIDIAN_CP_ADDRESS",
+        required_unless_present = "static_file"
+    )]
     pub cp: Option<String>,
     /// File holding the dataplane token the zone CP issued (`POST /tokens/dataplane`).
     #[arg(long, env = "MERIDIAN_DATAPLANE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The Dataplane (sidecar), ZoneIngress or ZoneEgress name.
-    #[arg(long, env = "MERIDIAN_PROXY_NAME", required_unless_present = "static_file")]
+    #[arg(
+        long,
+        env = "MERIDIAN_PROXY_NAME",
+        required_unless_present = "static_file"
+    )]
     pub name: Option<String>,
     /// The sidecar's mesh.
     #[arg(long, env = "MERIDIAN_MESH", default_value = "default")]

@@ -31,8 +31,8 @@ struct ZoneCp {
 }
 
 impl ZoneCp {
-    /// Starts on `data_dir`; on `xds` when given (a restart), else on an ephemeral port.
-    async fn start(data_dir: &Path, api: Option<SocketAddr>, xds: Option<SocketAddr>) -> ZoneCp {
+    /// Starts on `data_dir` (a restart when it was used before), on ephemeral ports.
+    async fn start(data_dir: &Path) -> ZoneCp {
         let any = "127.0.0.1:0".parse::<SocketAddr>().unwrap();
         let config = zone_cp::Config::try_parse_from([
             "zone-cp".to_owned(),
@@ -41,11 +41,11 @@ impl ZoneCp {
             "--data-dir".to_owned(),
             data_dir.to_str().unwrap().to_owned(),
             "--api-addr".to_owned(),
-            api.unwrap_or(any).to_string(),
+            any.to_string(),
             "--diagnostics-addr".to_owned(),
             any.to_string(),
             "--xds-addr".to_owned(),
-            xds.unwrap_or(any).to_string(),
+            any.to_string(),
         ])
         .unwrap();
         let listeners = zone_cp::ZoneListeners::bind(&config).await.unwrap();
@@ -68,18 +68,27 @@ impl ZoneCp {
         .unwrap()
         .trim()
         .to_string();
+        let http = reqwest::Client::new();
+        test_support::eventually("the zone CP's API", WAIT, || {
+            let request = http.get(format!("{api}/meshes"));
+            async move {
+                request
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await
+        .unwrap();
         ZoneCp {
             api,
             xds,
             admin,
-            http: reqwest::Client::new(),
+            http,
             stop,
             task,
         }
-    }
-
-    fn api_addr(&self) -> SocketAddr {
-        self.api.trim_start_matches("http://").parse().unwrap()
     }
 
     async fn put(&self, path: &str, body: Value) {
@@ -149,6 +158,43 @@ impl ZoneCp {
     }
 }
 
+/// A TCP relay in front of the zone CP's xDS port: the proxy connects through it, so a zone CP
+/// restart can look as it does between processes. (In-process, a stopped zone CP's open HTTP/2
+/// connections stay alive in the runtime; a real restart resets them.) Pointing it at a new
+/// target drops every relayed connection.
+struct Relay {
+    addr: SocketAddr,
+    target: watch::Sender<SocketAddr>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (target, target_rx) = watch::channel(target);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut target_rx = target_rx.clone();
+                let to = *target_rx.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = target_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, target }
+    }
+
+    fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
+    }
+}
+
 fn dataplane(name: &str, address: &str, service: &str, outbound: bool) -> Value {
     let mut networking = json!({
         "address": address,
@@ -168,8 +214,11 @@ async fn config_until(
     what: &str,
     check: impl Fn(&ProxyConfig) -> bool,
 ) -> Arc<ProxyConfig> {
-    match tokio::time::timeout(WAIT, rx.wait_for(|c| check(c))).await {
-        Ok(Ok(config)) => config.clone(),
+    let outcome = tokio::time::timeout(WAIT, rx.wait_for(|c| check(c)))
+        .await
+        .map(|r| r.map(|config| config.clone()));
+    match outcome {
+        Ok(Ok(config)) => config,
         Ok(Err(_)) => panic!("{what}: the proxy stopped publishing"),
         Err(_) => panic!("{what}: not within {WAIT:?}; last: {:#?}", rx.borrow()),
     }
@@ -190,7 +239,8 @@ async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_follows_its_zone_cp() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ZoneCp::start(dir.path(), None, None).await;
+    let cp = ZoneCp::start(dir.path()).await;
+    let relay = Relay::start(cp.xds).await;
     cp.put(
         "/meshes/default",
         json!({"type": "Mesh", "name": "default",
@@ -212,7 +262,7 @@ async fn the_proxy_follows_its_zone_cp() {
 
     // The proxy, as `zone-proxy run --mode sidecar --cp ... --name web-1` runs it; the data path
     // hands the configuration watch to the test.
-    let mut options = ClientOptions::new(format!("http://{}", cp.xds), "default/web-1");
+    let mut options = ClientOptions::new(format!("http://{}", relay.addr), "default/web-1");
     options.token_file = Some(token_file);
     options.backoff_max = Duration::from_secs(1);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -237,11 +287,16 @@ async fn the_proxy_follows_its_zone_cp() {
     ));
     let mut config = config_rx.await.unwrap();
 
-    // A complete configuration.
+    // A complete configuration, with mTLS once the mesh's CA exists (the zone CP creates it
+    // just after the Mesh, so a first configuration may come without).
     let first = config_until(&mut config, "a complete configuration", |c| {
         c.listeners.contains_key("inbound:10.0.0.1:15000")
             && c.listeners.contains_key("outbound:127.0.0.1:10001")
             && api_endpoints(c) == 1
+            && c.listeners["inbound:10.0.0.1:15000"].filter_chains[0]
+                .tls
+                .is_some()
+            && c.secrets.len() == 2
     })
     .await;
     let outbound = &first.listeners["outbound:127.0.0.1:10001"];
@@ -251,10 +306,17 @@ async fn the_proxy_follows_its_zone_cp() {
     let RouteSource::Rds(route_name) = &http.routes else {
         panic!("RDS expected");
     };
-    assert!(first.routes.contains_key(route_name), "routes arrive with their listener");
+    assert!(
+        first.routes.contains_key(route_name),
+        "routes arrive with their listener"
+    );
     assert!(first.clusters.contains_key("api"));
     for secret in ["identity_cert:default", "mesh_ca:default"] {
-        assert!(first.secrets.contains_key(secret), "{secret}: {:?}", first.secrets.keys());
+        assert!(
+            first.secrets.contains_key(secret),
+            "{secret}: {:?}",
+            first.secrets.keys()
+        );
     }
     assert_eq!(admin_get(admin_addr, "/ready").await.0, 200);
     let (status, dump) = admin_get(admin_addr, "/config_dump").await;
@@ -268,9 +330,15 @@ async fn the_proxy_follows_its_zone_cp() {
             .any(|l| l["name"] == "inbound:10.0.0.1:15000"),
         "{dump}"
     );
-    assert!(!dump.to_string().contains("PRIVATE KEY"), "keys are redacted");
+    assert!(
+        !dump.to_string().contains("PRIVATE KEY"),
+        "keys are redacted"
+    );
     let (status, stats) = admin_get(admin_addr, "/stats/prometheus").await;
-    assert_eq!((status, stats.as_str()), (200, "upstream_rq_total{cluster=\"api\"} 0\n"));
+    assert_eq!(
+        (status, stats.as_str()),
+        (200, "upstream_rq_total{cluster=\"api\"} 0\n")
+    );
     cp.insight_until("web-1", "web-1 online and ACKing listeners", |i| {
         i["online"] == true && i["xds"][LISTENER_TYPE]["lastAckedVersion"].is_string()
     })
@@ -282,16 +350,22 @@ async fn the_proxy_follows_its_zone_cp() {
         dataplane("api-2", "10.0.0.3", "api", false),
     )
     .await;
-    config_until(&mut config, "the second api endpoint", |c| api_endpoints(c) == 2).await;
+    config_until(&mut config, "the second api endpoint", |c| {
+        api_endpoints(c) == 2
+    })
+    .await;
 
     // The zone CP restarts: the proxy keeps its configuration while it is away, then
     // reconnects and follows changes again.
-    let (api_addr, xds_addr) = (cp.api_addr(), cp.xds);
+    // As when its process dies: its connections are reset and nothing listens until it is back.
+    // (Cut first, so the in-process zone CP has no open stream keeping its store open.)
+    relay.retarget("127.0.0.1:1".parse().unwrap());
     cp.stop().await;
     let kept = config.borrow().clone();
     assert_eq!(api_endpoints(&kept), 2);
     assert_eq!(admin_get(admin_addr, "/ready").await.0, 200, "still ready");
-    let cp = ZoneCp::start(dir.path(), Some(api_addr), Some(xds_addr)).await;
+    let cp = ZoneCp::start(dir.path()).await;
+    relay.retarget(cp.xds);
     cp.insight_until("web-1", "web-1 reconnected", |i| i["online"] == true)
         .await;
     cp.put(
@@ -299,20 +373,22 @@ async fn the_proxy_follows_its_zone_cp() {
         dataplane("api-3", "10.0.0.4", "api", false),
     )
     .await;
-    config_until(&mut config, "the third api endpoint after the restart", |c| {
-        api_endpoints(c) == 3
-    })
+    config_until(
+        &mut config,
+        "the third api endpoint after the restart",
+        |c| api_endpoints(c) == 3,
+    )
     .await;
 
-    // A connection rate limit is something this proxy cannot carry out: the listeners are
+    // Limiting response bandwidth is something this proxy cannot carry out: the listeners are
     // NACKed, the zone CP records why, and the proxy keeps the listeners it had.
     let before = config.borrow().clone();
     cp.put(
-        "/meshes/default/meshratelimits/web-connections",
-        json!({"type": "MeshRateLimit", "mesh": "default", "name": "web-connections", "spec": {
+        "/meshes/default/meshfaultinjections/slow-responses",
+        json!({"type": "MeshFaultInjection", "mesh": "default", "name": "slow-responses", "spec": {
             "targetRef": {"kind": "MeshService", "name": "web"},
-            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {
-                "tcp": {"connectionRate": {"num": 5, "interval": "1s"}}}}}]
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+                {"responseBandwidth": {"limit": "10 Mbps", "percentage": 100}}]}}]
         }}),
     )
     .await;
@@ -326,8 +402,7 @@ async fn the_proxy_follows_its_zone_cp() {
         .unwrap();
     assert!(
         message.contains("listener \"inbound:10.0.0.1:15000\"")
-            && message.contains("unsupported filter type")
-            && message.contains("local_ratelimit"),
+            && message.contains("response_rate_limit: response bandwidth limits are not supported"),
         "{message}"
     );
     assert_eq!(
@@ -336,10 +411,13 @@ async fn the_proxy_follows_its_zone_cp() {
         "the NACKed listeners are not applied"
     );
     // Removing the policy makes the listeners acceptable again.
-    cp.delete("/meshes/default/meshratelimits/web-connections").await;
-    let acked = insight["xds"][LISTENER_TYPE]["lastAckedVersion"].clone();
+    cp.delete("/meshes/default/meshfaultinjections/slow-responses")
+        .await;
+    // (The listeners are what they were before the policy, so their version is too: the ACK
+    // shows in its time.)
+    let acked_at = insight["xds"][LISTENER_TYPE]["lastAckedAt"].clone();
     cp.insight_until("web-1", "listeners ACKed again", |i| {
-        i["xds"][LISTENER_TYPE]["lastAckedVersion"] != acked
+        i["xds"][LISTENER_TYPE]["lastAckedAt"] != acked_at
     })
     .await;
 

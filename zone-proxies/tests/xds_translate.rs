@@ -58,7 +58,10 @@ fn the_web_sidecar_translates() {
         ["inbound:10.1.0.1:15000", "outbound:127.0.0.1:10001"]
     );
     let inbound = &config.listeners["inbound:10.1.0.1:15000"];
-    assert_eq!(inbound.address, "10.1.0.1:15000".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        inbound.address,
+        "10.1.0.1:15000".parse::<SocketAddr>().unwrap()
+    );
     let chain = &inbound.filter_chains[0];
     let tls = chain.tls.as_ref().expect("inbound mTLS");
     assert_eq!(tls.certificate, "identity_cert:default");
@@ -123,13 +126,13 @@ fn the_web_sidecar_translates() {
     let tls = api.tls.as_ref().unwrap();
     assert_eq!(tls.sni, "api.0.zone-1.default.mesh");
     assert_eq!(tls.certificate.as_deref(), Some("identity_cert:default"));
-    assert_eq!(tls.match_san, [ValueMatch::Exact("spiffe://default/api".into())]);
+    assert_eq!(
+        tls.match_san,
+        [ValueMatch::Exact("spiffe://default/api".into())]
+    );
     let (zone_match, zone_tls) = &api.tls_by_metadata[0];
     assert_eq!(zone_match.get("zone").map(String::as_str), Some("zone-2"));
-    assert_eq!(
-        zone_tls.as_ref().unwrap().sni,
-        "api.0.zone-2.default.mesh"
-    );
+    assert_eq!(zone_tls.as_ref().unwrap().sni, "api.0.zone-2.default.mesh");
     let Discovery::Static(local) = &config.clusters["localhost:8080"].discovery else {
         panic!("static expected");
     };
@@ -148,7 +151,10 @@ fn the_web_sidecar_translates() {
     assert_eq!(priorities, [("zone-1", 0, Some(2)), ("zone-2", 1, Some(2))]);
     let remote = &endpoints.localities[1].endpoints[0];
     assert_eq!(remote.weight, 2);
-    assert_eq!(remote.metadata.get("zone").map(String::as_str), Some("zone-2"));
+    assert_eq!(
+        remote.metadata.get("zone").map(String::as_str),
+        Some("zone-2")
+    );
 
     assert!(matches!(
         config.secrets["identity_cert:default"].as_ref(),
@@ -164,11 +170,16 @@ fn the_web_sidecar_translates() {
 fn the_api_sidecar_allows_web_only() {
     let config = translate("api", Some("api.key.pem")).config();
     let inbound = &config.listeners["inbound:10.1.0.2:15000"];
-    let rbac = http(&inbound.filter_chains[0].handler).rbac.clone().unwrap();
+    let rbac = http(&inbound.filter_chains[0].handler)
+        .rbac
+        .clone()
+        .unwrap();
     assert_eq!(rbac.action, RbacAction::Allow);
     assert_eq!(
         rbac.policies["MeshTrafficPermission"],
-        [Principal::UriSan(ValueMatch::Exact("spiffe://default/web".into()))]
+        [Principal::UriSan(ValueMatch::Exact(
+            "spiffe://default/web".into()
+        ))]
     );
 }
 
@@ -185,17 +196,31 @@ fn the_ingress_passes_tls_through_by_sni() {
                 panic!("tcp expected");
             };
             assert!(c.tls.is_none(), "passthrough: no termination");
-            (c.server_names.as_slice(), tcp.clusters.first().map(|c| c.name.as_str()))
+            (
+                c.server_names.as_slice(),
+                tcp.clusters.first().map(|c| c.name.as_str()),
+            )
         })
         .collect();
     assert_eq!(
         names,
         [
-            (&["api.0.zone-1.default.mesh".to_owned()][..], Some("default:api")),
-            (&["web.0.zone-1.default.mesh".to_owned()][..], Some("default:web")),
+            (
+                &["api.0.zone-1.default.mesh".to_owned()][..],
+                Some("default:api")
+            ),
+            (
+                &["web.0.zone-1.default.mesh".to_owned()][..],
+                Some("default:web")
+            ),
         ]
     );
-    assert_eq!(config.endpoints["default:api"].localities[0].endpoints.len(), 2);
+    assert_eq!(
+        config.endpoints["default:api"].localities[0]
+            .endpoints
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -222,7 +247,10 @@ fn the_egress_originates_tls_to_external_services() {
     // The system bundle, given inline by file name, is a secret of its own.
     let ca = tls.trusted_ca.as_deref().unwrap();
     assert_eq!(ca, "file:/etc/ssl/certs/ca-certificates.crt");
-    assert!(matches!(config.secrets[ca].as_ref(), Secret::TrustedCa { .. }));
+    assert!(matches!(
+        config.secrets[ca].as_ref(),
+        Secret::TrustedCa { .. }
+    ));
     assert!(Arc::strong_count(&config.secrets[ca]) >= 1);
 }
 
@@ -245,7 +273,9 @@ fn inbound(dump: &mut Value) -> &mut Value {
 #[test]
 fn bad_resources_are_refused_naming_the_field() {
     let err = web_with(|dump| {
-        let filters = inbound(dump)["filterChains"][0]["filters"].as_array_mut().unwrap();
+        let filters = inbound(dump)["filterChains"][0]["filters"]
+            .as_array_mut()
+            .unwrap();
         filters.insert(
             0,
             json!({"name": "envoy.filters.network.echo", "typedConfig": {
@@ -296,14 +326,23 @@ fn bad_resources_are_refused_naming_the_field() {
     );
 
     let err = web_with(|dump| {
-        dump["secrets"].as_array_mut().unwrap().retain(|s| s["name"] != "mesh_ca:default");
+        dump["secrets"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| s["name"] != "mesh_ca:default");
     })
     .to_string();
-    assert!(err.contains("secrets") && err.contains("mesh_ca:default"), "{err}");
+    assert!(
+        err.contains("secrets") && err.contains("mesh_ca:default"),
+        "{err}"
+    );
 
     // A dump as the zone CP serves it: the key is redacted.
     let dump = golden("web", None);
-    let err = resources_from_json("web", &dump).map(|_| ()).unwrap_err().to_string();
+    let err = resources_from_json("web", &dump)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tlsCertificate.privateKey"), "{err}");
 }
 
@@ -312,7 +351,10 @@ fn a_refused_update_keeps_what_was_there() {
     let mut resources = translate("web", Some("web.key.pem"));
     let before = resources.config();
     let raw = resources.raw();
-    let mut clusters: Vec<_> = raw[zone_proxies::xds::CLUSTER_TYPE].values().cloned().collect();
+    let mut clusters: Vec<_> = raw[zone_proxies::xds::CLUSTER_TYPE]
+        .values()
+        .cloned()
+        .collect();
     // Garbage bytes in one cluster.
     clusters[0].value = vec![0xff, 0xff, 0xff];
     let err = resources
@@ -320,4 +362,88 @@ fn a_refused_update_keeps_what_was_there() {
         .unwrap_err();
     assert!(err.to_string().contains("does not decode"), "{err}");
     assert_eq!(resources.config(), before);
+}
+
+/// `zone-proxy run --static FILE`: the file's configuration is published at once and the proxy
+/// is ready; its admin `/config_dump` shows the same resources.
+#[tokio::test]
+async fn a_static_file_runs_the_same_translation() {
+    use zone_proxies::run::{run, ConfigSource, Shutdown};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    std::fs::write(&file, golden("web", Some("web.key.pem")).to_string()).unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (config_tx, config_rx) = tokio::sync::oneshot::channel();
+    let data_path =
+        move |config: tokio::sync::watch::Receiver<Arc<zone_proxies::config::ProxyConfig>>,
+              shutdown: Shutdown| {
+            let _ = config_tx.send(config);
+            async move {
+                shutdown.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = tokio::spawn(run(
+        ConfigSource::Static(file),
+        admin,
+        Arc::new(String::new),
+        data_path,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let config = config_rx.await.unwrap();
+    assert_eq!(
+        **config.borrow(),
+        translate("web", Some("web.key.pem")).config()
+    );
+    let ready = reqwest::get(format!("http://{admin_addr}/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let dump: Value = reqwest::get(format!("http://{admin_addr}/config_dump"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = dump["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"api_63acdb7e") && names.contains(&"localhost:8080"),
+        "{names:?}"
+    );
+    assert_eq!(
+        dump["secrets"][0]["tlsCertificate"]["privateKey"],
+        "[redacted]"
+    );
+    stop.send(()).unwrap();
+    proxy.await.unwrap().unwrap();
+
+    // A file that does not translate stops the proxy before it starts, saying why.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, golden("web", None).to_string()).unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err =
+        run(
+            ConfigSource::Static(broken),
+            admin,
+            Arc::new(String::new),
+            |_: tokio::sync::watch::Receiver<Arc<zone_proxies::config::ProxyConfig>>,
+             _: Shutdown| async { Ok::<(), std::convert::Infallible>(()) },
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.json") && err.contains("privateKey"),
+        "{err}"
+    );
 }

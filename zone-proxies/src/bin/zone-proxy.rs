@@ -26,11 +26,12 @@ async fn main() -> anyhow::Result<()> {
     // Until the data path is merged the proxy only keeps its configuration current; the lead
     // replaces these two arguments with the data path's stats and `zone_proxies::dataplane::run`.
     let stats: zone_proxies::admin::StatsSource = Arc::new(String::new);
-    let data_path = |_config: tokio::sync::watch::Receiver<Arc<zone_proxies::config::ProxyConfig>>,
-                     shutdown: zone_proxies::run::Shutdown| async move {
-        shutdown.await;
-        Ok::<(), std::convert::Infallible>(())
-    };
+    let data_path =
+        |_config: tokio::sync::watch::Receiver<Arc<zone_proxies::config::ProxyConfig>>,
+         shutdown: zone_proxies::run::Shutdown| async move {
+            shutdown.await;
+            Ok::<(), std::convert::Infallible>(())
+        };
     run(args.source(), admin, stats, data_path, shutdown_signal()).await?;
     Ok(())
 }

@@ -217,7 +217,9 @@ impl AdsClient {
         Duration::from_secs_f64(full * rand::thread_rng().gen_range(0.5..=1.0))
     }
 
-    fn token(&self) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, StreamError> {
+    fn token(
+        &self,
+    ) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, StreamError> {
         let Some(path) = &self.options.token_file else {
             return Ok(None);
         };
@@ -312,6 +314,13 @@ impl AdsClient {
             response_nonce: state.nonce.clone(),
             ..DiscoveryRequest::default()
         };
+        tracing::debug!(
+            type_url,
+            version = %request.version_info,
+            nonce = %request.response_nonce,
+            names = ?request.resource_names,
+            "xDS request"
+        );
         if requests.try_send(request).is_err() {
             tracing::debug!(type_url, "xDS request not queued: the stream is closing");
         }
@@ -341,7 +350,11 @@ impl AdsClient {
         }
     }
 
-    fn on_response(&mut self, requests: &mpsc::Sender<DiscoveryRequest>, response: DiscoveryResponse) {
+    fn on_response(
+        &mut self,
+        requests: &mpsc::Sender<DiscoveryRequest>,
+        response: DiscoveryResponse,
+    ) {
         let type_url = response.type_url.clone();
         let state = self.types.entry(type_url.clone()).or_default();
         state.nonce = response.nonce.clone();

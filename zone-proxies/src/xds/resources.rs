@@ -163,7 +163,9 @@ impl Resources {
             .flat_map(|e| e.inline_secrets.iter())
             .chain(self.clusters.values().flat_map(|e| e.inline_secrets.iter()))
         {
-            secrets.entry(name.clone()).or_insert_with(|| secret.clone());
+            secrets
+                .entry(name.clone())
+                .or_insert_with(|| secret.clone());
         }
         ProxyConfig {
             listeners: models(&self.listeners),
@@ -208,11 +210,12 @@ impl Resources {
             if let Discovery::Eds(service) = &cluster.discovery {
                 endpoints.insert(service.clone());
             }
-            for tls in cluster
-                .tls
-                .iter()
-                .chain(cluster.tls_by_metadata.iter().filter_map(|(_, t)| t.as_ref()))
-            {
+            for tls in cluster.tls.iter().chain(
+                cluster
+                    .tls_by_metadata
+                    .iter()
+                    .filter_map(|(_, t)| t.as_ref()),
+            ) {
                 secret(&tls.certificate);
                 secret(&tls.trusted_ca);
             }

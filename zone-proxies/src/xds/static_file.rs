@@ -41,10 +41,7 @@ pub enum StaticError {
 
 /// The resources of a config dump document, translated. Every route table, load assignment
 /// and secret the listeners and clusters name must be in it.
-pub fn resources_from_json(
-    path: &str,
-    dump: &serde_json::Value,
-) -> Result<Resources, StaticError> {
+pub fn resources_from_json(path: &str, dump: &serde_json::Value) -> Result<Resources, StaticError> {
     let all = config_dump::resources_of_dump(dump).map_err(|source| StaticError::Dump {
         path: path.to_owned(),
         source,
@@ -64,8 +61,16 @@ pub fn resources_from_json(
     }
     let references = resources.references();
     for (kind, type_url, names) in [
-        ("route configurations", super::ROUTE_TYPE, &references.routes),
-        ("cluster load assignments", super::ENDPOINT_TYPE, &references.endpoints),
+        (
+            "route configurations",
+            super::ROUTE_TYPE,
+            &references.routes,
+        ),
+        (
+            "cluster load assignments",
+            super::ENDPOINT_TYPE,
+            &references.endpoints,
+        ),
         ("secrets", super::SECRET_TYPE, &references.secrets),
     ] {
         let missing: BTreeSet<String> = names

@@ -201,7 +201,8 @@ impl InlineSecrets {
         };
         if !self.0.contains_key(&name) {
             let ca_pem = data_source_text(source)?;
-            self.0.insert(name.clone(), Arc::new(Secret::TrustedCa { ca_pem }));
+            self.0
+                .insert(name.clone(), Arc::new(Secret::TrustedCa { ca_pem }));
         }
         Ok(name)
     }
@@ -215,10 +216,12 @@ pub fn data_source_text(source: &DataSource) -> FieldResult<String> {
             .map_err(|_| FieldError::new("inline_bytes is not UTF-8 text").at("inline_bytes")),
         Some(data_source::Specifier::Filename(path)) => std::fs::read_to_string(path)
             .map_err(|e| FieldError::new(format!("cannot read {path:?}: {e}")).at("filename")),
-        Some(data_source::Specifier::EnvironmentVariable(var)) => std::env::var(var).map_err(|_| {
-            FieldError::new(format!("environment variable {var:?} is not set"))
-                .at("environment_variable")
-        }),
+        Some(data_source::Specifier::EnvironmentVariable(var)) => {
+            std::env::var(var).map_err(|_| {
+                FieldError::new(format!("environment variable {var:?} is not set"))
+                    .at("environment_variable")
+            })
+        }
         None => Err(FieldError::new("empty data source")),
     }
 }
@@ -255,10 +258,9 @@ pub fn value_match(m: &StringMatcher) -> FieldResult<ValueMatch> {
         Some(string_matcher::MatchPattern::Suffix(v)) => {
             Ok(ValueMatch::Regex(format!(".*{}", regex_escape(v))))
         }
-        Some(string_matcher::MatchPattern::Contains(v)) => Ok(ValueMatch::Regex(format!(
-            ".*{}.*",
-            regex_escape(v)
-        ))),
+        Some(string_matcher::MatchPattern::Contains(v)) => {
+            Ok(ValueMatch::Regex(format!(".*{}.*", regex_escape(v))))
+        }
         Some(string_matcher::MatchPattern::Custom(c)) => Err(FieldError::new(format!(
             "custom string matcher {:?} is not supported",
             c.name
@@ -334,12 +336,18 @@ mod tests {
             nanos: 0
         })
         .is_err());
-        assert_eq!(optional_timeout(Some(&PbDuration::default())).unwrap(), None);
+        assert_eq!(
+            optional_timeout(Some(&PbDuration::default())).unwrap(),
+            None
+        );
         let m = StringMatcher {
             match_pattern: Some(string_matcher::MatchPattern::Suffix(".mesh".into())),
             ..StringMatcher::default()
         };
-        assert_eq!(value_match(&m).unwrap(), ValueMatch::Regex(".*\\.mesh".into()));
+        assert_eq!(
+            value_match(&m).unwrap(),
+            ValueMatch::Regex(".*\\.mesh".into())
+        );
         let m = StringMatcher {
             ignore_case: true,
             ..m

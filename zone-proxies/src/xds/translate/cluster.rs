@@ -25,8 +25,8 @@ use super::{
     ResourceHandler,
 };
 use crate::config::{
-    CircuitBreakers, Cluster, Discovery, HealthCheck, HealthCheckKind, LbPolicy,
-    OutlierDetection, UpstreamProtocol,
+    CircuitBreakers, Cluster, Discovery, HealthCheck, HealthCheckKind, LbPolicy, OutlierDetection,
+    UpstreamProtocol,
 };
 
 /// Envoy's default connect timeout.
@@ -81,9 +81,7 @@ fn cluster(c: &PbCluster, secrets: &mut InlineSecrets) -> FieldResult<Cluster> {
                 .load_assignment
                 .as_ref()
                 .ok_or_else(|| FieldError::new("missing").at("load_assignment"))?;
-            Discovery::Static(Arc::new(
-                load_assignment(assignment).at("load_assignment")?,
-            ))
+            Discovery::Static(Arc::new(load_assignment(assignment).at("load_assignment")?))
         }
         cluster::DiscoveryType::OriginalDst => {
             return Err(FieldError::new("ORIGINAL_DST clusters are not supported").at("type"))
@@ -207,7 +205,10 @@ fn lb_policy(c: &PbCluster) -> FieldResult<LbPolicy> {
 fn thresholds(t: &Thresholds) -> FieldResult<CircuitBreakers> {
     let d = CircuitBreakers::default();
     Ok(CircuitBreakers {
-        max_connections: t.max_connections.as_ref().map_or(d.max_connections, |v| v.value),
+        max_connections: t
+            .max_connections
+            .as_ref()
+            .map_or(d.max_connections, |v| v.value),
         max_pending_requests: t
             .max_pending_requests
             .as_ref()
@@ -261,8 +262,10 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
     let kind = match &h.health_checker {
         Some(HealthChecker::HttpHealthCheck(http)) => {
             if http.send.is_some() || !http.receive.is_empty() {
-                return Err(FieldError::new("HTTP health check payloads are not supported")
-                    .at("http_health_check"));
+                return Err(
+                    FieldError::new("HTTP health check payloads are not supported")
+                        .at("http_health_check"),
+                );
             }
             let expected_statuses = if http.expected_statuses.is_empty() {
                 vec![(200, 201)]

@@ -87,7 +87,11 @@ fn locality(l: &LocalityLbEndpoints) -> FieldResult<LocalityEndpoints> {
         .map(|(i, e)| endpoint(e).at(format!("[{i}]")).at("lb_endpoints"))
         .collect::<FieldResult<Vec<_>>>()?;
     Ok(LocalityEndpoints {
-        zone: l.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default(),
+        zone: l
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default(),
         priority: l.priority,
         weight: l.load_balancing_weight.as_ref().map(|w| w.value),
         endpoints,
@@ -96,7 +100,9 @@ fn locality(l: &LocalityLbEndpoints) -> FieldResult<LocalityEndpoints> {
 
 fn endpoint(e: &LbEndpoint) -> FieldResult<Endpoint> {
     let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
-        return Err(FieldError::new("only inline endpoints are supported (not endpoint_name)"));
+        return Err(FieldError::new(
+            "only inline endpoints are supported (not endpoint_name)",
+        ));
     };
     let address = endpoint
         .address
@@ -148,7 +154,10 @@ fn endpoint(e: &LbEndpoint) -> FieldResult<Endpoint> {
     }
     Ok(Endpoint {
         address,
-        weight: e.load_balancing_weight.as_ref().map_or(1, |w| w.value.max(1)),
+        weight: e
+            .load_balancing_weight
+            .as_ref()
+            .map_or(1, |w| w.value.max(1)),
         health,
         metadata,
     })

@@ -34,8 +34,8 @@ use prost::Name as _;
 
 use super::route::route_table;
 use super::{
-    duration, optional_timeout, tls, type_name, unpack, value_match, At, FieldError,
-    FieldResult, InlineSecrets, ResourceHandler,
+    duration, optional_timeout, tls, type_name, unpack, value_match, At, FieldError, FieldResult,
+    InlineSecrets, ResourceHandler,
 };
 use crate::config::{
     AccessLog, ChainHandler, FaultAbort, FaultDelay, FaultInjection, FilterChain, HttpManager,
@@ -136,9 +136,7 @@ fn socket_address(a: &Address) -> FieldResult<SocketAddr> {
                 .at("port_value")
                 .at("socket_address")
         })?,
-        _ => {
-            return Err(FieldError::new("a numeric port_value is required").at("socket_address"))
-        }
+        _ => return Err(FieldError::new("a numeric port_value is required").at("socket_address")),
     };
     Ok(SocketAddr::new(ip, port))
 }
@@ -292,9 +290,7 @@ fn access_logs(list: &[PbAccessLog]) -> FieldResult<Vec<AccessLog>> {
     for (i, log) in list.iter().enumerate() {
         if let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type {
             if any.type_url == FileAccessLog::type_url() {
-                let file: FileAccessLog = unpack(any)
-                    .at("typed_config")
-                    .at(format!("[{i}]"))?;
+                let file: FileAccessLog = unpack(any).at("typed_config").at(format!("[{i}]"))?;
                 if file.path.is_empty() {
                     return Err(FieldError::new("empty")
                         .at("path")
@@ -338,7 +334,10 @@ fn http_manager(h: &HttpConnectionManager) -> FieldResult<HttpManager> {
     Ok(manager)
 }
 
-fn http_filters(list: &[envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter], m: &mut HttpManager) -> FieldResult<()> {
+fn http_filters(
+    list: &[envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter],
+    m: &mut HttpManager,
+) -> FieldResult<()> {
     let mut router = false;
     for (i, f) in list.iter().enumerate() {
         let at = |e: FieldError| e.at(format!("[{i}]"));
@@ -367,7 +366,9 @@ fn http_filters(list: &[envoy_types::pb::envoy::extensions::filters::network::ht
         } else if url == PbHttpRbac::type_url() {
             let config: PbHttpRbac = unpack(any).map_err(typed)?;
             if config.matcher.is_some() {
-                return Err(typed(FieldError::new("RBAC matchers are not supported").at("matcher")));
+                return Err(typed(
+                    FieldError::new("RBAC matchers are not supported").at("matcher"),
+                ));
             }
             if m.rbac.is_some() {
                 return Err(at(FieldError::new("a second RBAC filter")));
@@ -432,7 +433,9 @@ fn rbac(rules: &PbRbac) -> FieldResult<Option<Rbac>> {
             }
         }
         if policy.condition.is_some() || policy.checked_condition.is_some() {
-            return Err(at(FieldError::new("CEL conditions are not supported").at("condition")));
+            return Err(at(
+                FieldError::new("CEL conditions are not supported").at("condition")
+            ));
         }
         let principals = policy
             .principals
@@ -493,10 +496,10 @@ fn percent(p: Option<&FractionalPercent>) -> f64 {
 
 fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
     if !f.headers.is_empty() {
-        return Err(FieldError::new(
-            "faults restricted to callers by header are not supported",
-        )
-        .at("headers"));
+        return Err(
+            FieldError::new("faults restricted to callers by header are not supported")
+                .at("headers"),
+        );
     }
     if !f.downstream_nodes.is_empty() || !f.upstream_cluster.is_empty() {
         return Err(FieldError::new(
@@ -505,7 +508,8 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
     }
     if f.response_rate_limit.is_some() {
         return Err(
-            FieldError::new("response bandwidth limits are not supported").at("response_rate_limit")
+            FieldError::new("response bandwidth limits are not supported")
+                .at("response_rate_limit"),
         );
     }
     let abort = f
@@ -566,7 +570,11 @@ fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<LocalRateLimit>>
     let fill_interval = bucket
         .fill_interval
         .as_ref()
-        .ok_or_else(|| FieldError::new("missing").at("fill_interval").at("token_bucket"))
+        .ok_or_else(|| {
+            FieldError::new("missing")
+                .at("fill_interval")
+                .at("token_bucket")
+        })
         .and_then(|d| duration(d).at("fill_interval").at("token_bucket"))?;
     if fill_interval.is_zero() {
         return Err(FieldError::new("must be positive")

@@ -122,9 +122,13 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
     })
 }
 
-fn route_match(m: &envoy_types::pb::envoy::config::route::v3::RouteMatch) -> FieldResult<RouteMatch> {
+fn route_match(
+    m: &envoy_types::pb::envoy::config::route::v3::RouteMatch,
+) -> FieldResult<RouteMatch> {
     if m.case_sensitive.as_ref().is_some_and(|c| !c.value) {
-        return Err(FieldError::new("case-insensitive paths are not supported").at("case_sensitive"));
+        return Err(
+            FieldError::new("case-insensitive paths are not supported").at("case_sensitive")
+        );
     }
     if m.runtime_fraction.is_some() {
         return Err(FieldError::new("runtime fractions are not supported").at("runtime_fraction"));
@@ -166,7 +170,9 @@ fn route_match(m: &envoy_types::pb::envoy::config::route::v3::RouteMatch) -> Fie
                     value_match(s).at("string_match")
                 }
                 Some(QueryParameterMatchSpecifier::PresentMatch(true)) => Ok(ValueMatch::Present),
-                _ => Err(FieldError::new("only string_match and present_match are supported")),
+                _ => Err(FieldError::new(
+                    "only string_match and present_match are supported",
+                )),
             };
             value
                 .map(|value| QueryMatch {
@@ -184,6 +190,8 @@ fn route_match(m: &envoy_types::pb::envoy::config::route::v3::RouteMatch) -> Fie
     })
 }
 
+// The deprecated exact/prefix/regex forms are still what many control planes send.
+#[allow(deprecated)]
 fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
     let mut invert = h.invert_match;
     let value = match &h.header_match_specifier {
@@ -252,11 +260,7 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
         None => None,
         Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
         Some(route_action::HostRewriteSpecifier::AutoHostRewrite(b)) if !b.value => None,
-        Some(_) => {
-            return Err(FieldError::new(
-                "only literal host rewrites are supported",
-            ))
-        }
+        Some(_) => return Err(FieldError::new("only literal host rewrites are supported")),
     };
     let timeout = match &a.timeout {
         None => Some(ROUTE_TIMEOUT),

@@ -13,7 +13,8 @@ use super::{type_name, unpack, value_match, At, FieldError, FieldResult, InlineS
 use crate::config::{DownstreamTls, UpstreamTls, ValueMatch};
 
 /// The transport socket names that mean "no TLS".
-const RAW_BUFFER: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// What a common TLS context says, before it is shaped for one direction.
 struct Common {
@@ -25,17 +26,19 @@ struct Common {
 
 fn common(ctx: &CommonTlsContext, secrets: &mut InlineSecrets) -> FieldResult<Common> {
     if !ctx.tls_certificates.is_empty() {
-        return Err(FieldError::new(
-            "inline certificates are not supported; deliver them by SDS",
-        )
-        .at("tls_certificates"));
+        return Err(
+            FieldError::new("inline certificates are not supported; deliver them by SDS")
+                .at("tls_certificates"),
+        );
     }
     let certificate = match ctx.tls_certificate_sds_secret_configs.as_slice() {
         [] => None,
         [one] => Some(one.name.clone()),
         _ => {
-            return Err(FieldError::new("more than one certificate is not supported")
-                .at("tls_certificate_sds_secret_configs"))
+            return Err(
+                FieldError::new("more than one certificate is not supported")
+                    .at("tls_certificate_sds_secret_configs"),
+            )
         }
     };
     let (trusted_ca, validation) = match &ctx.validation_context_type {
@@ -170,7 +173,11 @@ pub fn downstream(
         .transpose()
         .at("common_tls_context")
         .at("typed_config")?
-        .ok_or_else(|| FieldError::new("missing").at("common_tls_context").at("typed_config"))?;
+        .ok_or_else(|| {
+            FieldError::new("missing")
+                .at("common_tls_context")
+                .at("typed_config")
+        })?;
     let certificate = common.certificate.ok_or_else(|| {
         FieldError::new("a TLS server needs a certificate")
             .at("tls_certificate_sds_secret_configs")
@@ -180,19 +187,22 @@ pub fn downstream(
     let mut match_san = Vec::new();
     for (san_type, m) in common.match_san {
         if san_type == SanType::Dns {
-            return Err(FieldError::new(
-                "client certificates are matched on URI SANs only",
-            )
-            .at("san_type")
-            .at("common_tls_context")
-            .at("typed_config"));
+            return Err(
+                FieldError::new("client certificates are matched on URI SANs only")
+                    .at("san_type")
+                    .at("common_tls_context")
+                    .at("typed_config"),
+            );
         }
         match_san.push(m);
     }
     Ok(Some(DownstreamTls {
         certificate,
         trusted_ca: common.trusted_ca,
-        require_client_certificate: ctx.require_client_certificate.as_ref().is_some_and(|b| b.value),
+        require_client_certificate: ctx
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| b.value),
         match_san,
     }))
 }
