@@ -4,8 +4,14 @@
 //! [`EnvoyJson`] renders any encoded Envoy message by reflection (prost-reflect) in canonical
 //! proto3 JSON: lowerCamelCase field names, defaults omitted, enums by name, durations as `"5s"`,
 //! and every `Any` (top level and nested `typed_config`) as `{"@type": ..., fields}`.
-//! [`config_dump`] turns a proxy's [`Snapshot`] into one document grouped by xDS type, with
-//! private keys replaced by `"[redacted]"`.
+//! [`config_dump`] turns a proxy's `Snapshot` into one document grouped by xDS type, with
+//! private keys replaced by `"[redacted]"` ([`dump_resources`] does the same for any list of
+//! resources, as the zone proxy's admin `/config_dump` serves them). The other way,
+//! [`EnvoyJson::json_to_any`] and [`resources_of_dump`] read such JSON back into messages (a zone
+//! proxy's `--static` file).
+//!
+//! The `snapshot` feature (default) adds [`config_dump`] and the xds-server dependency it needs;
+//! the zone proxy goes without, so it does not link the control plane.
 
 use std::sync::OnceLock;
 
@@ -13,9 +19,21 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
-use xds_server::snapshot::{
-    Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
-};
+#[cfg(feature = "snapshot")]
+use xds_server::snapshot::Snapshot;
+
+/// `Any.type_url` of a Listener (LDS).
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// `Any.type_url` of a RouteConfiguration (RDS).
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// `Any.type_url` of a Cluster (CDS).
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `Any.type_url` of a ClusterLoadAssignment (EDS).
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// `Any.type_url` of an SDS Secret.
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// The keys of a config dump, in xDS order, with the type each holds. Resources of any other
 /// type go under `"other"`.
@@ -46,6 +64,10 @@ pub enum DumpError {
         name: String,
         source: prost::DecodeError,
     },
+    /// JSON that is not the proto3 JSON form of the message its `@type` names. `at` is where in
+    /// the document (`listeners[2]`).
+    #[error("{at}: {message}")]
+    Parse { at: String, message: String },
     /// The message decoded but could not be written as JSON (a nested `Any` of an unknown type,
     /// an out-of-range timestamp).
     #[error("resource {name:?} of type {type_url}: {message}")]
@@ -113,6 +135,117 @@ impl EnvoyJson {
                 message: e.to_string(),
             })
     }
+
+    /// The message `value` (`{"@type": type_url, ...fields}`, the form [`Self::any_to_json`]
+    /// writes) as an `Any`. `at` names the value in errors (`listeners[0]`). A value redacted in
+    /// a dump (`"[redacted]"`) is refused, naming its field: the key it stood for is not there.
+    pub fn json_to_any(&self, at: &str, value: &Value) -> Result<Any, DumpError> {
+        let parse = |message: String| DumpError::Parse {
+            at: at.to_owned(),
+            message,
+        };
+        if let Some(field) = redacted_field(value, String::new()) {
+            return Err(parse(format!(
+                "{field} is {REDACTED:?}: a config dump carries no private material; put the \
+                 real value there (for a key: {{\"inlineString\": PEM}} or {{\"filename\": path}})"
+            )));
+        }
+        let type_url = value
+            .get("@type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| parse("no \"@type\" naming the message".to_owned()))?;
+        if !self.knows(type_url) {
+            return Err(DumpError::UnknownType {
+                type_url: type_url.to_owned(),
+            });
+        }
+        let any_descriptor = self
+            .pool
+            .get_message_by_name("google.protobuf.Any")
+            .ok_or_else(|| DumpError::UnknownType {
+                type_url: "type.googleapis.com/google.protobuf.Any".into(),
+            })?;
+        let dynamic = DynamicMessage::deserialize(any_descriptor, value)
+            .map_err(|e| parse(format!("not a valid {type_url}: {e}")))?;
+        Any::decode(dynamic.encode_to_vec().as_slice())
+            .map_err(|e| parse(format!("re-encoding as Any: {e}")))
+    }
+}
+
+/// The path of the first string equal to [`REDACTED`] in `value`, if any.
+fn redacted_field(value: &Value, at: String) -> Option<String> {
+    match value {
+        Value::String(s) if s == REDACTED => Some(at),
+        Value::Object(map) => map.iter().find_map(|(key, field)| {
+            let path = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            redacted_field(field, path)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| redacted_field(item, format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Every resource of a config dump (the document [`config_dump`] or [`dump_resources`] writes:
+/// the [`SECTIONS`] keys and `"other"`, each a list), in document order. Errors name the entry
+/// (`secrets[0]`).
+pub fn resources_of_dump(dump: &Value) -> Result<Vec<Any>, DumpError> {
+    let json = EnvoyJson::get();
+    let object = dump.as_object().ok_or_else(|| DumpError::Parse {
+        at: "the document".into(),
+        message: "not a JSON object of resource lists (listeners, routes, clusters, ...)".into(),
+    })?;
+    let mut resources = Vec::new();
+    for (key, value) in object {
+        let known = SECTIONS.iter().any(|(k, _)| k == key) || key == "other";
+        if !known {
+            continue; // "version", and whatever a later dump adds beside the resources
+        }
+        let items = value.as_array().ok_or_else(|| DumpError::Parse {
+            at: key.clone(),
+            message: "not a list of resources".into(),
+        })?;
+        for (i, item) in items.iter().enumerate() {
+            resources.push(json.json_to_any(&format!("{key}[{i}]"), item)?);
+        }
+    }
+    Ok(resources)
+}
+
+/// `resources` as a config dump: `{"version", "listeners", "routes", "clusters", "endpoints",
+/// "secrets"}` (each a list in the order given; `"other"` too when there are resources of other
+/// types), private keys redacted. `name` labels a resource in errors.
+pub fn dump_resources<'a>(
+    version: &str,
+    resources: impl IntoIterator<Item = (&'a str, &'a Any)>,
+) -> Result<Value, DumpError> {
+    let json = EnvoyJson::get();
+    let mut sections: Vec<Vec<Value>> = vec![Vec::new(); SECTIONS.len()];
+    let mut other = Vec::new();
+    for (name, resource) in resources {
+        let rendered = json.any_to_json(name, resource)?;
+        match SECTIONS.iter().position(|(_, t)| *t == resource.type_url) {
+            Some(i) => sections[i].push(rendered),
+            None => other.push(rendered),
+        }
+    }
+    let mut dump = Map::new();
+    dump.insert("version".into(), Value::String(version.to_owned()));
+    for ((key, _), items) in SECTIONS.iter().zip(sections) {
+        dump.insert((*key).into(), Value::Array(items));
+    }
+    if !other.is_empty() {
+        dump.insert("other".into(), Value::Array(other));
+    }
+    let mut dump = Value::Object(dump);
+    redact(&mut dump);
+    Ok(dump)
 }
 
 /// The message name of a type URL (what follows its last `/`).
@@ -126,32 +259,23 @@ fn message_name(type_url: &str) -> Option<&str> {
 /// `snapshot` as Envoy JSON: `{"version", "listeners", "routes", "clusters", "endpoints",
 /// "secrets"}` (each a list of resources in name order; `"other"` too when the snapshot holds
 /// other types), private keys redacted.
+#[cfg(feature = "snapshot")]
 pub fn config_dump(snapshot: &Snapshot) -> Result<Value, DumpError> {
-    let json = EnvoyJson::get();
-    let mut dump = Map::new();
-    dump.insert("version".into(), Value::String(snapshot.version.clone()));
-    for (key, type_url) in SECTIONS {
-        let items = snapshot
+    let sections = SECTIONS.iter().flat_map(|(_, type_url)| {
+        snapshot
             .of_type(type_url)
-            .map(|(name, r)| json.any_to_json(name, &r.resource))
-            .collect::<Result<Vec<_>, _>>()?;
-        dump.insert(key.into(), Value::Array(items));
-    }
-    let mut other = Vec::new();
-    for (type_url, resources) in &snapshot.resources {
-        if SECTIONS.iter().any(|(_, t)| t == type_url) {
-            continue;
-        }
-        for (name, r) in resources {
-            other.push(json.any_to_json(name, &r.resource)?);
-        }
-    }
-    if !other.is_empty() {
-        dump.insert("other".into(), Value::Array(other));
-    }
-    let mut dump = Value::Object(dump);
-    redact(&mut dump);
-    Ok(dump)
+            .map(|(name, r)| (name.as_str(), &r.resource))
+    });
+    let other = snapshot
+        .resources
+        .iter()
+        .filter(|(type_url, _)| !SECTIONS.iter().any(|(_, t)| t == type_url))
+        .flat_map(|(_, resources)| {
+            resources
+                .iter()
+                .map(|(name, r)| (name.as_str(), &r.resource))
+        });
+    dump_resources(&snapshot.version, sections.chain(other))
 }
 
 /// Replaces secret material wherever it appears (a Secret's `tlsCertificate`, or certificates
@@ -176,7 +300,7 @@ pub fn redact(value: &mut Value) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "snapshot"))]
 mod tests {
     use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
     use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
@@ -321,5 +445,54 @@ mod tests {
         snapshot.insert(TCP_PROXY, "odd", &TcpProxy::default());
         let dump = config_dump(&snapshot.seal()).unwrap();
         assert_eq!(dump["other"], json!([{"@type": TCP_PROXY}]));
+    }
+
+    #[test]
+    fn type_urls_are_the_servers() {
+        use xds_server::snapshot as server;
+        assert_eq!(LISTENER_TYPE, server::LISTENER_TYPE);
+        assert_eq!(ROUTE_TYPE, server::ROUTE_TYPE);
+        assert_eq!(CLUSTER_TYPE, server::CLUSTER_TYPE);
+        assert_eq!(ENDPOINT_TYPE, server::ENDPOINT_TYPE);
+        assert_eq!(SECRET_TYPE, server::SECRET_TYPE);
+    }
+
+    #[test]
+    fn a_dump_reads_back_into_the_same_messages() {
+        let mut snapshot = Snapshot::default();
+        snapshot.insert(
+            LISTENER_TYPE,
+            "l",
+            &listener(any(TCP_PROXY, &TcpProxy::default())),
+        );
+        let snapshot = snapshot.seal();
+        let dump = config_dump(&snapshot).unwrap();
+        let resources = resources_of_dump(&dump).unwrap();
+        let original: Vec<&Any> = snapshot
+            .of_type(LISTENER_TYPE)
+            .map(|(_, r)| &r.resource)
+            .collect();
+        assert_eq!(resources.iter().collect::<Vec<_>>(), original);
+    }
+
+    #[test]
+    fn bad_json_is_named_by_its_place() {
+        let dump = json!({"listeners": [{"@type": LISTENER_TYPE, "name": "l", "bogus": 1}]});
+        let err = resources_of_dump(&dump).unwrap_err().to_string();
+        assert!(
+            err.starts_with("listeners[0]: ") && err.contains("bogus"),
+            "{err}"
+        );
+        let dump = json!({"secrets": [{"@type": SECRET_TYPE, "name": "s",
+            "tlsCertificate": {"privateKey": REDACTED}}]});
+        let err = resources_of_dump(&dump).unwrap_err().to_string();
+        assert!(
+            err.contains("secrets[0]") && err.contains("tlsCertificate.privateKey"),
+            "{err}"
+        );
+        let err = resources_of_dump(&json!({"listeners": [{"name": "l"}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("@type"), "{err}");
     }
 }

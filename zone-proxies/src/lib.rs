@@ -9,19 +9,22 @@
 //! connecting, outlier detection and health checks; [`stats`] and [`access_log`] observe it.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod downstream;
 pub mod http;
 pub mod matcher;
+pub mod run;
 pub mod runtime;
 pub mod stats;
 pub mod testing;
 pub mod tls;
 pub mod upstream;
+pub mod xds;
 
 /// What a zone proxy is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyMode {
     Sidecar,
     Ingress,
@@ -35,6 +38,17 @@ impl ProxyMode {
             ProxyMode::Sidecar => None,
             ProxyMode::Ingress => Some(10001),
             ProxyMode::Egress => Some(10002),
+        }
+    }
+
+    /// The xDS node id the zone CP admits this proxy by: `<mesh>/<name>` for a sidecar,
+    /// `ingress:<name>` and `egress:<name>` for a zone's ingress and egress (which serve every
+    /// mesh).
+    pub fn node_id(self, mesh: &str, name: &str) -> String {
+        match self {
+            ProxyMode::Sidecar => format!("{mesh}/{name}"),
+            ProxyMode::Ingress => format!("ingress:{name}"),
+            ProxyMode::Egress => format!("egress:{name}"),
         }
     }
 }

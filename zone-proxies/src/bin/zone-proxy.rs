@@ -1,0 +1,58 @@
+//! `zone-proxy run ...`: a sidecar, zone ingress or zone egress. Parses the flags, starts
+//! logging, binds the admin listener and hands over to [`zone_proxies::run::run`]; SIGTERM or
+//! SIGINT stops it.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use zone_proxies::run::{run_proxy, RunArgs};
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "zone-proxy", version, about = "Meridian's zone proxy")]
+enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Run(args) = Command::parse();
+    init_tracing();
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("--admin {}: cannot listen", args.admin))?;
+    tracing::info!(admin = %admin.local_addr()?, mode = ?args.mode, "zone proxy starting");
+    run_proxy(args.source(), admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
+/// `MERIDIAN_LOG_FORMAT=json` (as the control planes do).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("MERIDIAN_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! RDS: a `RouteConfiguration` -> [`RouteTable`] (also used for an HTTP connection manager's
+//! inline `route_config`): virtual hosts, route matches on path, headers and query, and actions
+//! (forward to one or weighted clusters with timeouts, retries and rewrites, or a direct
+//! response). Redirects and regex rewrites are refused.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    route, route_action, route_match::PathSpecifier, HeaderMatcher as PbHeaderMatcher,
+    RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction as PbRouteAction,
+    RouteConfiguration, VirtualHost as PbVirtualHost,
+};
+
+use super::{
+    data_source_text, duration, optional_timeout, value_match, At, FieldError, FieldResult,
+    InlineSecrets, ResourceHandler,
+};
+use crate::config::{
+    Forward, HeaderMatch, PathMatch, QueryMatch, RetryOn, RetryPolicy, Route, RouteAction,
+    RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+};
+
+/// Envoy's default route timeout.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy's default retry back-off base interval (the maximum defaults to 10 times it).
+const RETRY_BASE: Duration = Duration::from_millis(25);
+
+/// The RDS handler.
+#[derive(Debug)]
+pub struct RouteHandler;
+
+impl ResourceHandler for RouteHandler {
+    const TYPE_URL: &'static str = super::super::ROUTE_TYPE;
+    const KIND: &'static str = "route configuration";
+    type Proto = RouteConfiguration;
+    type Model = RouteTable;
+
+    fn name(proto: &RouteConfiguration) -> &str {
+        &proto.name
+    }
+
+    fn translate(r: &RouteConfiguration, _: &mut InlineSecrets) -> FieldResult<Option<RouteTable>> {
+        route_table(r).map(Some)
+    }
+}
+
+/// A route configuration, from RDS or inline.
+pub fn route_table(r: &RouteConfiguration) -> FieldResult<RouteTable> {
+    let virtual_hosts = r
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, v)| virtual_host(v).at(format!("[{i}]")).at("virtual_hosts"))
+        .collect::<FieldResult<Vec<_>>>()?;
+    if r.vhds.is_some() {
+        return Err(FieldError::new("VHDS is not supported").at("vhds"));
+    }
+    Ok(RouteTable {
+        name: r.name.clone(),
+        virtual_hosts,
+    })
+}
+
+fn virtual_host(v: &PbVirtualHost) -> FieldResult<VirtualHost> {
+    if v.retry_policy.is_some() {
+        return Err(
+            FieldError::new("virtual host retry policies are not supported").at("retry_policy"),
+        );
+    }
+    if v.require_tls != 0 {
+        return Err(FieldError::new("require_tls is not supported").at("require_tls"));
+    }
+    let routes = v
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| route(r).at(format!("[{i}]")).at("routes"))
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(VirtualHost {
+        name: v.name.clone(),
+        domains: v.domains.clone(),
+        routes,
+    })
+}
+
+fn route(r: &PbRoute) -> FieldResult<Route> {
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("match"))?;
+    let matcher = route_match(m).at("match")?;
+    let action = match &r.action {
+        Some(route::Action::Route(a)) => RouteAction::Forward(forward(a).at("route")?),
+        Some(route::Action::DirectResponse(d)) => {
+            let status = u16::try_from(d.status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .ok_or_else(|| {
+                    FieldError::new(format!("HTTP status {} is out of range", d.status))
+                        .at("status")
+                        .at("direct_response")
+                })?;
+            let body = d
+                .body
+                .as_ref()
+                .map(|b| data_source_text(b).at("body").at("direct_response"))
+                .transpose()?
+                .unwrap_or_default();
+            RouteAction::DirectResponse { status, body }
+        }
+        Some(route::Action::Redirect(_)) => {
+            return Err(FieldError::new("redirects are not supported").at("redirect"))
+        }
+        Some(_) => return Err(FieldError::new("unsupported route action")),
+        None => return Err(FieldError::new("no action")),
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        matcher,
+        action,
+    })
+}
+
+fn route_match(
+    m: &envoy_types::pb::envoy::config::route::v3::RouteMatch,
+) -> FieldResult<RouteMatch> {
+    if m.case_sensitive.as_ref().is_some_and(|c| !c.value) {
+        return Err(
+            FieldError::new("case-insensitive paths are not supported").at("case_sensitive")
+        );
+    }
+    if m.runtime_fraction.is_some() {
+        return Err(FieldError::new("runtime fractions are not supported").at("runtime_fraction"));
+    }
+    if m.grpc.is_some() || m.tls_context.is_some() || !m.cookies.is_empty() {
+        return Err(FieldError::new(
+            "matching on gRPC, TLS context or cookies is not supported",
+        ));
+    }
+    if !m.dynamic_metadata.is_empty() || !m.filter_state.is_empty() {
+        return Err(FieldError::new(
+            "matching on dynamic metadata or filter state is not supported",
+        ));
+    }
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(r.regex.clone()),
+        Some(_) => {
+            return Err(FieldError::new(
+                "only prefix, path and safe_regex path matches are supported",
+            ))
+        }
+        None => return Err(FieldError::new("no path match")),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
+        .collect::<FieldResult<Vec<_>>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let value = match &q.query_parameter_match_specifier {
+                Some(QueryParameterMatchSpecifier::StringMatch(s)) => {
+                    value_match(s).at("string_match")
+                }
+                Some(QueryParameterMatchSpecifier::PresentMatch(true)) => Ok(ValueMatch::Present),
+                _ => Err(FieldError::new(
+                    "only string_match and present_match are supported",
+                )),
+            };
+            value
+                .map(|value| QueryMatch {
+                    name: q.name.clone(),
+                    value,
+                })
+                .at(format!("[{i}]"))
+                .at("query_parameters")
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(RouteMatch {
+        path,
+        headers,
+        query,
+    })
+}
+
+// The deprecated exact/prefix/regex forms are still what many control planes send.
+#[allow(deprecated)]
+fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
+    let mut invert = h.invert_match;
+    let value = match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::StringMatch(s)) => value_match(s).at("string_match")?,
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => ValueMatch::Exact(v.clone()),
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => ValueMatch::Prefix(v.clone()),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => ValueMatch::Regex(r.regex.clone()),
+        Some(HeaderMatchSpecifier::PresentMatch(present)) => {
+            // `present_match: false` matches when the header is absent.
+            invert ^= !present;
+            ValueMatch::Present
+        }
+        None => ValueMatch::Present,
+        Some(_) => {
+            return Err(FieldError::new(
+                "only string, exact, prefix, regex and present header matches are supported",
+            ))
+        }
+    };
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        value,
+        invert,
+    })
+}
+
+fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
+    let clusters = match &a.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(name)) => vec![WeightedCluster {
+            name: name.clone(),
+            weight: 1,
+        }],
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+            let clusters: Vec<WeightedCluster> = w
+                .clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if !c.cluster_header.is_empty() {
+                        return Err(FieldError::new("cluster_header is not supported")
+                            .at(format!("[{i}]"))
+                            .at("clusters"));
+                    }
+                    Ok(WeightedCluster {
+                        name: c.name.clone(),
+                        weight: c.weight.as_ref().map_or(0, |w| w.value),
+                    })
+                })
+                .collect::<FieldResult<_>>()
+                .at("weighted_clusters")?;
+            if clusters.iter().all(|c| c.weight == 0) {
+                return Err(FieldError::new("no cluster has a weight").at("weighted_clusters"));
+            }
+            clusters
+        }
+        _ => {
+            return Err(FieldError::new(
+                "only cluster and weighted_clusters are supported",
+            ))
+        }
+    };
+    if a.regex_rewrite.is_some() || a.path_rewrite_policy.is_some() {
+        return Err(FieldError::new("regex path rewrites are not supported").at("regex_rewrite"));
+    }
+    let host_rewrite = match &a.host_rewrite_specifier {
+        None => None,
+        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
+        Some(route_action::HostRewriteSpecifier::AutoHostRewrite(b)) if !b.value => None,
+        Some(_) => return Err(FieldError::new("only literal host rewrites are supported")),
+    };
+    let timeout = match &a.timeout {
+        None => Some(ROUTE_TIMEOUT),
+        Some(d) => optional_timeout(Some(d)).at("timeout")?,
+    };
+    Ok(Forward {
+        clusters,
+        timeout,
+        idle_timeout: optional_timeout(a.idle_timeout.as_ref()).at("idle_timeout")?,
+        retry: a
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .at("retry_policy")?,
+        prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        host_rewrite,
+    })
+}
+
+fn retry_policy(r: &PbRetryPolicy) -> FieldResult<RetryPolicy> {
+    let mut retry_on = RetryOn::default();
+    for condition in r.retry_on.split(',').map(str::trim) {
+        match condition {
+            "5xx" => retry_on.five_xx = true,
+            "gateway-error" => retry_on.gateway_error = true,
+            "reset" => retry_on.reset = true,
+            "connect-failure" => retry_on.connect_failure = true,
+            "retriable-status-codes" => retry_on.retriable_status_codes = true,
+            "refused-stream" => retry_on.refused_stream = true,
+            // Conditions this proxy cannot observe are dropped (see the module docs of `super`).
+            _ => {}
+        }
+    }
+    let (backoff_base, backoff_max) = match &r.retry_back_off {
+        None => (RETRY_BASE, RETRY_BASE * 10),
+        Some(b) => {
+            let base = b
+                .base_interval
+                .as_ref()
+                .map(|d| duration(d).at("base_interval"))
+                .transpose()
+                .at("retry_back_off")?
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    FieldError::new("must be positive")
+                        .at("base_interval")
+                        .at("retry_back_off")
+                })?;
+            let max = b
+                .max_interval
+                .as_ref()
+                .map(|d| duration(d).at("max_interval"))
+                .transpose()
+                .at("retry_back_off")?
+                .unwrap_or(base * 10);
+            if max < base {
+                return Err(FieldError::new("less than base_interval")
+                    .at("max_interval")
+                    .at("retry_back_off"));
+            }
+            (base, max)
+        }
+    };
+    let retriable_status_codes = r
+        .retriable_status_codes
+        .iter()
+        .map(|c| {
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| {
+                    FieldError::new(format!("status {c} is out of range"))
+                        .at("retriable_status_codes")
+                })
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(RetryPolicy {
+        retry_on,
+        num_retries: r.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: optional_timeout(r.per_try_timeout.as_ref()).at("per_try_timeout")?,
+        backoff_base,
+        backoff_max,
+        retriable_status_codes,
+    })
+}
