@@ -568,19 +568,14 @@ async fn forward_with_retries(
         let per_try = policy
             .and_then(|p| p.per_try_timeout)
             .filter(|t| !t.is_zero());
-        let sent = client::send(cluster, &host, upstream);
-        let result = match per_try {
-            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-            None => Ok(sent.await),
-        };
-        let (outcome, response) = match result {
-            Ok(Ok(response)) => {
+        let (outcome, response) = match client::send(cluster, &host, upstream, per_try).await {
+            Ok(response) => {
                 let status = response.status().as_u16();
                 stats.record_status(status);
                 stats.upstream_rq_time.record(started.elapsed());
                 (Outcome::Status(status), Some(response))
             }
-            Ok(Err(SendError::Connect(ConnectError::Overflow(_)))) => {
+            Err(SendError::Connect(ConnectError::Overflow(_))) => {
                 log.flags = "UO";
                 let mut response = local_reply(503, "upstream overflow");
                 response
@@ -589,16 +584,16 @@ async fn forward_with_retries(
                 return response;
             }
             // Connect failures were recorded for outlier detection when they happened.
-            Ok(Err(SendError::Connect(e))) => {
+            Err(SendError::Connect(e)) => {
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream connect failed");
                 (Outcome::ConnectFailure, None)
             }
-            Ok(Err(SendError::Http(e))) => {
+            Err(SendError::Http(e)) => {
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream request failed");
                 cluster.record_outcome(&host, Outcome::Reset);
                 (Outcome::Reset, None)
             }
-            Err(()) => {
+            Err(SendError::PerTryTimeout) => {
                 stats
                     .upstream_rq_per_try_timeout
                     .fetch_add(1, Ordering::Relaxed);

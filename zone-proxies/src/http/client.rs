@@ -82,6 +82,24 @@ pub enum SendError {
     Connect(#[from] ConnectError),
     #[error("upstream request: {0}")]
     Http(#[from] hyper::Error),
+    /// No response headers within the per-try timeout, counted from when the request was sent
+    /// on a connection (as Envoy does: connecting is bounded by the connect timeout instead).
+    #[error("upstream request: per-try timeout")]
+    PerTryTimeout,
+}
+
+/// Waits for `response` (a request already handed to a connection) for at most `per_try`.
+async fn within<T>(
+    per_try: Option<Duration>,
+    response: impl std::future::Future<Output = Result<T, hyper::Error>>,
+) -> Result<T, SendError> {
+    match per_try {
+        Some(limit) => tokio::time::timeout(limit, response)
+            .await
+            .map_err(|_| SendError::PerTryTimeout)?
+            .map_err(SendError::from),
+        None => response.await.map_err(SendError::from),
+    }
 }
 
 /// A pooled HTTP/1.1 connection in use; back to its pool when dropped.
@@ -144,24 +162,15 @@ async fn checkout(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkou
 async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout, SendError> {
     let shared = &cluster.shared;
     let max_pending = cluster.config.circuit_breakers.max_pending_requests;
-    if shared.pending.fetch_add(1, Ordering::Relaxed) >= max_pending {
-        shared.pending.fetch_sub(1, Ordering::Relaxed);
+    let Some(pending) = PendingRequest::enter(shared, max_pending) else {
         shared
             .stats
             .upstream_rq_pending_overflow
             .fetch_add(1, Ordering::Relaxed);
         return Err(ConnectError::Overflow(cluster.name().to_string()).into());
-    }
-    shared
-        .stats
-        .upstream_rq_pending_active
-        .fetch_add(1, Ordering::Relaxed);
+    };
     let result = cluster.connect_host(host).await;
-    shared.pending.fetch_sub(1, Ordering::Relaxed);
-    shared
-        .stats
-        .upstream_rq_pending_active
-        .fetch_sub(1, Ordering::Relaxed);
+    drop(pending);
     let conn = result?;
     let h2 =
         cluster.config.protocol == UpstreamProtocol::Http2 || conn.alpn.as_deref() == Some(b"h2");
@@ -190,14 +199,48 @@ async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout
     }
 }
 
+/// A request waiting for a new connection, counted in `pending` and `upstream_rq_pending_active`
+/// until dropped: also when the wait is abandoned (per-try timeout, client gone), which a
+/// decrement after the `await` would miss.
+struct PendingRequest<'a>(&'a crate::upstream::cluster::ClusterShared);
+
+impl<'a> PendingRequest<'a> {
+    fn enter(
+        shared: &'a crate::upstream::cluster::ClusterShared,
+        max: u32,
+    ) -> Option<PendingRequest<'a>> {
+        if shared.pending.fetch_add(1, Ordering::Relaxed) >= max {
+            shared.pending.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        shared
+            .stats
+            .upstream_rq_pending_active
+            .fetch_add(1, Ordering::Relaxed);
+        Some(PendingRequest(shared))
+    }
+}
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .stats
+            .upstream_rq_pending_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A response whose body keeps its connection leased until finished or dropped.
 pub type Upstream = Response<UnsyncBoxBody<Bytes, BoxError>>;
 
-/// Sends `request` (origin-form URI, `Host` header set) to `host` over a pooled connection.
+/// Sends `request` (origin-form URI, `Host` header set) to `host` over a pooled connection,
+/// waiting at most `per_try` for the response once it is sent.
 pub async fn send(
     cluster: &UpstreamCluster,
     host: &Arc<Host>,
     mut request: Request<Body>,
+    per_try: Option<Duration>,
 ) -> Result<Upstream, SendError> {
     use http_body_util::BodyExt;
     match checkout(cluster, host).await? {
@@ -217,12 +260,12 @@ pub async fn send(
                 .parse()
                 .unwrap_or_default();
             *request.version_mut() = http::Version::HTTP_2;
-            let response = sender.send_request(request).await?;
+            let response = within(per_try, sender.send_request(request)).await?;
             Ok(response.map(|b: Incoming| b.map_err(BoxError::from).boxed_unsync()))
         }
         Checkout::H1(mut sender) => {
             *request.version_mut() = http::Version::HTTP_11;
-            let response = sender.send_request(request).await?;
+            let response = within(per_try, sender.send_request(request)).await?;
             let lease = Lease {
                 host: host.clone(),
                 settings: cluster.settings_version,

@@ -1,7 +1,8 @@
 //! Connecting to an endpoint: TCP (no delay), then TLS when the endpoint's transport says so
 //! (SNI and client certificate from the cluster's `tls` or the matching `tls_by_metadata`
 //! entry). The connection counts against the cluster's `max_connections` circuit breaker and
-//! its `upstream_cx_active` gauge until dropped.
+//! its `upstream_cx_active` gauge from the start of connecting until dropped (also when the
+//! connect itself is abandoned).
 
 use std::io;
 use std::pin::Pin;
@@ -56,7 +57,29 @@ pub struct UpstreamConn {
     pub host: Arc<Host>,
     /// The ALPN protocol the server chose (TLS only).
     pub alpn: Option<Vec<u8>>,
-    stats: Arc<ClusterStats>,
+    _slot: ConnectionSlot,
+}
+
+/// One connection's place under the cluster's `max_connections`, from the moment connecting
+/// starts; given back when dropped, so a connect abandoned half-way (the request's per-try
+/// timeout fired, the client went away) does not keep its place for ever.
+struct ConnectionSlot(Arc<ClusterStats>);
+
+impl ConnectionSlot {
+    /// Takes a place, or `None` when the cluster is at `max` connections.
+    fn take(stats: &Arc<ClusterStats>, max: i64) -> Option<ConnectionSlot> {
+        if stats.upstream_cx_active.fetch_add(1, Ordering::Relaxed) >= max {
+            stats.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(stats.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for UpstreamConn {
@@ -64,14 +87,6 @@ impl std::fmt::Debug for UpstreamConn {
         f.debug_struct("UpstreamConn")
             .field("host", &self.host.address)
             .finish()
-    }
-}
-
-impl Drop for UpstreamConn {
-    fn drop(&mut self) {
-        self.stats
-            .upstream_cx_active
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -89,12 +104,10 @@ impl UpstreamCluster {
     pub async fn connect_host(&self, host: &Arc<Host>) -> Result<UpstreamConn, ConnectError> {
         let stats = self.shared.stats.clone();
         let max = self.config.circuit_breakers.max_connections as i64;
-        if stats.upstream_cx_active.fetch_add(1, Ordering::Relaxed) >= max {
-            stats.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = ConnectionSlot::take(&stats, max) else {
             stats.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
             return Err(ConnectError::Overflow(self.name().to_string()));
-        }
-        // From here the gauge is owned by `conn` (or given back on failure below).
+        };
         let address = host.address.clone();
         let result = async {
             let stream = match tokio::time::timeout(connect_timeout(self), tcp(&address)).await {
@@ -135,11 +148,11 @@ impl UpstreamCluster {
                     io,
                     host: host.clone(),
                     alpn,
-                    stats,
+                    _slot: slot,
                 })
             }
             Err(e) => {
-                stats.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
                 stats
                     .upstream_cx_connect_fail
                     .fetch_add(1, Ordering::Relaxed);
