@@ -130,6 +130,9 @@ pub struct Translated<T> {
     pub secrets: Vec<(String, Arc<Secret>)>,
 }
 
+/// A handled resource: its name and what it translated to.
+pub type Handled<T> = (String, Translated<Option<T>>);
+
 /// The seam per xDS type: decode, name and translate one resource of it.
 pub trait ResourceHandler {
     /// The type URL resources of this type carry.
@@ -150,7 +153,7 @@ pub trait ResourceHandler {
     ) -> FieldResult<Option<Self::Model>>;
 
     /// Decodes `any` and translates it: the resource's name and its model.
-    fn handle(any: &Any) -> Result<(String, Translated<Option<Self::Model>>), TranslateError> {
+    fn handle(any: &Any) -> Result<Handled<Self::Model>, TranslateError> {
         if any.type_url != Self::TYPE_URL {
             return Err(TranslateError {
                 kind: Self::KIND,

@@ -16,6 +16,9 @@ use crate::config::{DownstreamTls, UpstreamTls, ValueMatch};
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
+/// SAN matchers with the SAN type each applies to.
+type SanMatchers = Vec<(SanType, ValueMatch)>;
+
 /// What a common TLS context says, before it is shaped for one direction.
 struct Common {
     certificate: Option<String>,
@@ -95,7 +98,7 @@ fn common(ctx: &CommonTlsContext, secrets: &mut InlineSecrets) -> FieldResult<Co
 fn validation_context(
     v: &CertificateValidationContext,
     secrets: &mut InlineSecrets,
-) -> FieldResult<(Option<String>, Vec<(SanType, ValueMatch)>)> {
+) -> FieldResult<(Option<String>, SanMatchers)> {
     let ca = v
         .trusted_ca
         .as_ref()
