@@ -18,6 +18,11 @@
 //!
 //! The ADS phase runs first, while the heap holds nothing freed by earlier bulk work, so the
 //! memory delta is not hidden by reused free memory.
+//!
+//! Each Dataplane declares two outbounds and no transparent proxying, so its sidecar reaches two
+//! services (`xds_server::reachable`). With [`TRANSPARENT_ENV`]`=1` every Dataplane has
+//! transparent proxying instead and reaches all 1,000 services (Kuma's default on Kubernetes).
+//! [`PHASES_ENV`] (a comma-separated subset of `ads,change,cold`) runs only some phases.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -49,6 +54,18 @@ const CLIENT_ENV: &str = "MERIDIAN_BENCH_ADS_CLIENT";
 /// Set in the child: a file of `<node id> <token>` lines.
 const TOKENS_ENV: &str = "MERIDIAN_BENCH_ADS_TOKENS";
 const WAIT: Duration = Duration::from_secs(300);
+/// Set to `1`: every Dataplane has transparent proxying (reaches every service).
+const TRANSPARENT_ENV: &str = "MERIDIAN_BENCH_TRANSPARENT";
+/// The phases to run (`ads,change,cold`, the default).
+const PHASES_ENV: &str = "MERIDIAN_BENCH_PHASES";
+
+fn transparent() -> bool {
+    std::env::var(TRANSPARENT_ENV).is_ok_and(|v| v == "1")
+}
+
+fn phase(name: &str) -> bool {
+    std::env::var(PHASES_ENV).map_or(true, |phases| phases.split(',').any(|p| p.trim() == name))
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,13 +101,19 @@ fn connected_ids() -> Vec<ProxyId> {
 const MESH_YAML: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n";
 
 /// Instance `i` of service `k`: one inbound (http for even services, tcp for odd ones) and two
-/// outbounds, one to an http service and one to a tcp service.
-fn dataplane_yaml(k: usize, i: usize) -> String {
+/// outbounds, one to an http service and one to a tcp service; transparent proxying when
+/// `transparent`.
+fn dataplane_yaml(k: usize, i: usize, transparent: bool) -> String {
     let n = k * PER_SERVICE + i + 1;
     let protocol = if is_http(k) { "http" } else { "tcp" };
     let (a, b) = ((k + 1) % SERVICES, (k + 2) % SERVICES);
+    let tp = if transparent {
+        "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n"
+    } else {
+        ""
+    };
     format!(
-        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 10.1.{hi}.{lo}\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: {svc}\n        kuma.io/protocol: {protocol}\n  outbound:\n    - port: 10001\n      tags:\n        kuma.io/service: {sa}\n    - port: 10002\n      tags:\n        kuma.io/service: {sb}\n",
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 10.1.{hi}.{lo}\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: {svc}\n        kuma.io/protocol: {protocol}\n  outbound:\n    - port: 10001\n      tags:\n        kuma.io/service: {sa}\n    - port: 10002\n      tags:\n        kuma.io/service: {sb}\n{tp}",
         name = dataplane_name(k, i),
         hi = n / 256,
         lo = n % 256,
@@ -180,7 +203,10 @@ async fn populate(store: &Arc<dyn ResourceStore>) -> Resource {
     store.create(ca.key_secret()).await.unwrap();
     store.create(ca.cert_secret()).await.unwrap();
     let mut docs: Vec<String> = policies_yaml();
-    docs.extend((0..SERVICES).flat_map(|k| (0..PER_SERVICE).map(move |i| dataplane_yaml(k, i))));
+    let tp = transparent();
+    docs.extend(
+        (0..SERVICES).flat_map(|k| (0..PER_SERVICE).map(move |i| dataplane_yaml(k, i, tp))),
+    );
     let count = docs.len();
     // 16 writers share the store's flushes (group commit).
     let mut created = futures::stream::iter(docs)
@@ -196,8 +222,9 @@ async fn populate(store: &Arc<dyn ResourceStore>) -> Resource {
         }
     }
     println!(
-        "populated: mesh + CA + {count} resources ({} Dataplanes, 100 policies) in {:.1} s",
+        "populated: mesh + CA + {count} resources ({} Dataplanes, 100 policies; each sidecar reaches {}) in {:.1} s",
         SERVICES * PER_SERVICE,
+        if tp { "every service" } else { "its 2 outbounds' services" },
         started.elapsed().as_secs_f64()
     );
     timeout.expect("timeout-mesh created")
@@ -273,9 +300,15 @@ async fn server_main() {
     let mut timeout = populate(&store).await;
     let mut connect = 5;
 
-    ads_phase(&store, dir.path(), &mut timeout, &mut connect).await;
-    change_phase(&store, &mut timeout, &mut connect).await;
-    cold_build(&store).await;
+    if phase("ads") {
+        ads_phase(&store, dir.path(), &mut timeout, &mut connect).await;
+    }
+    if phase("change") {
+        change_phase(&store, &mut timeout, &mut connect).await;
+    }
+    if phase("cold") {
+        cold_build(&store).await;
+    }
 }
 
 async fn ads_phase(
@@ -300,9 +333,12 @@ async fn ads_phase(
         },
     ));
 
-    // The mesh context and the outbound bundles are shared by every proxy: build them before the
-    // baseline (through proxies that will not connect: instance 1 of the services whose policies
-    // give them their own bundle, and of a few others).
+    // The mesh context is shared by every proxy: build it before the baseline (through proxies
+    // that will not connect: instance 1 of the services whose policies give them their own
+    // bundle, and of a few others). Outbound bundles are shared by proxies with the same policies
+    // and reachable services: with transparent proxying these few are all of them; with two
+    // outbounds each, every connected proxy (instance 0 of its service) has its own bundle, built
+    // when it connects, and it counts in the per-proxy memory.
     let mut sizes = Vec::new();
     for k in 0..20 {
         let id = ProxyId::dataplane(MESH, &dataplane_name(k, 1));

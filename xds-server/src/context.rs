@@ -18,6 +18,7 @@ use mesh_api::{
 };
 use mesh_store::{ListQuery, ResourceStore, StoreError};
 
+use crate::reachable::Reachable;
 use crate::snapshot::Snapshot;
 
 /// One local instance of a service: a ready inbound of a Dataplane of this zone.
@@ -50,6 +51,14 @@ pub struct ServiceInfo {
     pub remote: Vec<RemoteEndpoint>,
 }
 
+/// What proxies sharing an outbound bundle have in common: a fingerprint of the policies that
+/// select them (`generator::sidecar::policy_fingerprint`) and the services they reach.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BundleKey {
+    pub policies: u64,
+    pub reachable: Reachable,
+}
+
 /// A zone ingress of the zone store: this zone's own, or another zone's (relayed by the global).
 #[derive(Debug, Clone)]
 pub struct IngressInfo {
@@ -80,9 +89,9 @@ pub struct MeshContext {
     /// The mesh's builtin CA when mTLS is on and its Secrets are in the store (`Err` says why it
     /// cannot be used: missing or damaged Secrets, a `provided` backend).
     pub ca: Result<Arc<mesh_ca::MeshCa>, String>,
-    /// Outbound resources shared by the proxies that the same policies apply to, keyed by a
-    /// fingerprint of those policies (see `generator::sidecar`).
-    pub bundles: Mutex<HashMap<u64, Arc<Snapshot>>>,
+    /// Outbound resources shared by the proxies that the same policies apply to and that reach
+    /// the same services (see `generator::sidecar`).
+    pub bundles: Mutex<HashMap<BundleKey, Arc<Snapshot>>>,
 }
 
 impl MeshContext {

@@ -14,6 +14,7 @@ pub mod context;
 pub mod generator;
 pub mod policy;
 pub mod proxyless;
+pub mod reachable;
 pub mod routes;
 pub mod server;
 pub mod snapshot;

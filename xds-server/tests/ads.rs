@@ -80,6 +80,8 @@ async fn zone_with(
     (zone, cache)
 }
 
+/// A Dataplane with transparent proxying and no reachable list: it reaches every service of its
+/// mesh, so a new service anywhere in the mesh changes its configuration.
 async fn add_dataplane(
     store: &Arc<dyn ResourceStore>,
     mesh: &str,
@@ -87,8 +89,28 @@ async fn add_dataplane(
     ip: &str,
     service: &str,
 ) {
+    add_dataplane_with(
+        store,
+        mesh,
+        name,
+        ip,
+        service,
+        "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
+    )
+    .await;
+}
+
+/// A Dataplane whose `networking` ends with `more` (YAML at the indentation of `inbound`).
+async fn add_dataplane_with(
+    store: &Arc<dyn ResourceStore>,
+    mesh: &str,
+    name: &str,
+    ip: &str,
+    service: &str,
+    more: &str,
+) {
     let text = format!(
-        "type: Dataplane\nname: {name}\nmesh: {mesh}\nnetworking:\n  address: {ip}\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: {service}\n"
+        "type: Dataplane\nname: {name}\nmesh: {mesh}\nnetworking:\n  address: {ip}\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: {service}\n{more}"
     );
     let resource = mesh_api::parse_documents(&text).remove(0).unwrap().resource;
     store.create(resource).await.unwrap();
@@ -313,6 +335,51 @@ async fn a_proxy_gets_its_config_and_follows_its_mesh_only() {
     add_dataplane(&zone.store, "other", "cache-1", "10.0.1.2", "cache").await;
     let push = db.next().await;
     assert_eq!(clusters(&push), ["cache", "db", "localhost:8080"]);
+}
+
+#[tokio::test]
+async fn a_proxy_gets_and_is_pushed_only_the_services_it_reaches() {
+    let zone = zone().await;
+    add_dataplane(&zone.store, "default", "api-1", "10.0.0.2", "api").await;
+    add_dataplane(&zone.store, "default", "db-1", "10.0.0.3", "db").await;
+    // web declares one outbound and no transparent proxying: it reaches api only.
+    add_dataplane_with(
+        &zone.store,
+        "default",
+        "web-1",
+        "10.0.0.1",
+        "web",
+        "  outbound:\n    - port: 10001\n      tags:\n        kuma.io/service: api\n",
+    )
+    .await;
+    let mut web = open_sotw(
+        &zone.url,
+        "default/web-1",
+        Some(&token(&zone, "default", "web-1")),
+    )
+    .await
+    .unwrap();
+    web.request(CLUSTER_TYPE, &[]).await;
+    let cds = web.next().await;
+    assert_eq!(clusters(&cds), ["api", "localhost:8080"]);
+    web.ack(&cds).await;
+    web.request(ENDPOINT_TYPE, &["api"]).await;
+    let eds = web.next().await;
+    web.ack(&eds).await;
+    let endpoints = |r: &DiscoveryResponse| -> usize {
+        assert_eq!(r.type_url, ENDPOINT_TYPE);
+        let cla = ClusterLoadAssignment::decode(r.resources[0].value.as_slice()).unwrap();
+        cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum()
+    };
+    assert_eq!(endpoints(&eds), 1);
+
+    // A service web does not reach appears, then a second api instance: the first push web
+    // gets is api's endpoints (no CDS push for the new service).
+    add_dataplane(&zone.store, "default", "queue-1", "10.0.0.4", "queue").await;
+    add_dataplane(&zone.store, "default", "api-2", "10.0.0.5", "api").await;
+    let push = web.next().await;
+    assert_eq!(push.type_url, ENDPOINT_TYPE, "{push:?}");
+    assert_eq!(endpoints(&push), 2);
 }
 
 #[tokio::test]

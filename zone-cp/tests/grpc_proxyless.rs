@@ -220,12 +220,15 @@ async fn a_grpc_xds_client_load_balances_over_the_service() {
         .await;
         servers.push(server);
     }
-    // The client's own Dataplane, and its token.
+    // The client's own Dataplane, and its token. It declares the service it dials as an
+    // outbound: a proxy gets configuration only for the services it reaches (the port is never
+    // bound, gRPC asks for the service's api listener by name).
     put(
         "/meshes/default/dataplanes/grpc-client".into(),
         json!({"type": "Dataplane", "mesh": "default", "name": "grpc-client", "networking": {
             "address": "127.0.0.1",
-            "inbound": [{"port": 1, "tags": {"kuma.io/service": "grpc-client"}}]
+            "inbound": [{"port": 1, "tags": {"kuma.io/service": "grpc-client"}}],
+            "outbound": [{"port": 2, "tags": {"kuma.io/service": "greeter"}}]
         }}),
     )
     .await;

@@ -350,7 +350,7 @@ mod tests {
     }
 
     const MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: builtin\n";
-    const DATAPLANES: &str = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: web\n---\ntype: Dataplane\nname: api-1\nmesh: default\nnetworking:\n  address: 10.0.0.2\n  inbound:\n    - port: 15000\n      servicePort: 9090\n      tags:\n        kuma.io/service: api\n";
+    const DATAPLANES: &str = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 15000\n      servicePort: 8080\n      tags:\n        kuma.io/service: web\n  outbound:\n    - port: 10001\n      tags:\n        kuma.io/service: api\n---\ntype: Dataplane\nname: api-1\nmesh: default\nnetworking:\n  address: 10.0.0.2\n  inbound:\n    - port: 15000\n      servicePort: 9090\n      tags:\n        kuma.io/service: api\n";
     const INGRESSES: &str = "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 10.0.0.10\n  port: 10001\n---\ntype: ZoneIngress\nname: ingress-2.zone-2\nlabels:\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\nzone: zone-2\nnetworking:\n  address: 172.16.0.2\n  advertisedAddress: 192.0.2.2\n  port: 10001\n  advertisedPort: 20001\navailableServices:\n  - mesh: default\n    instances: 2\n    tags:\n      kuma.io/service: api\n";
     const EGRESS: &str =
         "type: ZoneEgress\nname: egress-1\nnetworking:\n  address: 10.0.0.20\n  port: 10002\n";

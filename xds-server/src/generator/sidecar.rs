@@ -6,15 +6,18 @@
 //!   `localhost:<servicePort>`), one outbound listener per `networking.outbound` entry (RDS
 //!   `outbound:<service>` for HTTP, or a TCP proxy to the MeshTCPRoute/TrafficRoute split), and
 //!   its certificate and the mesh CA over SDS;
-//! - the outbound bundle, shared: for every service of the mesh, an EDS cluster configured by the
-//!   outbound policies (timeouts, circuit breaker, health checks, load balancer), with mTLS to the
-//!   service's identity and one transport socket per remote zone for its SNI; its
-//!   ClusterLoadAssignment (`super::endpoints`, priorities from MeshLoadBalancingStrategy); its
-//!   RouteConfiguration `outbound:<service>` (MeshHTTPRoute, else TrafficRoute, else one default
-//!   route; timeouts and retries from MeshTimeout/MeshRetry); clusters for route subsets; and the
-//!   named-only api listener gRPC's proxyless clients ask for. The bundle depends only on the mesh
-//!   and on which policies select the proxy, so proxies with the same [`policy_fingerprint`] share
-//!   one (`MeshContext::bundles`).
+//! - the outbound bundle, shared: for every service the proxy reaches ([`Reachable`]: its
+//!   outbounds, or with transparent proxying every service or its reachable list), an EDS cluster
+//!   configured by the outbound policies (timeouts, circuit breaker, health checks, load
+//!   balancer), with mTLS to the service's identity and one transport socket per remote zone for
+//!   its SNI; its ClusterLoadAssignment (`super::endpoints`, priorities from
+//!   MeshLoadBalancingStrategy); its RouteConfiguration `outbound:<service>` (MeshHTTPRoute, else
+//!   TrafficRoute, else one default route; timeouts and retries from MeshTimeout/MeshRetry); the
+//!   named-only api listener gRPC's proxyless clients ask for; then clusters (and endpoints) for
+//!   what those routes send to (subsets, other services), and the ExternalServices among all
+//!   these. The bundle depends only on the mesh, on which policies select the proxy and on what it
+//!   reaches, so proxies with the same [`policy_fingerprint`] and [`Reachable`] share one
+//!   (`MeshContext::bundles`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,13 +51,14 @@ use super::envoy::{
     single_endpoint, socket, tcp_proxy_filter_with, upstream_mtls,
 };
 use super::gateways::{external_cluster, external_parts, sni_for_external};
-use crate::context::MeshContext;
+use crate::context::{BundleKey, MeshContext};
 use crate::policy::{
     access_logs, configure_cluster, configure_inbound_cluster, http_connection_manager_settings,
     inbound_http_filters, inbound_rbac, inbound_route_action_settings, inbound_tcp_rate_limit,
     route_action_settings, tcp_proxy_settings, AccessLogContext, Direction, OutboundPolicies,
     Protocol, ProxyPolicies,
 };
+use crate::reachable::{outbound_service, Reachable};
 use crate::routes::{
     http_route_configuration, outbound_mode, tcp_cluster_specifier, tcp_route_targets,
     ClusterTarget, OutboundMode,
@@ -112,7 +116,11 @@ pub fn sidecar_snapshot(
     for (name, cluster) in log_clusters {
         snapshot.insert(CLUSTER_TYPE, &name, &cluster);
     }
-    let bundle = outbound_bundle(ctx, dataplane, &policies);
+    let (reachable, warnings) = Reachable::of(spec);
+    for warning in warnings {
+        tracing::warn!(mesh = %ctx.name, dataplane = %dataplane.meta.name, "{warning}");
+    }
+    let bundle = outbound_bundle(ctx, dataplane, &policies, reachable);
     snapshot.share(bundle);
     if let Some(identity) = identity.filter(|_| ctx.mtls_enabled()) {
         insert_identity(&mut snapshot, &ctx.name, identity);
@@ -360,12 +368,9 @@ fn outbound_listeners(
         .map(|s| s.to_string())
         .unwrap_or_default();
     for outbound in spec.outbounds() {
-        let service = outbound
-            .tags
-            .get(SERVICE_TAG)
-            .cloned()
-            .or_else(|| outbound.backend_ref.as_ref().map(|b| b.name.clone()));
-        let Some(service) = service else { continue };
+        let Some(service) = outbound_service(outbound) else {
+            continue;
+        };
         let address = if outbound.address.is_empty() {
             "127.0.0.1"
         } else {
@@ -460,26 +465,36 @@ pub fn policy_fingerprint(
     hasher.finish()
 }
 
-/// The shared outbound resources for `dataplane`'s fingerprint, built on first use.
+/// The shared outbound resources for `dataplane`'s fingerprint and reachable services, built on
+/// first use.
 fn outbound_bundle(
     ctx: &MeshContext,
     dataplane: &Resource,
     policies: &ProxyPolicies,
+    reachable: Reachable,
 ) -> Arc<Snapshot> {
-    let fingerprint = policy_fingerprint(ctx, dataplane, policies);
+    let key = BundleKey {
+        policies: policy_fingerprint(ctx, dataplane, policies),
+        reachable,
+    };
     if let Some(bundle) = ctx
         .bundles
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&fingerprint)
+        .get(&key)
     {
         return bundle.clone();
     }
-    let bundle = Arc::new(build_outbound_bundle(ctx, dataplane, policies));
+    let bundle = Arc::new(build_outbound_bundle(
+        ctx,
+        dataplane,
+        policies,
+        &key.reachable,
+    ));
     ctx.bundles
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(fingerprint)
+        .entry(key)
         .or_insert(bundle)
         .clone()
 }
@@ -588,6 +603,7 @@ fn build_outbound_bundle(
     ctx: &MeshContext,
     dataplane: &Resource,
     policies: &ProxyPolicies,
+    reachable: &Reachable,
 ) -> Snapshot {
     let mut bundle = Snapshot::default();
     let cross_zone = cross_zone(ctx);
@@ -595,7 +611,7 @@ fn build_outbound_bundle(
     let trs = traffic_routes(ctx);
     // Route targets other than the services themselves (subsets, unknown services).
     let mut extra_targets: BTreeSet<ClusterTarget> = BTreeSet::new();
-    for service in ctx.services.keys() {
+    for service in ctx.services.keys().filter(|s| reachable.contains(s)) {
         let p = policies.outbound(service);
         let protocol = service_protocol(ctx, service);
         outbound_cluster(
@@ -639,28 +655,54 @@ fn build_outbound_bundle(
             &crate::proxyless::api_listener(service, &route_name),
         );
     }
+    // Reached through a route even when not reachable by name.
+    let routed: BTreeSet<String> = extra_targets.iter().map(|t| t.service.clone()).collect();
     for target in extra_targets {
         let name = target.cluster_name();
         if bundle.of_type(CLUSTER_TYPE).any(|(n, _)| *n == name) {
             continue;
         }
+        // An ExternalService gets its own cluster below, and no EDS.
+        let external = || {
+            ctx.external_services
+                .iter()
+                .filter_map(external_parts)
+                .any(|(service, _, _)| service == target.service)
+        };
+        if target.tags.is_empty() && external() {
+            continue;
+        }
         let p = policies.outbound(&target.service);
         outbound_cluster(ctx, &target, &p, &cross_zone, &mut bundle);
     }
-    external_services(ctx, &cross_zone, &mut bundle);
+    external_services(
+        ctx,
+        &cross_zone,
+        |service| reachable.contains(service) || routed.contains(service),
+        &mut bundle,
+    );
     bundle
 }
 
 /// The identity the zone egress presents to sidecars of a mesh.
 pub const EGRESS_SERVICE: &str = "zone-egress";
 
-/// Clusters for the mesh's ExternalServices: through the zone egress (mTLS to it, the SNI naming
-/// the external service) when the mesh routes through it, else straight to the service.
-fn external_services(ctx: &MeshContext, cross_zone: &CrossZone, bundle: &mut Snapshot) {
+/// Clusters for the mesh's ExternalServices that are `wanted`: through the zone egress (mTLS to
+/// it, the SNI naming the external service) when the mesh routes through it, else straight to
+/// the service.
+fn external_services(
+    ctx: &MeshContext,
+    cross_zone: &CrossZone,
+    wanted: impl Fn(&str) -> bool,
+    bundle: &mut Snapshot,
+) {
     for external in &ctx.external_services {
         let Some((service, port, spec)) = external_parts(external) else {
             continue;
         };
+        if !wanted(&service) {
+            continue;
+        }
         let cluster = match cross_zone {
             CrossZone::ViaEgress {
                 address,
@@ -737,14 +779,246 @@ mod tests {
             inbound.filter_chains[0].transport_socket.is_none(),
             "no mTLS in this mesh"
         );
+        // web reaches its one outbound's service, api (not itself).
         let clusters: Vec<&String> = snapshot.of_type(CLUSTER_TYPE).map(|(n, _)| n).collect();
-        assert_eq!(clusters, ["api", "localhost:8080", "web"]);
+        assert_eq!(clusters, ["api", "localhost:8080"]);
         let routes: Vec<&String> = snapshot.of_type(ROUTE_TYPE).map(|(n, _)| n).collect();
-        assert_eq!(routes, ["outbound:api", "outbound:web"]);
-        // Both proxies share one bundle: the same policies apply to them.
-        let api = ctx.dataplane("api-1").unwrap();
-        let _ = sidecar_snapshot(&ctx, api, None);
+        assert_eq!(routes, ["outbound:api"]);
+        // A second instance of web shares web-1's bundle (same policies, same outbounds); api-1,
+        // which reaches nothing, gets its own (empty) one.
+        let web_2 = parse(&WEB.split("---").next().unwrap().replace("web-1", "web-2"));
+        let _ = sidecar_snapshot(&ctx, &web_2[0], None);
         assert_eq!(ctx.bundles.lock().unwrap().len(), 1);
+        let api = sidecar_snapshot(&ctx, ctx.dataplane("api-1").unwrap(), None);
+        assert_eq!(ctx.bundles.lock().unwrap().len(), 2);
+        let clusters: Vec<&String> = api.of_type(CLUSTER_TYPE).map(|(n, _)| n).collect();
+        assert_eq!(clusters, ["localhost:9090"]);
+    }
+
+    /// Four services, one ExternalService, and routes from web: api's MeshHTTPRoute splits to
+    /// api's v1 subset, to db and to the ExternalService; the TCP service cache's TrafficRoute
+    /// splits to queue.
+    const MESH: &str = r#"type: Dataplane
+name: api-1
+mesh: default
+networking:
+  address: 10.0.0.2
+  inbound:
+    - {port: 15000, servicePort: 9090, tags: {kuma.io/service: api, kuma.io/protocol: http, version: v1}}
+---
+type: Dataplane
+name: db-1
+mesh: default
+networking:
+  address: 10.0.0.3
+  inbound:
+    - {port: 15000, servicePort: 5432, tags: {kuma.io/service: db, kuma.io/protocol: http}}
+---
+type: Dataplane
+name: billing-1
+mesh: default
+networking:
+  address: 10.0.0.4
+  inbound:
+    - {port: 15000, servicePort: 8080, tags: {kuma.io/service: billing, kuma.io/protocol: http}}
+---
+type: Dataplane
+name: cache-1
+mesh: default
+networking:
+  address: 10.0.0.5
+  inbound:
+    - {port: 15000, servicePort: 6379, tags: {kuma.io/service: cache}}
+---
+type: Dataplane
+name: queue-1
+mesh: default
+networking:
+  address: 10.0.0.6
+  inbound:
+    - {port: 15000, servicePort: 5672, tags: {kuma.io/service: queue}}
+---
+type: ExternalService
+name: httpbin
+mesh: default
+tags:
+  kuma.io/service: httpbin
+  kuma.io/protocol: http
+networking:
+  address: httpbin.org:80
+---
+type: MeshHTTPRoute
+name: api-split
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /}}]
+          default:
+            backendRefs:
+              - {kind: MeshServiceSubset, name: api, tags: {version: v1}, weight: 80}
+              - {kind: MeshService, name: db, weight: 10}
+              - {kind: MeshService, name: httpbin, weight: 10}
+---
+type: TrafficRoute
+name: cache-to-queue
+mesh: default
+sources: [{match: {kuma.io/service: web}}]
+destinations: [{match: {kuma.io/service: cache}}]
+conf:
+  split:
+    - {weight: 50, destination: {kuma.io/service: cache}}
+    - {weight: 50, destination: {kuma.io/service: queue}}
+"#;
+
+    /// The sidecar snapshot of web-1 in [`MESH`], its `networking` after the address and inbound
+    /// being `networking`.
+    fn web_with(networking: &str) -> (Snapshot, MeshContext) {
+        let web = format!(
+            "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - {{port: 15000, servicePort: 8080, tags: {{kuma.io/service: web}}}}\n{networking}---\n{MESH}"
+        );
+        let resources = parse(&web);
+        for r in &resources {
+            mesh_api::validate_resource(r).unwrap();
+        }
+        let ctx = MeshContext::from_resources("default", Some("zone-1"), resources, &[], &[]);
+        let snapshot = sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap(), None);
+        (snapshot, ctx)
+    }
+
+    fn names_of(snapshot: &Snapshot, type_url: &str) -> Vec<String> {
+        snapshot.of_type(type_url).map(|(n, _)| n.clone()).collect()
+    }
+
+    const SUBSET_V1: &str = "api_63acdb7e";
+
+    #[test]
+    fn explicit_outbounds_get_their_services_and_route_targets_only() {
+        let (web, _) = web_with(
+            "  outbound:\n    - {port: 10001, tags: {kuma.io/service: api}}\n    - {port: 10002, tags: {kuma.io/service: cache}}\n",
+        );
+        let subset = crate::routes::ClusterTarget::new(
+            "api",
+            [("version".to_string(), "v1".to_string())].into(),
+        )
+        .cluster_name();
+        assert_eq!(subset, SUBSET_V1);
+        // api and cache by the outbounds; api's v1 subset, db and httpbin by api's route; queue
+        // by cache's TrafficRoute. Not billing, nor web itself.
+        assert_eq!(
+            names_of(&web, CLUSTER_TYPE),
+            [
+                "api",
+                SUBSET_V1,
+                "cache",
+                "db",
+                "httpbin",
+                "localhost:8080",
+                "queue"
+            ]
+        );
+        let httpbin = web
+            .of_type(CLUSTER_TYPE)
+            .find(|(n, _)| *n == "httpbin")
+            .map(|(_, r)| Cluster::decode(r.resource.value.as_slice()).unwrap())
+            .unwrap();
+        assert!(
+            httpbin.load_assignment.is_some(),
+            "the ExternalService's own cluster, not an EDS one"
+        );
+        for cluster in ["api", SUBSET_V1, "cache", "db", "queue"] {
+            assert!(
+                names_of(&web, ENDPOINT_TYPE).contains(&cluster.to_string()),
+                "{cluster}: {:?}",
+                names_of(&web, ENDPOINT_TYPE)
+            );
+        }
+        assert!(!names_of(&web, ENDPOINT_TYPE).contains(&"billing".to_string()));
+        assert_eq!(
+            names_of(&web, ROUTE_TYPE),
+            ["outbound:api", "outbound:cache"]
+        );
+        // The api listeners gRPC clients may ask for: the reachable services'.
+        let named_only: Vec<&String> = web
+            .of_type(LISTENER_TYPE)
+            .filter(|(_, r)| r.named_only)
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(named_only, ["api", "cache"]);
+        // (api's route splits, which gRPC does not take; cache routes to one cluster.)
+        crate::proxyless::check_serves(&web, "cache").unwrap();
+        crate::proxyless::check_serves(&web, "billing").expect_err("billing is not reachable");
+    }
+
+    #[test]
+    fn transparent_proxying_reaches_every_service_or_its_reachable_list() {
+        let tp = "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n";
+        let (all, ctx) = web_with(tp);
+        assert_eq!(
+            names_of(&all, CLUSTER_TYPE),
+            [
+                "api",
+                SUBSET_V1,
+                "billing",
+                "cache",
+                "db",
+                "httpbin",
+                "localhost:8080",
+                "queue",
+                "web"
+            ]
+        );
+        assert_eq!(
+            names_of(&all, ROUTE_TYPE),
+            [
+                "outbound:api",
+                "outbound:billing",
+                "outbound:cache",
+                "outbound:db",
+                "outbound:queue",
+                "outbound:web"
+            ]
+        );
+        // Another proxy reaching everything with the same policies shares the bundle.
+        let other = parse(
+            "type: Dataplane\nname: web-2\nmesh: default\nnetworking:\n  address: 10.0.0.9\n  inbound:\n    - {port: 15000, servicePort: 8080, tags: {kuma.io/service: web}}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
+        );
+        let web_2 = sidecar_snapshot(&ctx, &other[0], None);
+        assert!(Arc::ptr_eq(
+            all.shared.as_ref().unwrap(),
+            web_2.shared.as_ref().unwrap()
+        ));
+
+        let (listed, _) = web_with(&format!("{tp}    reachableServices: [billing]\n"));
+        assert_eq!(
+            names_of(&listed, CLUSTER_TYPE),
+            ["billing", "localhost:8080"]
+        );
+        assert_eq!(names_of(&listed, ENDPOINT_TYPE), ["billing"]);
+        assert_eq!(names_of(&listed, ROUTE_TYPE), ["outbound:billing"]);
+        let (backends, _) = web_with(&format!(
+            "{tp}    reachableBackends:\n      refs:\n        - {{kind: MeshService, name: api}}\n"
+        ));
+        assert_eq!(
+            names_of(&backends, CLUSTER_TYPE),
+            ["api", SUBSET_V1, "db", "httpbin", "localhost:8080"]
+        );
+    }
+
+    #[test]
+    fn an_unreachable_service_changing_leaves_the_snapshot_unchanged() {
+        let outbound = "  outbound:\n    - {port: 10001, tags: {kuma.io/service: billing}}\n";
+        let (before, _) = web_with(outbound);
+        // A second billing instance changes billing's endpoints: web's version changes.
+        let billing_2 = "type: Dataplane\nname: billing-2\nmesh: default\nnetworking:\n  address: 10.0.0.14\n  inbound:\n    - {port: 15000, servicePort: 8080, tags: {kuma.io/service: billing, kuma.io/protocol: http}}\n";
+        let (after, _) = web_with(&format!("{outbound}---\n{billing_2}"));
+        assert_ne!(before.version, after.version);
+        // A second queue instance (a service web does not reach) changes nothing for web.
+        let queue_2 = "type: Dataplane\nname: queue-2\nmesh: default\nnetworking:\n  address: 10.0.0.16\n  inbound:\n    - {port: 15000, servicePort: 5672, tags: {kuma.io/service: queue}}\n";
+        let (unrelated, _) = web_with(&format!("{outbound}---\n{queue_2}"));
+        assert_eq!(before.version, unrelated.version);
     }
 
     #[test]
