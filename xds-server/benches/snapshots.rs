@@ -6,7 +6,9 @@
 //! 1. ADS: 1,000 real state-of-the-world streams (one connection each, as Envoy opens them:
 //!    wildcard LDS/CDS, then EDS/RDS/SDS by the names those name, every response ACKed) from a
 //!    CHILD process (this binary re-executed with [`CLIENT_ENV`]), so this process's resident
-//!    memory counts only the server: (VmRSS with the streams - VmRSS before) / 1,000. Then pushes:
+//!    memory counts only the server: (VmRSS with the streams - VmRSS before) / 1,000, split into
+//!    what the generator keeps per proxy (built first, through the cache) and what each stream
+//!    adds. Then pushes:
 //!    a Mesh-wide MeshTimeout change reaches every stream; the child counts responses until each
 //!    stream has the new clusters and reports back over its stdout.
 //! 2. Change -> ready without ADS: 1,000 proxies subscribed to a `SnapshotCache` following the
@@ -366,6 +368,14 @@ async fn ads_phase(
         .collect();
     std::fs::write(&tokens_path, tokens).unwrap();
 
+    // What the generator keeps per proxy (its certificate; its bundle, unless shared) is
+    // measured apart from what its stream costs: build the connecting proxies' configuration
+    // first, through the cache as the ADS server will.
+    trim_heap();
+    let before_config = rss_kib();
+    for id in connected_ids() {
+        cache.snapshot_of(&id).await.unwrap();
+    }
     trim_heap();
     let before = rss_kib();
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -400,13 +410,17 @@ async fn ads_phase(
         connected_in.as_secs_f64(),
         bytes as f64 / CONNECTED as f64
     );
+    let per_proxy = |kib: u64| kib as f64 / CONNECTED as f64;
     println!(
-        "memory: VmRSS {:.1} MiB before, {:.1} MiB with {CONNECTED} streams ({:.1} MiB before trimming the heap): {:.1} KiB per connected proxy ({:.1} KiB untrimmed)",
+        "memory: VmRSS {:.1} MiB before, {:.1} MiB with the proxies' configuration built, {:.1} MiB with {CONNECTED} streams ({:.1} MiB before trimming the heap): {:.1} KiB per connected proxy ({:.1} KiB untrimmed), of which {:.1} KiB its configuration (certificate, bundle unless shared) and {:.1} KiB its stream (snapshot, stream state, transport)",
+        before_config as f64 / 1024.0,
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         after_raw as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / CONNECTED as f64,
-        (after_raw.saturating_sub(before)) as f64 / CONNECTED as f64
+        per_proxy(after.saturating_sub(before_config)),
+        per_proxy(after_raw.saturating_sub(before_config)),
+        per_proxy(before.saturating_sub(before_config)),
+        per_proxy(after.saturating_sub(before)),
     );
 
     let mut rates = Vec::new();
