@@ -1,20 +1,49 @@
-//! Throughput and latency through one zone proxy against a direct connection, in one run:
-//! HTTP/1.1 keep-alive requests to a local hyper upstream (requests/s with 16 connections,
-//! p50/p99 latency with 16 and with 1 connection), and TCP throughput (256 MiB one way).
-//! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each HTTP phase's length
-//! (default 3), `BENCH_WORKERS` the tokio worker threads shared by load, proxy and upstreams
-//! (default 2).
+//! Issue [4]'s Measure, side by side in one run on loopback with one Rust load generator
+//! (hyper HTTP/1.1 keep-alive connections): direct to a local hyper upstream; Meridian, one
+//! plaintext HTTP hop; Meridian, sidecar -> zone ingress -> sidecar with mTLS (certificates from
+//! a `mesh-ca` builtin CA, SNI passthrough at the ingress, SPIFFE SANs checked on both ends);
+//! HAProxy, the same L7 hop (skipped, with a message, when `haproxy` is not installed).
+//!
+//! Each proxy runs as a child process (this binary re-executed in a proxy role, the real
+//! `dataplane::run` via `zone_proxies::testing::RunningDataplane`), so its CPU is its own, as
+//! HAProxy's is, and its resident memory (VmRSS) is a process figure, idle and right after the
+//! saturation phase. Per target: requests/s at saturation (closed loop, `BENCH_CONNS`
+//! connections, default 16), then latency at a fixed 1,000 req/s (open loop: request `i` is
+//! sent at `start + i/rate` on the first free connection of 8; latency from the send, p50/p99
+//! over all requests). Ratios to direct and to HAProxy follow, then TCP throughput (256 MiB one
+//! way) direct and through Meridian.
+//!
+//! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each phase's length (default
+//! 3), `BENCH_PROXY_THREADS` the proxies' threads (Meridian's tokio workers and HAProxy's
+//! `nbthread`, default 1), `BENCH_WORKERS` the load generator's and upstream's tokio workers
+//! (default 2), `BENCH_RATE` the fixed rate (default 1000).
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use zone_proxies::config::ProxyConfig;
+use zone_proxies::config::{DownstreamTls, ProxyConfig, Secret, UpstreamTls, ValueMatch};
 use zone_proxies::testing::*;
+
+/// The environment variable that makes this binary a proxy child: `plain`, or `mtls`.
+const ROLE: &str = "ZONE_PROXY_BENCH_ROLE";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---- upstreams ---------------------------------------------------------------------------
 
 async fn http_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -65,36 +94,353 @@ async fn sink_upstream() -> SocketAddr {
     addr
 }
 
-struct HttpResult {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+// ---- proxy children -------------------------------------------------------------------------
+
+/// The configuration of the mTLS path, in the order the child starts it: the backend's inbound
+/// sidecar (mTLS terminated, HTTP to the app), zone-2's ingress (SNI passthrough), the
+/// frontend's outbound sidecar (HTTP listener, mTLS to the ingress with the backend's SNI).
+struct MeshPki {
+    ca_pem: String,
+    frontend: Secret,
+    backend: Secret,
 }
 
-async fn http_load(addr: SocketAddr, connections: usize, duration: Duration) -> HttpResult {
+fn mesh_pki() -> MeshPki {
+    use mesh_api::core::mesh::CaBackend;
+    use mesh_ca::{MeshCa, WorkloadIdentity};
+    let backend = CaBackend {
+        name: "ca-1".into(),
+        backend_type: "builtin".into(),
+        conf: Some(serde_json::json!({"caCert": {"RSAbits": 2048, "expiration": "1y"}})),
+        ..CaBackend::default()
+    };
+    let ca = MeshCa::generate("default", &backend).expect("mesh CA");
+    let issue = |service: &str| {
+        let identity = WorkloadIdentity {
+            services: vec![service.to_string()],
+            ..Default::default()
+        };
+        let cert = ca
+            .issue(&identity, Duration::from_secs(3600), SystemTime::now())
+            .expect("workload certificate");
+        Secret::Certificate {
+            chain_pem: cert.cert_chain_pem,
+            key_pem: cert.key_pem,
+        }
+    };
+    MeshPki {
+        ca_pem: ca.cert_pem().to_string(),
+        frontend: issue("frontend"),
+        backend: issue("backend"),
+    }
+}
+
+const CERT: &str = "identity_cert:default";
+const CA: &str = "mesh_ca:default";
+const SNI: &str = "backend.0.zone-2.default.mesh";
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn one_route(cluster: &str) -> zone_proxies::config::HttpManager {
+    http_manager(
+        cluster,
+        route_table("r", vec![forward_route("all", "/", &[(cluster, 1)])]),
+    )
+}
+
+async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr) {
+    let pki = mesh_pki();
+    let ca = Secret::TrustedCa {
+        ca_pem: pki.ca_pem.clone(),
+    };
+    let mut inbound_chain = http_chain("inbound", one_route("app"));
+    inbound_chain.tls = Some(DownstreamTls {
+        certificate: CERT.into(),
+        trusted_ca: Some(CA.into()),
+        require_client_certificate: true,
+        match_san: vec![ValueMatch::Prefix("spiffe://default/".into())],
+    });
+    let inbound = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_secret(CERT, pki.backend.clone())
+            .with_secret(CA, ca.clone())
+            .with_cluster(static_cluster("app", &[app]))
+            .with_listener(listener("inbound", localhost(), vec![inbound_chain])),
+    );
+    let inbound_addr = inbound.addr("inbound").await;
+
+    let mut ingress_chain = tcp_chain(SNI, &[("backend-local", 1)]);
+    ingress_chain.server_names = vec![SNI.into()];
+    let mut ingress_listener = listener("ingress", localhost(), vec![ingress_chain]);
+    ingress_listener.inspect_tls = true;
+    let ingress = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("backend-local", &[inbound_addr]))
+            .with_listener(ingress_listener),
+    );
+    let ingress_addr = ingress.addr("ingress").await;
+
+    let mut cluster = static_cluster("backend", &[ingress_addr]);
+    cluster.tls = Some(UpstreamTls {
+        sni: SNI.into(),
+        certificate: Some(CERT.into()),
+        trusted_ca: Some(CA.into()),
+        match_san: vec![ValueMatch::Exact("spiffe://default/backend".into())],
+        alpn: Vec::new(),
+    });
+    let outbound = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_secret(CERT, pki.frontend.clone())
+            .with_secret(CA, ca)
+            .with_cluster(cluster)
+            .with_listener(listener(
+                "outbound",
+                localhost(),
+                vec![http_chain("outbound", one_route("backend"))],
+            )),
+    );
+    let outbound_addr = outbound.addr("outbound").await;
+    (vec![inbound, ingress, outbound], outbound_addr)
+}
+
+/// Runs as a proxy child: `ready <http addr> <tcp addr or ->` on stdout, then serves until
+/// stdin closes (the parent went away or is done).
+fn child(role: &str) {
+    let threads = env_or("BENCH_PROXY_THREADS", 1usize);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
+    rt.block_on(async move {
+        let (_dataplanes, http, tcp) = match role {
+            "plain" => {
+                let sink: SocketAddr = std::env::var("BENCH_SINK").unwrap().parse().unwrap();
+                let dp = RunningDataplane::start(
+                    ProxyConfig::default()
+                        .with_cluster(static_cluster("http", &[upstream]))
+                        .with_cluster(static_cluster("sink", &[sink]))
+                        .with_listener(listener(
+                            "http",
+                            localhost(),
+                            vec![http_chain("http", one_route("http"))],
+                        ))
+                        .with_listener(listener(
+                            "tcp",
+                            localhost(),
+                            vec![tcp_chain("tcp", &[("sink", 1)])],
+                        )),
+                );
+                let (http, tcp) = (dp.addr("http").await, dp.addr("tcp").await);
+                (vec![dp], http, Some(tcp))
+            }
+            "mtls" => {
+                let (dps, http) = start_mtls_path(upstream).await;
+                (dps, http, None)
+            }
+            other => panic!("{ROLE}={other}: expected plain or mtls"),
+        };
+        let tcp = tcp.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        println!("ready {http} {tcp}");
+        std::io::stdout().flush().unwrap();
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// A proxy process of the bench: killed when dropped.
+struct ProxyProcess {
+    child: Child,
+    http: SocketAddr,
+    tcp: Option<SocketAddr>,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    /// Resident memory in MiB (`VmRSS`).
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+fn spawn_meridian(role: &str, upstream: SocketAddr, sink: SocketAddr) -> ProxyProcess {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, role)
+        .env("BENCH_UPSTREAM", upstream.to_string())
+        .env("BENCH_SINK", sink.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("re-executing the bench as a proxy");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("ready"), "proxy child said {line:?}");
+    let http = words.next().unwrap().parse().unwrap();
+    let tcp = words.next().and_then(|w| w.parse().ok());
+    ProxyProcess { child, http, tcp }
+}
+
+/// HAProxy on a free port, in HTTP mode with keep-alive both sides and connection reuse, or
+/// `None` when the binary is not installed.
+async fn spawn_haproxy(
+    upstream: SocketAddr,
+    threads: usize,
+    dir: &std::path::Path,
+) -> Option<ProxyProcess> {
+    let found = Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!("HAProxy skipped: no `haproxy` binary on PATH (apt-get install -y haproxy)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "global\n  nbthread {threads}\n  maxconn 4096\n\
+         defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend bench\n  bind {port}\n  default_backend upstream\n\
+         backend upstream\n  http-reuse always\n  server s1 {upstream}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    let mut process = ProxyProcess {
+        child,
+        http: port,
+        tcp: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(port).await.is_err() {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            println!("HAProxy skipped: it exited ({status}) instead of listening on {port}");
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "haproxy did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(process)
+}
+
+// ---- load -----------------------------------------------------------------------------------
+
+async fn connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
+    let req = http::Request::get("/")
+        .header("host", "bench")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    res.into_body().collect().await.unwrap();
+}
+
+/// Requests/s with `connections` closed-loop connections.
+async fn saturation(addr: SocketAddr, connections: usize, duration: Duration) -> f64 {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
         tasks.push(tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut latencies = Vec::with_capacity(100_000);
+            let mut sender = connection(addr).await;
+            let mut n = 0u64;
             while Instant::now() < deadline {
-                let req = http::Request::get("/")
-                    .header("host", "bench")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let start = Instant::now();
-                let res = sender.send_request(req).await.unwrap();
-                assert!(res.status().is_success());
-                res.into_body().collect().await.unwrap();
-                latencies.push(start.elapsed().as_micros() as u32);
+                get(&mut sender).await;
+                n += 1;
             }
-            latencies
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / duration.as_secs_f64()
+}
+
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+    /// Requests sent more than 1 ms after they were due (the generator fell behind).
+    late: u64,
+    sent: u64,
+}
+
+/// Open loop at `rate` req/s on 8 connections: request `i` is due at `start + i/rate` and taken
+/// by whichever connection is free; latency runs from its send to the end of its response.
+async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Latency {
+    const CONNECTIONS: usize = 8;
+    let total = rate * duration.as_secs().max(1);
+    let next = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (next, late) = (next.clone(), late.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connection(addr).await;
+            let mut latencies = Vec::with_capacity(total as usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return latencies;
+                }
+                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                tokio::time::sleep_until(due).await;
+                let sent = Instant::now();
+                if sent.duration_since(due.into_std()) > Duration::from_millis(1) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                get(&mut sender).await;
+                latencies.push(sent.elapsed().as_nanos() as u64);
+            }
         }));
     }
     let mut all = Vec::new();
@@ -102,11 +448,12 @@ async fn http_load(addr: SocketAddr, connections: usize, duration: Duration) -> 
         all.extend(t.await.unwrap());
     }
     all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64;
-    HttpResult {
-        rps: all.len() as f64 / duration.as_secs_f64(),
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    Latency {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        late: late.load(Ordering::Relaxed),
+        sent: all.len() as u64,
     }
 }
 
@@ -125,72 +472,111 @@ async fn tcp_throughput(addr: SocketAddr, bytes: usize) -> f64 {
     sent as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
 }
 
+struct Row {
+    name: &'static str,
+    rps: f64,
+    latency: Latency,
+    rss_idle: Option<f64>,
+    rss_load: Option<f64>,
+}
+
 fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    if let Ok(role) = std::env::var(ROLE) {
+        return child(&role);
+    }
+    let secs: u64 = env_or("BENCH_SECS", 3);
     let duration = Duration::from_secs(secs);
-    let workers: usize = std::env::var("BENCH_WORKERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let workers: usize = env_or("BENCH_WORKERS", 2);
+    let proxy_threads: usize = env_or("BENCH_PROXY_THREADS", 1);
+    let connections: usize = env_or("BENCH_CONNS", 16);
+    let rate: u64 = env_or("BENCH_RATE", 1000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     rt.block_on(async move {
-        let http = http_upstream().await;
+        let upstream = http_upstream().await;
         let sink = sink_upstream().await;
-        let dp = RunningDataplane::start(
-            ProxyConfig::default()
-                .with_cluster(static_cluster("http", &[http]))
-                .with_cluster(static_cluster("sink", &[sink]))
-                .with_listener(listener(
-                    "http",
-                    "127.0.0.1:0".parse().unwrap(),
-                    vec![http_chain("http", http_manager("http", route_table("r", vec![forward_route("all", "/", &[("http", 1)])])))],
-                ))
-                .with_listener(listener("tcp", "127.0.0.1:0".parse().unwrap(), vec![tcp_chain("tcp", &[("sink", 1)])])),
+        let dir = tempfile::tempdir().unwrap();
+        let plain = spawn_meridian("plain", upstream, sink);
+        let mtls = spawn_meridian("mtls", upstream, sink);
+        let haproxy = spawn_haproxy(upstream, proxy_threads, dir.path()).await;
+        println!(
+            "zone-proxies bench: {secs} s per phase, saturation {connections} connections, fixed rate {rate} req/s; \
+             load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s); loadavg {}",
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
-        let proxy_http = dp.addr("http").await;
-        let proxy_tcp = dp.addr("tcp").await;
-        // Warm up both paths (connections, pools, caches).
-        http_load(http, 4, Duration::from_millis(300)).await;
-        http_load(proxy_http, 4, Duration::from_millis(300)).await;
 
-        println!("zone-proxies bench: {secs} s per HTTP phase, {workers} tokio workers, loopback");
-        println!("{:<34} {:>12} {:>10} {:>10}", "phase", "req/s", "p50 us", "p99 us");
-        for connections in [16usize, 1] {
-            let direct = http_load(http, connections, duration).await;
-            let proxied = http_load(proxy_http, connections, duration).await;
-            for (name, r) in [("direct", &direct), ("through proxy", &proxied)] {
-                println!(
-                    "{:<34} {:>12.0} {:>10.0} {:>10.0}",
-                    format!("http/1.1 {connections} conn, {name}"),
-                    r.rps,
-                    r.p50_us,
-                    r.p99_us
-                );
-            }
+        let mut targets: Vec<(&'static str, SocketAddr, Option<&ProxyProcess>)> = vec![
+            ("direct", upstream, None),
+            ("meridian 1 hop", plain.http, Some(&plain)),
+            ("meridian sidecar>ingress>sidecar mTLS", mtls.http, Some(&mtls)),
+        ];
+        if let Some(h) = &haproxy {
+            targets.push(("haproxy 1 hop", h.http, Some(h)));
+        }
+        let mut rows = Vec::new();
+        for (name, addr, process) in targets {
+            let rss_idle = process.map(ProxyProcess::rss_mib);
+            // Warm up: connections, pools, TLS sessions.
+            saturation(addr, 4, Duration::from_millis(300)).await;
+            let rps = saturation(addr, connections, duration).await;
+            let rss_load = process.map(ProxyProcess::rss_mib);
+            let latency = fixed_rate(addr, rate, duration).await;
+            rows.push(Row { name, rps, latency, rss_idle, rss_load });
+        }
+
+        println!(
+            "{:<40} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+            "target", "req/s", "p50 us", "p99 us", "late", "RSS idle", "RSS load"
+        );
+        let mib = |v: Option<f64>| v.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "-".into());
+        for r in &rows {
             println!(
-                "  ratio proxy/direct: throughput {:.2}, added p50 {:.0} us, added p99 {:.0} us",
-                proxied.rps / direct.rps,
-                proxied.p50_us - direct.p50_us,
-                proxied.p99_us - direct.p99_us
+                "{:<40} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9} {:>9}",
+                r.name,
+                r.rps,
+                r.latency.p50_us,
+                r.latency.p99_us,
+                format!("{}/{}", r.latency.late, r.latency.sent),
+                mib(r.rss_idle),
+                mib(r.rss_load)
             );
         }
+        let direct = &rows[0];
+        let haproxy_row = rows.iter().find(|r| r.name.starts_with("haproxy"));
+        for r in rows.iter().skip(1) {
+            let added_p50 = r.latency.p50_us - direct.latency.p50_us;
+            let added_p99 = r.latency.p99_us - direct.latency.p99_us;
+            let mut line = format!(
+                "{}: throughput {:.2} x direct, added p50 {added_p50:.0} us, added p99 {added_p99:.0} us",
+                r.name,
+                r.rps / direct.rps
+            );
+            if let Some(h) = haproxy_row.filter(|h| h.name != r.name) {
+                let h50 = h.latency.p50_us - direct.latency.p50_us;
+                let h99 = h.latency.p99_us - direct.latency.p99_us;
+                line += &format!(
+                    "; vs haproxy: throughput {:.2} x, added p50 {:.2} x, added p99 {:.2} x",
+                    r.rps / h.rps,
+                    added_p50 / h50,
+                    added_p99 / h99
+                );
+            }
+            println!("  {line}");
+        }
+
         let bytes = 256 << 20;
-        let direct = tcp_throughput(sink, bytes).await;
-        let proxied = tcp_throughput(proxy_tcp, bytes).await;
-        println!("tcp 256 MiB one way: direct {direct:.0} MiB/s, through proxy {proxied:.0} MiB/s, ratio {:.2}", proxied / direct);
-        let stats = dp.stats.render();
-        let opened = stats
-            .lines()
-            .find_map(|l| l.strip_prefix("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"http\"} "))
-            .unwrap_or("?");
-        println!("upstream HTTP connections the proxy opened: {opened}");
-        dp.stop().await.unwrap();
+        let direct_tcp = tcp_throughput(sink, bytes).await;
+        let proxied_tcp = tcp_throughput(plain.tcp.unwrap(), bytes).await;
+        println!(
+            "tcp 256 MiB one way: direct {direct_tcp:.0} MiB/s, through meridian {proxied_tcp:.0} MiB/s, ratio {:.2}",
+            proxied_tcp / direct_tcp
+        );
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!("loadavg after: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+        drop((plain, mtls, haproxy));
     });
 }

@@ -10,8 +10,11 @@ pub mod filters;
 pub mod route;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -25,7 +28,8 @@ use tokio::sync::watch;
 
 use crate::access_log::{timestamp, AccessLogSink, AccessLogs};
 use crate::config::{
-    Forward, HttpManager, PathMatch, RetryPolicy, Route, RouteAction, RouteSource, UpstreamProtocol,
+    Forward, HttpManager, LbPolicy, PathMatch, RetryPolicy, Route, RouteAction, RouteSource,
+    UpstreamProtocol,
 };
 use crate::dataplane::DrainState;
 use crate::downstream::rbac::{RbacEngine, Verdict};
@@ -34,7 +38,7 @@ use crate::matcher::PatternError;
 use crate::runtime::Runtime;
 use crate::stats::{HttpStats, Stats};
 use crate::upstream::cluster::now_ms;
-use crate::upstream::lb::PickContext;
+use crate::upstream::lb::{request_hash, PickContext};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{ConnectError, Host, UpstreamCluster};
 
@@ -101,32 +105,74 @@ struct ConnActivity {
     last_ms: AtomicU64,
 }
 
+/// The configuration a connection's requests use: the runtime and the chain's handler as of
+/// the last request, refreshed only when a new version was published (an atomic version check
+/// per request instead of reading the shared `watch` slot and looking the handler up by name).
+struct ConnView {
+    rx: watch::Receiver<Arc<Runtime>>,
+    runtime: Arc<Runtime>,
+    handler: Arc<HttpHandler>,
+}
+
+/// What every request of one downstream connection shares (one `Arc` clone per request).
+struct ConnShared {
+    ctx: Arc<ConnContext>,
+    /// The handler the connection started with, used when its chain is gone from an update.
+    initial: Arc<HttpHandler>,
+    view: Mutex<ConnView>,
+    activity: ConnActivity,
+}
+
+impl ConnShared {
+    /// The current runtime and this chain's current handler: a configuration update applies
+    /// to kept-alive connections too. The lock is this connection's own (uncontended).
+    fn current(&self) -> (Arc<Runtime>, Arc<HttpHandler>) {
+        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if view.rx.has_changed().unwrap_or(false) {
+            let runtime = view.rx.borrow_and_update().clone();
+            view.handler = runtime
+                .listeners
+                .get(&*self.ctx.listener)
+                .and_then(|l| l.http_handler(&self.ctx.chain))
+                .unwrap_or_else(|| self.initial.clone());
+            view.runtime = runtime;
+        }
+        (view.runtime.clone(), view.handler.clone())
+    }
+}
+
 /// Serves HTTP on `io` until the client closes, the idle timeout passes, or the dataplane
 /// drains (in-flight requests finish first).
 pub async fn serve(
     io: Box<dyn IoObj>,
     ctx: Arc<ConnContext>,
     handler: Arc<HttpHandler>,
-    runtime: watch::Receiver<Arc<Runtime>>,
+    mut runtime: watch::Receiver<Arc<Runtime>>,
     mut drain: watch::Receiver<DrainState>,
 ) {
     let idle = handler_idle(&handler);
-    let activity = Arc::new(ConnActivity {
-        active: AtomicU32::new(0),
-        last_ms: AtomicU64::new(now_ms()),
+    let current = runtime.borrow_and_update().clone();
+    let shared = Arc::new(ConnShared {
+        ctx,
+        initial: handler.clone(),
+        view: Mutex::new(ConnView {
+            rx: runtime,
+            runtime: current,
+            handler,
+        }),
+        activity: ConnActivity {
+            active: AtomicU32::new(0),
+            last_ms: AtomicU64::new(now_ms()),
+        },
     });
     let service = {
-        let activity = activity.clone();
+        let shared = shared.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (ctx, handler, runtime, activity) = (
-                ctx.clone(),
-                handler.clone(),
-                runtime.clone(),
-                activity.clone(),
-            );
+            let shared = shared.clone();
             async move {
+                let activity = &shared.activity;
                 activity.active.fetch_add(1, Ordering::Relaxed);
-                let response = handle(req, &ctx, &handler, &runtime).await;
+                let response = handle(req, &shared).await;
                 activity.active.fetch_sub(1, Ordering::Relaxed);
                 activity.last_ms.store(now_ms(), Ordering::Relaxed);
                 Ok::<_, Infallible>(response)
@@ -135,10 +181,17 @@ pub async fn serve(
     };
     // The auto builder detects HTTP/2 by its connection preface (ALPN `h2` clients send it).
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    // No header read timeout (hyper's default is 30 s once a timer is set): it arms a timer
+    // per request. Envoy's `request_headers_timeout` is off by default too; the connection's
+    // idle timeout still closes connections that send nothing.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let activity = &shared.activity;
     let mut draining = false;
     loop {
         let wake = match idle {
@@ -189,66 +242,77 @@ fn local_reply(status: u16, body: &'static str) -> Response<Body> {
     response
 }
 
-/// What happened to a request, for its access log line.
+/// What happened to a request, for its access log line (kept as references; formatted only
+/// when a log line is written).
 #[derive(Default)]
 struct RequestLog {
-    cluster: Option<String>,
-    host: Option<String>,
+    cluster: Option<Arc<UpstreamCluster>>,
+    host: Option<Arc<Host>>,
     flags: &'static str,
     attempts: u32,
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    ctx: &ConnContext,
-    handler: &HttpHandler,
-    runtime: &watch::Receiver<Arc<Runtime>>,
-) -> Response<Body> {
+/// The request line as the access log shows it, captured only when a log is configured.
+struct RequestLine {
+    start_time: SystemTime,
+    method: http::Method,
+    path: Option<String>,
+    authority: Option<String>,
+    version: Version,
+}
+
+impl RequestLine {
+    fn of(req: &Request<Incoming>) -> RequestLine {
+        RequestLine {
+            start_time: SystemTime::now(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map(|p| p.to_string()),
+            authority: req.uri().authority().map(|a| a.to_string()).or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            }),
+            version: req.version(),
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
     let started = Instant::now();
-    let start_time = SystemTime::now();
+    let (rt, handler) = conn.current();
+    let ctx = &*conn.ctx;
     let stats = &handler.stats;
     stats.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
     stats.downstream_rq_active.fetch_add(1, Ordering::Relaxed);
-    let method = req.method().clone();
-    let path = req.uri().path_and_query().map(|p| p.to_string());
-    let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-    });
-    let version = req.version();
+    let line = (!handler.access_logs.is_empty()).then(|| RequestLine::of(&req));
     let mut log = RequestLog {
         flags: "-",
         ..Default::default()
     };
-    // The chain's current handler: a configuration update applies to kept connections too.
-    let rt = runtime.borrow().clone();
-    let current = rt
-        .listeners
-        .get(&*ctx.listener)
-        .and_then(|l| l.http_handler(&ctx.chain));
-    let handler = current.as_deref().unwrap_or(handler);
-    let response = route_request(req, ctx, handler, &rt, &mut log).await;
+    let response = route_request(req, ctx, &handler, &rt, &mut log).await;
     stats.downstream_rq_active.fetch_sub(1, Ordering::Relaxed);
-    for sink in &handler.access_logs {
-        sink.log(serde_json::json!({
-            "start_time": timestamp(start_time),
+    if let Some(line) = line {
+        let entry = serde_json::json!({
+            "start_time": timestamp(line.start_time),
             "kind": "http",
             "listener": &*ctx.listener,
-            "method": method.as_str(),
-            "path": path,
-            "authority": authority,
-            "protocol": format!("{version:?}"),
+            "method": line.method.as_str(),
+            "path": line.path,
+            "authority": line.authority,
+            "protocol": format!("{:?}", line.version),
             "response_code": response.status().as_u16(),
             "response_flags": log.flags,
             "duration_ms": started.elapsed().as_millis() as u64,
-            "upstream_cluster": log.cluster,
-            "upstream_host": log.host,
+            "upstream_cluster": log.cluster.as_ref().map(|c| c.name()),
+            "upstream_host": log.host.as_ref().map(|h| client::authority(&h.address)),
             "attempts": log.attempts,
             "downstream_remote_address": ctx.peer.to_string(),
             "downstream_peer_identity": ctx.identity.spiffe_id(),
-        }));
+        });
+        for sink in &handler.access_logs {
+            sink.log(entry.clone());
+        }
     }
     response
 }
@@ -311,29 +375,109 @@ async fn route_request(
                 stats.no_cluster.fetch_add(1, Ordering::Relaxed);
                 return local_reply(503, "no cluster");
             };
-            log.cluster = Some(cluster_name.to_string());
             let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
                 stats.no_cluster.fetch_add(1, Ordering::Relaxed);
                 log.flags = "NC";
                 return local_reply(503, "no cluster");
             };
+            log.cluster = Some(cluster.clone());
             let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
-            let work = forward_with_retries(request, &cluster, forward, log);
-            match forward.timeout.filter(|t| !t.is_zero()) {
+            let route_timeout = forward.timeout.filter(|t| !t.is_zero());
+            let idle = forward.idle_timeout.filter(|t| !t.is_zero());
+            let work = async {
+                let work = forward_with_retries(request, &cluster, forward, log);
+                match route_timeout {
+                    None => Ok(work.await),
+                    Some(t) => tokio::time::timeout(t, work)
+                        .await
+                        .map_err(|_| Expired::Route),
+                }
+            };
+            // Until response headers arrive nothing flows back: all of it is idle time.
+            let result = match idle {
                 None => work.await,
-                Some(timeout) => match tokio::time::timeout(timeout, work).await {
-                    Ok(response) => response,
-                    Err(_) => {
-                        cluster
-                            .stats()
-                            .upstream_rq_timeout
-                            .fetch_add(1, Ordering::Relaxed);
-                        log.flags = "UT";
-                        local_reply(504, "upstream request timeout")
-                    }
-                },
+                Some(t) => tokio::time::timeout(t, work)
+                    .await
+                    .unwrap_or(Err(Expired::Idle)),
+            };
+            match (result, idle) {
+                (Ok(response), None) => response,
+                (Ok(response), Some(idle)) => {
+                    response.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync())
+                }
+                (Err(Expired::Route), _) => {
+                    cluster
+                        .stats()
+                        .upstream_rq_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    log.flags = "UT";
+                    local_reply(504, "upstream request timeout")
+                }
+                (Err(Expired::Idle), _) => {
+                    stats.stream_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                    log.flags = "SI";
+                    local_reply(408, "stream timeout")
+                }
             }
         }
+    }
+}
+
+/// Which timeout ended a request before its response headers.
+enum Expired {
+    /// The route's `timeout` (504).
+    Route,
+    /// The route's `idle_timeout` (Envoy's stream idle timeout: 408 before the response
+    /// headers, a reset after).
+    Idle,
+}
+
+/// A response body that ends with an error (the downstream stream is reset) when no frame
+/// comes for `idle`: the route's `idle_timeout` once the response has started.
+struct IdleTimeoutBody {
+    inner: Body,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeoutBody {
+    fn new(inner: Body, idle: Duration) -> IdleTimeoutBody {
+        IdleTimeoutBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleTimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("stream idle timeout".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -356,9 +500,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A request ready to send upstream, possibly several times.
 struct UpstreamRequest {
     method: http::Method,
-    path_and_query: String,
+    /// Origin-form, rewritten if the route says so (parsed once, cloned per attempt).
+    uri: http::Uri,
     version: Version,
     headers: HeaderMap,
+    /// The request's place on a hash ring (ring hash clusters only, else random).
+    hash: Option<u64>,
     /// `Ok` buffered (retries possible), `Err` streamed once.
     body: Result<Bytes, Option<Incoming>>,
 }
@@ -376,29 +523,52 @@ impl UpstreamRequest {
     ) -> UpstreamRequest {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+        let hash = matches!(cluster.config.lb_policy, LbPolicy::RingHash { .. }).then(|| {
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            request_hash(authority, path)
+        });
         if let Some(host) = &forward.host_rewrite {
             if let Ok(v) = HeaderValue::from_str(host) {
                 headers.insert(header::HOST, v);
             }
         } else if !headers.contains_key(header::HOST) {
-            if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 headers.insert(header::HOST, v);
             }
         }
-        let mut path_and_query = parts
+        let original = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        if let (Some(rewrite), PathMatch::Prefix(prefix)) =
-            (&forward.prefix_rewrite, &route.matcher.path)
-        {
-            if let Some(rest) = path_and_query.strip_prefix(prefix.as_str()) {
-                path_and_query = format!("{rewrite}{rest}");
-            }
-        }
+            .unwrap_or("/");
+        let rewritten = match (&forward.prefix_rewrite, &route.matcher.path) {
+            (Some(rewrite), PathMatch::Prefix(prefix)) => original
+                .strip_prefix(prefix.as_str())
+                .map(|rest| format!("{rewrite}{rest}")),
+            _ => None,
+        };
+        let uri = match rewritten {
+            Some(path) => path.parse().unwrap_or_default(),
+            // Origin-form from the request's own path (shares its bytes, no parsing).
+            None => match parts.uri.path_and_query() {
+                Some(pq) => http::Uri::from(pq.clone()),
+                None => http::Uri::from_static("/"),
+            },
+        };
         let version = match cluster.config.protocol {
             UpstreamProtocol::Http2 => Version::HTTP_2,
             UpstreamProtocol::Downstream => Version::HTTP_11,
@@ -417,9 +587,10 @@ impl UpstreamRequest {
         };
         UpstreamRequest {
             method: parts.method,
-            path_and_query,
+            uri,
             version,
             headers,
+            hash,
             body,
         }
     }
@@ -428,8 +599,9 @@ impl UpstreamRequest {
         self.body.is_ok()
     }
 
-    /// The request for one attempt, origin-form (the pool makes it absolute for HTTP/2).
-    fn build(&mut self) -> Request<Body> {
+    /// The request for one attempt, origin-form (the pool makes it absolute for HTTP/2). On
+    /// the `last` attempt the headers are moved rather than copied.
+    fn build(&mut self, last: bool) -> Request<Body> {
         let body: Body = match &mut self.body {
             Ok(bytes) => Full::new(bytes.clone())
                 .map_err(|e| match e {})
@@ -443,9 +615,13 @@ impl UpstreamRequest {
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.path_and_query.parse().unwrap_or_default();
+        *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
         request
     }
 }
@@ -551,7 +727,7 @@ async fn forward_with_retries(
         attempt += 1;
         log.attempts = attempt;
         let Some(host) = cluster.pick(PickContext {
-            hash: None,
+            hash: request.hash,
             exclude: &tried,
         }) else {
             stats
@@ -560,8 +736,9 @@ async fn forward_with_retries(
             log.flags = "UH";
             return local_reply(503, "no healthy upstream");
         };
-        log.host = Some(client::authority(&host.address));
-        let upstream = request.build();
+        log.host = Some(host.clone());
+        let last = attempt >= max_attempts || !request.can_retry();
+        let upstream = request.build(last);
         let started = Instant::now();
         stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::start(cluster, &host);

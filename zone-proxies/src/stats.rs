@@ -226,6 +226,9 @@ const HTTP_SCALARS: &[(&str, &str, Getter<HttpStats>)] = &[
     ("fault_delays_injected", "counter", |s| c(&s.fault_delays)),
     ("no_route", "counter", |s| c(&s.no_route)),
     ("no_cluster", "counter", |s| c(&s.no_cluster)),
+    ("downstream_rq_idle_timeout", "counter", |s| {
+        c(&s.stream_idle_timeout)
+    }),
 ];
 
 fn family(out: &mut String, name: &str, kind: &str) {
@@ -310,6 +313,8 @@ pub struct HttpStats {
     pub fault_delays: AtomicU64,
     pub no_route: AtomicU64,
     pub no_cluster: AtomicU64,
+    /// Requests ended by the route's idle timeout before their response headers.
+    pub stream_idle_timeout: AtomicU64,
 }
 
 /// Envoy's default histogram bucket bounds, in milliseconds.

@@ -227,6 +227,25 @@ async fn priority_failover_follows_health_checks_and_comes_back() {
     );
     let addr = dp.addr("http").await;
     let c = client();
+    // New endpoints wait for their first health check (until then the cluster is in panic).
+    // Once one check has passed, "preferred" can only come from the preferred endpoint
+    // having passed its own (were it still pending, all traffic would go to priority 1).
+    test_support::eventually(
+        "the preferred endpoint's first check",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            let checked = stat(
+                &dp.stats.render(),
+                "envoy_cluster_health_check_success{envoy_cluster_name=\"backend\"}",
+            ) >= 1;
+            async move {
+                (checked && get(&c, addr, "/").await.ok()?.1 == "preferred").then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
     for _ in 0..20 {
         assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "preferred".into()));
     }

@@ -126,8 +126,16 @@ impl RouteTableRuntime {
                     .and_then(|h| h.to_str().ok())
             })
             .unwrap_or("");
-        let host = strip_port(authority).to_ascii_lowercase();
-        let vh = self.virtual_host(&host)?;
+        let host = strip_port(authority);
+        // Host names are compared lower-case; most requests already are (no copy then).
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let vh = self.virtual_host(host)?;
         let path = parts.uri.path();
         let query = parts.uri.query().unwrap_or("");
         vh.routes
@@ -199,17 +207,15 @@ impl CompiledRoute {
 
 impl HeaderMatcher {
     fn matches(&self, parts: &Parts) -> bool {
-        let pseudo;
-        let values: Vec<&str> = match self.name.as_str() {
-            ":method" => vec![parts.method.as_str()],
-            ":path" => {
-                pseudo = parts
+        let found = match self.name.as_str() {
+            ":method" => self.value.matches(parts.method.as_str()),
+            ":path" => self.value.matches(
+                parts
                     .uri
                     .path_and_query()
                     .map(|p| p.as_str())
-                    .unwrap_or("/");
-                vec![pseudo]
-            }
+                    .unwrap_or("/"),
+            ),
             ":authority" => parts
                 .uri
                 .authority()
@@ -220,16 +226,14 @@ impl HeaderMatcher {
                         .get(http::header::HOST)
                         .and_then(|v| v.to_str().ok())
                 })
-                .into_iter()
-                .collect(),
+                .is_some_and(|v| self.value.matches(v)),
             name => parts
                 .headers
                 .get_all(name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .collect(),
+                .any(|v| self.value.matches(v)),
         };
-        let found = values.iter().any(|v| self.value.matches(v));
         found != self.invert
     }
 }

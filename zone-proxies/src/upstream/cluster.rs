@@ -30,6 +30,8 @@ pub struct Host {
     eds_health: AtomicU8,
     /// Set by active health checks.
     hc_failed: AtomicBool,
+    /// Whether an active health check has probed this host yet.
+    hc_probed: AtomicBool,
     pub outlier: OutlierState,
     /// Requests in flight to this endpoint (least-request picking).
     pub active_requests: AtomicU32,
@@ -38,13 +40,16 @@ pub struct Host {
 }
 
 impl Host {
-    fn new(endpoint: &config::Endpoint) -> Host {
+    /// A new endpoint. With active health checks configured it starts as failed (Envoy's
+    /// "pending first health check") and is not picked until its first check passes.
+    fn new(endpoint: &config::Endpoint, health_checked: bool) -> Host {
         let host = Host {
             address: endpoint.address.clone(),
             metadata: endpoint.metadata.clone(),
             weight: AtomicU32::new(1),
             eds_health: AtomicU8::new(0),
-            hc_failed: AtomicBool::new(false),
+            hc_failed: AtomicBool::new(health_checked),
+            hc_probed: AtomicBool::new(false),
             outlier: OutlierState::default(),
             active_requests: AtomicU32::new(0),
             http_pool: Default::default(),
@@ -77,6 +82,11 @@ impl Host {
 
     pub fn set_health_check_failed(&self, failed: bool) {
         self.hc_failed.store(failed, Ordering::Relaxed);
+    }
+
+    /// Records that a health check probed this host; `true` the first time.
+    pub fn first_health_check(&self) -> bool {
+        !self.hc_probed.swap(true, Ordering::Relaxed)
     }
 
     pub fn health_check_failed(&self) -> bool {
@@ -241,7 +251,7 @@ impl Clusters {
                             h.update(endpoint);
                             (*h).clone()
                         }
-                        _ => Arc::new(Host::new(endpoint)),
+                        _ => Arc::new(Host::new(endpoint, !cluster.health_checks.is_empty())),
                     };
                     if !hosts.iter().any(|h| Arc::ptr_eq(h, &host)) {
                         hosts.push(host.clone());
@@ -310,6 +320,12 @@ impl Clusters {
                     .as_ref()
                     .is_some_and(|c| c.runs_for(&cluster.health_checks, &built.hosts));
                 if !unchanged {
+                    if cluster.health_checks.is_empty() && checker.is_some() {
+                        // The checks were removed: what they last said no longer applies.
+                        for host in &built.hosts {
+                            host.set_health_check_failed(false);
+                        }
+                    }
                     *checker = if cluster.health_checks.is_empty() || built.hosts.is_empty() {
                         None
                     } else {

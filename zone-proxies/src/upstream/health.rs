@@ -1,7 +1,9 @@
 //! Active health checks: per cluster, one task per host probes it every `interval` (TCP: a
 //! connection opens; HTTP: a GET of `path` answers with an expected status, within `timeout`)
 //! and marks it failed after `unhealthy_threshold` consecutive failures, healthy again after
-//! `healthy_threshold` consecutive successes. Tasks end when the cluster's hosts or checks
+//! `healthy_threshold` consecutive successes; a host's very first check, when it passes, makes
+//! it healthy at once (a new host starts failed and waits for it, as in Envoy, where the first
+//! check of a host skips the healthy threshold). Tasks end when the cluster's hosts or checks
 //! change (a new checker takes over) or the cluster goes.
 
 use std::sync::atomic::Ordering;
@@ -83,11 +85,13 @@ async fn check_loop(
             tokio::time::timeout(check.timeout, probe(&check.kind, &host.address)).await,
             Ok(Ok(true))
         );
+        let first = host.first_health_check();
         if ok {
             stats.health_check_success.fetch_add(1, Ordering::Relaxed);
             failures = 0;
             successes += 1;
-            if host.health_check_failed() && successes >= check.healthy_threshold.max(1) {
+            if host.health_check_failed() && (first || successes >= check.healthy_threshold.max(1))
+            {
                 tracing::info!(%cluster, host = ?host.address, "health check: healthy");
                 host.set_health_check_failed(false);
             }

@@ -1,7 +1,14 @@
 //! Picking an endpoint, as Envoy does: a priority level by priority load (each level's health
 //! times the overprovisioning factor, spilling what it cannot carry to the next level), then a
 //! locality by weight times availability, then a host by the cluster's policy among the
-//! available hosts (all hosts when none is available: panic mode).
+//! available hosts.
+//!
+//! Panic mode, with Envoy's default `healthy_panic_threshold` of 50%: when the priorities
+//! together cannot carry all traffic (normalised total health under 100%), a priority whose
+//! available share of hosts is under 50% is in panic and balances across all its hosts,
+//! available or not (so a few healthy hosts are not crushed by the whole load). When every
+//! priority with hosts is in panic, the load goes to the priorities in proportion to their
+//! host counts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,10 +28,25 @@ pub struct Ring {
 
 /// FNV-1a: stable across processes, unlike `DefaultHasher`'s seeds.
 pub fn hash_key(bytes: &[u8]) -> u64 {
+    hash_parts(&[bytes])
+}
+
+/// [`hash_key`] of the concatenation of `parts`, each followed by a NUL (so `("ab", "c")` and
+/// `("a", "bc")` differ), without building it.
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
+    let mut feed = |b: u8| {
+        h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
+    };
+    match parts {
+        [one] => one.iter().copied().for_each(&mut feed),
+        _ => {
+            for part in parts {
+                part.iter().copied().for_each(&mut feed);
+                feed(0);
+            }
+        }
     }
     // Finalise (splitmix64) so close keys spread over the ring.
     h ^= h >> 30;
@@ -32,6 +54,13 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d049bb133111eb);
     h ^ (h >> 31)
+}
+
+/// The key an HTTP request is placed on a hash ring with (Meridian's fixed hash policy, as the
+/// configuration carries none): its `:authority` (the `Host` header for HTTP/1.1) and its
+/// path with the query, so the same resource keeps going to the same endpoint.
+pub fn request_hash(authority: &str, path_and_query: &str) -> u64 {
+    hash_parts(&[authority.as_bytes(), path_and_query.as_bytes()])
 }
 
 impl Ring {
@@ -83,22 +112,61 @@ fn health_percent(available: usize, total: usize, overprovisioning: u32) -> f64 
     (overprovisioning as f64 * available as f64 / total as f64).min(100.0)
 }
 
-/// Each priority level's share of traffic in percent (sums to 100 unless no host exists), given
-/// the number of available hosts per level.
-pub fn priority_loads(levels: &[(usize, usize)], overprovisioning: u32) -> Vec<f64> {
+/// Envoy's default `healthy_panic_threshold`, in percent.
+pub const PANIC_THRESHOLD: f64 = 50.0;
+
+/// Whether a priority with `available` of `total` hosts is in panic, given the normalised
+/// total health of all priorities (at most 100).
+fn in_panic(available: usize, total: usize, normalized_total: f64) -> bool {
+    normalized_total < 100.0
+        && total > 0
+        && (100.0 * available as f64 / total as f64) < PANIC_THRESHOLD
+}
+
+/// How traffic is split over priority levels, from each level's (available, total) hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityPlan {
+    /// Each level's share in percent (sums to 100 unless no level has hosts).
+    pub loads: Vec<f64>,
+    /// Whether each level is in panic (balances across all its hosts).
+    pub panic: Vec<bool>,
+}
+
+/// Each priority level's share of traffic and panic state, given the number of available and
+/// total hosts per level (allocates: for inspection and tests; picking uses the same rules
+/// without allocating).
+pub fn priority_plan(levels: &[(usize, usize)], overprovisioning: u32) -> PriorityPlan {
     let health = levels
         .iter()
         .map(|(a, t)| health_percent(*a, *t, overprovisioning));
-    match spill(health) {
-        Some(loads) => loads.collect(),
-        None => {
-            // Nothing is available anywhere: the first level with hosts takes everything (panic).
-            let first = levels.iter().position(|(_, t)| *t > 0);
-            (0..levels.len())
-                .map(|i| if Some(i) == first { 100.0 } else { 0.0 })
+    let normalized = health.clone().sum::<f64>().min(100.0);
+    let panic: Vec<bool> = levels
+        .iter()
+        .map(|(a, t)| in_panic(*a, *t, normalized))
+        .collect();
+    let total_panic = levels.iter().zip(&panic).all(|((_, t), p)| *t == 0 || *p);
+    let loads = match spill(health) {
+        Some(loads) if !total_panic => loads.collect(),
+        _ => {
+            let hosts: usize = levels.iter().map(|(_, t)| t).sum();
+            levels
+                .iter()
+                .map(|(_, t)| {
+                    if hosts == 0 {
+                        0.0
+                    } else {
+                        100.0 * *t as f64 / hosts as f64
+                    }
+                })
                 .collect()
         }
-    }
+    };
+    PriorityPlan { loads, panic }
+}
+
+/// Each priority level's share of traffic in percent (see [`priority_plan`]).
+pub fn priority_loads(levels: &[(usize, usize)], overprovisioning: u32) -> Vec<f64> {
+    priority_plan(levels, overprovisioning).loads
 }
 
 /// Envoy's priority load from each level's health percent: a level takes its health
@@ -121,47 +189,82 @@ impl UpstreamCluster {
     /// Picks an endpoint, or `None` when the cluster has none.
     pub fn pick(&self, ctx: PickContext<'_>) -> Option<Arc<Host>> {
         let now = now_ms();
-        let priority = self.pick_priority(now)?;
-        let locality = self.pick_locality(priority, now)?;
-        self.pick_host(locality, now, ctx)
+        let (priority, panic) = self.pick_priority(now)?;
+        let locality = self.pick_locality(priority, now, panic)?;
+        self.pick_host(locality, now, ctx, panic)
     }
 
-    fn pick_priority(&self, now: u64) -> Option<&Priority> {
+    fn available_at(p: &Priority, now: u64) -> usize {
+        available_in(p.localities.iter().flat_map(|l| &l.hosts), now)
+    }
+
+    /// A priority level by priority load, and whether it is in panic.
+    fn pick_priority(&self, now: u64) -> Option<(&Priority, bool)> {
+        let of = self.overprovisioning_factor();
+        let health = self
+            .priorities
+            .iter()
+            .map(|p| health_percent(Self::available_at(p, now), p.host_count, of));
+        let normalized = health.clone().sum::<f64>().min(100.0);
+        let panic = |p: &Priority| in_panic(Self::available_at(p, now), p.host_count, normalized);
         match self.priorities.len() {
             0 => return None,
-            1 => return self.priorities.first(),
+            1 => return self.priorities.first().map(|p| (p, panic(p))),
             _ => {}
         }
-        let of = self.overprovisioning_factor();
-        let health = self.priorities.iter().map(|p| {
-            health_percent(
-                available_in(p.localities.iter().flat_map(|l| &l.hosts), now),
-                p.host_count,
-                of,
-            )
-        });
-        let Some(loads) = spill(health) else {
-            return self.priorities.iter().find(|p| p.host_count > 0);
+        let total_panic = self
+            .priorities
+            .iter()
+            .all(|p| p.host_count == 0 || panic(p));
+        let loads = spill(health).filter(|_| !total_panic);
+        let Some(loads) = loads else {
+            // Every level in panic: by host count, each level across all its hosts.
+            let hosts: usize = self.priorities.iter().map(|p| p.host_count).sum();
+            if hosts == 0 {
+                return None;
+            }
+            let mut roll = rand::thread_rng().gen_range(0..hosts);
+            for p in &self.priorities {
+                if roll < p.host_count {
+                    return Some((p, true));
+                }
+                roll -= p.host_count;
+            }
+            return None;
         };
         let roll = rand::thread_rng().gen_range(0.0..100.0);
         let mut acc = 0.0;
         for (p, load) in self.priorities.iter().zip(loads) {
             acc += load;
             if roll < acc {
-                return Some(p);
+                return Some((p, panic(p)));
             }
         }
-        self.priorities.iter().rev().find(|p| p.host_count > 0)
+        self.priorities
+            .iter()
+            .rev()
+            .find(|p| p.host_count > 0)
+            .map(|p| (p, panic(p)))
     }
 
-    fn pick_locality<'a>(&self, priority: &'a Priority, now: u64) -> Option<&'a Locality> {
+    fn pick_locality<'a>(
+        &self,
+        priority: &'a Priority,
+        now: u64,
+        panic: bool,
+    ) -> Option<&'a Locality> {
         if priority.localities.len() == 1 {
             return priority.localities.first();
         }
         let of = self.overprovisioning_factor();
         let weighted = priority.localities.iter().any(|l| l.weight.is_some());
         let effective = |l: &Locality| -> f64 {
-            let available = available_in(&l.hosts, now);
+            // In panic every host counts, as every host may be picked.
+            let available = if panic {
+                l.hosts.len()
+            } else {
+                available_in(&l.hosts, now)
+            };
             if weighted {
                 l.weight.unwrap_or(0) as f64 * health_percent(available, l.hosts.len(), of) / 100.0
             } else {
@@ -183,15 +286,25 @@ impl UpstreamCluster {
         priority.localities.last()
     }
 
-    fn pick_host(&self, locality: &Locality, now: u64, ctx: PickContext<'_>) -> Option<Arc<Host>> {
+    fn pick_host(
+        &self,
+        locality: &Locality,
+        now: u64,
+        ctx: PickContext<'_>,
+        panic: bool,
+    ) -> Option<Arc<Host>> {
         let excluded = |h: &Host| ctx.exclude.iter().any(|e| std::ptr::eq(e.as_ref(), h));
-        // Preference: available and untried; available; anything (panic mode).
+        // Preference: available and untried; available; anything (no host available).
+        // In panic: untried; anything.
         let strict = |h: &Host| h.available(now) && !excluded(h);
         let relaxed = |h: &Host| h.available(now);
+        let untried = |h: &Host| !excluded(h);
         let any = |_: &Host| true;
-        let filters: [&dyn Fn(&Host) -> bool; 3] = [&strict, &relaxed, &any];
+        let normal: [&dyn Fn(&Host) -> bool; 3] = [&strict, &relaxed, &any];
+        let panicked: [&dyn Fn(&Host) -> bool; 2] = [&untried, &any];
+        let filters: &[&dyn Fn(&Host) -> bool] = if panic { &panicked } else { &normal };
         for ok in filters {
-            if let Some(host) = self.pick_with(locality, ok, ctx.hash) {
+            if let Some(host) = self.pick_with(locality, *ok, ctx.hash) {
                 return Some(host);
             }
         }
@@ -267,14 +380,16 @@ mod tests {
         );
         // Nothing in level 0: everything to level 1.
         assert_eq!(priority_loads(&[(0, 3), (1, 1)], 140), vec![0.0, 100.0]);
-        // Both degraded: normalised so the sum stays 100.
-        let loads = priority_loads(&[(1, 5), (1, 5)], 140);
+        // Both degraded but above the panic threshold: normalised so the sum stays 100.
+        let loads = priority_loads(&[(3, 5), (3, 10)], 140);
+        let expected = [84.0, 16.0];
         assert!(
-            (loads[0] - 50.0).abs() < 1e-9 && (loads[1] - 50.0).abs() < 1e-9,
+            (loads[0] - expected[0]).abs() < 1e-9 && (loads[1] - expected[1]).abs() < 1e-9,
             "{loads:?}"
         );
-        // Nothing available anywhere: the first level with hosts (panic).
-        assert_eq!(priority_loads(&[(0, 2), (0, 2)], 140), vec![100.0, 0.0]);
+        // Every level under 50% available: total panic, load by host count.
+        assert_eq!(priority_loads(&[(1, 5), (1, 15)], 140), vec![25.0, 75.0]);
+        assert_eq!(priority_loads(&[(0, 2), (0, 2)], 140), vec![50.0, 50.0]);
     }
 
     use crate::config::{LbPolicy, ProxyConfig};
@@ -374,6 +489,36 @@ mod tests {
             .map(|i| Arc::as_ptr(&pick(&format!("user-{i}"))))
             .collect();
         assert_eq!(distinct.len(), 4, "keys spread over every host");
+    }
+
+    #[test]
+    fn under_the_panic_threshold_a_priority_balances_across_all_its_hosts() {
+        let hosts = addrs(6000, 4);
+        let c = cluster(LbPolicy::RoundRobin, &[(0, hosts.clone())]);
+        // 2 of 4 available (50%): not in panic, only the available hosts.
+        c.hosts[0].set_health_check_failed(true);
+        c.hosts[1].set_health_check_failed(true);
+        let counts = shares(&c, 1000);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(!counts.contains_key(&hosts[0]) && !counts.contains_key(&hosts[1]));
+        // 1 of 4 (25%): panic, every host gets its share.
+        c.hosts[2].set_health_check_failed(true);
+        let counts = shares(&c, 1000);
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        assert!(counts.values().all(|n| *n == 250), "{counts:?}");
+        let plan = priority_plan(&[(1, 4)], 140);
+        assert_eq!(plan.panic, vec![true]);
+
+        // Two priorities, P0 at 1 of 4 but P1 healthy: the total is 100%, so no panic and
+        // P0's one host keeps 35% (25% x 1.4), the rest spills to P1.
+        let plan = priority_plan(&[(1, 4), (2, 2)], 140);
+        assert_eq!(plan.panic, vec![false, false]);
+        assert!((plan.loads[0] - 35.0).abs() < 1e-9, "{plan:?}");
+        // P1 degraded too (1 of 4 and 1 of 3): the total is under 100, both are in panic, and
+        // the load follows host counts.
+        let plan = priority_plan(&[(1, 4), (1, 3)], 140);
+        assert_eq!(plan.panic, vec![true, true]);
+        assert!((plan.loads[0] - 400.0 / 7.0).abs() < 1e-9, "{plan:?}");
     }
 
     #[test]
