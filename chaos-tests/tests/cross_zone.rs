@@ -1,7 +1,8 @@
 //! Cross-zone traffic end to end (issue [4]), on the real control planes and proxies in one
 //! process: a global, zones federated over KDS, zone proxies configured over ADS, demo services
 //! behind sidecars, and each zone's ingress reached by other zones through a fault relay (its
-//! advertised address), so a test can cut the link between zones.
+//! advertised address), so a test can cut the link between zones. Policies are applied at the
+//! global and take effect in running proxies.
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,15 @@ async fn answered_from(url: &str, zone: &str) {
     .unwrap();
 }
 
+/// Waits until `url` answers `status`.
+async fn answered_with(url: &str, status: u16) {
+    test_support::eventually(&format!("{url} answering {status}"), DEADLINE, || async {
+        (http_get(url).await.ok()?.0 == status).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// `rate` requests a second to `url` for `duration`, open loop; the final report.
 async fn load(url: &str, rate: f64, duration: Duration) -> demo_app::report::Report {
     demo_app::client::call(
@@ -162,6 +172,30 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
         plain.is_err(),
         "plaintext reached the backend's inbound: {plain:?}"
     );
+
+    // MeshTrafficPermission applied at the global reaches zone-2's backend sidecar without a
+    // restart: denied, frontend's requests get 403 from the backend's inbound; deleted, allowed.
+    federation
+        .global
+        .apply("type: MeshTrafficPermission\nname: deny-frontend\nmesh: default\nspec:\n  targetRef:\n    kind: MeshService\n    name: backend\n  from:\n  - targetRef:\n      kind: MeshService\n      name: frontend\n    default:\n      action: Deny\n")
+        .await
+        .unwrap();
+    answered_with(&url, 403).await;
+    federation
+        .global
+        .api
+        .delete(
+            &[
+                "meshes",
+                "default",
+                "meshtrafficpermissions",
+                "deny-frontend",
+            ]
+            .map(String::from),
+        )
+        .await
+        .unwrap();
+    answered_from(&url, "zone-2").await;
 
     frontend.stop().await.unwrap();
     ingress2.proxy.stop().await.unwrap();
