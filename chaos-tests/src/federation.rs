@@ -16,6 +16,9 @@ use serde_json::Value;
 /// How long a control plane gets to become ready, and the federation to converge.
 pub const STARTUP: Duration = Duration::from_secs(60);
 
+/// The future that completes when a control plane is asked to stop.
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A control plane task and the means to stop it.
 struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -23,6 +26,18 @@ struct Running {
 }
 
 impl Running {
+    /// Spawns the control plane `run` makes, given the future that stops it.
+    fn spawn<F>(run: impl FnOnce(Stopped) -> F) -> Running
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Running { stop, task }
+    }
+
     /// Stops the task gracefully and returns its outcome.
     async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
@@ -41,7 +56,7 @@ pub struct GlobalCp {
     pub kds_ca: PathBuf,
     /// The REST API with the admin token.
     pub api: ApiClient,
-    running: Option<Running>,
+    running: Running,
 }
 
 impl GlobalCp {
@@ -66,14 +81,7 @@ impl GlobalCp {
         let listeners = global_cp::GlobalListeners::bind(&config).await?;
         let api_url = format!("http://{}", listeners.api.local_addr()?);
         let kds_url = format!("https://{}", listeners.kds.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let running = Running {
-            stop,
-            task: tokio::spawn(global_cp::run(config, listeners, shutdown)),
-        };
+        let running = Running::spawn(|shutdown| global_cp::run(config, listeners, shutdown));
         let endpoints: Value = test_support::eventually("the global's ready file", STARTUP, || {
             let ready = ready.clone();
             async move {
@@ -95,7 +103,7 @@ impl GlobalCp {
             api_url,
             kds_url,
             kds_ca,
-            running: Some(running),
+            running,
         })
     }
 
@@ -123,11 +131,8 @@ impl GlobalCp {
     }
 
     /// Stops the global (its data stays in `dir`).
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        match self.running.take() {
-            Some(running) => running.stop().await,
-            None => Ok(()),
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
     }
 }
 
@@ -140,7 +145,7 @@ pub struct ZoneCp {
     pub xds_url: String,
     /// The REST API with the admin token.
     pub api: ApiClient,
-    running: Option<Running>,
+    running: Running,
 }
 
 impl ZoneCp {
@@ -174,14 +179,7 @@ impl ZoneCp {
         let listeners = zone_cp::ZoneListeners::bind(&config).await?;
         let api_url = format!("http://{}", listeners.api.local_addr()?);
         let xds_url = format!("http://{}", listeners.xds.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let running = Running {
-            stop,
-            task: tokio::spawn(zone_cp::run(config, listeners, shutdown)),
-        };
+        let running = Running::spawn(|shutdown| zone_cp::run(config, listeners, shutdown));
         let token_path = data.join("admin-token");
         let token = test_support::eventually("the zone's admin token", STARTUP, || {
             let path = token_path.clone();
@@ -194,7 +192,7 @@ impl ZoneCp {
             api: ApiClient::new(&api_url, Some(token))?,
             api_url,
             xds_url,
-            running: Some(running),
+            running,
         };
         zone.wait_for("the default mesh from the global", &["meshes", "default"])
             .await?;
@@ -226,11 +224,8 @@ impl ZoneCp {
     }
 
     /// Stops the zone CP (its data stays in `dir`).
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        match self.running.take() {
-            Some(running) => running.stop().await,
-            None => Ok(()),
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
     }
 }
 
