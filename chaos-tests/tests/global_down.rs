@@ -73,10 +73,6 @@ async fn killing_the_global_during_traffic_stops_neither_traffic_nor_the_zones()
         outage_under_load >= Duration::from_secs(4),
         "the load ran only {outage_under_load:?} with the global down"
     );
-    assert!(
-        latecomer_ready < LOAD,
-        "the new sidecar was ready only {latecomer_ready:?} after the load began"
-    );
 
     // The global comes back on the same data and addresses; the zones reconnect: zone-1's new
     // Dataplane reaches the global, and a policy applied at the global reaches both zones.
