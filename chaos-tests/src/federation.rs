@@ -56,7 +56,45 @@ pub struct GlobalCp {
     pub kds_ca: PathBuf,
     /// The REST API with the admin token.
     pub api: ApiClient,
-    running: Running,
+    runner: GlobalRunner,
+}
+
+/// How the global runs: a task of this process, or a `global-cp` child process that a test can
+/// kill outright (the in-process control planes leave detached tasks behind, so only a process
+/// shows what a crash does).
+enum GlobalRunner {
+    Task(Running),
+    Process {
+        child: Option<Box<tokio::process::Child>>,
+        /// The bound addresses, to start again on the same ones.
+        addresses: GlobalAddresses,
+    },
+}
+
+/// The addresses a global process listens on (from its ready file).
+#[derive(Debug, Clone, Copy)]
+struct GlobalAddresses {
+    api: std::net::SocketAddr,
+    diagnostics: std::net::SocketAddr,
+    kds: std::net::SocketAddr,
+}
+
+impl GlobalAddresses {
+    fn from_ready_file(ready: &Value) -> anyhow::Result<GlobalAddresses> {
+        let addr = |key: &str| -> anyhow::Result<std::net::SocketAddr> {
+            let text = ready[key]
+                .as_str()
+                .with_context(|| format!("no {key} in the global's ready file: {ready}"))?;
+            let text = text.strip_prefix("http://").unwrap_or(text);
+            text.parse()
+                .with_context(|| format!("{key} {text:?} in the global's ready file"))
+        };
+        Ok(GlobalAddresses {
+            api: addr("api")?,
+            diagnostics: addr("diagnostics")?,
+            kds: addr("kds")?,
+        })
+    }
 }
 
 impl GlobalCp {
@@ -103,8 +141,72 @@ impl GlobalCp {
             api_url,
             kds_url,
             kds_ca,
-            running,
+            runner: GlobalRunner::Task(running),
         })
+    }
+
+    /// Starts a global as a `global-cp` child process (the binary built beside the test, see
+    /// `test_support::workspace_bin`) with its data in `dir`, and waits until it is ready. Its
+    /// output goes to `dir/global-cp.log`. Unlike [`GlobalCp::start`], it can be [killed](Self::kill)
+    /// and [restarted](Self::restart).
+    pub async fn start_process(dir: &Path) -> anyhow::Result<GlobalCp> {
+        let unbound = "127.0.0.1:0".parse()?;
+        let addresses = GlobalAddresses {
+            api: unbound,
+            diagnostics: unbound,
+            kds: unbound,
+        };
+        let (child, ready) = spawn_global(dir, addresses).await?;
+        let addresses = GlobalAddresses::from_ready_file(&ready)?;
+        let kds_ca = PathBuf::from(
+            ready["kdsCa"]
+                .as_str()
+                .context("no kdsCa in the global's ready file")?,
+        );
+        let api_url = format!("http://{}", addresses.api);
+        let token = read_token(&dir.join("data").join("admin-token"))?;
+        Ok(GlobalCp {
+            dir: dir.to_path_buf(),
+            api: ApiClient::new(&api_url, Some(token))?,
+            api_url,
+            kds_url: format!("https://{}", addresses.kds),
+            kds_ca,
+            runner: GlobalRunner::Process {
+                child: Some(Box::new(child)),
+                addresses,
+            },
+        })
+    }
+
+    /// Kills the global process with SIGKILL (no shutdown of any kind) and waits until it is
+    /// gone. Only for a global started with [`GlobalCp::start_process`].
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let GlobalRunner::Process { child, .. } = &mut self.runner else {
+            anyhow::bail!(
+                "the global runs in-process: start it with GlobalCp::start_process to kill it"
+            );
+        };
+        let mut child = child.take().context("the global is not running")?;
+        child.start_kill().context("killing the global")?;
+        child
+            .wait()
+            .await
+            .context("waiting for the killed global")?;
+        Ok(())
+    }
+
+    /// Starts the killed global again on the same data directory and addresses (zones keep
+    /// dialling the KDS address they were given), and waits until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let GlobalRunner::Process { child, addresses } = &mut self.runner else {
+            anyhow::bail!(
+                "the global runs in-process: start it with GlobalCp::start_process to restart it"
+            );
+        };
+        anyhow::ensure!(child.is_none(), "the global is still running");
+        let (started, _) = spawn_global(&self.dir, *addresses).await?;
+        *child = Some(Box::new(started));
+        Ok(())
     }
 
     /// Applies YAML documents (Kuma's universal form) as `meshctl apply` does.
@@ -130,9 +232,84 @@ impl GlobalCp {
         .await
     }
 
-    /// Stops the global (its data stays in `dir`).
+    /// Stops the global (its data stays in `dir`): a process gets SIGTERM and drains.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.running.stop().await
+        match self.runner {
+            GlobalRunner::Task(running) => running.stop().await,
+            GlobalRunner::Process { child: None, .. } => Ok(()),
+            GlobalRunner::Process {
+                child: Some(mut child),
+                ..
+            } => {
+                if let Some(pid) = child.id() {
+                    meshctl::process::send_signal(pid, meshctl::process::Signal::Term)
+                        .context("asking the global to stop")?;
+                }
+                let status = tokio::time::timeout(STARTUP, child.wait())
+                    .await
+                    .context("the global did not stop after SIGTERM")??;
+                anyhow::ensure!(status.success(), "the global exited with {status}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Spawns `global-cp` on `addresses` with its data in `dir/data`, and waits for its ready file.
+/// Binding a port it held before can fail for a moment (another socket took it as an ephemeral
+/// port), so a process that exits before it is ready is started again, until [`STARTUP`].
+async fn spawn_global(
+    dir: &Path,
+    addresses: GlobalAddresses,
+) -> anyhow::Result<(tokio::process::Child, Value)> {
+    let ready = dir.join("ready.json");
+    let data = dir.join("data");
+    std::fs::create_dir_all(dir)?;
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    loop {
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("global-cp.log"))?;
+        let mut child = tokio::process::Command::new(test_support::workspace_bin("global-cp"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--api-addr")
+            .arg(addresses.api.to_string())
+            .arg("--diagnostics-addr")
+            .arg(addresses.diagnostics.to_string())
+            .arg("--kds-addr")
+            .arg(addresses.kds.to_string())
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting global-cp")?;
+        loop {
+            if let Some(endpoints) = std::fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
+                return Ok((child, endpoints));
+            }
+            if let Some(status) = child.try_wait()? {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "global-cp exited with {status} before it was ready (see {})",
+                    dir.join("global-cp.log").display()
+                );
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "global-cp not ready within {STARTUP:?} (see {})",
+                dir.join("global-cp.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -240,6 +417,24 @@ impl Federation {
     /// reports them all online.
     pub async fn start(dir: &Path, zones: &[&str]) -> anyhow::Result<Federation> {
         let global = GlobalCp::start(&dir.join("global")).await?;
+        Federation::start_zones(dir, global, zones).await
+    }
+
+    /// The same with the global as a child process ([`GlobalCp::start_process`]), for tests
+    /// that kill it.
+    pub async fn start_with_global_process(
+        dir: &Path,
+        zones: &[&str],
+    ) -> anyhow::Result<Federation> {
+        let global = GlobalCp::start_process(&dir.join("global")).await?;
+        Federation::start_zones(dir, global, zones).await
+    }
+
+    async fn start_zones(
+        dir: &Path,
+        global: GlobalCp,
+        zones: &[&str],
+    ) -> anyhow::Result<Federation> {
         let mut started = Vec::new();
         for zone in zones {
             started.push(ZoneCp::start(dir, &global, zone).await?);
@@ -297,6 +492,28 @@ impl ProxyProcess {
         let _ = self.stop.send(());
         self.task.await.context("the proxy task panicked")??;
         Ok(())
+    }
+
+    /// The proxy's statistics (`/stats/prometheus`).
+    pub async fn stats(&self) -> anyhow::Result<String> {
+        let (status, text) = http_get(&format!("http://{}/stats/prometheus", self.admin)).await?;
+        anyhow::ensure!(
+            status == 200,
+            "{}: /stats/prometheus answered {status}",
+            self.name
+        );
+        Ok(text)
+    }
+
+    /// The proxy's configuration as JSON (`/config_dump`).
+    pub async fn config_dump(&self) -> anyhow::Result<String> {
+        let (status, text) = http_get(&format!("http://{}/config_dump", self.admin)).await?;
+        anyhow::ensure!(
+            status == 200,
+            "{}: /config_dump answered {status}",
+            self.name
+        );
+        Ok(text)
     }
 
     /// Waits until the proxy has a complete configuration (`/ready` answers 200).
@@ -393,6 +610,44 @@ impl DemoService {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// A TCP echo server on a new loopback port: what it reads on a connection it writes back.
+pub struct EchoService {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoService {
+    pub async fn start() -> anyhow::Result<EchoService> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Ok(EchoService { addr, task })
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// The value of sample `name{labels}` (e.g. `envoy_cluster_upstream_cx_total{envoy_cluster_name="x"}`)
+/// in Prometheus text; `None` when the sample is absent.
+pub fn stat(text: &str, sample: &str) -> Option<i64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// A loopback port free now (bound, then released), for resources that must name their port

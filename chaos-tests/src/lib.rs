@@ -1,6 +1,10 @@
 //! Meridian's multi-zone scenarios (issues [4] and [7]). [`federation`] runs a whole federation
-//! in one process on the real control planes, so a test can cut links (with
-//! `test_support::relay::FaultRelay`), stop and restart components, and check what traffic and
-//! state do. The failover scenarios and their report (issue [7]) build on it.
+//! in one process on the real control planes (the global also as a child process, to kill it),
+//! so a test can cut links (with `test_support::relay::FaultRelay`), stop and restart components,
+//! and check what traffic and state do; [`topology`] builds services, sidecars, ingresses and
+//! egresses on it; [`mtls`] probes a sidecar's inbound with certificates of chosen CAs. The
+//! failover scenarios and their report (issue [7]) build on them.
 
 pub mod federation;
+pub mod mtls;
+pub mod topology;

@@ -6,131 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::federation::{free_port, http_get, DemoService, Federation, ProxyProcess, ZoneCp};
-use test_support::relay::{Fault, FaultRelay};
-use zone_proxies::ProxyMode;
-
-const MTLS_MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n---\ntype: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Allow\n";
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// An instance of a service: the demo app and its sidecar.
-struct Instance {
-    app: DemoService,
-    sidecar: ProxyProcess,
-}
-
-impl Instance {
-    async fn stop(self) {
-        self.sidecar.stop().await.unwrap();
-        self.app.stop().await;
-    }
-}
-
-/// Starts `name`, an instance of `service` in `zone`, behind its sidecar; `protocol` is its
-/// `kuma.io/protocol` (`http`, or `http2` for one multiplexed connection per peer).
-async fn instance(zone: &ZoneCp, name: &str, service: &str, protocol: &str) -> Instance {
-    let app = DemoService::start(service, &zone.name, name, None)
-        .await
-        .unwrap();
-    let inbound = free_port().unwrap();
-    zone.apply(&format!(
-        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: {service}\n        kuma.io/protocol: {protocol}\n",
-        app.addr.port()
-    ))
-    .await
-    .unwrap();
-    let sidecar = zone
-        .start_proxy(ProxyMode::Sidecar, "default", name)
-        .await
-        .unwrap();
-    sidecar.wait_ready().await.unwrap();
-    Instance { app, sidecar }
-}
-
-/// A zone's ingress, and the relay other zones reach it through.
-struct Ingress {
-    proxy: ProxyProcess,
-    link: FaultRelay,
-}
-
-async fn ingress(zone: &ZoneCp) -> Ingress {
-    let port = free_port().unwrap();
-    let link = FaultRelay::start(([127, 0, 0, 1], port).into())
-        .await
-        .unwrap();
-    let name = format!("ingress-{}", zone.name);
-    zone.apply(&format!(
-        "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
-        link.addr().port()
-    ))
-    .await
-    .unwrap();
-    let proxy = zone
-        .start_proxy(ProxyMode::Ingress, "default", &name)
-        .await
-        .unwrap();
-    proxy.wait_ready().await.unwrap();
-    Ingress { proxy, link }
-}
-
-/// The client side in zone-1: `frontend-1`'s sidecar with an outbound to `backend`; returns the
-/// sidecar and the outbound URL.
-async fn frontend(zone: &ZoneCp) -> (ProxyProcess, String) {
-    let outbound = free_port().unwrap();
-    let inbound = free_port().unwrap();
-    zone.apply(&format!(
-        "type: Dataplane\nname: frontend-1\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: frontend\n        kuma.io/protocol: http\n  outbound:\n    - port: {outbound}\n      tags:\n        kuma.io/service: backend\n",
-        free_port().unwrap()
-    ))
-    .await
-    .unwrap();
-    let sidecar = zone
-        .start_proxy(ProxyMode::Sidecar, "default", "frontend-1")
-        .await
-        .unwrap();
-    sidecar.wait_ready().await.unwrap();
-    (sidecar, format!("http://127.0.0.1:{outbound}/"))
-}
-
-/// Waits until `url` answers 200 from a body naming `zone`.
-async fn answered_from(url: &str, zone: &str) {
-    let needle = format!("\"zone\":\"{zone}\"");
-    test_support::eventually(&format!("{url} answered from {zone}"), DEADLINE, || async {
-        let (status, body) = http_get(url).await.ok()?;
-        (status == 200 && body.contains(&needle)).then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-/// Waits until `url` answers `status`.
-async fn answered_with(url: &str, status: u16) {
-    test_support::eventually(&format!("{url} answering {status}"), DEADLINE, || async {
-        (http_get(url).await.ok()?.0 == status).then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-/// `rate` requests a second to `url` for `duration`, open loop; the final report.
-async fn load(url: &str, rate: f64, duration: Duration) -> demo_app::report::Report {
-    demo_app::client::call(
-        demo_app::client::CallConfig {
-            target: url.parse().unwrap(),
-            rate,
-            duration,
-            // Above what hangs during a blackhole (rate x per-try timeouts), so every request is sent.
-            concurrency: 1024,
-            timeout: Duration::from_secs(5),
-            report_every: None,
-        },
-        std::future::pending(),
-        |_| {},
-    )
-    .await
-    .unwrap()
-}
+use chaos_tests::federation::{http_get, Federation, ProxyProcess};
+use chaos_tests::topology::{
+    answered_from, answered_with, inbound_port, load, wait_for_ca, Client, Ingress, Instance,
+    DEADLINE, MTLS_MESH,
+};
+use test_support::relay::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
@@ -140,24 +21,16 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
         .unwrap();
     federation.global.apply(MTLS_MESH).await.unwrap();
     let (zone1, zone2) = (federation.zone("zone-1"), federation.zone("zone-2"));
-    zone2
-        .wait_for(
-            "the mesh CA",
-            &[
-                "meshes",
-                "default",
-                "secrets",
-                "default.ca-builtin-cert-ca-1",
-            ],
-        )
+    wait_for_ca(zone2).await.unwrap();
+    let backend = Instance::start(zone2, "backend-1", "backend", "http", None)
         .await
         .unwrap();
-    let backend = instance(zone2, "backend-1", "backend", "http").await;
-    let ingress2 = ingress(zone2).await;
-    let (frontend, url) = frontend(zone1).await;
+    let ingress2 = Ingress::start(zone2).await.unwrap();
+    let frontend = Client::start(zone1, "frontend-1", "backend").await.unwrap();
+    let url = frontend.url();
 
-    answered_from(&url, "zone-2").await;
-    let report = load(&url, 100.0, Duration::from_secs(2)).await;
+    answered_from(&url, "zone-2").await.unwrap();
+    let report = load(&url, 100.0, Duration::from_secs(2)).await.unwrap();
     assert_eq!(report.failed, 0, "{}", report.to_text());
     assert_eq!(report.zones.get("zone-2"), Some(&report.ok));
     assert!(
@@ -166,7 +39,7 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
     );
 
     // The backend's inbound only speaks mTLS: a plaintext request is not answered.
-    let inbound_port = federation_inbound_port(zone2, "backend-1").await;
+    let inbound_port = inbound_port(zone2, "backend-1").await.unwrap();
     let plain = http_get(&format!("http://127.0.0.1:{inbound_port}/")).await;
     assert!(
         plain.is_err(),
@@ -180,7 +53,7 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
         .apply("type: MeshTrafficPermission\nname: deny-frontend\nmesh: default\nspec:\n  targetRef:\n    kind: MeshService\n    name: backend\n  from:\n  - targetRef:\n      kind: MeshService\n      name: frontend\n    default:\n      action: Deny\n")
         .await
         .unwrap();
-    answered_with(&url, 403).await;
+    answered_with(&url, 403).await.unwrap();
     federation
         .global
         .api
@@ -195,23 +68,14 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
         )
         .await
         .unwrap();
-    answered_from(&url, "zone-2").await;
+    answered_from(&url, "zone-2").await.unwrap();
 
-    frontend.stop().await.unwrap();
+    // The server end first: its HTTP inbound closes the idle connections on drain, which ends the
+    // TLS passthrough at the ingress (it would wait for it until its drain deadline).
+    backend.stop().await.unwrap();
     ingress2.proxy.stop().await.unwrap();
-    backend.stop().await;
+    frontend.sidecar.stop().await.unwrap();
     federation.stop().await.unwrap();
-}
-
-/// The inbound port of Dataplane `name` as the zone CP holds it.
-async fn federation_inbound_port(zone: &ZoneCp, name: &str) -> u64 {
-    let dataplane = zone
-        .wait_for(name, &["meshes", "default", "dataplanes", name])
-        .await
-        .unwrap();
-    dataplane["networking"]["inbound"][0]["port"]
-        .as_u64()
-        .unwrap()
 }
 
 /// For backend (a `to` MeshService entry, more specific than the mesh's default policies):
@@ -245,25 +109,21 @@ async fn cutting_a_zone_link_fails_over_to_the_next_zone_and_back() {
     let mut ingresses = Vec::new();
     for zone in ["zone-2", "zone-3"] {
         let zone = federation.zone(zone);
-        zone.wait_for(
-            "the mesh CA",
-            &[
-                "meshes",
-                "default",
-                "secrets",
-                "default.ca-builtin-cert-ca-1",
-            ],
-        )
-        .await
-        .unwrap();
+        wait_for_ca(zone).await.unwrap();
         // HTTP/2: one multiplexed connection per peer, so failing over does not need a
         // connection (and a TLS handshake) per request in flight.
-        backends.push(instance(zone, &format!("backend-{}", zone.name), "backend", "http2").await);
-        ingresses.push(ingress(zone).await);
+        let name = format!("backend-{}", zone.name);
+        backends.push(
+            Instance::start(zone, &name, "backend", "http2", None)
+                .await
+                .unwrap(),
+        );
+        ingresses.push(Ingress::start(zone).await.unwrap());
     }
-    let (frontend, url) = frontend(zone1).await;
+    let client = Client::start(zone1, "frontend-1", "backend").await.unwrap();
+    let (frontend, url) = (&client.sidecar, client.url());
     // zone-2 is preferred; zone-3 must be known too before the cut.
-    answered_from(&url, "zone-2").await;
+    answered_from(&url, "zone-2").await.unwrap();
     test_support::eventually("zone-3 in frontend's endpoints", DEADLINE, || async {
         let dump = http_get(&format!("http://{}/config_dump", frontend.admin))
             .await
@@ -283,7 +143,7 @@ async fn cutting_a_zone_link_fails_over_to_the_next_zone_and_back() {
     // Steady load through the whole scenario, 200 requests a second.
     let steady = tokio::spawn({
         let url = url.clone();
-        async move { load(&url, 200.0, Duration::from_secs(9)).await }
+        async move { load(&url, 200.0, Duration::from_secs(9)).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -291,13 +151,15 @@ async fn cutting_a_zone_link_fails_over_to_the_next_zone_and_back() {
     ingresses[0].link.set(Fault::Blackhole);
     let cut = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_cut = load(&url, 100.0, Duration::from_millis(1500)).await;
+    let after_cut = load(&url, 100.0, Duration::from_millis(1500))
+        .await
+        .unwrap();
     assert_eq!(
         (after_cut.zones.get("zone-2"), after_cut.zones.get("zone-3")),
         (None, Some(&after_cut.ok)),
         "1 s after the cut: {}\nfrontend's backend stats:\n{}",
         after_cut.to_text(),
-        backend_stats(&frontend).await
+        backend_stats(frontend).await
     );
     ingresses[0].link.set(Fault::Reset);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -314,19 +176,20 @@ async fn cutting_a_zone_link_fails_over_to_the_next_zone_and_back() {
         steady.failed,
         steady.sent,
         steady.to_text(),
-        backend_stats(&frontend).await
+        backend_stats(frontend).await
     );
     assert!(steady.zones.get("zone-3").is_some_and(|n| *n > 0));
 
     // The link is back: traffic returns to the preferred zone.
-    answered_from(&url, "zone-2").await;
+    answered_from(&url, "zone-2").await.unwrap();
 
-    frontend.stop().await.unwrap();
+    // Servers first, then the ingresses, as in the test above.
+    for backend in backends {
+        backend.stop().await.unwrap();
+    }
     for ingress in ingresses {
         ingress.proxy.stop().await.unwrap();
     }
-    for backend in backends {
-        backend.stop().await;
-    }
+    client.sidecar.stop().await.unwrap();
     federation.stop().await.unwrap();
 }

@@ -1,0 +1,214 @@
+//! The pieces the end-to-end tests build a mesh from, on a [`Federation`](crate::federation):
+//! a service instance (demo app and its sidecar), a zone's ingress reached by other zones through
+//! a `FaultRelay` (its advertised address, so a test can cut the link between zones), a zone's
+//! egress, a client sidecar with an outbound, and the waits and load the tests measure with.
+
+use std::time::Duration;
+
+use test_support::relay::FaultRelay;
+use zone_proxies::ProxyMode;
+
+use crate::federation::{free_port, http_get, DemoService, ProxyProcess, ZoneCp};
+
+/// The default mesh with builtin mTLS, everything allowed (the policies tests add are more
+/// specific than this mesh-wide MeshTrafficPermission).
+pub const MTLS_MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n---\ntype: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Allow\n";
+
+/// How long a test waits for a change to show in traffic.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `zone` holds the default mesh's CA (synced from the global), which its proxies
+/// need for their certificates.
+pub async fn wait_for_ca(zone: &ZoneCp) -> anyhow::Result<()> {
+    zone.wait_for(
+        "the mesh CA",
+        &[
+            "meshes",
+            "default",
+            "secrets",
+            "default.ca-builtin-cert-ca-1",
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Registers Dataplane `name` of the default mesh in `zone`, one inbound for the app at
+/// `app_port` with `tags` (`kuma.io/service` first), and starts its sidecar; returns it ready.
+pub async fn sidecar(
+    zone: &ZoneCp,
+    name: &str,
+    app_port: u16,
+    tags: &[(&str, &str)],
+) -> anyhow::Result<ProxyProcess> {
+    let inbound = free_port()?;
+    let tags: String = tags
+        .iter()
+        .map(|(k, v)| format!("        {k}: {v}\n"))
+        .collect();
+    zone.apply(&format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {app_port}\n      tags:\n{tags}"
+    ))
+    .await?;
+    let sidecar = zone
+        .start_proxy(ProxyMode::Sidecar, "default", name)
+        .await?;
+    sidecar.wait_ready().await?;
+    Ok(sidecar)
+}
+
+/// An instance of a service: the demo app and its sidecar.
+pub struct Instance {
+    pub app: DemoService,
+    pub sidecar: ProxyProcess,
+}
+
+impl Instance {
+    /// Starts `name`, an instance of `service` in `zone`, behind its sidecar; `protocol` is its
+    /// `kuma.io/protocol` (`http`, or `http2` for one multiplexed connection per peer);
+    /// `version`, when given, is its `version` tag (and what the demo app answers).
+    pub async fn start(
+        zone: &ZoneCp,
+        name: &str,
+        service: &str,
+        protocol: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<Instance> {
+        let app = DemoService::start(service, &zone.name, name, version).await?;
+        let mut tags = vec![("kuma.io/service", service), ("kuma.io/protocol", protocol)];
+        if let Some(version) = version {
+            tags.push(("version", version));
+        }
+        let sidecar = sidecar(zone, name, app.addr.port(), &tags).await?;
+        Ok(Instance { app, sidecar })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.sidecar.stop().await?;
+        self.app.stop().await;
+        Ok(())
+    }
+}
+
+/// A zone's ingress, and the relay other zones reach it through.
+pub struct Ingress {
+    pub proxy: ProxyProcess,
+    pub link: FaultRelay,
+}
+
+impl Ingress {
+    /// Registers ZoneIngress `ingress-<zone>` advertising a new relay to it, and starts it.
+    pub async fn start(zone: &ZoneCp) -> anyhow::Result<Ingress> {
+        let port = free_port()?;
+        let link = FaultRelay::start(([127, 0, 0, 1], port).into()).await?;
+        let name = format!("ingress-{}", zone.name);
+        zone.apply(&format!(
+            "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
+            link.addr().port()
+        ))
+        .await?;
+        let proxy = zone
+            .start_proxy(ProxyMode::Ingress, "default", &name)
+            .await?;
+        proxy.wait_ready().await?;
+        Ok(Ingress { proxy, link })
+    }
+}
+
+/// Registers ZoneEgress `egress-<zone>` and starts it; sidecars of meshes with
+/// `routing.zoneEgress` then reach other zones through it.
+pub async fn egress(zone: &ZoneCp) -> anyhow::Result<ProxyProcess> {
+    let name = format!("egress-{}", zone.name);
+    zone.apply(&format!(
+        "type: ZoneEgress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {}\n",
+        free_port()?
+    ))
+    .await?;
+    let proxy = zone
+        .start_proxy(ProxyMode::Egress, "default", &name)
+        .await?;
+    proxy.wait_ready().await?;
+    Ok(proxy)
+}
+
+/// A client sidecar: Dataplane `name` of service `frontend` with an outbound to `target`.
+pub struct Client {
+    pub sidecar: ProxyProcess,
+    /// The outbound's loopback port.
+    pub outbound: u16,
+}
+
+impl Client {
+    /// Registers and starts the sidecar in `zone`; returns it ready.
+    pub async fn start(zone: &ZoneCp, name: &str, target: &str) -> anyhow::Result<Client> {
+        let outbound = free_port()?;
+        let inbound = free_port()?;
+        zone.apply(&format!(
+            "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: frontend\n        kuma.io/protocol: http\n  outbound:\n    - port: {outbound}\n      tags:\n        kuma.io/service: {target}\n",
+            free_port()?
+        ))
+        .await?;
+        let sidecar = zone
+            .start_proxy(ProxyMode::Sidecar, "default", name)
+            .await?;
+        sidecar.wait_ready().await?;
+        Ok(Client { sidecar, outbound })
+    }
+
+    /// `http://127.0.0.1:<outbound>/`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.outbound)
+    }
+}
+
+/// Waits until `url` answers 200 from a body naming `zone`.
+pub async fn answered_from(url: &str, zone: &str) -> anyhow::Result<()> {
+    let needle = format!("\"zone\":\"{zone}\"");
+    test_support::eventually(&format!("{url} answered from {zone}"), DEADLINE, || async {
+        let (status, body) = http_get(url).await.ok()?;
+        (status == 200 && body.contains(&needle)).then_some(())
+    })
+    .await
+}
+
+/// Waits until `url` answers `status`.
+pub async fn answered_with(url: &str, status: u16) -> anyhow::Result<()> {
+    test_support::eventually(&format!("{url} answering {status}"), DEADLINE, || async {
+        (http_get(url).await.ok()?.0 == status).then_some(())
+    })
+    .await
+}
+
+/// `rate` requests a second to `url` for `duration`, open loop (demo-app's client); the final
+/// report.
+pub async fn load(
+    url: &str,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<demo_app::report::Report> {
+    Ok(demo_app::client::call(
+        demo_app::client::CallConfig {
+            target: url.parse()?,
+            rate,
+            duration,
+            // Above what hangs during a blackhole (rate x per-try timeouts), so every request is sent.
+            concurrency: 1024,
+            timeout: Duration::from_secs(5),
+            report_every: None,
+        },
+        std::future::pending(),
+        |_| {},
+    )
+    .await?)
+}
+
+/// The inbound port of Dataplane `name` (default mesh) as `zone` holds it.
+pub async fn inbound_port(zone: &ZoneCp, name: &str) -> anyhow::Result<u16> {
+    let dataplane = zone
+        .wait_for(name, &["meshes", "default", "dataplanes", name])
+        .await?;
+    let port = dataplane["networking"]["inbound"][0]["port"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("Dataplane {name} has no inbound port: {dataplane}"))?;
+    Ok(u16::try_from(port)?)
+}
