@@ -6,6 +6,8 @@
 //! store of the global control plane implements the same trait; every implementation must pass the
 //! conformance suite in `testing` (enabled by the `testing` feature).
 
+#[cfg(feature = "raft")]
+pub mod raft;
 mod sled_store;
 mod store;
 #[cfg(any(test, feature = "testing"))]
