@@ -250,3 +250,55 @@ async fn store_snapshot_size(node: &RaftNode) -> usize {
         .map(|s| s.snapshot.len())
         .expect("a snapshot")
 }
+
+/// Peers authenticate each other: a client whose certificate comes from another CA gets no
+/// answer from a node, and neither does one that does not trust the node's CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_outside_the_cluster_ca_is_refused() {
+    use mesh_store::raft::openraft::network::RPCOption;
+    use mesh_store::raft::openraft::raft::VoteRequest;
+    use mesh_store::raft::openraft::{RaftNetwork, RaftNetworkFactory, Vote};
+    use mesh_store::raft::NetworkFactory;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = peer_tls();
+    let node = start_node(1, dir.path(), &tls, |_| {}).await;
+    let peer = BasicNode {
+        addr: node.addr().to_string(),
+    };
+    let vote = || VoteRequest::new(Vote::new(1, 2), None);
+    let option = RPCOption::new(Duration::from_secs(5));
+
+    // The cluster's own certificate is answered (an uninitialised node still answers a vote).
+    let mut member = NetworkFactory::new(tls.clone()).new_client(1, &peer).await;
+    member
+        .vote(vote(), option.clone())
+        .await
+        .expect("a member's vote request is answered");
+
+    // Another CA's certificate: the node refuses the handshake.
+    let stranger = peer_tls();
+    let mut client = NetworkFactory::new(stranger.clone())
+        .new_client(1, &peer)
+        .await;
+    let refused = client.vote(vote(), option.clone()).await;
+    assert!(
+        refused.is_err(),
+        "a stranger's vote was answered: {refused:?}"
+    );
+
+    // Trusting another CA: the client refuses the node.
+    let mut distrustful = NetworkFactory::new(mesh_store::raft::PeerTls {
+        ca_pem: stranger.ca_pem,
+        ..tls
+    })
+    .new_client(1, &peer)
+    .await;
+    let refused = distrustful.vote(vote(), option).await;
+    assert!(
+        refused.is_err(),
+        "a node with an untrusted certificate answered: {refused:?}"
+    );
+
+    node.shutdown().await.expect("shutdown");
+}

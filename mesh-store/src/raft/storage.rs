@@ -94,6 +94,7 @@ pub fn open_storage(
         state,
         log_db: db,
         snapshot,
+        snapshot_lock: Arc::default(),
         applied,
     };
     Ok((log, sm))
@@ -341,6 +342,8 @@ pub struct StateMachine {
     state: SledStore,
     log_db: sled::Db,
     snapshot: sled::Tree,
+    /// Serialises replacing the current snapshot across clones.
+    snapshot_lock: Arc<std::sync::Mutex<()>>,
     applied: AppliedState,
 }
 
@@ -373,6 +376,22 @@ impl StateMachine {
         data: &[u8],
     ) -> StorageResult<()> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        // A build (on a clone, in its own task) may finish after a newer snapshot was installed:
+        // the current snapshot never goes back.
+        let _guard = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored = self
+            .snapshot
+            .get(SNAPSHOT_META_KEY)
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        if let Some(stored) = stored {
+            let stored: SnapshotMeta<NodeId, openraft::BasicNode> = decode(subject(), &stored)?;
+            if stored.last_log_id > meta.last_log_id {
+                return Ok(());
+            }
+        }
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META_KEY, encode(subject(), meta)?);
         batch.insert(SNAPSHOT_DATA_KEY, data);
