@@ -38,7 +38,8 @@ pub struct RaftNodeConfig {
 
 impl RaftNodeConfig {
     /// Defaults: heartbeats every 50 ms, elections after 150-300 ms of silence (openraft's),
-    /// a snapshot every 5,000 entries keeping 1,000 entries of log behind it.
+    /// a snapshot every 5,000 entries keeping 1,000 entries of log behind it, followers more
+    /// than 10,000 entries behind caught up by snapshot.
     pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, tls: PeerTls) -> RaftNodeConfig {
         RaftNodeConfig {
             id,
@@ -51,6 +52,9 @@ impl RaftNodeConfig {
                 election_timeout_max: 300,
                 snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
                 max_in_snapshot_log_to_keep: 1000,
+                // openraft's guidance: above the snapshot interval, else a follower that far
+                // behind is sent a snapshot that does not catch it up.
+                replication_lag_threshold: 10_000,
                 ..Default::default()
             },
             store: SledStoreOptions::default(),
