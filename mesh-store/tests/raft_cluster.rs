@@ -13,7 +13,7 @@ use mesh_store::raft::openraft::{BasicNode, SnapshotPolicy};
 use mesh_store::raft::{RaftNode, RaftNodeConfig, RaftStore};
 use mesh_store::testing::{resource, DEADLINE};
 use mesh_store::{ListQuery, ResourceStore, StoreError};
-use raft_common::{peer_tls, start_node, wait_for_leader};
+use raft_common::{peer_tls, start_node, start_node_at, wait_for_leader};
 use test_support::eventually;
 
 async fn cluster(dir: &std::path::Path, tune: impl Fn(&mut RaftNodeConfig)) -> Vec<RaftNode> {
@@ -301,4 +301,53 @@ async fn a_peer_outside_the_cluster_ca_is_refused() {
     );
 
     node.shutdown().await.expect("shutdown");
+}
+
+/// A follower stopped while the others take writes is restarted on its data directory and the
+/// same address: it resumes from its own log (no snapshot: none was taken) and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_follower_catches_up_from_its_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = cluster(dir.path(), |_| {}).await;
+    let leader_id = leader(&nodes).expect("a leader").id();
+    let leader_store = nodes[(leader_id - 1) as usize].store();
+    for i in 0..10 {
+        leader_store
+            .create(resource(&format!("before-{i}"), "default", &[]))
+            .await
+            .expect("create");
+    }
+    let position = nodes
+        .iter()
+        .position(|n| n.id() != leader_id)
+        .expect("a follower");
+    let follower = nodes.remove(position);
+    converged(&leader_store, &[follower.store()]).await;
+    let (id, addr, tls) = (follower.id(), follower.addr(), follower.tls().clone());
+    follower.shutdown().await.expect("stop the follower");
+
+    // A majority remains: writes go on without it.
+    for i in 0..10 {
+        leader_store
+            .create(resource(&format!("while-down-{i}"), "default", &[]))
+            .await
+            .expect("create while a follower is down");
+    }
+    let restarted = start_node_at(id, dir.path(), &tls, &addr.to_string(), |_| {}).await;
+    let store = restarted.store();
+    // Its own state is back at once (no snapshot was ever taken), then the rest arrives.
+    assert!(
+        store.revision() >= 10,
+        "revision {} after restart",
+        store.revision()
+    );
+    assert!(restarted.raft().metrics().borrow().snapshot.is_none());
+    converged(&leader_store, std::slice::from_ref(&store)).await;
+    assert_eq!(store.revision(), 20);
+
+    drop((leader_store, store));
+    restarted.shutdown().await.expect("shutdown");
+    for node in nodes {
+        node.shutdown().await.expect("shutdown");
+    }
 }

@@ -37,11 +37,20 @@ pub async fn start_node(
     tls: &PeerTls,
     tune: impl FnOnce(&mut RaftNodeConfig),
 ) -> RaftNode {
+    start_node_at(id, dir, tls, "127.0.0.1:0", tune).await
+}
+
+/// Starts node `id` on `addr` (a restarted node keeps the address its peers know).
+pub async fn start_node_at(
+    id: u64,
+    dir: &Path,
+    tls: &PeerTls,
+    addr: &str,
+    tune: impl FnOnce(&mut RaftNodeConfig),
+) -> RaftNode {
     let mut config = RaftNodeConfig::new(id, dir.join(format!("node-{id}")), tls.clone());
     tune(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     RaftNode::start(config, listener).await.expect("start node")
 }
 
