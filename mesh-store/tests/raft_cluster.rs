@@ -108,6 +108,15 @@ async fn writes_replicate_and_a_new_leader_takes_writes_after_the_leader_stops()
         }
         other => panic!("expected ForwardToLeader, got {other:?}"),
     }
+    // Linearizable reads are confirmed by the leader; a follower names the leader instead.
+    leader_store
+        .linearizable()
+        .await
+        .expect("linearizable on the leader");
+    assert!(matches!(
+        follower.linearizable().await,
+        Err(StoreError::ForwardToLeader { leader_id: Some(id), .. }) if id == leader_id
+    ));
     // A refused command is a committed no-op: the writer gets the typed error, no revision.
     match leader_store.create(resource("r0", "default", &[])).await {
         Err(StoreError::AlreadyExists(key)) => assert_eq!(key.name, "r0"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use mesh_api::{Resource, ResourceKey};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -289,6 +289,25 @@ impl RaftStore {
     /// The state machine's store on this node (what reads and watches are served from).
     pub fn local(&self) -> &SledStore {
         &self.state
+    }
+
+    /// Makes the next local read linearizable: confirms with a quorum that this node still
+    /// leads, then waits until it has applied everything committed before the call. On a
+    /// follower: [`StoreError::ForwardToLeader`]; without a quorum: an error naming the node.
+    pub async fn linearizable(&self) -> Result<(), StoreError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(StoreError::ForwardToLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(StoreError::Io(format!(
+                "raft node {}: cannot confirm its leadership: {e}",
+                self.id
+            ))),
+        }
     }
 
     async fn write(&self, command: Command) -> Result<Resource, StoreError> {
