@@ -264,21 +264,48 @@ fn inspect_dir(path: &Path) -> Result<bool, StoreError> {
 }
 
 fn open_db(path: &Path, options: &SledStoreOptions) -> Result<sled::Db, StoreError> {
+    open_sled(path, options.cache_capacity, "a store")
+}
+
+/// How long opening waits for a database's lock still held by this process: sled lets go of it
+/// from background threads a moment after the last handle is dropped, so a store closed and
+/// reopened in one process (a restarted Raft node) can find it held briefly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled database, reporting damage (sled panics on some) and a lock held past
+/// [`LOCK_WAIT`] (another process uses the directory) as [`StoreError::BadDataDir`].
+pub(crate) fn open_sled(
+    path: &Path,
+    cache_capacity: u64,
+    what: &str,
+) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(options.cache_capacity);
-    // sled panics on some kinds of damage instead of returning an error.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(bad_dir(path, format!("cannot be opened as a store: {e}"))),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(bad_dir(path, format!("damaged database: {message}")))
+        .cache_capacity(cache_capacity);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match opened {
+            Ok(Ok(db)) => return Ok(db),
+            // sled reports a held lock only in its message (kind `Other`).
+            Ok(Err(sled::Error::Io(e))) if e.to_string().starts_with("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(bad_dir(
+                        path,
+                        format!("is in use: its lock was held for {LOCK_WAIT:?} ({e})"),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(Err(e)) => return Err(bad_dir(path, format!("cannot be opened as {what}: {e}"))),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                return Err(bad_dir(path, format!("damaged database: {message}")));
+            }
         }
     }
 }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::types::{CommandOutcome, CommandRejection, NodeId, TypeConfig};
+use crate::sled_store::open_sled;
 use crate::{SledStore, SledStoreOptions, StoreError};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -64,10 +65,7 @@ pub fn open_storage(
         reason,
     };
     std::fs::create_dir_all(&log_dir).map_err(|e| bad(format!("cannot be created: {e}")))?;
-    let db = sled::Config::new()
-        .path(&log_dir)
-        .open()
-        .map_err(|e| bad(format!("cannot be opened as a Raft log: {e}")))?;
+    let db = open_sled(&log_dir, options.cache_capacity, "a Raft log")?;
     let tree = |name: &str| {
         db.open_tree(name)
             .map_err(|e| bad(format!("cannot open tree {name}: {e}")))
