@@ -3,9 +3,12 @@
 //! concurrency on the resource version, delete, and [`ResourceStore::watch`], an ordered stream of
 //! change events from a revision. [`SledStore`] implements it on an embedded sled database whose
 //! writes are durable when acknowledged (concurrent writers share flushes). The replicated (Raft)
-//! store of the global control plane implements the same trait; every implementation must pass the
+//! store of the global control plane, `raft::RaftStore` (feature `raft`), implements the same
+//! trait; every implementation must pass the
 //! conformance suite in `testing` (enabled by the `testing` feature).
 
+#[cfg(feature = "raft")]
+pub mod raft;
 mod sled_store;
 mod store;
 #[cfg(any(test, feature = "testing"))]

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use mesh_api::{Resource, ResourceKey, ResourceType, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -133,8 +133,20 @@ struct Durability {
     wake: Condvar,
     /// The last durable revision, which is also the last published one.
     published: AtomicU64,
-    events: broadcast::Sender<ChangeEvent>,
+    events: broadcast::Sender<Feed>,
     durable: watch::Sender<DurableState>,
+}
+
+/// What live watchers receive: committed changes in order, or a replacement of the whole state
+/// (an installed Raft snapshot), after which a watcher cannot continue and gets `Compacted`.
+// Events are the common case and are cloned per watcher anyway; boxing them would add an
+// allocation to each.
+#[allow(clippy::large_enum_variant)]
+#[cfg_attr(not(feature = "raft"), allow(dead_code))]
+#[derive(Debug, Clone)]
+enum Feed {
+    Event(ChangeEvent),
+    Reset { revision: u64 },
 }
 
 struct FlushState {
@@ -187,7 +199,7 @@ impl Durability {
                     while state.pending.front().is_some_and(|e| e.revision <= target) {
                         if let Some(event) = state.pending.pop_front() {
                             // No receivers is fine: nobody is watching.
-                            let _ = self.events.send(event);
+                            let _ = self.events.send(Feed::Event(event));
                         }
                     }
                     drop(state);
@@ -252,21 +264,48 @@ fn inspect_dir(path: &Path) -> Result<bool, StoreError> {
 }
 
 fn open_db(path: &Path, options: &SledStoreOptions) -> Result<sled::Db, StoreError> {
+    open_sled(path, options.cache_capacity, "a store")
+}
+
+/// How long opening waits for a database's lock still held by this process: sled lets go of it
+/// from background threads a moment after the last handle is dropped, so a store closed and
+/// reopened in one process (a restarted Raft node) can find it held briefly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled database, reporting damage (sled panics on some) and a lock held past
+/// [`LOCK_WAIT`] (another process uses the directory) as [`StoreError::BadDataDir`].
+pub(crate) fn open_sled(
+    path: &Path,
+    cache_capacity: u64,
+    what: &str,
+) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(options.cache_capacity);
-    // sled panics on some kinds of damage instead of returning an error.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(bad_dir(path, format!("cannot be opened as a store: {e}"))),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(bad_dir(path, format!("damaged database: {message}")))
+        .cache_capacity(cache_capacity);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match opened {
+            Ok(Ok(db)) => return Ok(db),
+            // sled reports a held lock only in its message (kind `Other`).
+            Ok(Err(sled::Error::Io(e))) if e.to_string().starts_with("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(bad_dir(
+                        path,
+                        format!("is in use: its lock was held for {LOCK_WAIT:?} ({e})"),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(Err(e)) => return Err(bad_dir(path, format!("cannot be opened as {what}: {e}"))),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                return Err(bad_dir(path, format!("damaged database: {message}")));
+            }
         }
     }
 }
@@ -530,8 +569,13 @@ impl SledStore {
 
     /// Commits one change and waits until it is durable.
     async fn write(&self, op: WriteOp) -> Result<Resource, StoreError> {
-        let event = self.apply(op)?;
-        let revision = event.revision;
+        let event = self.apply(op, Utc::now(), None)?;
+        self.wait_durable(event.revision).await?;
+        Ok(event.resource)
+    }
+
+    /// Waits until every change up to `revision` is flushed (and published to watchers).
+    pub(crate) async fn wait_durable(&self, revision: u64) -> Result<(), StoreError> {
         let mut durable = self.inner.durability.durable.subscribe();
         let state = durable
             .wait_for(|d| {
@@ -541,7 +585,7 @@ impl SledStore {
             .map_err(|_| StoreError::Io("the store was closed".into()))?
             .clone();
         if state.durable >= revision {
-            Ok(event.resource)
+            Ok(())
         } else {
             let reason = state.failed.map(|f| f.1).unwrap_or_default();
             Err(StoreError::Io(format!(
@@ -550,10 +594,16 @@ impl SledStore {
         }
     }
 
-    /// The synchronous part of a write: one transaction across the three trees.
-    fn apply(&self, op: WriteOp) -> Result<ChangeEvent, StoreError> {
+    /// The synchronous part of a write: one transaction across the three trees, at time `now`.
+    /// `extra_meta` is written into the `meta` tree in the same transaction (the Raft state
+    /// machine records its last applied log id with each change this way).
+    pub(crate) fn apply(
+        &self,
+        op: WriteOp,
+        now: DateTime<Utc>,
+        extra_meta: Option<(&[u8], &[u8])>,
+    ) -> Result<ChangeEvent, StoreError> {
         let inner = &*self.inner;
-        let now = Utc::now();
         let key = match &op {
             WriteOp::Create(r) | WriteOp::Update(r) => normalize_key(r.key())?,
             WriteOp::Delete(k, _) => normalize_key(k.clone())?,
@@ -631,6 +681,9 @@ impl SledStore {
                     changes.remove(&(revision - retention).to_be_bytes())?;
                 }
                 meta.insert(REVISION_KEY, &revision.to_be_bytes())?;
+                if let Some((k, v)) = extra_meta {
+                    meta.insert(k, v)?;
+                }
                 Ok(ChangeEvent {
                     revision,
                     kind,
@@ -655,14 +708,154 @@ impl SledStore {
     }
 }
 
-enum WriteOp {
+/// A consistent copy of a store's whole state (what a Raft snapshot holds).
+#[cfg(feature = "raft")]
+pub(crate) struct Export {
+    pub revision: u64,
+    /// Every resource in key order, as stored (`{"version", "resource"}` JSON).
+    pub resources: Vec<Value>,
+    /// The value of the requested `meta` key at the same point.
+    pub meta: Option<Vec<u8>>,
+}
+
+/// What the Raft state machine needs beyond the `ResourceStore` contract.
+#[cfg(feature = "raft")]
+impl SledStore {
+    /// Writes one `meta` key outside any change (no revision taken), serialised with writers.
+    pub(crate) fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _writer = lock(&self.inner.writer);
+        self.inner.meta.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    pub(crate) fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.meta.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    /// Flushes everything written so far (including `put_meta`) to disk.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.durability.db.flush_async().await.map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads the whole state and `meta_key` at one point: writers wait meanwhile.
+    pub(crate) fn export(&self, meta_key: &[u8]) -> Result<Export, StoreError> {
+        let writer = lock(&self.inner.writer);
+        let revision = *writer;
+        let mut resources = Vec::new();
+        for entry in self.inner.resources.iter() {
+            let (key, value) = entry.map_err(io)?;
+            let stored: Value =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: key_display(&key),
+                    reason: e.to_string(),
+                })?;
+            resources.push(stored);
+        }
+        let meta = self
+            .inner
+            .meta
+            .get(meta_key)
+            .map_err(io)?
+            .map(|v| v.to_vec());
+        drop(writer);
+        Ok(Export {
+            revision,
+            resources,
+            meta,
+        })
+    }
+
+    /// Replaces the whole state in one transaction: the resources, the revision and `meta`; the
+    /// change log is emptied (a watch from an older revision gets `Compacted`, and so do live
+    /// watchers). Durable when it returns.
+    pub(crate) fn replace_all(
+        &self,
+        revision: u64,
+        resources: &[Value],
+        meta: (&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::with_capacity(resources.len());
+        for (i, stored) in resources.iter().enumerate() {
+            let record = format!("snapshot resource [{i}]");
+            let stored: StoredResource =
+                serde_json::from_value(stored.clone()).map_err(|e| StoreError::Corrupt {
+                    key: record.clone(),
+                    reason: e.to_string(),
+                })?;
+            let resource = parse_stored(&record, stored.version, stored.resource)?;
+            let key = normalize_key(resource.key())?;
+            records.push((encode_key(&key), encode_resource(&resource)?));
+        }
+        {
+            let inner = &*self.inner;
+            let mut committed = lock(&inner.writer);
+            let old_resources: Vec<IVec> = inner
+                .resources
+                .iter()
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            let old_changes: Vec<IVec> = inner
+                .changes
+                .iter()
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            let result: Result<(), TransactionError<StoreError>> =
+                (&inner.resources, &inner.changes, &inner.meta).transaction(
+                    |(tx_resources, tx_changes, tx_meta)| {
+                        for key in &old_resources {
+                            tx_resources.remove(key.clone())?;
+                        }
+                        for key in &old_changes {
+                            tx_changes.remove(key.clone())?;
+                        }
+                        for (key, value) in &records {
+                            tx_resources.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        tx_meta.insert(REVISION_KEY, &revision.to_be_bytes())?;
+                        tx_meta.insert(meta.0, meta.1)?;
+                        Ok(())
+                    },
+                );
+            match result {
+                Ok(()) => {}
+                Err(TransactionError::Abort(e)) => return Err(e),
+                Err(TransactionError::Storage(e)) => return Err(io(e)),
+            }
+            inner.durability.db.flush().map_err(io)?;
+            *committed = revision;
+            let mut state = lock(&inner.durability.state);
+            // Nothing is pending (the caller waited for its writes), and anything that were is
+            // superseded by the new state.
+            state.pending.clear();
+            state.committed = revision;
+            state.attempted = revision;
+            inner.durability.published.store(revision, Ordering::SeqCst);
+            let _ = inner.durability.events.send(Feed::Reset { revision });
+            drop(state);
+            inner
+                .durability
+                .durable
+                .send_modify(|d| d.durable = revision);
+            if let Err(e) = write_hwm(&inner.durability.dir, revision) {
+                tracing::warn!(error = %e, "cannot record the durable revision");
+            }
+            drop(committed);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) enum WriteOp {
     Create(Resource),
     Update(Resource),
     Delete(ResourceKey, Option<u64>),
 }
 
 /// Drops the mesh of global-scoped types and rejects keys that cannot be stored.
-fn normalize_key(key: ResourceKey) -> Result<ResourceKey, StoreError> {
+pub(crate) fn normalize_key(key: ResourceKey) -> Result<ResourceKey, StoreError> {
     let key = ResourceKey::new(key.rtype, key.mesh.as_deref(), key.name);
     let invalid = |reason: &str| StoreError::InvalidKey {
         key: key.clone(),
@@ -859,7 +1052,7 @@ fn read_log_batch(changes: &Tree, after: u64, up_to: u64) -> Result<Vec<ChangeEv
 /// revision and checked for gaps. Ends when the watcher is dropped or the store is closed.
 async fn feed_watcher(
     store: Weak<Inner>,
-    mut live: broadcast::Receiver<ChangeEvent>,
+    mut live: broadcast::Receiver<Feed>,
     from: u64,
     published: u64,
     tx: mpsc::Sender<Result<ChangeEvent, StoreError>>,
@@ -913,15 +1106,27 @@ async fn feed_watcher(
             received = live.recv() => received,
         };
         match received {
-            Ok(event) if event.revision <= last => {}
-            Ok(event) if event.revision == last + 1 => {
+            Ok(Feed::Event(event)) if event.revision <= last => {}
+            Ok(Feed::Event(event)) if event.revision == last + 1 => {
                 last = event.revision;
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
+            // The whole state was replaced (a Raft snapshot installed): the changes between
+            // `last` and the new revision are not in any log.
+            Ok(Feed::Reset { revision }) if revision <= last => {}
+            Ok(Feed::Reset { revision }) => {
+                let _ = tx
+                    .send(Err(StoreError::Compacted {
+                        requested: last,
+                        oldest: revision + 1,
+                    }))
+                    .await;
+                return;
+            }
             // A gap cannot happen (events are published in order); report it rather than skip.
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(Feed::Event(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 let _ = tx
                     .send(Err(StoreError::Lagged {
                         last_delivered: last,

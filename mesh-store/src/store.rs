@@ -36,8 +36,23 @@ pub enum StoreError {
     /// A stored record could not be decoded (corruption); names the record.
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A replicated store's node that is not the leader cannot take writes: send them to
+    /// the leader (`None` while an election is under way).
+    #[error("this node is not the Raft leader; the leader is {}", describe_leader(*.leader_id, .leader_addr.as_deref()))]
+    ForwardToLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     #[error("storage I/O error: {0}")]
     Io(String),
+}
+
+fn describe_leader(id: Option<u64>, addr: Option<&str>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr}"),
+        (Some(id), None) => format!("node {id}"),
+        _ => "not known yet (an election is under way)".to_owned(),
+    }
 }
 
 /// A list request. Empty filters match everything.

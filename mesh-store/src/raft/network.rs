@@ -1,0 +1,358 @@
+//! The Raft network over gRPC: the peer service `meridian.raft.v1.RaftPeer` (server side,
+//! [`peer_service`]) and the client openraft replicates and votes through ([`NetworkFactory`]).
+//!
+//! openraft's messages travel as JSON inside protobuf bytes (see `proto.rs`). Append-entries
+//! requests go as openraft batches them (up to `max_payload_entries` per request); a vote is one
+//! call; a snapshot is one client-streaming call: a header (vote and metadata), then the data in
+//! chunks of [`NetworkFactory::snapshot_chunk_bytes`], reassembled by the receiver and installed
+//! with `Raft::install_full_snapshot`. Peers authenticate each other with mutual TLS against the
+//! cluster's CA ([`PeerTls`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::proto::raft_peer::raft_peer_client::RaftPeerClient;
+use super::proto::raft_peer::raft_peer_server::{RaftPeer, RaftPeerServer};
+use super::proto::{RaftPayload, SnapshotChunk};
+use super::types::{NodeId, TypeConfig};
+
+/// The largest message a peer accepts (an append-entries batch of large resources).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The default size of a snapshot chunk.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Mutual TLS between peers: every node presents a certificate issued by the cluster's CA, and
+/// accepts only peers presenting one. `server_name` is the name every node's certificate carries
+/// (a SAN) and that clients check, so certificates need not name each node's address.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    pub fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.server_name.clone())
+    }
+}
+
+/// The first message of a snapshot stream.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+fn to_payload<T: Serialize>(value: &T) -> Result<RaftPayload, Status> {
+    serde_json::to_vec(value)
+        .map(|json| RaftPayload { json })
+        .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("{what} does not decode: {e}")))
+}
+
+/// The server side: hands each RPC to the local Raft.
+struct PeerServer {
+    raft: Raft<TypeConfig>,
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerServer {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            from_json("the append-entries request", &request.into_inner().json)?;
+        let result = self.raft.append_entries(rpc).await;
+        to_payload(&result).map(Response::new)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = from_json("the vote request", &request.into_inner().json)?;
+        let result = self.raft.vote(rpc).await;
+        to_payload(&result).map(Response::new)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the snapshot stream is empty"))?;
+        let header: SnapshotHeader = from_json("the snapshot header", &first.header)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.message().await? {
+            data.extend_from_slice(&chunk.data);
+        }
+        tracing::info!(
+            snapshot = %header.meta.snapshot_id,
+            bytes = data.len(),
+            "received a snapshot"
+        );
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: Box::new(data),
+        };
+        let result = self.raft.install_full_snapshot(header.vote, snapshot).await;
+        to_payload(&result).map(Response::new)
+    }
+}
+
+/// The peer service of `raft`, to serve on the node's peer listener (with [`PeerTls`]).
+pub fn peer_service(raft: Raft<TypeConfig>) -> RaftPeerServer<impl RaftPeer> {
+    RaftPeerServer::new(PeerServer { raft })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Makes a client per peer (openraft asks for one per replication stream and per election).
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    tls: PeerTls,
+    /// The data bytes per snapshot message.
+    pub snapshot_chunk_bytes: usize,
+    /// How long establishing a connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl NetworkFactory {
+    pub fn new(tls: PeerTls) -> NetworkFactory {
+        NetworkFactory {
+            tls,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let address = format!("https://{}", node.addr);
+        // Connects lazily: an unreachable peer fails its calls (and openraft backs off), not this.
+        let client = Endpoint::from_shared(address.clone())
+            .and_then(|e| e.tls_config(self.tls.client_config()))
+            .map(|endpoint| {
+                let channel = endpoint
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                RaftPeerClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .map_err(|e| format!("peer {target} at {address}: {e}"));
+        PeerClient {
+            target,
+            client,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+    snapshot_chunk_bytes: usize,
+}
+
+/// A transport failure, named after the peer.
+#[derive(Debug, thiserror::Error)]
+#[error("raft peer {target}: {reason}")]
+pub struct PeerError {
+    pub target: NodeId,
+    pub reason: String,
+}
+
+impl PeerClient {
+    fn error(&self, reason: impl Into<String>) -> PeerError {
+        PeerError {
+            target: self.target,
+            reason: reason.into(),
+        }
+    }
+
+    fn client(&self) -> Result<RaftPeerClient<Channel>, PeerError> {
+        self.client.clone().map_err(|e| self.error(e))
+    }
+
+    /// A failed call: `Unreachable` (openraft backs off) when no connection could be made.
+    fn transport_error<E>(&self, status: &Status) -> RPCError<NodeId, BasicNode, E>
+    where
+        E: std::error::Error,
+    {
+        let error = self.error(format!("{}: {}", status.code(), status.message()));
+        if status.code() == tonic::Code::Unavailable {
+            RPCError::Unreachable(Unreachable::new(&error))
+        } else {
+            RPCError::Network(NetworkError::new(&error))
+        }
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &mut self,
+        what: &str,
+        request: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
+    where
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
+        F: FnOnce(RaftPeerClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<Response<RaftPayload>, Status>>,
+    {
+        let network = |e: PeerError| RPCError::Network(NetworkError::new(&e));
+        let client = self.client().map_err(network)?;
+        let json = serde_json::to_vec(request)
+            .map_err(|e| network(self.error(format!("cannot encode the {what}: {e}"))))?;
+        let ttl = option.hard_ttl();
+        let answer = match tokio::time::timeout(ttl, call(client, RaftPayload { json })).await {
+            Err(_) => {
+                return Err(network(
+                    self.error(format!("no {what} answer within {ttl:?}")),
+                ))
+            }
+            Ok(Err(status)) => return Err(self.transport_error(&status)),
+            Ok(Ok(answer)) => answer.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId>> = serde_json::from_slice(&answer.json)
+            .map_err(|e| network(self.error(format!("the {what} answer does not decode: {e}"))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.unary("append-entries", &rpc, &option, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.unary(
+            "vote",
+            &rpc,
+            &option,
+            |mut c, p| async move { c.vote(p).await },
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let network = |e: PeerError| StreamingError::Network(NetworkError::new(&e));
+        let mut client = self.client().map_err(network)?;
+        let header = SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        };
+        let header = serde_json::to_vec(&header)
+            .map_err(|e| network(self.error(format!("cannot encode the snapshot header: {e}"))))?;
+        let data = *snapshot.snapshot;
+        let chunk = self.snapshot_chunk_bytes;
+        tracing::info!(
+            target = self.target,
+            bytes = data.len(),
+            chunk,
+            "sending a snapshot"
+        );
+        // The header, then the data a chunk at a time, copied only as each is sent.
+        let chunks = futures::stream::unfold(Some(0usize), move |offset| {
+            let message = offset.map(|offset| {
+                let end = (offset + chunk).min(data.len());
+                let message = SnapshotChunk {
+                    header: if offset == 0 {
+                        header.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    data: data[offset..end].to_vec(),
+                };
+                (message, (end < data.len()).then_some(end))
+            });
+            async move { message }
+        });
+        // No deadline: a large snapshot takes what it takes; HTTP/2 keepalives detect a dead
+        // peer, and openraft cancels the transfer when replication to this peer ends.
+        let answer = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            answer = client.install_snapshot(chunks) => answer,
+        };
+        let answer = match answer {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => {
+                let error = self.error(format!("{}: {}", status.code(), status.message()));
+                return Err(if status.code() == tonic::Code::Unavailable {
+                    StreamingError::Unreachable(Unreachable::new(&error))
+                } else {
+                    StreamingError::Network(NetworkError::new(&error))
+                });
+            }
+        };
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            serde_json::from_slice(&answer.json).map_err(|e| {
+                network(self.error(format!("the snapshot answer does not decode: {e}")))
+            })?;
+        result.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
