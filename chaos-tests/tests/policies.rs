@@ -143,22 +143,10 @@ async fn a_traffic_permission_on_a_tcp_service_closes_denied_connections_at_its_
 /// 90% of backend's traffic to version v1, 10% to v2 (Kuma's MeshServiceSubset backendRefs).
 const SPLIT: &str = "type: MeshHTTPRoute\nname: canary\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    rules:\n    - matches:\n      - path:\n          type: PathPrefix\n          value: /\n      default:\n        backendRefs:\n        - kind: MeshServiceSubset\n          name: backend\n          tags:\n            version: v1\n          weight: 90\n        - kind: MeshServiceSubset\n          name: backend\n          tags:\n            version: v2\n          weight: 10\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_http_route_splits_traffic_90_10_between_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let federation = Federation::start(dir.path(), &["zone-1"]).await.unwrap();
-    federation.global.apply(MTLS_MESH).await.unwrap();
-    let zone1 = federation.zone("zone-1");
-    wait_for_ca(zone1).await.unwrap();
-    let v1 = Instance::start(zone1, "backend-v1", "backend", "http", Some("v1"))
-        .await
-        .unwrap();
-    let v2 = Instance::start(zone1, "backend-v2", "backend", "http", Some("v2"))
-        .await
-        .unwrap();
-    let frontend = Client::start(zone1, "frontend-1", "backend").await.unwrap();
+/// Applies [`SPLIT`], waits until `frontend` routes by it, then measures over 1,000 requests
+/// that the share answered by v2 is within 5 points of 10%.
+async fn assert_split(what: &str, federation: &Federation, frontend: &Client) {
     let url = frontend.url();
-
     federation.global.apply(SPLIT).await.unwrap();
     // The route is in place once frontend's sidecar has the subset clusters (`backend_<hash>`).
     test_support::eventually(
@@ -185,7 +173,7 @@ async fn an_http_route_splits_traffic_90_10_between_versions() {
     );
     let v2_share = 100.0 * n2 as f64 / (n1 + n2).max(1) as f64;
     eprintln!(
-        "split over {} requests: v1 {n1}, v2 {n2} ({v2_share:.1}% to v2)",
+        "{what}: split over {} requests: v1 {n1}, v2 {n2} ({v2_share:.1}% to v2)",
         report.sent
     );
     assert_eq!(report.failed, 0, "{}", report.to_text());
@@ -195,9 +183,59 @@ async fn an_http_route_splits_traffic_90_10_between_versions() {
         "v2 got {v2_share:.1}% (10 +- 5 expected): {}",
         report.to_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_route_splits_traffic_90_10_between_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let federation = Federation::start(dir.path(), &["zone-1"]).await.unwrap();
+    federation.global.apply(MTLS_MESH).await.unwrap();
+    let zone1 = federation.zone("zone-1");
+    wait_for_ca(zone1).await.unwrap();
+    let v1 = Instance::start(zone1, "backend-v1", "backend", "http", Some("v1"))
+        .await
+        .unwrap();
+    let v2 = Instance::start(zone1, "backend-v2", "backend", "http", Some("v2"))
+        .await
+        .unwrap();
+    let frontend = Client::start(zone1, "frontend-1", "backend").await.unwrap();
+
+    assert_split("in zone-1", &federation, &frontend).await;
 
     frontend.sidecar.stop().await.unwrap();
     v1.stop().await.unwrap();
     v2.stop().await.unwrap();
+    federation.stop().await.unwrap();
+}
+
+/// The same split with both versions in zone-2 behind its ingress: the subset clusters of
+/// zone-1's sidecar name their tags in the SNI (`backend.version.v1.0.t1.zone-2.default.mesh`),
+/// and zone-2's ingress has a chain per subset holding only that version's instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_route_splits_cross_zone_traffic_90_10_between_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let federation = Federation::start(dir.path(), &["zone-1", "zone-2"])
+        .await
+        .unwrap();
+    federation.global.apply(MTLS_MESH).await.unwrap();
+    let zone1 = federation.zone("zone-1");
+    let zone2 = federation.zone("zone-2");
+    wait_for_ca(zone1).await.unwrap();
+    wait_for_ca(zone2).await.unwrap();
+    let ingress = Ingress::start(zone2).await.unwrap();
+    let v1 = Instance::start(zone2, "backend-v1", "backend", "http", Some("v1"))
+        .await
+        .unwrap();
+    let v2 = Instance::start(zone2, "backend-v2", "backend", "http", Some("v2"))
+        .await
+        .unwrap();
+    let frontend = Client::start(zone1, "frontend-1", "backend").await.unwrap();
+
+    assert_split("zone-1 to zone-2", &federation, &frontend).await;
+
+    frontend.sidecar.stop().await.unwrap();
+    v1.stop().await.unwrap();
+    v2.stop().await.unwrap();
+    ingress.proxy.stop().await.unwrap();
     federation.stop().await.unwrap();
 }

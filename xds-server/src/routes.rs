@@ -332,6 +332,83 @@ pub fn tcp_cluster_specifier(
     }
 }
 
+/// Every tag subset of a service that `policies` (a mesh's policies) may route to, whichever
+/// proxies they select: MeshHTTPRoute and MeshTCPRoute `MeshServiceSubset` backends (mirrors
+/// included) and TrafficRoute split or destination tags. A zone ingress needs these ahead of any
+/// request, since a sidecar in another zone names the subset in its SNI. A TrafficRoute
+/// destination without a concrete `kuma.io/service` stands for each of `services` its
+/// `destinations` select. Targets without tags are left out (the plain service covers them).
+pub fn subset_targets<'a>(
+    policies: &[Resource],
+    services: impl IntoIterator<Item = &'a str> + Clone,
+) -> BTreeSet<ClusterTarget> {
+    let mut out = BTreeSet::new();
+    let mut warnings = Vec::new();
+    let mut backend = |b: &BackendRef, out: &mut BTreeSet<ClusterTarget>| {
+        if b.kind == TargetRefKind::MeshServiceSubset {
+            if let Some((target, _)) = resolve_backend(b, "", &mut warnings) {
+                out.insert(target);
+            }
+        }
+    };
+    for policy in policies {
+        match &policy.spec {
+            Spec::MeshHTTPRoute(spec) => {
+                for rule in spec.to.iter().flatten().flat_map(|to| &to.rules) {
+                    for b in rule.default.backend_refs.iter().flatten() {
+                        backend(b, &mut out);
+                    }
+                    for filter in rule.default.filters.iter().flatten() {
+                        if let Some(mirror) = &filter.request_mirror {
+                            backend(&mirror.backend_ref, &mut out);
+                        }
+                    }
+                }
+            }
+            Spec::MeshTCPRoute(spec) => {
+                for rule in spec.to.iter().flatten().flat_map(|to| &to.rules) {
+                    for b in rule.default.backend_refs.iter().flatten() {
+                        backend(b, &mut out);
+                    }
+                }
+            }
+            Spec::TrafficRoute(spec) => {
+                let Some(conf) = &spec.conf else { continue };
+                let mut selectors: Vec<&BTreeMap<String, String>> = Vec::new();
+                for (split, destination) in std::iter::once((&conf.split, &conf.destination))
+                    .chain(conf.http.iter().map(|h| (&h.split, &h.destination)))
+                {
+                    selectors.extend(split.iter().flatten().map(|s| &s.destination));
+                    selectors.extend(destination.iter());
+                }
+                for selector in selectors {
+                    let concrete = selector
+                        .get(SERVICE_TAG)
+                        .filter(|s| *s != "*")
+                        .map(|s| vec![s.as_str()]);
+                    let for_services = concrete.unwrap_or_else(|| {
+                        services
+                            .clone()
+                            .into_iter()
+                            .filter(|s| {
+                                let tags =
+                                    BTreeMap::from([(SERVICE_TAG.to_owned(), s.to_string())]);
+                                spec.destinations.iter().any(|d| d.matches(&tags))
+                            })
+                            .collect()
+                    });
+                    for service in for_services {
+                        out.insert(traffic_route_target(selector, service));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.retain(|t| !t.tags.is_empty());
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Selecting the rules for a service
 
@@ -2065,5 +2142,64 @@ conf:
         assert_eq!(p(0.25), (25, DenominatorType::TenThousand as i32));
         assert_eq!(p(0.0001), (1, DenominatorType::Million as i32));
         assert_eq!(p(150.0), (100, DenominatorType::Hundred as i32));
+    }
+
+    #[test]
+    fn subset_targets_are_every_tagged_backend_the_mesh_routes_to() {
+        let yaml = r#"type: MeshHTTPRoute
+name: http
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: somebody-else}
+  to:
+    - targetRef: {kind: MeshService, name: backend}
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /}}]
+          default:
+            filters:
+              - type: RequestMirror
+                requestMirror: {backendRef: {kind: MeshServiceSubset, name: backend, tags: {version: v3}}}
+            backendRefs:
+              - {kind: MeshServiceSubset, name: backend, tags: {version: v1}, weight: 90}
+              - {kind: MeshService, name: other, weight: 10}
+---
+type: MeshTCPRoute
+name: tcp
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: db}
+      rules:
+        - default:
+            backendRefs: [{kind: MeshServiceSubset, name: db, tags: {role: primary, kuma.io/service: db}}]
+---
+type: TrafficRoute
+name: tr
+mesh: default
+sources: [{match: {kuma.io/service: '*'}}]
+destinations: [{match: {kuma.io/service: '*'}}]
+conf:
+  split:
+    - {weight: 50, destination: {kuma.io/service: '*', env: canary}}
+    - {weight: 50, destination: {kuma.io/service: cache, env: '*'}}
+  http:
+    - match: {path: {prefix: /v2}}
+      destination: {kuma.io/service: backend, version: v2}
+"#;
+        let targets = subset_targets(&resources(yaml), ["backend", "db"]);
+        let expected: BTreeSet<ClusterTarget> = [
+            subset("backend", &[("version", "v1")]),
+            subset("backend", &[("version", "v2")]),
+            subset("backend", &[("version", "v3")]),
+            subset("db", &[("role", "primary")]),
+            // The wildcard service with env: canary, for each service the destinations select.
+            subset("backend", &[("env", "canary")]),
+            subset("db", &[("env", "canary")]),
+        ]
+        .into_iter()
+        .collect();
+        // (`cache` with only a wildcard tag is the plain service: no subset.)
+        assert_eq!(targets, expected);
     }
 }

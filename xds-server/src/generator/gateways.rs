@@ -14,7 +14,7 @@
 //! Both also serve external services to sidecars that reach them directly (no egress):
 //! [`external_cluster`] is shared with the sidecar generator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
@@ -36,6 +36,7 @@ use super::envoy::{
 };
 use super::sidecar::{insert_identity, sni_for, ProxyIdentity};
 use crate::context::{MeshContext, ServiceInfo};
+use crate::routes::{subset_targets, ClusterTarget};
 use crate::snapshot::{Snapshot, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
 /// The pseudo-zone of external services in SNIs (`<service>.<port>.external.<mesh>.mesh`).
@@ -75,13 +76,23 @@ pub fn ingress_snapshot(ingress: &Resource, meshes: &[Arc<MeshContext>]) -> Snap
     let mut chains = Vec::new();
     for ctx in meshes.iter().filter(|c| c.mtls_enabled()) {
         let zone = ctx.local_zone.as_deref().unwrap_or("local");
+        let subsets = mesh_subsets(ctx);
         for (service, info) in ctx.services.iter().filter(|(_, i)| !i.local.is_empty()) {
-            let Some(sni) = sni_for(ctx, service, zone) else {
-                continue;
-            };
-            let cluster = format!("{}:{service}", ctx.name);
-            chains.push(passthrough_chain(sni, &cluster));
-            local_cluster(&mut snapshot, &cluster, info, zone);
+            let targets = std::iter::once(ClusterTarget::service(service)).chain(
+                subsets
+                    .iter()
+                    .filter(|t| t.service == *service)
+                    .filter(|t| info.local.iter().any(|e| has_tags(&e.tags, &t.tags)))
+                    .cloned(),
+            );
+            for target in targets {
+                let Some(sni) = sni_for(ctx, service, &target.tags, zone) else {
+                    continue;
+                };
+                let cluster = format!("{}:{}", ctx.name, target.cluster_name());
+                chains.push(passthrough_chain(sni, &cluster));
+                local_cluster(&mut snapshot, &cluster, info, &target.tags, zone);
+            }
         }
     }
     let name = format!("ingress:{}:{}", networking.address, networking.port);
@@ -90,12 +101,28 @@ pub fn ingress_snapshot(ingress: &Resource, meshes: &[Arc<MeshContext>]) -> Snap
     snapshot.seal()
 }
 
-fn local_cluster(snapshot: &mut Snapshot, cluster: &str, info: &ServiceInfo, zone: &str) {
+/// The tag subsets the mesh's routes send to (see [`subset_targets`]).
+fn mesh_subsets(ctx: &MeshContext) -> BTreeSet<ClusterTarget> {
+    subset_targets(&ctx.policies, ctx.services.keys().map(String::as_str))
+}
+
+/// Whether an endpoint's `tags` include all of `subset`.
+fn has_tags(tags: &BTreeMap<String, String>, subset: &BTreeMap<String, String>) -> bool {
+    subset.iter().all(|(k, v)| tags.get(k) == Some(v))
+}
+
+fn local_cluster(
+    snapshot: &mut Snapshot,
+    cluster: &str,
+    info: &ServiceInfo,
+    subset: &BTreeMap<String, String>,
+    zone: &str,
+) {
     snapshot.insert(CLUSTER_TYPE, cluster, &eds_cluster(cluster));
     let cla = load_assignment(
         cluster,
         info,
-        &Default::default(),
+        subset,
         Some(zone),
         &Default::default(),
         &CrossZone::Disabled,
@@ -122,15 +149,10 @@ pub fn egress_snapshot(
         .iter()
         .filter(|c| c.mtls_enabled() && c.routes_through_egress())
     {
+        let subsets = mesh_subsets(ctx);
         for (service, info) in &ctx.services {
-            let mut zones: Vec<&str> = info.remote.iter().map(|r| r.zone.as_str()).collect();
-            zones.dedup();
+            let zones: BTreeSet<&str> = info.remote.iter().map(|r| r.zone.as_str()).collect();
             for zone in zones {
-                let Some(sni) = sni_for(ctx, service, zone) else {
-                    continue;
-                };
-                let cluster = format!("{}:{service}:{zone}", ctx.name);
-                chains.push(passthrough_chain(sni, &cluster));
                 let only_zone = ServiceInfo {
                     protocol: info.protocol.clone(),
                     local: Vec::new(),
@@ -141,20 +163,36 @@ pub fn egress_snapshot(
                         .cloned()
                         .collect(),
                 };
-                snapshot.insert(CLUSTER_TYPE, &cluster, &eds_cluster(&cluster));
-                let mut cla = load_assignment(
-                    &cluster,
-                    &only_zone,
-                    &Default::default(),
-                    None,
-                    &Default::default(),
-                    &CrossZone::Direct,
+                // The service, and each routed subset with instances there: the sidecar names
+                // the subset in its SNI and the egress passes it on to that zone's ingress.
+                let targets = std::iter::once(ClusterTarget::service(service)).chain(
+                    subsets
+                        .iter()
+                        .filter(|t| t.service == *service)
+                        .filter(|t| only_zone.remote.iter().any(|r| has_tags(&r.tags, &t.tags)))
+                        .cloned(),
                 );
-                // The egress reaches the remote ingress directly: one priority.
-                for group in &mut cla.endpoints {
-                    group.priority = 0;
+                for target in targets {
+                    let Some(sni) = sni_for(ctx, service, &target.tags, zone) else {
+                        continue;
+                    };
+                    let cluster = format!("{}:{}:{zone}", ctx.name, target.cluster_name());
+                    chains.push(passthrough_chain(sni, &cluster));
+                    snapshot.insert(CLUSTER_TYPE, &cluster, &eds_cluster(&cluster));
+                    let mut cla = load_assignment(
+                        &cluster,
+                        &only_zone,
+                        &target.tags,
+                        None,
+                        &Default::default(),
+                        &CrossZone::Direct,
+                    );
+                    // The egress reaches the remote ingress directly: one priority.
+                    for group in &mut cla.endpoints {
+                        group.priority = 0;
+                    }
+                    snapshot.insert(ENDPOINT_TYPE, &cluster, &cla);
                 }
-                snapshot.insert(ENDPOINT_TYPE, &cluster, &cla);
             }
         }
         for external in &ctx.external_services {
@@ -207,10 +245,8 @@ pub fn external_parts(resource: &Resource) -> Option<(String, u32, &ExternalServ
 /// The SNI a sidecar uses towards the egress for external service `service`.
 pub fn sni_for_external(ctx: &MeshContext, service: &str, port: u32) -> Option<String> {
     let target = crate::sni::SniTarget {
-        mesh: ctx.name.clone(),
-        service: service.to_string(),
         port,
-        zone: EXTERNAL_ZONE.to_string(),
+        ..crate::sni::SniTarget::service(&ctx.name, service, EXTERNAL_ZONE)
     };
     target.to_sni().ok()
 }
@@ -457,5 +493,181 @@ mod tests {
             panic!()
         };
         assert_eq!(e.address, Some(socket("10.0.0.20", 10002)));
+    }
+
+    /// Zone-1 with api v1 and v2 behind its ingress, zone-2 with api v1 (2) and v2 (1), and a
+    /// 90/10 MeshHTTPRoute between the versions; `extra` is appended to the mesh resources.
+    fn subset_context(extra: &str) -> Arc<MeshContext> {
+        let ingresses = "type: ZoneIngress\nname: ingress-1\nnetworking:\n  address: 10.0.0.10\n  port: 10001\n---\ntype: ZoneIngress\nname: ingress-2.zone-2\nlabels:\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\nzone: zone-2\nnetworking:\n  address: 172.16.0.2\n  advertisedAddress: 192.0.2.2\n  port: 10001\n  advertisedPort: 20001\navailableServices:\n  - {mesh: default, instances: 2, tags: {kuma.io/service: api, version: v1}}\n  - {mesh: default, instances: 1, tags: {kuma.io/service: api, version: v2}}\n";
+        let api = |name: &str, ip: &str, version: &str| {
+            format!("type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: {ip}\n  inbound:\n    - {{port: 15000, servicePort: 9090, tags: {{kuma.io/service: api, kuma.io/protocol: http, version: {version}}}}}\n")
+        };
+        let route = "type: MeshHTTPRoute\nname: canary\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  to:\n    - targetRef: {kind: MeshService, name: api}\n      rules:\n        - matches: [{path: {type: PathPrefix, value: /}}]\n          default:\n            backendRefs:\n              - {kind: MeshServiceSubset, name: api, tags: {version: v1}, weight: 90}\n              - {kind: MeshServiceSubset, name: api, tags: {version: v2}, weight: 10}\n";
+        let web = "type: Dataplane\nname: web-1\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - {port: 15000, servicePort: 8080, tags: {kuma.io/service: web}}\n  outbound:\n    - {port: 10001, tags: {kuma.io/service: api}}\n";
+        let text = format!(
+            "{MESH}{extra}---\n{web}---\n{}---\n{}---\n{}---\n{route}",
+            api("api-1", "10.0.0.2", "v1"),
+            api("api-2", "10.0.0.3", "v2"),
+            api("api-3", "10.0.0.4", "v2"),
+        );
+        Arc::new(MeshContext::from_resources(
+            "default",
+            Some("zone-1"),
+            parse(&text),
+            &ingresses_of(parse(ingresses), Some("zone-1")),
+            &parse(EGRESS),
+        ))
+    }
+
+    fn endpoint_addresses(cla: &ClusterLoadAssignment) -> Vec<String> {
+        cla.endpoints
+            .iter()
+            .flat_map(|g| &g.lb_endpoints)
+            .map(|ep| match &ep.host_identifier {
+                Some(
+                    envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e),
+                ) => format!("{:?}", e.address),
+                _ => panic!("no address"),
+            })
+            .collect()
+    }
+
+    fn v(version: &str) -> ClusterTarget {
+        ClusterTarget::new("api", [("version".to_string(), version.to_string())].into())
+    }
+
+    #[test]
+    fn ingress_has_a_chain_per_routed_subset_holding_only_its_instances() {
+        let ctx = subset_context("");
+        let ingress = ctx.ingresses.iter().find(|i| i.local).unwrap();
+        let snapshot = ingress_snapshot(&ingress.resource, std::slice::from_ref(&ctx));
+        let listener: Listener = decode(&snapshot, LISTENER_TYPE, "ingress:10.0.0.10:10001");
+        let chains: Vec<(&str, String)> = listener
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let cfg = &c.filters[0];
+                let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) = &cfg.config_type else {
+                    panic!()
+                };
+                let tcp = <envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as prost::Message>::decode(any.value.as_slice()).unwrap();
+                let Some(envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
+                    panic!()
+                };
+                (c.filter_chain_match.as_ref().unwrap().server_names[0].as_str(), cluster)
+            })
+            .collect();
+        let (v1, v2) = (v("v1").cluster_name(), v("v2").cluster_name());
+        assert_eq!(
+            chains,
+            [
+                ("api.0.zone-1.default.mesh", "default:api".to_string()),
+                (
+                    "api.version.v1.0.t1.zone-1.default.mesh",
+                    format!("default:{v1}")
+                ),
+                (
+                    "api.version.v2.0.t1.zone-1.default.mesh",
+                    format!("default:{v2}")
+                ),
+                ("web.0.zone-1.default.mesh", "default:web".to_string()),
+            ]
+        );
+        let all: ClusterLoadAssignment = decode(&snapshot, ENDPOINT_TYPE, "default:api");
+        assert_eq!(endpoint_addresses(&all).len(), 3);
+        let only_v1: ClusterLoadAssignment =
+            decode(&snapshot, ENDPOINT_TYPE, &format!("default:{v1}"));
+        assert_eq!(
+            endpoint_addresses(&only_v1),
+            [format!("{:?}", Some(socket("10.0.0.2", 15000)))]
+        );
+        let only_v2: ClusterLoadAssignment =
+            decode(&snapshot, ENDPOINT_TYPE, &format!("default:{v2}"));
+        assert_eq!(
+            endpoint_addresses(&only_v2),
+            [
+                format!("{:?}", Some(socket("10.0.0.3", 15000))),
+                format!("{:?}", Some(socket("10.0.0.4", 15000)))
+            ]
+        );
+        // Without the route there is no subset chain (nothing names one).
+        let mut plain = Arc::try_unwrap(subset_context("")).unwrap();
+        plain.policies.clear();
+        let snapshot = ingress_snapshot(&ingress.resource, &[Arc::new(plain)]);
+        let listener: Listener = decode(&snapshot, LISTENER_TYPE, "ingress:10.0.0.10:10001");
+        assert_eq!(listener.filter_chains.len(), 2);
+    }
+
+    #[test]
+    fn sidecar_subset_clusters_name_their_tags_to_other_zones() {
+        let ctx = subset_context("");
+        let snapshot = super::super::sidecar_snapshot(&ctx, ctx.dataplane("web-1").unwrap(), None);
+        for (version, remote_weight) in [("v1", 2), ("v2", 1)] {
+            let name = v(version).cluster_name();
+            let cluster: Cluster = decode(&snapshot, CLUSTER_TYPE, &name);
+            let zone_2 = &cluster.transport_socket_matches[0];
+            assert_eq!(zone_2.name, "zone-2");
+            let tls = zone_2.transport_socket.as_ref().unwrap();
+            let Some(transport_socket::ConfigType::TypedConfig(any)) = &tls.config_type else {
+                panic!()
+            };
+            let tls = <UpstreamTlsContext as prost::Message>::decode(any.value.as_slice()).unwrap();
+            assert_eq!(
+                tls.sni,
+                format!("api.version.{version}.0.t1.zone-2.default.mesh")
+            );
+            let cla: ClusterLoadAssignment = decode(&snapshot, ENDPOINT_TYPE, &name);
+            let remote = cla.endpoints.iter().find(|g| g.priority == 1).unwrap();
+            assert_eq!(
+                remote.load_balancing_weight.as_ref().unwrap().value,
+                remote_weight
+            );
+        }
+        // The service's own cluster keeps the plain name.
+        let cluster: Cluster = decode(&snapshot, CLUSTER_TYPE, "api");
+        let tls = cluster.transport_socket_matches[0]
+            .transport_socket
+            .as_ref()
+            .unwrap();
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &tls.config_type else {
+            panic!()
+        };
+        let tls = <UpstreamTlsContext as prost::Message>::decode(any.value.as_slice()).unwrap();
+        assert_eq!(tls.sni, "api.0.zone-2.default.mesh");
+    }
+
+    #[test]
+    fn egress_forwards_each_routed_subset_to_the_zones_that_have_it() {
+        let ctx = subset_context("routing:\n  zoneEgress: true\n");
+        let egress = &ctx.egresses[0];
+        let snapshot = egress_snapshot(egress, std::slice::from_ref(&ctx), &BTreeMap::new());
+        let listener: Listener = decode(&snapshot, LISTENER_TYPE, "egress:10.0.0.20:10002");
+        let names: Vec<&str> = listener
+            .filter_chains
+            .iter()
+            .map(|c| c.filter_chain_match.as_ref().unwrap().server_names[0].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "api.0.zone-2.default.mesh",
+                "api.version.v1.0.t1.zone-2.default.mesh",
+                "api.version.v2.0.t1.zone-2.default.mesh",
+            ]
+        );
+        let v2 = format!("default:{}:zone-2", v("v2").cluster_name());
+        let cla: ClusterLoadAssignment = decode(&snapshot, ENDPOINT_TYPE, &v2);
+        assert_eq!(
+            cla.endpoints[0]
+                .load_balancing_weight
+                .as_ref()
+                .unwrap()
+                .value,
+            1
+        );
+        assert_eq!(
+            endpoint_addresses(&cla),
+            [format!("{:?}", Some(socket("192.0.2.2", 20001)))]
+        );
     }
 }

@@ -521,18 +521,19 @@ fn cross_zone(ctx: &MeshContext) -> CrossZone {
     CrossZone::Direct
 }
 
-/// The SNI naming `service` in `zone` of `ctx`'s mesh (`None` when it cannot be built).
-pub fn sni_for(ctx: &MeshContext, service: &str, zone: &str) -> Option<String> {
-    let target = SniTarget {
-        mesh: ctx.name.clone(),
-        service: service.to_string(),
-        port: 0,
-        zone: zone.to_string(),
-    };
+/// The SNI naming `service`'s instances carrying `tags` (all of them when empty) in `zone` of
+/// `ctx`'s mesh (`None`, logged, when it cannot be built).
+pub fn sni_for(
+    ctx: &MeshContext,
+    service: &str,
+    tags: &BTreeMap<String, String>,
+    zone: &str,
+) -> Option<String> {
+    let target = SniTarget::service(&ctx.name, service, zone).with_tags(tags.clone());
     match target.to_sni() {
         Ok(sni) => Some(sni),
         Err(e) => {
-            tracing::warn!(error = %e, "no cross-zone SNI for {target}");
+            tracing::warn!(mesh = %ctx.name, error = %e, "no cross-zone SNI for {target}");
             None
         }
     }
@@ -551,19 +552,26 @@ fn outbound_cluster(
     let service = &target.service;
     let protocol = service_protocol(ctx, service);
     let mut cluster = eds_cluster(&name);
+    // A subset whose SNI cannot name it in some zone is not sent across zones at all: the plain
+    // name would reach every instance there and silently break the split.
+    let mut cross_zone = cross_zone.clone();
     if ctx.mtls_enabled() {
         let local_zone = ctx.local_zone.as_deref().unwrap_or("local");
-        let local_sni = sni_for(ctx, service, local_zone).unwrap_or_default();
+        let local_sni = sni_for(ctx, service, &target.tags, local_zone).unwrap_or_default();
         cluster.transport_socket = Some(upstream_mtls(&ctx.name, service, &local_sni));
-        if *cross_zone != CrossZone::Disabled {
+        if cross_zone != CrossZone::Disabled {
             let zones: BTreeSet<&str> = ctx
                 .services
                 .get(service)
                 .map(|s| s.remote.iter().map(|r| r.zone.as_str()).collect())
                 .unwrap_or_default();
+            let mut matches = Vec::new();
             for zone in zones {
-                let Some(sni) = sni_for(ctx, service, zone) else {
-                    continue;
+                // Tagged for a subset, so the zone's ingress picks only the matching instances.
+                let Some(sni) = sni_for(ctx, service, &target.tags, zone) else {
+                    matches.clear();
+                    cross_zone = CrossZone::Disabled;
+                    break;
                 };
                 let mut fields = std::collections::HashMap::new();
                 fields.insert(
@@ -572,14 +580,13 @@ fn outbound_cluster(
                         kind: Some(value::Kind::StringValue(zone.to_string())),
                     },
                 );
-                cluster
-                    .transport_socket_matches
-                    .push(cluster::TransportSocketMatch {
-                        name: zone.to_string(),
-                        r#match: Some(Struct { fields }),
-                        transport_socket: Some(upstream_mtls(&ctx.name, service, &sni)),
-                    });
+                matches.push(cluster::TransportSocketMatch {
+                    name: zone.to_string(),
+                    r#match: Some(Struct { fields }),
+                    transport_socket: Some(upstream_mtls(&ctx.name, service, &sni)),
+                });
             }
+            cluster.transport_socket_matches = matches;
         }
     }
     if let Err(error) = configure_cluster(&mut cluster, p, protocol) {
@@ -594,7 +601,7 @@ fn outbound_cluster(
         &target.tags,
         ctx.local_zone.as_deref(),
         &p.locality(),
-        cross_zone,
+        &cross_zone,
     );
     bundle.insert(ENDPOINT_TYPE, &name, &cla);
 }
