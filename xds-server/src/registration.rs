@@ -120,7 +120,9 @@ struct Slot {
 /// Registers and deregisters self-registering proxies in a zone store. Cheap to clone.
 #[derive(Clone)]
 pub struct Registrar {
-    store: Arc<dyn ResourceStore>,
+    /// Let go of at shutdown: streams outliving the zone CP must not keep its store open (a
+    /// zone CP restarted in the same process opens it again).
+    store: Arc<std::sync::RwLock<Option<Arc<dyn ResourceStore>>>>,
     /// One slot per name ever registered (a few dozen bytes each; never removed, so a waiter on
     /// a slot can never end up with one the map no longer holds). The slot's lock orders the
     /// store writes of one name.
@@ -149,7 +151,7 @@ pub struct Registration {
 impl Registrar {
     pub fn new(store: Arc<dyn ResourceStore>) -> Registrar {
         Registrar {
-            store,
+            store: Arc::new(std::sync::RwLock::new(Some(store))),
             slots: Arc::default(),
             generations: Arc::new(AtomicU64::new(0)),
             shutting_down: Arc::new(AtomicBool::new(false)),
@@ -159,6 +161,11 @@ impl Registrar {
     /// From now on, streams that end leave their resources in place (the zone CP is stopping).
     pub fn shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.store.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn store(&self) -> Option<Arc<dyn ResourceStore>> {
+        self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn slot(&self, proxy: &ProxyId) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -181,15 +188,12 @@ impl Registrar {
             resource: named.clone(),
             source,
         };
+        let store = self.store().ok_or_else(|| {
+            store_error(StoreError::Io("the zone CP is shutting down".to_owned()))
+        })?;
         if let Some(mesh) = &key.mesh {
             let mesh_key = ResourceKey::new(ResourceType::Mesh, None, mesh);
-            if self
-                .store
-                .get(&mesh_key)
-                .await
-                .map_err(store_error)?
-                .is_none()
-            {
+            if store.get(&mesh_key).await.map_err(store_error)?.is_none() {
                 return Err(RegistrationError::NoMesh {
                     resource: named.clone(),
                     mesh: mesh.clone(),
@@ -199,18 +203,18 @@ impl Registrar {
         let mut attempt = 0;
         let wrote = loop {
             attempt += 1;
-            let written = match self.store.get(&key).await.map_err(store_error)? {
+            let written = match store.get(&key).await.map_err(store_error)? {
                 None => {
                     let mut created = resource.clone();
                     created
                         .meta
                         .labels
                         .insert(REGISTERED_LABEL.to_owned(), REGISTERED_BY_XDS.to_owned());
-                    self.store.create(created).await.map(|_| "created")
+                    store.create(created).await.map(|_| "created")
                 }
                 Some(existing) => match updated(&existing, &resource) {
                     None => Ok("unchanged"),
-                    Some(update) => self.store.update(update).await.map(|_| "updated"),
+                    Some(update) => store.update(update).await.map(|_| "updated"),
                 },
             };
             match written {
@@ -254,8 +258,11 @@ impl Registrar {
         if self.shutting_down.load(Ordering::SeqCst) {
             return;
         }
+        let Some(store) = self.store() else {
+            return;
+        };
         let key = proxy.resource_key();
-        let stored = match self.store.get(&key).await {
+        let stored = match store.get(&key).await {
             Ok(Some(stored)) => stored,
             Ok(None) => return,
             Err(e) => {
@@ -268,7 +275,7 @@ impl Registrar {
             return;
         }
         // Conditional on the version read: a concurrent REST write wins.
-        match self.store.delete(&key, Some(stored.meta.version)).await {
+        match store.delete(&key, Some(stored.meta.version)).await {
             Ok(_) => tracing::info!(%proxy, "proxy left: deregistered"),
             Err(StoreError::NotFound(_)) => {}
             Err(e) => tracing::warn!(%proxy, error = %e, "deregistration failed; resource kept"),
@@ -344,5 +351,92 @@ mod tests {
             tonic::Status::from(err).code(),
             tonic::Code::InvalidArgument
         );
+    }
+    fn web(port: u32) -> Resource {
+        let text = format!(
+            r#"{{"type":"Dataplane","mesh":"default","name":"web-1","networking":{{"address":"127.0.0.1","inbound":[{{"port":{port},"servicePort":8080,"tags":{{"kuma.io/service":"web"}}}}]}}}}"#
+        );
+        mesh_api::parse_resource(serde_json::from_str(&text).unwrap())
+            .unwrap()
+            .resource
+    }
+
+    async fn store(with_mesh: bool) -> (tempfile::TempDir, Arc<dyn ResourceStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ResourceStore> =
+            Arc::new(mesh_store::SledStore::open(dir.path()).unwrap());
+        if with_mesh {
+            let mesh = r#"{"type":"Mesh","name":"default"}"#;
+            let mesh = mesh_api::parse_resource(serde_json::from_str(mesh).unwrap()).unwrap();
+            store.create(mesh.resource).await.unwrap();
+        }
+        (dir, store)
+    }
+
+    async fn stored(store: &Arc<dyn ResourceStore>) -> Option<Resource> {
+        let key = ProxyId::dataplane("default", "web-1").resource_key();
+        store.get(&key).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn created_updated_and_deleted_by_its_own_stream() {
+        let (_dir, store) = store(true).await;
+        let registrar = Registrar::new(store.clone());
+        let proxy = ProxyId::dataplane("default", "web-1");
+        let first = registrar.register(&proxy, web(15000)).await.unwrap();
+        assert!(first.wrote);
+        let created = stored(&store).await.unwrap();
+        assert_eq!(created.meta.labels[REGISTERED_LABEL], REGISTERED_BY_XDS);
+        // Unchanged: no write. Changed: updated, still deletable.
+        let same = registrar.register(&proxy, web(15000)).await.unwrap();
+        assert!(!same.wrote);
+        let changed = registrar.register(&proxy, web(15001)).await.unwrap();
+        assert!(changed.wrote);
+        let updated = stored(&store).await.unwrap();
+        assert_ne!(updated.spec, created.spec);
+        assert_eq!(updated.meta.labels[REGISTERED_LABEL], REGISTERED_BY_XDS);
+        // Older streams ending after the newest registered delete nothing.
+        registrar.deregister(first).await;
+        registrar.deregister(same).await;
+        assert!(stored(&store).await.is_some());
+        // The newest ending deletes it.
+        registrar.deregister(changed).await;
+        assert!(stored(&store).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_resource_made_through_the_api_is_kept() {
+        let (_dir, store) = store(true).await;
+        store.create(web(15000)).await.unwrap();
+        let registrar = Registrar::new(store.clone());
+        let proxy = ProxyId::dataplane("default", "web-1");
+        let registration = registrar.register(&proxy, web(15002)).await.unwrap();
+        assert!(registration.wrote);
+        let updated = stored(&store).await.unwrap();
+        assert!(!updated.meta.labels.contains_key(REGISTERED_LABEL));
+        registrar.deregister(registration).await;
+        assert_eq!(stored(&store).await.unwrap().spec, web(15002).spec);
+    }
+
+    #[tokio::test]
+    async fn kept_when_the_zone_cp_shuts_down() {
+        let (_dir, store) = store(true).await;
+        let registrar = Registrar::new(store.clone());
+        let proxy = ProxyId::dataplane("default", "web-1");
+        let registration = registrar.register(&proxy, web(15000)).await.unwrap();
+        registrar.shutting_down();
+        registrar.deregister(registration).await;
+        assert!(stored(&store).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_missing_mesh_is_retried_later() {
+        let (_dir, store) = store(false).await;
+        let registrar = Registrar::new(store);
+        let err = registrar
+            .register(&ProxyId::dataplane("default", "web-1"), web(15000))
+            .await
+            .unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
     }
 }
