@@ -191,7 +191,39 @@ impl UpstreamCluster {
         let now = now_ms();
         let (priority, panic) = self.pick_priority(now)?;
         let locality = self.pick_locality(priority, now, panic)?;
+        if !ctx.exclude.is_empty() {
+            if let Some(host) = self.pick_untried(priority, locality, now, ctx, panic) {
+                return Some(host);
+            }
+        }
         self.pick_host(locality, now, ctx, panic)
+    }
+
+    /// A retry's pick (Envoy's `previous_hosts` predicate): a host this request has not tried,
+    /// in the chosen locality if it has one, else in the chosen priority's other localities,
+    /// else in the other priorities in order. Only when every available host was tried does
+    /// the retry go back to one ([`Self::pick_host`]'s fallbacks).
+    fn pick_untried(
+        &self,
+        priority: &Priority,
+        locality: &Locality,
+        now: u64,
+        ctx: PickContext<'_>,
+        panic: bool,
+    ) -> Option<Arc<Host>> {
+        let excluded = |h: &Host| ctx.exclude.iter().any(|e| std::ptr::eq(e.as_ref(), h));
+        let untried = |h: &Host| (panic || h.available(now)) && !excluded(h);
+        if let Some(host) = self.pick_with(locality, &untried, ctx.hash) {
+            return Some(host);
+        }
+        let strict = |h: &Host| h.available(now) && !excluded(h);
+        let others = priority
+            .localities
+            .iter()
+            .chain(self.priorities.iter().flat_map(|p| &p.localities));
+        others
+            .filter(|l| !std::ptr::eq(*l, locality))
+            .find_map(|l| self.pick_with(l, &strict, ctx.hash))
     }
 
     fn available_at(p: &Priority, now: u64) -> usize {
