@@ -53,6 +53,15 @@ pub const MAX_CONNECTING_PER_HOST: usize = 8;
 /// How long an idle connection is kept when the cluster sets no idle timeout (Envoy: 1 h).
 const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 
+/// How long a connection may stay idle in the pool.
+fn idle_limit(cluster: &UpstreamCluster) -> Duration {
+    cluster
+        .config
+        .idle_timeout
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_IDLE)
+}
+
 /// An endpoint's address as an HTTP authority.
 pub fn authority(address: &EndpointAddress) -> String {
     match address {
@@ -156,7 +165,7 @@ impl EndpointPool {
     }
 
     /// A connection whose response is finished: to the oldest waiting request, else idle.
-    fn give_back(&self, settings: u64, conn: H1Conn) {
+    fn give_back(&self, settings: u64, idle_limit: Duration, conn: H1Conn) {
         if conn.ended || conn.sender.is_closed() {
             return;
         }
@@ -168,6 +177,15 @@ impl EndpointPool {
             Some(Handoff::Conn(Checkout::H1(conn))) => conn,
             _ => return,
         };
+        // Idle connections are not polled, so a peer's close is only seen when one is next
+        // used, and the newest is used first: each give-back looks at the oldest one, closing
+        // it when its idle timeout has passed or the peer has closed it.
+        if let Some((since, oldest)) = state.idle.first_mut() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if since.elapsed() > idle_limit || !oldest.drive(&mut cx) {
+                state.idle.remove(0);
+            }
+        }
         if state.idle.len() < MAX_IDLE_PER_ENDPOINT {
             state.idle.push((Instant::now(), conn));
         }
@@ -223,11 +241,7 @@ pub async fn checkout(
     host: &Arc<Host>,
 ) -> Result<Checkout, SendError> {
     let settings = cluster.settings_version;
-    let idle_limit = cluster
-        .config
-        .idle_timeout
-        .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_IDLE);
+    let idle_limit = idle_limit(cluster);
     let mut pending: Option<PendingRequest<'_>> = None;
     loop {
         let next = {
@@ -410,6 +424,7 @@ struct H1Body {
     conn: Option<H1Conn>,
     host: Arc<Host>,
     settings: u64,
+    idle_limit: Duration,
 }
 
 impl hyper::body::Body for H1Body {
@@ -444,7 +459,9 @@ impl Drop for H1Body {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.done || self.body.is_end_stream() {
-                self.host.http_pool.give_back(self.settings, conn);
+                self.host
+                    .http_pool
+                    .give_back(self.settings, self.idle_limit, conn);
             }
         }
     }
@@ -491,6 +508,7 @@ pub async fn send(
             });
             let response = within(per_try, exchange).await?;
             let settings = cluster.settings_version;
+            let idle_limit = idle_limit(cluster);
             let host = host.clone();
             Ok(response.map(move |body| {
                 H1Body {
@@ -499,6 +517,7 @@ pub async fn send(
                     conn: Some(conn),
                     host,
                     settings,
+                    idle_limit,
                 }
                 .boxed_unsync()
             }))
