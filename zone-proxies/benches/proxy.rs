@@ -19,9 +19,9 @@
 //! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each phase's length (default
 //! 3), `BENCH_PROXY_THREADS` the proxies' threads (Meridian's tokio workers and HAProxy's
 //! `nbthread`, default 1), `BENCH_WORKERS` the load generator's and upstream's tokio workers
-//! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME=multi` a
-//! multi-thread tokio runtime with `BENCH_PROXY_THREADS` workers in Meridian's proxies instead
-//! of `dataplane::tokio_runtime`'s choice (current-thread for one thread), and `BENCH_BASELINE_EXE` another build of this bench whose
+//! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME=current` a
+//! current-thread tokio runtime in Meridian's proxies instead of a multi-thread one with
+//! `BENCH_PROXY_THREADS` workers (as the `zone-proxy` binary's `#[tokio::main]`), and `BENCH_BASELINE_EXE` another build of this bench whose
 //! one-hop proxy is measured in the same run (a before/after comparison on a shared machine),
 //! with `BENCH_BASELINE_RUNTIME` as its `BENCH_PROXY_RUNTIME`.
 
@@ -217,12 +217,15 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
 fn child(role: &str) {
     let threads = env_or("BENCH_PROXY_THREADS", 1usize);
     let rt = match std::env::var("BENCH_PROXY_RUNTIME").as_deref() {
-        Ok("multi") => tokio::runtime::Builder::new_multi_thread()
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
             .build()
             .unwrap(),
-        _ => zone_proxies::dataplane::tokio_runtime(threads).unwrap(),
     };
     let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
     rt.block_on(async move {
@@ -556,7 +559,7 @@ fn main() {
         println!(
             "zone-proxies bench: {secs} s per phase in {rounds} rounds, saturation {connections} connections, fixed rate {rate} req/s; \
              load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s), Meridian's runtime {}; loadavg {}",
-            std::env::var("BENCH_PROXY_RUNTIME").unwrap_or_else(|_| "default".into()),
+            std::env::var("BENCH_PROXY_RUNTIME").unwrap_or_else(|_| "multi".into()),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
 

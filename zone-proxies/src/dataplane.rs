@@ -66,24 +66,6 @@ impl Default for DataplaneOptions {
 /// far less, so Meridian uses Kubernetes' default grace period minus a margin.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// A tokio runtime for a proxy with `threads` threads. One thread gets a current-thread
-/// runtime: no work-stealing queues, no cross-thread wake-ups, the I/O driver polled by the
-/// thread that runs the tasks; in the one-hop bench it serves about 12% more requests/s than a
-/// multi-thread runtime with one worker (docs/benchmarks.md). More threads get a multi-thread
-/// runtime with that many workers.
-pub fn tokio_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-}
-
 /// Runs the data plane on `config` until `shutdown` completes, then drains.
 pub async fn run(
     config: watch::Receiver<Arc<ProxyConfig>>,

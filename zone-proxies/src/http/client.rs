@@ -3,12 +3,12 @@
 //! [`crate::upstream`] and hyper's connection API. A change of the cluster's TLS or protocol
 //! settings empties the pool.
 //!
-//! HTTP/1.1 connections are used one request at a time and have no task of their own: the
-//! request that holds one drives its I/O from its own task while it waits for the response and
-//! while the response body streams (see [`H1Conn`]), then gives it back to the pool when the
-//! body is finished. A request therefore crosses no task wake-ups besides its downstream
-//! connection's. HTTP/2 (the cluster says so, or the TLS peer chose `h2` by ALPN) shares one
-//! connection per endpoint, driven by its own task.
+//! HTTP/1.1 connections are used one request at a time and come back to the pool when the
+//! response body is finished (one dropped half-read is closed); HTTP/2 (the cluster says so,
+//! or the TLS peer chose `h2` by ALPN) shares one connection per endpoint. Each connection
+//! runs in a task of its own: driving an HTTP/1.1 connection from the request's task instead
+//! (no task per connection) was measured slower, 0.84 to 0.93 x the requests/s
+//! (docs/benchmarks.md).
 //!
 //! When no idle connection is at hand the request joins the endpoint's pending queue (over the
 //! cluster's `max_pending_requests` it is refused: 503, `upstream_rq_pending_overflow`) and the
@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
 use crate::config::{EndpointAddress, UpstreamProtocol};
-use crate::upstream::{ConnectError, Host, UpstreamCluster, UpstreamConn};
+use crate::upstream::{ConnectError, Host, UpstreamCluster};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -70,43 +70,16 @@ pub fn authority(address: &EndpointAddress) -> String {
     }
 }
 
-/// An HTTP/1.1 upstream connection driven by whoever holds it (no task of its own): hyper's
-/// connection future is polled by the request's task together with the response, and by the
-/// response body as it streams.
+/// An HTTP/1.1 upstream connection: the request side of it (the connection runs in a task of
+/// its own).
 pub struct H1Conn {
     sender: http1::SendRequest<Body>,
-    /// Boxed: hyper's connection state is large and the connection moves between the pool and
-    /// requests.
-    conn: Box<http1::Connection<TokioIo<UpstreamConn>, Body>>,
-    /// The connection future completed (closed by the peer or failed): never polled again.
-    ended: bool,
 }
 
 impl H1Conn {
-    /// Moves the connection's bytes; `false` once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended {
-            if let Poll::Ready(result) = Pin::new(&mut *self.conn).poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-                self.ended = true;
-            }
-        }
-        !self.ended
-    }
-
-    /// Ready for a request, or `Err` when the connection is unusable (closed while idle).
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        if !self.drive(cx) {
-            return Poll::Ready(Err(()));
-        }
-        self.sender.poll_ready(cx).map(|r| r.map_err(|_| ()))
-    }
-
+    /// Ready for a request, or `None` when the connection is unusable (closed while idle).
     async fn ready(mut self) -> Option<H1Conn> {
-        let ready = std::future::poll_fn(|cx| self.poll_ready(cx)).await;
-        ready.ok().map(|()| self)
+        self.sender.ready().await.ok().map(|()| self)
     }
 }
 
@@ -166,7 +139,7 @@ impl EndpointPool {
 
     /// A connection whose response is finished: to the oldest waiting request, else idle.
     fn give_back(&self, settings: u64, idle_limit: Duration, conn: H1Conn) {
-        if conn.ended || conn.sender.is_closed() {
+        if conn.sender.is_closed() {
             return;
         }
         let mut state = self.lock();
@@ -177,12 +150,11 @@ impl EndpointPool {
             Some(Handoff::Conn(Checkout::H1(conn))) => conn,
             _ => return,
         };
-        // Idle connections are not polled, so a peer's close is only seen when one is next
-        // used, and the newest is used first: each give-back looks at the oldest one, closing
-        // it when its idle timeout has passed or the peer has closed it.
-        if let Some((since, oldest)) = state.idle.first_mut() {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if since.elapsed() > idle_limit || !oldest.drive(&mut cx) {
+        // The newest idle connection is used first, so the oldest may sit past its idle
+        // timeout: each give-back looks at the oldest one and closes it when its idle timeout
+        // has passed or its connection has ended.
+        if let Some((since, oldest)) = state.idle.first() {
+            if since.elapsed() > idle_limit || oldest.sender.is_closed() {
                 state.idle.remove(0);
             }
         }
@@ -371,12 +343,14 @@ async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout
         }
         Ok(Checkout::H2(sender))
     } else {
-        let (sender, conn) = http1::handshake(TokioIo::new(conn)).await?;
-        Ok(Checkout::H1(H1Conn {
-            sender,
-            conn: Box::new(conn),
-            ended: false,
-        }))
+        let (sender, connection) = http1::handshake(TokioIo::new(conn)).await?;
+        let name = cluster.name().to_string();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(cluster = %name, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(Checkout::H1(H1Conn { sender }))
     }
 }
 
@@ -415,8 +389,8 @@ impl Drop for PendingRequest<'_> {
 /// A response whose body keeps its connection leased until finished or dropped.
 pub type Upstream = Response<Body>;
 
-/// An HTTP/1.1 response body that drives its connection as it is read, and gives the
-/// connection back to the pool when dropped after its end (a body dropped half-read closes it).
+/// An HTTP/1.1 response body that gives its connection back to the pool when dropped after its
+/// end (a body dropped half-read closes the connection).
 struct H1Body {
     body: Incoming,
     /// The body was read to its end (a chunked body says so only by ending).
@@ -436,9 +410,6 @@ impl hyper::body::Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(conn) = this.conn.as_mut() {
-            conn.drive(cx);
-        }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None) = frame {
             this.done = true;
@@ -499,14 +470,7 @@ pub async fn send(
         }
         Checkout::H1(mut conn) => {
             *request.version_mut() = http::Version::HTTP_11;
-            let response = conn.sender.send_request(request);
-            let mut response = std::pin::pin!(response);
-            // The connection is driven by this task while the response is awaited.
-            let exchange = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                response.as_mut().poll(cx)
-            });
-            let response = within(per_try, exchange).await?;
+            let response = within(per_try, conn.sender.send_request(request)).await?;
             let settings = cluster.settings_version;
             let idle_limit = idle_limit(cluster);
             let host = host.clone();
