@@ -13,10 +13,17 @@
 //! over all requests). Ratios to direct and to HAProxy follow, then TCP throughput (256 MiB one
 //! way) direct and through Meridian.
 //!
+//! The targets take turns: each phase is split into `BENCH_ROUNDS` (default 3) slices run
+//! round-robin over the targets, so a change in a shared machine's load is spread over all.
+//!
 //! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each phase's length (default
 //! 3), `BENCH_PROXY_THREADS` the proxies' threads (Meridian's tokio workers and HAProxy's
 //! `nbthread`, default 1), `BENCH_WORKERS` the load generator's and upstream's tokio workers
-//! (default 2), `BENCH_RATE` the fixed rate (default 1000).
+//! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME=current` a
+//! current-thread tokio runtime in Meridian's proxies instead of a multi-thread one with
+//! `BENCH_PROXY_THREADS` workers (as the `zone-proxy` binary's `#[tokio::main]`), and `BENCH_BASELINE_EXE` another build of this bench whose
+//! one-hop proxy is measured in the same run (a before/after comparison on a shared machine),
+//! with `BENCH_BASELINE_RUNTIME` as its `BENCH_PROXY_RUNTIME`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -209,11 +216,17 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
 /// stdin closes (the parent went away or is done).
 fn child(role: &str) {
     let threads = env_or("BENCH_PROXY_THREADS", 1usize);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = match std::env::var("BENCH_PROXY_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
     let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
     rt.block_on(async move {
         let (_dataplanes, http, tcp) = match role {
@@ -283,8 +296,18 @@ impl ProxyProcess {
     }
 }
 
-fn spawn_meridian(role: &str, upstream: SocketAddr, sink: SocketAddr) -> ProxyProcess {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn spawn_meridian(
+    exe: &std::path::Path,
+    role: &str,
+    upstream: SocketAddr,
+    sink: SocketAddr,
+    runtime: Option<String>,
+) -> ProxyProcess {
+    let mut command = Command::new(exe);
+    if let Some(runtime) = runtime {
+        command.env("BENCH_PROXY_RUNTIME", runtime);
+    }
+    let mut child = command
         .env(ROLE, role)
         .env("BENCH_UPSTREAM", upstream.to_string())
         .env("BENCH_SINK", sink.to_string())
@@ -413,11 +436,38 @@ struct Latency {
     sent: u64,
 }
 
+/// Latencies (ns) of one fixed-rate phase, and how many requests were sent late.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<u64>,
+    late: u64,
+}
+
+impl Samples {
+    fn extend(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.late += other.late;
+    }
+
+    fn summary(mut self) -> Latency {
+        let all = &mut self.latencies;
+        all.sort_unstable();
+        let pct =
+            |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+        Latency {
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            late: self.late,
+            sent: all.len() as u64,
+        }
+    }
+}
+
 /// Open loop at `rate` req/s on 8 connections: request `i` is due at `start + i/rate` and taken
 /// by whichever connection is free; latency runs from its send to the end of its response.
-async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Latency {
+async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Samples {
     const CONNECTIONS: usize = 8;
-    let total = rate * duration.as_secs().max(1);
+    let total = ((rate as f64 * duration.as_secs_f64()) as u64).max(1);
     let next = Arc::new(AtomicU64::new(0));
     let late = Arc::new(AtomicU64::new(0));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -443,18 +493,12 @@ async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Latency 
             }
         }));
     }
-    let mut all = Vec::new();
+    let mut samples = Samples::default();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        samples.latencies.extend(t.await.unwrap());
     }
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    Latency {
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        late: late.load(Ordering::Relaxed),
-        sent: all.len() as u64,
-    }
+    samples.late = late.load(Ordering::Relaxed);
+    samples
 }
 
 async fn tcp_throughput(addr: SocketAddr, bytes: usize) -> f64 {
@@ -490,6 +534,7 @@ fn main() {
     let proxy_threads: usize = env_or("BENCH_PROXY_THREADS", 1);
     let connections: usize = env_or("BENCH_CONNS", 16);
     let rate: u64 = env_or("BENCH_RATE", 1000);
+    let rounds: u32 = env_or("BENCH_ROUNDS", 3u32).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -500,33 +545,76 @@ fn main() {
         let upstream = http_upstream().await;
         let sink = sink_upstream().await;
         let dir = tempfile::tempdir().unwrap();
-        let plain = spawn_meridian("plain", upstream, sink);
-        let mtls = spawn_meridian("mtls", upstream, sink);
+        let exe = std::env::current_exe().unwrap();
+        let plain = spawn_meridian(&exe, "plain", upstream, sink, None);
+        let mtls = spawn_meridian(&exe, "mtls", upstream, sink, None);
+        // Another build of this bench (e.g. the previous commit's) measured in the same run.
+        // `BENCH_BASELINE_RUNTIME` gives it another runtime (the same build twice compares
+        // runtimes).
+        let baseline = std::env::var_os("BENCH_BASELINE_EXE").map(|path| {
+            let runtime = std::env::var("BENCH_BASELINE_RUNTIME").ok();
+            spawn_meridian(std::path::Path::new(&path), "plain", upstream, sink, runtime)
+        });
         let haproxy = spawn_haproxy(upstream, proxy_threads, dir.path()).await;
         println!(
-            "zone-proxies bench: {secs} s per phase, saturation {connections} connections, fixed rate {rate} req/s; \
-             load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s); loadavg {}",
+            "zone-proxies bench: {secs} s per phase in {rounds} rounds, saturation {connections} connections, fixed rate {rate} req/s; \
+             load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s), Meridian's runtime {}; loadavg {}",
+            std::env::var("BENCH_PROXY_RUNTIME").unwrap_or_else(|_| "multi".into()),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
 
         let mut targets: Vec<(&'static str, SocketAddr, Option<&ProxyProcess>)> = vec![
             ("direct", upstream, None),
             ("meridian 1 hop", plain.http, Some(&plain)),
-            ("meridian sidecar>ingress>sidecar mTLS", mtls.http, Some(&mtls)),
         ];
+        if let Some(b) = &baseline {
+            targets.push(("meridian 1 hop, baseline build", b.http, Some(b)));
+        }
+        targets.extend([
+            ("meridian sidecar>ingress>sidecar mTLS", mtls.http, Some(&mtls)),
+        ]);
         if let Some(h) = &haproxy {
             targets.push(("haproxy 1 hop", h.http, Some(h)));
         }
-        let mut rows = Vec::new();
-        for (name, addr, process) in targets {
-            let rss_idle = process.map(ProxyProcess::rss_mib);
+        // The targets take turns, `BENCH_ROUNDS` short phases each, so a change in the shared
+        // machine's load falls on all of them rather than on whichever ran at that moment.
+        let rss_idle: Vec<Option<f64>> = targets
+            .iter()
+            .map(|(_, _, p)| p.map(ProxyProcess::rss_mib))
+            .collect();
+        for (_, addr, _) in &targets {
             // Warm up: connections, pools, TLS sessions.
-            saturation(addr, 4, Duration::from_millis(300)).await;
-            let rps = saturation(addr, connections, duration).await;
-            let rss_load = process.map(ProxyProcess::rss_mib);
-            let latency = fixed_rate(addr, rate, duration).await;
-            rows.push(Row { name, rps, latency, rss_idle, rss_load });
+            saturation(*addr, 4, Duration::from_millis(300)).await;
         }
+        let slice = duration / rounds;
+        let mut rps = vec![0.0; targets.len()];
+        let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
+        for _ in 0..rounds {
+            for (i, (_, addr, _)) in targets.iter().enumerate() {
+                rps[i] += saturation(*addr, connections, slice).await / rounds as f64;
+            }
+        }
+        let rss_load: Vec<Option<f64>> = targets
+            .iter()
+            .map(|(_, _, p)| p.map(ProxyProcess::rss_mib))
+            .collect();
+        for _ in 0..rounds {
+            for (i, (_, addr, _)) in targets.iter().enumerate() {
+                samples[i].extend(fixed_rate(*addr, rate, slice).await);
+            }
+        }
+        let rows: Vec<Row> = targets
+            .iter()
+            .zip(samples)
+            .enumerate()
+            .map(|(i, ((name, _, _), samples))| Row {
+                name,
+                rps: rps[i],
+                latency: samples.summary(),
+                rss_idle: rss_idle[i],
+                rss_load: rss_load[i],
+            })
+            .collect();
 
         println!(
             "{:<40} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
@@ -577,6 +665,6 @@ fn main() {
         );
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("loadavg after: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-        drop((plain, mtls, haproxy));
+        drop((plain, mtls, haproxy, baseline));
     });
 }

@@ -721,6 +721,7 @@ async fn forward_with_retries(
     let max_attempts = 1 + policy.map(|p| p.num_retries).unwrap_or(0);
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt = 0;
+    let mut moved = 0;
     // The retry in progress holds one of the cluster's `max_retries` slots until it ends.
     let mut retry_slot: Option<Slot<'_>> = None;
     loop {
@@ -737,15 +738,29 @@ async fn forward_with_retries(
             return local_reply(503, "no healthy upstream");
         };
         log.host = Some(host.clone());
-        let last = attempt >= max_attempts || !request.can_retry();
-        let upstream = request.build(last);
         let started = Instant::now();
-        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::start(cluster, &host);
+        let checkout = client::checkout(cluster, &host).await;
+        if let Err(SendError::Ejected) = checkout {
+            // The host was ejected while this request waited for a connection to it: picked
+            // again, elsewhere, without using up an attempt (each host once at most).
+            if moved < cluster.hosts.len() {
+                moved += 1;
+                attempt -= 1;
+                tried.push(host);
+                continue;
+            }
+        }
+        let last = attempt >= max_attempts || !request.can_retry();
+        stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let per_try = policy
             .and_then(|p| p.per_try_timeout)
             .filter(|t| !t.is_zero());
-        let (outcome, response) = match client::send(cluster, &host, upstream, per_try).await {
+        let sent = match checkout {
+            Ok(conn) => client::send(conn, cluster, &host, request.build(last), per_try).await,
+            Err(e) => Err(e),
+        };
+        let (outcome, response) = match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
                 stats.record_status(status);
@@ -761,7 +776,7 @@ async fn forward_with_retries(
                 return response;
             }
             // Connect failures were recorded for outlier detection when they happened.
-            Err(SendError::Connect(e)) => {
+            Err(e @ (SendError::Connect(_) | SendError::Ejected)) => {
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream connect failed");
                 (Outcome::ConnectFailure, None)
             }

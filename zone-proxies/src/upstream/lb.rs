@@ -191,7 +191,39 @@ impl UpstreamCluster {
         let now = now_ms();
         let (priority, panic) = self.pick_priority(now)?;
         let locality = self.pick_locality(priority, now, panic)?;
+        if !ctx.exclude.is_empty() {
+            if let Some(host) = self.pick_untried(priority, locality, now, ctx, panic) {
+                return Some(host);
+            }
+        }
         self.pick_host(locality, now, ctx, panic)
+    }
+
+    /// A retry's pick (Envoy's `previous_hosts` predicate): a host this request has not tried,
+    /// in the chosen locality if it has one, else in the chosen priority's other localities,
+    /// else in the other priorities in order. Only when every available host was tried does
+    /// the retry go back to one ([`Self::pick_host`]'s fallbacks).
+    fn pick_untried(
+        &self,
+        priority: &Priority,
+        locality: &Locality,
+        now: u64,
+        ctx: PickContext<'_>,
+        panic: bool,
+    ) -> Option<Arc<Host>> {
+        let excluded = |h: &Host| ctx.exclude.iter().any(|e| std::ptr::eq(e.as_ref(), h));
+        let untried = |h: &Host| (panic || h.available(now)) && !excluded(h);
+        if let Some(host) = self.pick_with(locality, &untried, ctx.hash) {
+            return Some(host);
+        }
+        let strict = |h: &Host| h.available(now) && !excluded(h);
+        let others = priority
+            .localities
+            .iter()
+            .chain(self.priorities.iter().flat_map(|p| &p.localities));
+        others
+            .filter(|l| !std::ptr::eq(*l, locality))
+            .find_map(|l| self.pick_with(l, &strict, ctx.hash))
     }
 
     fn available_at(p: &Priority, now: u64) -> usize {
@@ -392,7 +424,7 @@ mod tests {
         assert_eq!(priority_loads(&[(0, 2), (0, 2)], 140), vec![50.0, 50.0]);
     }
 
-    use crate::config::{LbPolicy, ProxyConfig};
+    use crate::config::{EndpointAddress, LbPolicy, ProxyConfig};
     use crate::stats::Stats;
     use crate::testing::{assignment, eds_cluster, ConfigExt};
     use crate::upstream::Clusters;
@@ -465,6 +497,42 @@ mod tests {
         previous.by_name.insert("c".into(), c.clone());
         let next = Clusters::build(&config, &previous, &Stats::new());
         assert!(next.get("c").unwrap().hosts[0].health_check_failed());
+    }
+
+    #[test]
+    fn a_retry_goes_to_an_untried_host_of_the_next_priority_before_a_tried_one() {
+        // Priority 0 healthy with one host: its load is 100%, but a retry after trying that
+        // host goes to priority 1 (Envoy's previous_hosts), and back to it only when every
+        // available host was tried.
+        let p0 = addrs(5000, 1);
+        let p1 = addrs(5100, 2);
+        let c = cluster(LbPolicy::RoundRobin, &[(0, p0.clone()), (1, p1.clone())]);
+        let first = c.pick(PickContext::default()).unwrap();
+        assert_eq!(first.address, EndpointAddress::Socket(p0[0]));
+        let mut tried = vec![first];
+        for _ in 0..2 {
+            let next = c
+                .pick(PickContext {
+                    hash: None,
+                    exclude: &tried,
+                })
+                .unwrap();
+            assert!(
+                p1.iter()
+                    .any(|a| next.address == EndpointAddress::Socket(*a)),
+                "{:?}",
+                next.address
+            );
+            assert!(!tried.iter().any(|t| Arc::ptr_eq(t, &next)));
+            tried.push(next);
+        }
+        let again = c
+            .pick(PickContext {
+                hash: None,
+                exclude: &tried,
+            })
+            .unwrap();
+        assert_eq!(again.address, EndpointAddress::Socket(p0[0]));
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl UpstreamCluster {
             .outlier_detection_ejections_total
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(cluster = %self.name(), host = ?host.address, ms = duration, "outlier ejected");
+        host.http_pool.ejected();
     }
 }
 
