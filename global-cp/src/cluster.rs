@@ -240,10 +240,19 @@ pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<Ra
         .await
         .map_err(|e| anyhow::anyhow!("raft node {}: {e}", setup.id))?;
     if !initialized {
-        tracing::info!(node = setup.id, ?members, "bootstrapping the global cluster");
+        tracing::info!(
+            node = setup.id,
+            ?members,
+            "bootstrapping the global cluster"
+        );
         let nodes = members
             .iter()
-            .map(|(id, addr)| (*id, mesh_store::raft::openraft::BasicNode { addr: addr.clone() }))
+            .map(|(id, addr)| {
+                (
+                    *id,
+                    mesh_store::raft::openraft::BasicNode { addr: addr.clone() },
+                )
+            })
             .collect::<BTreeMap<_, _>>();
         match node.raft().initialize(nodes).await {
             Ok(()) => {}
@@ -286,8 +295,13 @@ pub async fn wait_for_leader(store: &RaftStore, timeout: Duration) -> anyhow::Re
                 let connect = tokio::net::TcpStream::connect(member.addr.as_str());
                 match tokio::time::timeout(Duration::from_secs(1), connect).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => unreachable.push(format!("node {} at {}: {e}", member.id, member.addr)),
-                    Err(_) => unreachable.push(format!("node {} at {}: no answer within 1s", member.id, member.addr)),
+                    Ok(Err(e)) => {
+                        unreachable.push(format!("node {} at {}: {e}", member.id, member.addr))
+                    }
+                    Err(_) => unreachable.push(format!(
+                        "node {} at {}: no answer within 1s",
+                        member.id, member.addr
+                    )),
                 }
             }
             let members = status.members.len();
@@ -338,16 +352,26 @@ mod tests {
                 addr: "global-2:5683".into()
             }
         );
-        for bad in ["global:5683", "x=global:5683", "1=global", "1=:5683", "1=h:99999"] {
+        for bad in [
+            "global:5683",
+            "x=global:5683",
+            "1=global",
+            "1=:5683",
+            "1=h:99999",
+        ] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }
         let three = peers("1=a:5683,2=b:5683,3=c:5683");
         assert_eq!(members(2, &three).unwrap().len(), 3);
         let error = members(4, &three).unwrap_err().to_string();
         assert!(error.contains("--node-id 4 is not in --peers"), "{error}");
-        let error = members(1, &peers("1=a:5683,1=b:5683")).unwrap_err().to_string();
+        let error = members(1, &peers("1=a:5683,1=b:5683"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("node id 1 is given twice"), "{error}");
-        let error = members(1, &peers("1=a:5683,2=a:5683")).unwrap_err().to_string();
+        let error = members(1, &peers("1=a:5683,2=a:5683"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("same address a:5683"), "{error}");
     }
 
@@ -362,6 +386,9 @@ mod tests {
         assert_eq!(one.cert_pem, again.cert_pem);
         assert_eq!(one.ca_pem, load_peer_tls(dir.path(), 3).unwrap().ca_pem);
         let error = load_peer_tls(dir.path(), 4).unwrap_err().to_string();
-        assert!(error.contains("missing node-4.pem, node-4-key.pem"), "{error}");
+        assert!(
+            error.contains("missing node-4.pem, node-4-key.pem"),
+            "{error}"
+        );
     }
 }

@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use control_plane::server::{Listeners, Server, ServerConfig};
+use control_plane::{process, CpMode};
 use mesh_store::raft::{NodeId, RaftStore};
 use mesh_store::ResourceStore;
-use control_plane::{process, CpMode};
 use tokio::net::TcpListener;
 
 /// Everything the global control plane is configured with (flags and `MERIDIAN_*` variables).
@@ -222,7 +222,10 @@ pub async fn run(
         }
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("--data-dir {}: cannot create: {e}", config.data_dir.display())
+        anyhow::anyhow!(
+            "--data-dir {}: cannot create: {e}",
+            config.data_dir.display()
+        )
     })?;
     let node = cluster::start(
         cluster::NodeSetup {

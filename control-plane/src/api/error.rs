@@ -83,9 +83,11 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
             // A cluster node without a leader to take the write or confirm the read.
-            StoreError::ForwardToLeader { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", e.to_string())
-            }
+            StoreError::ForwardToLeader { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                e.to_string(),
+            ),
             _ => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

@@ -29,8 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::raft_peer::raft_peer_client::RaftPeerClient;
 use super::proto::raft_peer::raft_peer_server::{RaftPeer, RaftPeerServer};
 use super::proto::{RaftPayload, SnapshotChunk};
-use super::types::{CommandOutcome, NodeId, TypeConfig};
 use super::types::Command;
+use super::types::{CommandOutcome, NodeId, TypeConfig};
 
 /// The largest message a peer accepts (an append-entries batch of large resources).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -218,7 +218,9 @@ pub(crate) enum ForwardAnswer {
         outcome: CommandOutcome,
     },
     /// Reads that apply everything up to `index` are linearizable.
-    ReadIndex { index: Option<u64> },
+    ReadIndex {
+        index: Option<u64>,
+    },
     MembershipChanged,
 }
 

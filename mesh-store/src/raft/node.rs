@@ -448,6 +448,11 @@ impl RaftStore {
         self.id
     }
 
+    /// The node's openraft handle (metrics, waits).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
     /// This node's role, term, leader and the members, from its metrics.
     pub fn status(&self) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow().clone();
@@ -488,7 +493,10 @@ impl RaftStore {
     /// leads and names the log index everything committed before the call reaches; this node
     /// then waits until it has applied that far. Waits through an election (up to 10 s).
     pub async fn linearizable(&self) -> Result<(), StoreError> {
-        let index = match self.until_answered(Forwarded::ReadIndex, &mut false).await? {
+        let index = match self
+            .until_answered(Forwarded::ReadIndex, &mut false)
+            .await?
+        {
             ForwardAnswer::ReadIndex { index } => index,
             other => return Err(self.unexpected(&other)),
         };
@@ -526,7 +534,10 @@ impl RaftStore {
                 })
             }
             Err(Attempt::Refused(ForwardRefusal::Invalid { reason })) => {
-                return Err(RaftNodeError::Membership { id: self.id, reason })
+                return Err(RaftNodeError::Membership {
+                    id: self.id,
+                    reason,
+                })
             }
             Err(Attempt::Refused(refusal)) => {
                 return Err(RaftNodeError::Raft {
@@ -582,9 +593,9 @@ impl RaftStore {
                 "node {leader} is no longer the leader"
             ))),
             // A leader shutting down answers that way: the next one may do it.
-            Err(ForwardRefusal::Failed { reason }) if leader != self.id => Err(
-                Attempt::Unanswered(format!("leader {leader}: {reason}")),
-            ),
+            Err(ForwardRefusal::Failed { reason }) if leader != self.id => {
+                Err(Attempt::Unanswered(format!("leader {leader}: {reason}")))
+            }
             Err(refusal) => Err(Attempt::Refused(refusal)),
         }
     }
