@@ -367,7 +367,13 @@ async fn a_follower_forwards_writes_reads_are_consistent_and_a_new_leader_takes_
         );
     }
     let failover = started.elapsed();
-    println!("global fail-over (leader stopped to first acknowledged REST write): {failover:?}");
+    let after = cluster.index(followers[0]).await;
+    println!(
+        "global fail-over (leader stopped to first acknowledged REST write): {failover:?}; \
+         new leader {} in term {}",
+        after["cluster"]["leaderId"], after["cluster"]["term"]
+    );
+    assert_ne!(after["cluster"]["leaderId"], cluster.nodes[leader].id);
     // Elections take 150-300 ms of silence; the margin is for a loaded 2-core test machine.
     assert!(
         failover < Duration::from_secs(3),
@@ -553,4 +559,62 @@ async fn a_zone_with_two_global_addresses_follows_when_its_node_stops() {
     let _ = zone_stop.send(());
     zone.await.unwrap().unwrap();
     cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    global_cp::cluster::ensure_certs(&certs, &[1]).unwrap();
+    // Nodes 2 and 3 are addresses nothing listens on.
+    let mut members = std::collections::BTreeMap::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    members.insert(1, listener.local_addr().unwrap().to_string());
+    for id in [2u64, 3] {
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, gone.local_addr().unwrap().to_string());
+    }
+    let node = global_cp::cluster::start(
+        global_cp::cluster::NodeSetup {
+            id: 1,
+            raft_dir: dir.path().join("raft"),
+            legacy_store: dir.path().join("store"),
+            tls: global_cp::cluster::load_peer_tls(&certs, 1).unwrap(),
+            members: Some(members.clone()),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let error = global_cp::cluster::wait_for_leader(&node.store(), Duration::from_millis(500))
+        .await
+        .unwrap_err()
+        .to_string();
+    for id in [2u64, 3] {
+        let named = format!("node {id} at {}", members[&id]);
+        assert!(error.contains(&named), "{error}");
+    }
+    node.shutdown().await.unwrap();
+
+    // A data dir of the single-node store before Raft is refused, and left alone.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(old.path().join("store")).unwrap();
+    let config = Config::parse_from([
+        "global-cp",
+        "--data-dir",
+        old.path().to_str().unwrap(),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--diagnostics-addr",
+        "127.0.0.1:0",
+        "--kds-addr",
+        "127.0.0.1:0",
+    ]);
+    let listeners = GlobalListeners::bind(&config).await.unwrap();
+    let error = global_cp::run(config, listeners, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("single-node global"), "{error}");
+    assert!(!old.path().join("raft").exists());
 }

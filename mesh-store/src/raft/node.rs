@@ -677,7 +677,12 @@ impl RaftStore {
             return Err(self.unexpected(&answer));
         };
         // Read-your-writes on this node, and what `settle` reads is at least this recent.
-        self.applied(Some(index)).await?;
+        self.applied(Some(index)).await.map_err(|e| {
+            StoreError::Io(format!(
+                "the write was committed at log index {index}, but this node did not apply it \
+                 in time: {e}"
+            ))
+        })?;
         let record = || format!("raft log entry {index}");
         match outcome {
             CommandOutcome::Applied {
