@@ -76,7 +76,8 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn ResourceStore> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let token = AdminToken::load_or_create(&config.data_dir)?;
-        let diagnostics = Diagnostics::new(metrics.clone());
+        let mut diagnostics = Diagnostics::new(metrics.clone());
+        diagnostics.cluster = cluster.clone();
         Ok(Server {
             store,
             metrics,

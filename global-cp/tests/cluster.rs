@@ -23,6 +23,7 @@ struct Node {
     id: u64,
     raft_addr: String,
     api: String,
+    diagnostics: String,
     kds: String,
     token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -121,6 +122,7 @@ impl Cluster {
             id,
             raft_addr,
             api: String::new(),
+            diagnostics: String::new(),
             kds: String::new(),
             token: String::new(),
             stop: Some(tx),
@@ -151,6 +153,7 @@ impl Cluster {
             panic!("node {} ended before it was ready: {ended:?}", node.id);
         };
         node.api = endpoints["api"].as_str().unwrap().to_owned();
+        node.diagnostics = endpoints["diagnostics"].as_str().unwrap().to_owned();
         node.kds = format!("https://{}", endpoints["kds"].as_str().unwrap());
         node.token = std::fs::read_to_string(data.join("admin-token"))
             .unwrap()
@@ -294,6 +297,17 @@ async fn a_follower_forwards_writes_reads_are_consistent_and_a_new_leader_takes_
     assert!(index["cluster"]["term"].as_u64().unwrap() >= 1, "{index}");
     assert_eq!(index["cluster"]["members"].as_array().unwrap().len(), 3);
     assert_eq!(cluster.index(leader).await["cluster"]["role"], "leader");
+    // The diagnostics port shows the same view.
+    let diagnostics: Value = cluster
+        .client
+        .get(format!("{}/cluster", cluster.nodes[leader].diagnostics))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(diagnostics["role"], "leader", "{diagnostics}");
 
     // A write through a follower: one answer, and read back at once on that follower.
     assert_eq!(
