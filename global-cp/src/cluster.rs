@@ -212,11 +212,15 @@ pub struct NodeSetup {
     /// The members to bootstrap with (`--peers`), or `None` for a one-node cluster on the bound
     /// peer address.
     pub members: Option<BTreeMap<NodeId, String>>,
+    /// Never bootstrap: a fresh node waits to be added by a member.
+    pub join: bool,
 }
 
 /// Starts the node on `listener`. A fresh node bootstraps the cluster: every node of `--peers`
 /// does it with the same members, which openraft allows (the first vote wins; the others find
-/// the cluster initialised); a node with state resumes from its log.
+/// the cluster initialised); a node with state resumes from its log. A node that joins (`join`)
+/// never bootstraps: one that did would hold a membership entry of its own at the index where
+/// the cluster has its first, and Raft would take the two for the same entry.
 pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<RaftNode> {
     if setup.legacy_store.exists() && !setup.raft_dir.exists() {
         anyhow::bail!(
@@ -239,7 +243,13 @@ pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<Ra
         .is_initialized()
         .await
         .map_err(|e| anyhow::anyhow!("raft node {}: {e}", setup.id))?;
-    if !initialized {
+    if !initialized && setup.join {
+        tracing::info!(
+            node = setup.id,
+            addr = %node.addr(),
+            "waiting to be added to the global cluster (POST /global/members on a member)"
+        );
+    } else if !initialized {
         tracing::info!(
             node = setup.id,
             ?members,

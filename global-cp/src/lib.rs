@@ -113,6 +113,11 @@ pub struct Config {
     /// `<data-dir>/raft-tls` by default.
     #[arg(long, env = "MERIDIAN_RAFT_TLS_DIR")]
     pub raft_tls_dir: Option<PathBuf>,
+    /// This node joins a running cluster: a fresh node does not bootstrap one but waits until
+    /// a member adds it (`POST /global/members`). Also for a node whose data was lost, after
+    /// it was removed from the cluster.
+    #[arg(long, env = "MERIDIAN_JOIN")]
+    pub join: bool,
 }
 
 /// Commands besides running the global.
@@ -150,6 +155,9 @@ impl Config {
             return Ok(addr);
         }
         let Some(members) = self.members()? else {
+            if self.join {
+                return Ok(SocketAddr::from(([0, 0, 0, 0], 5683)));
+            }
             return Ok(SocketAddr::from(([127, 0, 0, 1], 0)));
         };
         let own = &members[&self.node_id];
@@ -208,11 +216,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut addresses = listeners.describe()?;
     let members = config.members()?;
-    let clustered = members.is_some();
+    let clustered = members.is_some() || config.join;
     let peer_tls = match (&config.raft_tls_dir, clustered) {
         (Some(dir), _) => cluster::load_peer_tls(dir, config.node_id)?,
         (None, true) => anyhow::bail!(
-            "--peers needs --raft-tls-dir: every node presents a certificate of the cluster's CA \
+            "--peers and --join need --raft-tls-dir: every node presents a certificate of the cluster's CA \
              (make them with `global-cp raft-certs --out DIR --ids 1,2,3`)"
         ),
         (None, false) => {
@@ -234,6 +242,7 @@ pub async fn run(
             legacy_store: config.data_dir.join("store"),
             tls: peer_tls,
             members,
+            join: config.join,
         },
         listeners.raft,
     )

@@ -186,18 +186,22 @@ impl Cluster {
             .unwrap()
     }
 
-    /// The index of the running node every running node names as leader.
+    /// The index of the running node every running node names as leader, in the same term.
     async fn leader(&self) -> usize {
         eventually("an agreed leader", DEADLINE, || async {
-            let mut leaders = BTreeSet::new();
+            let mut views = BTreeSet::new();
             for i in 0..self.nodes.len() {
                 if self.nodes[i].task.is_none() {
                     continue;
                 }
-                leaders.insert(self.index(i).await["cluster"]["leaderId"].as_u64()?);
+                let view = self.index(i).await;
+                views.insert((
+                    view["cluster"]["leaderId"].as_u64()?,
+                    view["cluster"]["term"].as_u64()?,
+                ));
             }
-            let leader = *leaders.iter().next()?;
-            (leaders.len() == 1)
+            let (leader, _) = *views.iter().next()?;
+            (views.len() == 1)
                 .then(|| self.nodes.iter().position(|n| n.id == leader))
                 .flatten()
                 .filter(|&i| self.nodes[i].task.is_some())
@@ -365,7 +369,76 @@ async fn a_follower_forwards_writes_reads_are_consistent_and_a_new_leader_takes_
         .unwrap();
     assert_eq!(again.status(), 409);
 
-    // Stop the leader: measure until a write through a remaining node succeeds.
+    // A fourth node joins at runtime: started with --join, added through a follower's API,
+    // caught up, then removed.
+    global_cp::cluster::ensure_certs(&cluster.dir.join("raft-certs"), &[4]).unwrap();
+    let fourth = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fourth_addr = fourth.local_addr().unwrap().to_string();
+    let mut config = cluster.config(4);
+    config.peers.clear();
+    config.join = true;
+    let data4 = config.data_dir.clone();
+    let mut listeners = GlobalListeners::bind(&config).await.unwrap();
+    listeners.raft = fourth;
+    let (stop4, stopped4) = tokio::sync::oneshot::channel::<()>();
+    let task4 = tokio::spawn(global_cp::run(config, listeners, async {
+        let _ = stopped4.await;
+    }));
+    let added = cluster
+        .client
+        .post(&members_url)
+        .bearer_auth(&cluster.nodes[followers[0]].token)
+        .json(&json!({"id": 4, "address": fourth_addr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let view: Value = added.json().await.unwrap();
+    let members = view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4, "{view}");
+    assert!(members.iter().all(|m| m["voter"] == true), "{view}");
+    let ready4: Value = eventually("the new member's ready file", DEADLINE, || {
+        let ready = data4.join("ready.json");
+        async move {
+            std::fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        }
+    })
+    .await
+    .unwrap();
+    let api4 = ready4["api"].as_str().unwrap().to_owned();
+    eventually(
+        "the new member has the earlier writes",
+        DEADLINE,
+        || async {
+            let url = format!("{api4}/meshes/default/meshtimeouts/via-follower");
+            let response = cluster.client.get(url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let removed = cluster
+        .client
+        .delete(format!("{members_url}/4"))
+        .bearer_auth(&cluster.nodes[followers[0]].token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let view: Value = removed.json().await.unwrap();
+    assert_eq!(view["members"].as_array().unwrap().len(), 3, "{view}");
+    let _ = stop4.send(());
+    task4.await.unwrap().unwrap();
+
+    // Stop the leader (as it is now: the membership changes may have moved it): measure until a
+    // write through a remaining node succeeds.
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let term = cluster.index(leader).await["cluster"]["term"]
+        .as_u64()
+        .unwrap();
     let started = Instant::now();
     cluster.stop(leader).await;
     let mut attempt = 0;
@@ -381,13 +454,16 @@ async fn a_follower_forwards_writes_reads_are_consistent_and_a_new_leader_takes_
         );
     }
     let failover = started.elapsed();
-    let after = cluster.index(followers[0]).await;
+    // Whoever took the write leads a later term than the stopped leader's (the remaining nodes
+    // may take a moment to agree on it).
+    let new_leader = cluster.leader().await;
+    let after = cluster.index(new_leader).await;
     println!(
         "global fail-over (leader stopped to first acknowledged REST write): {failover:?}; \
-         new leader {} in term {}",
-        after["cluster"]["leaderId"], after["cluster"]["term"]
+         node {} led term {term}, node {} leads term {}",
+        cluster.nodes[leader].id, cluster.nodes[new_leader].id, after["cluster"]["term"]
     );
-    assert_ne!(after["cluster"]["leaderId"], cluster.nodes[leader].id);
+    assert!(after["cluster"]["term"].as_u64().unwrap() > term, "{after}");
     // Elections take 150-300 ms of silence; the margin is for a loaded 2-core test machine.
     assert!(
         failover < Duration::from_secs(3),
@@ -595,6 +671,7 @@ async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
             legacy_store: dir.path().join("store"),
             tls: global_cp::cluster::load_peer_tls(&certs, 1).unwrap(),
             members: Some(members.clone()),
+            join: false,
         },
         listener,
     )

@@ -213,15 +213,11 @@ pub(crate) enum Forwarded {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardAnswer {
     /// The write was committed at log index `index` and applied with `outcome` on the leader.
-    Written {
-        index: u64,
-        outcome: CommandOutcome,
-    },
+    Written { index: u64, outcome: CommandOutcome },
     /// Reads that apply everything up to `index` are linearizable.
-    ReadIndex {
-        index: Option<u64>,
-    },
-    MembershipChanged,
+    ReadIndex { index: Option<u64> },
+    /// The new membership took effect at log index `index`.
+    MembershipChanged { index: u64 },
 }
 
 /// Why the leader did not do a [`Forwarded`] request.

@@ -349,10 +349,13 @@ pub(crate) async fn execute(
             })?;
             added.map_err(write_error)?;
             let voters: std::collections::BTreeSet<NodeId> = [id].into();
-            raft.change_membership(ChangeMembers::AddVoterIds(voters), false)
+            let changed = raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
                 .await
                 .map_err(write_error)?;
-            Ok(ForwardAnswer::MembershipChanged)
+            Ok(ForwardAnswer::MembershipChanged {
+                index: changed.log_id.index,
+            })
         }
         Forwarded::RemoveMember { id } => {
             let members = raft.metrics().borrow().membership_config.clone();
@@ -371,10 +374,13 @@ pub(crate) async fn execute(
                     reason: format!("node {id} is not a member"),
                 });
             };
-            raft.change_membership(change, false)
+            let changed = raft
+                .change_membership(change, false)
                 .await
                 .map_err(write_error)?;
-            Ok(ForwardAnswer::MembershipChanged)
+            Ok(ForwardAnswer::MembershipChanged {
+                index: changed.log_id.index,
+            })
         }
     }
 }
@@ -547,7 +553,15 @@ impl RaftStore {
             }
         };
         match answer {
-            ForwardAnswer::MembershipChanged => Ok(()),
+            // This node's view shows the change once it applied it.
+            ForwardAnswer::MembershipChanged { index } => {
+                self.applied(Some(index))
+                    .await
+                    .map_err(|e| RaftNodeError::Raft {
+                        id: self.id,
+                        reason: format!("the membership changed at log index {index}: {e}"),
+                    })
+            }
             other => Err(RaftNodeError::Raft {
                 id: self.id,
                 reason: format!("unexpected answer {other:?}"),
