@@ -587,7 +587,15 @@ impl RaftStore {
             return Err(Attempt::NoLeader);
         };
         let result = if leader == self.id {
-            execute(&self.raft, request.clone()).await
+            // A leader cut off from the majority does not know it yet; its write would wait.
+            match tokio::time::timeout(timeout, execute(&self.raft, request.clone())).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(Attempt::Unanswered(format!(
+                        "this node (the leader) did not commit within {timeout:?}"
+                    )))
+                }
+            }
         } else {
             let Some(addr) = status.leader_addr else {
                 return Err(Attempt::NoLeader);
