@@ -207,8 +207,10 @@ impl GlobalListeners {
 }
 
 /// Runs the global control plane on bound listeners until `shutdown` completes. Once its state
-/// is open (store, TLS material, signing keys) it writes the ready file, if configured: the bound
-/// addresses plus `kdsCa`, the CA file zones verify KDS with.
+/// is open (Raft node, TLS material, signing keys) it writes the ready file, if configured: the
+/// bound addresses (`raft` among them) plus `kdsCa`, the CA file zones verify KDS with, and
+/// `nodeId`. A single node is ready once it leads and the default mesh exists; a node of a
+/// cluster does not wait for a leader (the default mesh follows once there is one).
 pub async fn run(
     config: Config,
     listeners: GlobalListeners,
