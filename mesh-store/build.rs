@@ -27,6 +27,7 @@ fn raft_service() {
         .comment("Raft between global control plane nodes: openraft's RPCs, JSON inside protobuf.")
         .method(method("append_entries", "AppendEntries", PAYLOAD, PAYLOAD).build())
         .method(method("vote", "Vote", PAYLOAD, PAYLOAD).build())
+        .method(method("forward", "Forward", PAYLOAD, PAYLOAD).build())
         .method(
             method("install_snapshot", "InstallSnapshot", CHUNK, PAYLOAD)
                 .client_streaming()

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 pub use error::ApiError;
 
 use crate::auth::AdminToken;
+use crate::cluster::Cluster;
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::{defaults, CpMode};
 
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub mode: CpMode,
     pub token: AdminToken,
     pub metrics: Arc<Metrics>,
+    /// Set when the store is one node of a cluster (`GET /`, `?consistent=true`).
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 type SharedState = Arc<ApiState>;
@@ -106,13 +109,33 @@ async fn track_request(State(state): State<SharedState>, request: Request, next:
 }
 
 async fn index(State(state): State<SharedState>) -> Json<Value> {
-    Json(json!({
+    let mut index = json!({
         "product": "Meridian",
         "tagline": "Meridian",
         "version": env!("CARGO_PKG_VERSION"),
         "mode": state.mode.name(),
         "zone": state.mode.zone(),
-    }))
+    });
+    if let Some(cluster) = &state.cluster {
+        index["cluster"] = cluster.status();
+    }
+    Json(index)
+}
+
+/// `?consistent=true`: the read is linearizable (on a cluster node, confirmed with the leader
+/// first; a single store's reads always are). Anything but `true` or `false` is refused.
+async fn consistent_read(state: &ApiState, params: &[(String, String)]) -> Result<(), ApiError> {
+    let Some((_, value)) = params.iter().rev().find(|(k, _)| k == "consistent") else {
+        return Ok(());
+    };
+    match value.as_str() {
+        "false" => Ok(()),
+        "true" => match &state.cluster {
+            Some(cluster) => Ok(cluster.linearizable().await?),
+            None => Ok(()),
+        },
+        _ => Err(ApiError::bad_field("consistent", "must be true or false")),
+    }
 }
 
 fn resource_type(plural: &str) -> Result<ResourceType, ApiError> {
@@ -168,24 +191,31 @@ fn guard_read(state: &ApiState, rtype: ResourceType, headers: &HeaderMap) -> Res
 async fn get_top(
     State(state): State<SharedState>,
     Path((plural, name)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rtype = global_type(&plural)?;
     guard_read(&state, rtype, &headers)?;
-    get_one(&state, ResourceKey::new(rtype, None, name)).await
+    get_one(&state, ResourceKey::new(rtype, None, name), &params).await
 }
 
 async fn get_in_mesh(
     State(state): State<SharedState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rtype = mesh_type(&plural)?;
     guard_read(&state, rtype, &headers)?;
-    get_one(&state, ResourceKey::new(rtype, Some(&mesh), name)).await
+    get_one(&state, ResourceKey::new(rtype, Some(&mesh), name), &params).await
 }
 
-async fn get_one(state: &ApiState, key: ResourceKey) -> Result<Response, ApiError> {
+async fn get_one(
+    state: &ApiState,
+    key: ResourceKey,
+    params: &[(String, String)],
+) -> Result<Response, ApiError> {
+    consistent_read(state, params).await?;
     match state.store.get(&key).await? {
         Some(resource) => Ok(with_etag(&resource, universal_json(&resource))),
         None => Err(ApiError::not_found(format!("{key} not found"))),
@@ -230,7 +260,13 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     guard_read(state, rtype, headers)?;
-    let (page, next) = list_page(state.store.as_ref(), rtype, mesh, path, params, headers).await?;
+    consistent_read(state, params).await?;
+    let params: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "consistent")
+        .cloned()
+        .collect();
+    let (page, next) = list_page(state.store.as_ref(), rtype, mesh, path, &params, headers).await?;
     Ok(Json(json!({
         "total": page.total,
         "items": page.items.iter().map(universal_json).collect::<Vec<_>>(),

@@ -1,5 +1,6 @@
 //! The diagnostics server (port 5680): `/healthy` (the process is up), `/ready` (start-up is
-//! complete and the store answers) and `/metrics` (Prometheus text format).
+//! complete and the store answers), `/metrics` (Prometheus text format) and, on a node of a
+//! cluster (the global), `/cluster` (node id, role, term, leader, members as JSON).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +13,26 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 
 /// What the diagnostics endpoints report on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Diagnostics {
     pub metrics: Arc<Metrics>,
     /// Set once start-up (store opened, defaults created, listeners serving) is complete.
     pub ready: Arc<AtomicBool>,
+    /// The node's view when the store is one node of a cluster.
+    pub cluster: Option<Arc<dyn Cluster>>,
+}
+
+impl std::fmt::Debug for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Diagnostics")
+            .field("ready", &self.ready)
+            .field("cluster", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Diagnostics {
@@ -27,6 +40,7 @@ impl Diagnostics {
         Diagnostics {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            cluster: None,
         }
     }
 }
@@ -36,7 +50,19 @@ pub fn router(diagnostics: Diagnostics) -> Router {
         .route("/healthy", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
         .with_state(diagnostics)
+}
+
+async fn cluster(State(d): State<Diagnostics>) -> axum::response::Response {
+    match &d.cluster {
+        Some(cluster) => axum::Json(cluster.status()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "not a node of a cluster: this control plane has a single store\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(d): State<Diagnostics>) -> impl IntoResponse {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod cluster;
 pub mod defaults;
 pub mod diagnostics;
 pub mod metrics;

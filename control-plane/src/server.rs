@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
 use crate::auth::AdminToken;
+use crate::cluster::Cluster;
 use crate::diagnostics::{self, Diagnostics};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::{defaults, CpMode};
@@ -36,6 +37,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub token: AdminToken,
     pub mode: CpMode,
+    /// Set when the store is one node of a cluster ([`Server::open_on`]).
+    pub cluster: Option<Arc<dyn Cluster>>,
     diagnostics: Diagnostics,
 }
 
@@ -51,27 +54,36 @@ impl Server {
     /// Opens the store under `data_dir/store`, loads or creates the admin token, and creates the
     /// default mesh on a fresh global or standalone control plane.
     pub async fn open(config: ServerConfig) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "--data-dir {}: cannot create: {e}",
-                config.data_dir.display()
-            )
-        })?;
+        create_data_dir(&config)?;
         let sled = SledStore::open(config.data_dir.join("store"))?;
-        let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn ResourceStore> =
-            Arc::new(MeteredStore::new(Arc::new(sled), metrics.clone()));
-        let token = AdminToken::load_or_create(&config.data_dir)?;
+        let server = Server::open_on(config, Arc::new(sled), None)?;
         // A zone's meshes come from the global; only a global or standalone one creates its own.
-        if !matches!(config.mode, CpMode::Zone { .. }) {
-            defaults::ensure_default_mesh(store.as_ref()).await?;
+        if !matches!(server.mode, CpMode::Zone { .. }) {
+            defaults::ensure_default_mesh(server.store.as_ref()).await?;
         }
-        let diagnostics = Diagnostics::new(metrics.clone());
+        Ok(server)
+    }
+
+    /// A control plane on a store opened by the caller (a node of a cluster, with its view in
+    /// `cluster`): loads or creates the admin token in `data_dir`. The default mesh is the
+    /// caller's to create (`defaults::ensure_default_mesh`), once the store takes writes.
+    pub fn open_on(
+        config: ServerConfig,
+        store: Arc<dyn ResourceStore>,
+        cluster: Option<Arc<dyn Cluster>>,
+    ) -> anyhow::Result<Server> {
+        create_data_dir(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn ResourceStore> = Arc::new(MeteredStore::new(store, metrics.clone()));
+        let token = AdminToken::load_or_create(&config.data_dir)?;
+        let mut diagnostics = Diagnostics::new(metrics.clone());
+        diagnostics.cluster = cluster.clone();
         Ok(Server {
             store,
             metrics,
             token,
             mode: config.mode,
+            cluster,
             diagnostics,
         })
     }
@@ -107,6 +119,7 @@ impl Server {
             mode: self.mode.clone(),
             token: self.token.clone(),
             metrics: self.metrics.clone(),
+            cluster: self.cluster.clone(),
         });
         let api = api::serve(listeners.api, state, extra, stopped(stop_rx.clone()));
         let diag = diagnostics::serve(
@@ -119,4 +132,13 @@ impl Server {
         tokio::try_join!(api, diag)?;
         Ok(())
     }
+}
+
+fn create_data_dir(config: &ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--data-dir {}: cannot create: {e}",
+            config.data_dir.display()
+        )
+    })
 }

@@ -6,7 +6,14 @@
 //! disconnection by `--zone-grace-period` (or until its Zone resource is deleted), then the
 //! `kds::janitor` removes it. For every mesh whose enabled mTLS backend is `builtin` it creates
 //! the mesh's CA as two Secrets ([`control_plane::ca`]), which KDS syncs to the zones.
+//!
+//! Its store is a node of a Raft cluster ([`cluster`], docs/raft.md): one node bootstrapped on
+//! first start by default, or `--node-id` and `--peers` for several. Any node takes writes (a
+//! follower forwards them to the leader), serves reads from its replicated state (linearizable
+//! with `?consistent=true`) and serves KDS; `/global/members` ([`members`]) changes membership.
 
+pub mod cluster;
+pub mod members;
 pub mod zones;
 
 use std::future::Future;
@@ -14,14 +21,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use control_plane::server::{Listeners, Server, ServerConfig};
 use control_plane::{process, CpMode};
+use mesh_store::raft::{NodeId, RaftStore};
+use mesh_store::ResourceStore;
 use tokio::net::TcpListener;
 
 /// Everything the global control plane is configured with (flags and `MERIDIAN_*` variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "global-cp", version, about = "Meridian's global control plane")]
+#[command(
+    name = "global-cp",
+    version,
+    about = "Meridian's global control plane",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Where the store and the admin token live.
     #[arg(
         long,
@@ -72,6 +91,48 @@ pub struct Config {
         value_parser = parse_grace_period
     )]
     pub zone_grace_period: std::time::Duration,
+    /// This node's id in the global cluster.
+    #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1)]
+    pub node_id: NodeId,
+    /// The global cluster's members, `ID=HOST:PORT` of each node's peer listener, this node
+    /// included (comma-separated or repeated): `1=global-1:5683,2=global-2:5683,3=global-3:5683`.
+    /// Without it the global is a one-node cluster.
+    #[arg(
+        long,
+        env = "MERIDIAN_PEERS",
+        value_delimiter = ',',
+        value_parser = cluster::parse_peer
+    )]
+    pub peers: Vec<cluster::Peer>,
+    /// The peer (Raft) listener. Default: `0.0.0.0:<this node's port in --peers>` in a cluster,
+    /// `127.0.0.1:0` for a single node (nothing dials it).
+    #[arg(long, env = "MERIDIAN_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// The peers' TLS material: `ca.pem`, `node-<id>.pem`, `node-<id>-key.pem` (made by
+    /// `global-cp raft-certs`). Required with --peers; a single node generates its own under
+    /// `<data-dir>/raft-tls` by default.
+    #[arg(long, env = "MERIDIAN_RAFT_TLS_DIR")]
+    pub raft_tls_dir: Option<PathBuf>,
+    /// This node joins a running cluster: a fresh node does not bootstrap one but waits until
+    /// a member adds it (`POST /global/members`). Also for a node whose data was lost, after
+    /// it was removed from the cluster.
+    #[arg(long, env = "MERIDIAN_JOIN")]
+    pub join: bool,
+}
+
+/// Commands besides running the global.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Makes the global cluster's peer TLS material in --out: a CA (kept if present) and a
+    /// certificate and key for every node id without one. Copy `ca.pem`, `node-<id>.pem` and
+    /// `node-<id>-key.pem` to node <id> and start it with --raft-tls-dir.
+    RaftCerts {
+        #[arg(long)]
+        out: PathBuf,
+        /// The node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<NodeId>,
+    },
 }
 
 /// A duration as Kuma writes them (`<n><unit>`, unit one of `ms`, `s`, `m`, `h`, `d`, `w`, `y`).
@@ -81,6 +142,32 @@ fn parse_grace_period(text: &str) -> Result<std::time::Duration, String> {
 }
 
 impl Config {
+    /// The members from --peers, checked, or `None` for a single node.
+    pub fn members(&self) -> anyhow::Result<Option<BTreeMap<NodeId, String>>> {
+        if self.peers.is_empty() {
+            return Ok(None);
+        }
+        cluster::members(self.node_id, &self.peers).map(Some)
+    }
+
+    fn raft_listen(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(addr) = self.raft_listen {
+            return Ok(addr);
+        }
+        let Some(members) = self.members()? else {
+            if self.join {
+                return Ok(SocketAddr::from(([0, 0, 0, 0], 5683)));
+            }
+            return Ok(SocketAddr::from(([127, 0, 0, 1], 0)));
+        };
+        let own = &members[&self.node_id];
+        let port = own
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| anyhow::anyhow!("--peers: {own} has no port"))?;
+        Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
     fn kds_dir(&self) -> PathBuf {
         self.kds_tls_dir
             .clone()
@@ -94,6 +181,8 @@ pub struct GlobalListeners {
     pub api: TcpListener,
     pub diagnostics: TcpListener,
     pub kds: TcpListener,
+    /// The peer (Raft) listener.
+    pub raft: TcpListener,
 }
 
 impl GlobalListeners {
@@ -102,6 +191,7 @@ impl GlobalListeners {
             api: process::bind("--api-addr", config.api_addr).await?,
             diagnostics: process::bind("--diagnostics-addr", config.diagnostics_addr).await?,
             kds: process::bind("--kds-addr", config.kds_addr).await?,
+            raft: process::bind("--raft-listen", config.raft_listen()?).await?,
         })
     }
 
@@ -111,23 +201,68 @@ impl GlobalListeners {
             "api": process::http_url(self.api.local_addr()?),
             "diagnostics": process::http_url(self.diagnostics.local_addr()?),
             "kds": self.kds.local_addr()?.to_string(),
+            "raft": self.raft.local_addr()?.to_string(),
         }))
     }
 }
 
 /// Runs the global control plane on bound listeners until `shutdown` completes. Once its state
-/// is open (store, TLS material, signing keys) it writes the ready file, if configured: the bound
-/// addresses plus `kdsCa`, the CA file zones verify KDS with.
+/// is open (Raft node, TLS material, signing keys) it writes the ready file, if configured: the
+/// bound addresses (`raft` among them) plus `kdsCa`, the CA file zones verify KDS with, and
+/// `nodeId`. A single node is ready once it leads and the default mesh exists; a node of a
+/// cluster does not wait for a leader (the default mesh follows once there is one).
 pub async fn run(
     config: Config,
     listeners: GlobalListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let server = Server::open(ServerConfig {
-        data_dir: config.data_dir.clone(),
-        mode: CpMode::Global,
-    })
+    let mut addresses = listeners.describe()?;
+    let members = config.members()?;
+    let clustered = members.is_some() || config.join;
+    let peer_tls = match (&config.raft_tls_dir, clustered) {
+        (Some(dir), _) => cluster::load_peer_tls(dir, config.node_id)?,
+        (None, true) => anyhow::bail!(
+            "--peers and --join need --raft-tls-dir: every node presents a certificate of the cluster's CA \
+             (make them with `global-cp raft-certs --out DIR --ids 1,2,3`)"
+        ),
+        (None, false) => {
+            let dir = config.data_dir.join("raft-tls");
+            cluster::ensure_certs(&dir, &[config.node_id])?;
+            cluster::load_peer_tls(&dir, config.node_id)?
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--data-dir {}: cannot create: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let node = cluster::start(
+        cluster::NodeSetup {
+            id: config.node_id,
+            raft_dir: config.data_dir.join("raft"),
+            legacy_store: config.data_dir.join("store"),
+            tls: peer_tls,
+            members,
+            join: config.join,
+        },
+        listeners.raft,
+    )
     .await?;
+    let raft_store = node.store();
+    let server = Server::open_on(
+        ServerConfig {
+            data_dir: config.data_dir.clone(),
+            mode: CpMode::Global,
+        },
+        Arc::new(raft_store.clone()),
+        Some(Arc::new(cluster::RaftCluster(raft_store.clone()))),
+    )?;
+    if !clustered {
+        // A one-node cluster elects itself at once; the default mesh is there before ready.
+        cluster::wait_for_leader(&raft_store, Duration::from_secs(10)).await?;
+        control_plane::defaults::ensure_default_mesh(server.store.as_ref()).await?;
+    }
     let kds_dir = config.kds_dir();
     let tls = match (&config.kds_tls_cert, &config.kds_tls_key) {
         (Some(cert), Some(key)) => kds::tls::KdsServerTls::from_files(cert, key)?,
@@ -152,12 +287,16 @@ pub async fn run(
         admin: server.token.clone(),
     });
     let zone_status = kds_server.status();
+    let members_api = members::router(members::MembersApi {
+        store: raft_store.clone(),
+        admin: server.token.clone(),
+    });
 
     if let Some(path) = &config.ready_file {
-        let mut addresses = listeners.describe()?;
         if let Some(ca) = tls.ca_path() {
             addresses["kdsCa"] = serde_json::Value::String(ca.display().to_string());
         }
+        addresses["nodeId"] = serde_json::json!(config.node_id);
         process::write_ready_file(path, &addresses)?;
     }
 
@@ -183,19 +322,33 @@ pub async fn run(
             tracing::error!(error = %e, "the builtin CA reconciler stopped: new meshes get no CA");
         }
     });
-    let janitor_stop = stopped(stop_rx.clone());
-    tokio::spawn(async move {
-        if let Err(e) = janitor.run(janitor_stop).await {
-            tracing::error!(error = %e, "the zone janitor stopped: inventory of departed zones stays");
-        }
-    });
+    if clustered {
+        tokio::spawn(bootstrap_defaults(
+            raft_store.clone(),
+            server.store.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        // Each node knows only the zones connected to it, so a node's janitor would take a zone
+        // connected to another node for departed: not run in a cluster (docs/raft.md).
+        tracing::warn!(
+            "zone janitor off in a multi-node global: departed zones' inventory stays until removed"
+        );
+        drop(janitor);
+    } else {
+        let janitor_stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = janitor.run(janitor_stop).await {
+                tracing::error!(error = %e, "the zone janitor stopped: inventory of departed zones stays");
+            }
+        });
+    }
     let on_signal = stop_tx.clone();
     let api = server.serve_with(
         Listeners {
             api: listeners.api,
             diagnostics: listeners.diagnostics,
         },
-        zones_api,
+        zones_api.merge(members_api),
         async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -205,7 +358,7 @@ pub async fn run(
         },
     );
     tokio::pin!(api);
-    tokio::select! {
+    let result = tokio::select! {
         served = &mut api => {
             let _ = stop_tx.send(true);
             // KDS ends its streams on shutdown; a zone that stopped reading cannot hold the exit.
@@ -231,6 +384,38 @@ pub async fn run(
                 Err(e) => Err(anyhow::anyhow!("the KDS server panicked: {e}")),
             }
         }
+    };
+    if let Err(e) = node.shutdown().await {
+        tracing::error!(error = %e, "stopping the raft node");
+    }
+    result
+}
+
+/// In a cluster: once a leader is elected, creates the default mesh (every node tries; all but
+/// one find it there). Until then, says which members are unreachable.
+async fn bootstrap_defaults(
+    raft: RaftStore,
+    store: Arc<dyn ResourceStore>,
+    stop: impl Future<Output = ()>,
+) {
+    let work = async {
+        loop {
+            match cluster::wait_for_leader(&raft, Duration::from_secs(5)).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the global cluster has no leader");
+                    continue;
+                }
+            }
+            match control_plane::defaults::ensure_default_mesh(store.as_ref()).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "creating the default mesh; retrying"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = stop => {}
     }
 }
 

@@ -6,6 +6,11 @@ use global_cp::{Config, GlobalListeners};
 async fn main() -> anyhow::Result<()> {
     process::init_tracing();
     let config = Config::parse();
+    if let Some(global_cp::Command::RaftCerts { out, ids }) = &config.command {
+        global_cp::cluster::ensure_certs(out, ids)?;
+        println!("peer TLS material for nodes {ids:?} in {}", out.display());
+        return Ok(());
+    }
     let listeners = GlobalListeners::bind(&config).await?;
     let addresses = listeners.describe()?;
     tracing::info!(%addresses, data_dir = %config.data_dir.display(), "global control plane starting");

@@ -21,7 +21,7 @@ pub mod storage;
 pub mod types;
 
 pub use network::{NetworkFactory, PeerTls};
-pub use node::{RaftNode, RaftNodeConfig, RaftNodeError, RaftStore};
+pub use node::{ClusterStatus, Member, RaftNode, RaftNodeConfig, RaftNodeError, RaftStore};
 pub use storage::{open_storage, LogStore, StateMachine, StorageReleased};
 pub use types::{
     Command, CommandOp, CommandOutcome, CommandRejection, NodeId, TypeConfig, WireKey,

@@ -88,41 +88,52 @@ async fn writes_replicate_and_a_new_leader_takes_writes_after_the_leader_stops()
     converged(&leader_store, &stores).await;
     assert_eq!(leader_store.revision(), 20);
 
-    // A follower refuses writes and names the leader.
+    // A follower forwards writes to the leader and answers once the write is applied on it too
+    // (read-your-writes through the node written to).
     let follower = stores
         .iter()
         .zip(&nodes)
         .find(|(_, n)| n.id() != leader_id)
         .map(|(s, _)| s.clone())
         .expect("a follower");
-    match follower
+    let forwarded = follower
         .create(resource("via-follower", "default", &[]))
         .await
-    {
-        Err(StoreError::ForwardToLeader {
-            leader_id: Some(id),
-            leader_addr: Some(addr),
-        }) => {
-            assert_eq!(id, leader_id);
-            assert_eq!(addr, nodes[(leader_id - 1) as usize].addr().to_string());
-        }
-        other => panic!("expected ForwardToLeader, got {other:?}"),
+        .expect("a write through a follower");
+    assert_eq!(forwarded.meta.version, 1);
+    assert_eq!(
+        follower.get(&forwarded.key()).await.expect("get"),
+        Some(forwarded.clone())
+    );
+    // A forwarded refusal keeps its type.
+    match follower.create(resource("r1", "default", &[])).await {
+        Err(StoreError::AlreadyExists(key)) => assert_eq!(key.name, "r1"),
+        other => panic!("expected AlreadyExists through the follower, got {other:?}"),
     }
-    // Linearizable reads are confirmed by the leader; a follower names the leader instead.
+    follower
+        .delete(&forwarded.key(), None)
+        .await
+        .expect("a delete through a follower");
+    // Linearizable reads: confirmed by the leader, on the follower after it applied that far.
     leader_store
         .linearizable()
         .await
         .expect("linearizable on the leader");
-    assert!(matches!(
-        follower.linearizable().await,
-        Err(StoreError::ForwardToLeader { leader_id: Some(id), .. }) if id == leader_id
-    ));
+    follower
+        .linearizable()
+        .await
+        .expect("linearizable on a follower");
+    assert_eq!(follower.revision(), leader_store.revision());
+    let status = follower.status();
+    assert_eq!(status.leader_id, Some(leader_id));
+    assert_eq!(status.role, "follower");
+    assert_eq!(status.members.len(), 3);
     // A refused command is a committed no-op: the writer gets the typed error, no revision.
     match leader_store.create(resource("r0", "default", &[])).await {
         Err(StoreError::AlreadyExists(key)) => assert_eq!(key.name, "r0"),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
-    assert_eq!(leader_store.revision(), 20);
+    assert_eq!(leader_store.revision(), 22);
 
     // Stop the leader; measure until a write succeeds through whichever node leads next.
     let stopped = nodes.remove((leader_id - 1) as usize);

@@ -82,6 +82,12 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(_) | StoreError::Conflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
+            // A cluster node without a leader to take the write or confirm the read.
+            StoreError::ForwardToLeader { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                e.to_string(),
+            ),
             _ => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

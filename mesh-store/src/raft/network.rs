@@ -29,7 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::raft_peer::raft_peer_client::RaftPeerClient;
 use super::proto::raft_peer::raft_peer_server::{RaftPeer, RaftPeerServer};
 use super::proto::{RaftPayload, SnapshotChunk};
-use super::types::{NodeId, TypeConfig};
+use super::types::Command;
+use super::types::{CommandOutcome, NodeId, TypeConfig};
 
 /// The largest message a peer accepts (an append-entries batch of large resources).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -111,6 +112,15 @@ impl RaftPeer for PeerServer {
         to_payload(&result).map(Response::new)
     }
 
+    async fn forward(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let forwarded: Forwarded = from_json("the forwarded request", &request.into_inner().json)?;
+        let result = super::node::execute(&self.raft, forwarded).await;
+        to_payload(&result).map(Response::new)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -166,26 +176,119 @@ impl NetworkFactory {
     }
 }
 
+/// A lazily connecting client of the peer service at `addr` (`host:port`).
+fn peer_client(
+    tls: &PeerTls,
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<RaftPeerClient<Channel>, String> {
+    let address = format!("https://{addr}");
+    Endpoint::from_shared(address.clone())
+        .and_then(|e| e.tls_config(tls.client_config()))
+        .map(|endpoint| {
+            let channel = endpoint
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            RaftPeerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        })
+        .map_err(|e| format!("{address}: {e}"))
+}
+
+/// What a node asks the leader to do for one of its clients (`Forward`): a write, a read index
+/// for a linearizable read, a membership change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    Write(Command),
+    ReadIndex,
+    AddMember { id: NodeId, addr: String },
+    RemoveMember { id: NodeId },
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardAnswer {
+    /// The write was committed at log index `index` and applied with `outcome` on the leader.
+    Written { index: u64, outcome: CommandOutcome },
+    /// Reads that apply everything up to `index` are linearizable.
+    ReadIndex { index: Option<u64> },
+    /// The new membership took effect at log index `index`.
+    MembershipChanged { index: u64 },
+}
+
+/// Why the leader did not do a [`Forwarded`] request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardRefusal {
+    /// The node asked is not (or no longer) the leader. A write it had appended before
+    /// stepping down may still commit.
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The request itself is wrong (a membership change naming an unknown node, ...).
+    Invalid { reason: String },
+    /// Raft failed (stopping, no quorum, a storage error).
+    Failed { reason: String },
+}
+
+/// Clients of the peer service at leaders' addresses, reused across forwarded requests.
+#[derive(Clone)]
+pub(crate) struct Forwarder {
+    tls: PeerTls,
+    clients: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, RaftPeerClient<Channel>>>,
+    >,
+}
+
+impl Forwarder {
+    pub(crate) fn new(tls: PeerTls) -> Forwarder {
+        Forwarder {
+            tls,
+            clients: Default::default(),
+        }
+    }
+
+    /// Sends `request` to the node at `addr`; `Err` is a transport failure (the request may or
+    /// may not have reached the node).
+    pub(crate) async fn forward(
+        &self,
+        addr: &str,
+        request: &Forwarded,
+        timeout: Duration,
+    ) -> Result<Result<ForwardAnswer, ForwardRefusal>, String> {
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            match clients.get(addr) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = peer_client(&self.tls, addr, Duration::from_secs(1))?;
+                    clients.insert(addr.to_owned(), client.clone());
+                    client
+                }
+            }
+        };
+        let json = serde_json::to_vec(request).map_err(|e| format!("cannot encode: {e}"))?;
+        let mut client = client;
+        let answer = tokio::time::timeout(timeout, client.forward(RaftPayload { json }))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+            .into_inner();
+        serde_json::from_slice(&answer.json).map_err(|e| format!("the answer does not decode: {e}"))
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let address = format!("https://{}", node.addr);
         // Connects lazily: an unreachable peer fails its calls (and openraft backs off), not this.
-        let client = Endpoint::from_shared(address.clone())
-            .and_then(|e| e.tls_config(self.tls.client_config()))
-            .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
-                RaftPeerClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            })
-            .map_err(|e| format!("peer {target} at {address}: {e}"));
+        let client = peer_client(&self.tls, &node.addr, self.connect_timeout)
+            .map_err(|e| format!("peer {target} at {e}"));
         PeerClient {
             target,
             client,

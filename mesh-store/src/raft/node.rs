@@ -10,17 +10,28 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use mesh_api::{Resource, ResourceKey};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::network::{peer_service, NetworkFactory, PeerTls, DEFAULT_SNAPSHOT_CHUNK_BYTES};
+use super::network::{
+    peer_service, ForwardAnswer, ForwardRefusal, Forwarded, Forwarder, NetworkFactory, PeerTls,
+    DEFAULT_SNAPSHOT_CHUNK_BYTES,
+};
 use super::storage::{open_storage, StorageReleased};
-use super::types::{Command, CommandOutcome, NodeId, TypeConfig};
+use super::types::{Command, CommandOp, CommandOutcome, NodeId, TypeConfig};
 use crate::sled_store::normalize_key;
 use crate::{ListPage, ListQuery, ResourceStore, SledStore, SledStoreOptions, StoreError, Watch};
+
+/// How long a write or a linearizable read keeps trying to reach a leader (through elections).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one forwarded write or read index may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long adding a member may wait for it to catch up before it is made a voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to run one node.
 #[derive(Debug, Clone)]
@@ -79,6 +90,9 @@ pub enum RaftNodeError {
     Listener { id: NodeId, reason: String },
     #[error("raft node {id}: {reason}")]
     Raft { id: NodeId, reason: String },
+    /// A membership change that cannot be made as asked (the caller's mistake).
+    #[error("raft node {id}: membership change refused: {reason}")]
+    Membership { id: NodeId, reason: String },
 }
 
 /// One running node: its storage, its openraft instance and its peer listener (gRPC with mutual
@@ -167,6 +181,7 @@ impl RaftNode {
                 id,
                 raft: raft.clone(),
                 state,
+                forwarder: Forwarder::new(config.tls.clone()),
             },
             raft,
             stop: Some(stop),
@@ -265,15 +280,159 @@ impl RaftNode {
     }
 }
 
-/// The [`ResourceStore`] of a Raft node. Writes go through `client_write` and return once the
-/// entry is committed and applied on this node; on a follower they fail with
-/// [`StoreError::ForwardToLeader`]. Reads and watches are served from this node's state machine,
-/// so a follower may lag the leader by what is not yet applied there.
+/// Does a [`Forwarded`] request on this node, which must be the leader (else `NotLeader`, naming
+/// the leader it knows). The peer service's `Forward` and a leader's own [`RaftStore`] call it.
+pub(crate) async fn execute(
+    raft: &Raft<TypeConfig>,
+    request: Forwarded,
+) -> Result<ForwardAnswer, ForwardRefusal> {
+    let not_leader = |forward: ForwardToLeader<NodeId, BasicNode>| ForwardRefusal::NotLeader {
+        leader_id: forward.leader_id,
+        leader_addr: forward.leader_node.map(|n| n.addr),
+    };
+    let failed = |e: &dyn std::fmt::Display| ForwardRefusal::Failed {
+        reason: e.to_string(),
+    };
+    let write_error = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardRefusal::Invalid {
+                reason: e.to_string(),
+            }
+        }
+        e => failed(&e),
+    };
+    match request {
+        Forwarded::Write(command) => {
+            let response = raft.client_write(command).await.map_err(write_error)?;
+            Ok(ForwardAnswer::Written {
+                index: response.log_id.index,
+                outcome: response.data,
+            })
+        }
+        Forwarded::ReadIndex => match raft.ensure_linearizable().await {
+            Ok(read) => Ok(ForwardAnswer::ReadIndex {
+                index: read.map(|log| log.index),
+            }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(forward))
+            }
+            Err(e) => Err(failed(&e)),
+        },
+        Forwarded::AddMember { id, addr } => {
+            let members = raft.metrics().borrow().membership_config.clone();
+            if members.voter_ids().any(|voter| voter == id) {
+                return Err(ForwardRefusal::Invalid {
+                    reason: format!("node {id} is already a voting member"),
+                });
+            }
+            if let Some((_, node)) = members
+                .nodes()
+                .find(|(other, node)| **other != id && node.addr == addr)
+            {
+                return Err(ForwardRefusal::Invalid {
+                    reason: format!("{} is already the address of another member", node.addr),
+                });
+            }
+            // As a learner first, blocking until it has caught up, so that making it a voter
+            // does not leave the cluster waiting for a node that cannot vote on new entries yet.
+            let added = tokio::time::timeout(
+                CATCH_UP_TIMEOUT,
+                raft.add_learner(id, BasicNode { addr: addr.clone() }, true),
+            )
+            .await
+            .map_err(|_| ForwardRefusal::Failed {
+                reason: format!(
+                    "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays \
+                     a learner (remove it, or add it again once it is reachable)"
+                ),
+            })?;
+            added.map_err(write_error)?;
+            let voters: std::collections::BTreeSet<NodeId> = [id].into();
+            let changed = raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                .await
+                .map_err(write_error)?;
+            Ok(ForwardAnswer::MembershipChanged {
+                index: changed.log_id.index,
+            })
+        }
+        Forwarded::RemoveMember { id } => {
+            let members = raft.metrics().borrow().membership_config.clone();
+            let ids: std::collections::BTreeSet<NodeId> = [id].into();
+            let change = if members.voter_ids().any(|voter| voter == id) {
+                if members.voter_ids().count() == 1 {
+                    return Err(ForwardRefusal::Invalid {
+                        reason: format!("node {id} is the last voting member"),
+                    });
+                }
+                ChangeMembers::RemoveVoters(ids)
+            } else if members.nodes().any(|(node, _)| *node == id) {
+                ChangeMembers::RemoveNodes(ids)
+            } else {
+                return Err(ForwardRefusal::Invalid {
+                    reason: format!("node {id} is not a member"),
+                });
+            };
+            let changed = raft
+                .change_membership(change, false)
+                .await
+                .map_err(write_error)?;
+            Ok(ForwardAnswer::MembershipChanged {
+                index: changed.log_id.index,
+            })
+        }
+    }
+}
+
+/// One node of the cluster as [`RaftStore::status`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Its peer address (`host:port`).
+    pub addr: String,
+    /// A voter, or a learner (replicated to, not counted in quorums).
+    pub voter: bool,
+}
+
+/// A node's view of the cluster: what `GET /` and `GET /global/members` show.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub leader_addr: Option<String>,
+    pub last_applied_index: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+/// How one attempt to reach the leader went, when it did not answer.
+enum Attempt {
+    /// No leader is known (an election is under way).
+    NoLeader,
+    /// The request may have reached a leader that did not answer (stepped down, died, timed
+    /// out): a write may still commit.
+    Unanswered(String),
+    /// Retrying cannot help.
+    Refused(ForwardRefusal),
+}
+
+/// The [`ResourceStore`] of a Raft node. Writes go to the leader: through `client_write` on the
+/// leader itself, forwarded over the peer service (`Forward`) from any other node, and return
+/// once the entry is committed and applied on the leader and, for a forwarded one, on this node
+/// too (so a client reads its own writes on the node it wrote through). Through an election they
+/// wait for the next leader (up to 10 s). Reads and watches are served from this node's state
+/// machine, so a follower may lag the leader by what is not yet applied there;
+/// [`RaftStore::linearizable`] before a read makes it linearizable.
 #[derive(Clone)]
 pub struct RaftStore {
     id: NodeId,
     raft: Raft<TypeConfig>,
     state: SledStore,
+    forwarder: Forwarder,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -291,57 +450,337 @@ impl RaftStore {
         &self.state
     }
 
-    /// Makes the next local read linearizable: confirms with a quorum that this node still
-    /// leads, then waits until it has applied everything committed before the call. On a
-    /// follower: [`StoreError::ForwardToLeader`]; without a quorum: an error naming the node.
-    pub async fn linearizable(&self) -> Result<(), StoreError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(StoreError::ForwardToLeader {
-                    leader_id: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(StoreError::Io(format!(
-                "raft node {}: cannot confirm its leadership: {e}",
-                self.id
-            ))),
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The node's openraft handle (metrics, waits).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// This node's role, term, leader and the members, from its metrics.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<Member> = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader_addr = metrics.current_leader.and_then(|leader| {
+            members
+                .iter()
+                .find(|m| m.id == leader)
+                .map(|m| m.addr.clone())
+        });
+        ClusterStatus {
+            node_id: self.id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            leader_addr,
+            last_applied_index: metrics.last_applied.map(|log| log.index),
+            members,
         }
     }
 
-    async fn write(&self, command: Command) -> Result<Resource, StoreError> {
-        let response = match self.raft.client_write(command).await {
-            Ok(response) => response,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                return Err(StoreError::ForwardToLeader {
-                    leader_id: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|n| n.addr),
+    /// Makes the next local read linearizable: the leader confirms with a quorum that it still
+    /// leads and names the log index everything committed before the call reaches; this node
+    /// then waits until it has applied that far. Waits through an election (up to 10 s).
+    pub async fn linearizable(&self) -> Result<(), StoreError> {
+        let index = match self
+            .until_answered(Forwarded::ReadIndex, &mut false)
+            .await?
+        {
+            ForwardAnswer::ReadIndex { index } => index,
+            other => return Err(self.unexpected(&other)),
+        };
+        self.applied(index).await
+    }
+
+    /// Adds node `id` at peer address `addr`: as a learner until it has caught up, then as a
+    /// voter. Done by the leader, forwarded to it from any node.
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), RaftNodeError> {
+        self.change_members(Forwarded::AddMember { id, addr }).await
+    }
+
+    /// Removes node `id` (voter or learner) from the cluster.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftNodeError> {
+        self.change_members(Forwarded::RemoveMember { id }).await
+    }
+
+    async fn change_members(&self, request: Forwarded) -> Result<(), RaftNodeError> {
+        // Not retried: a change that may have happened is reported, `status` tells the outcome.
+        let answer = match self.attempt(&request, CATCH_UP_TIMEOUT * 2).await {
+            Ok(answer) => answer,
+            Err(Attempt::NoLeader) => {
+                return Err(RaftNodeError::Raft {
+                    id: self.id,
+                    reason: "no leader is known (an election is under way); try again".into(),
                 })
             }
-            Err(e) => return Err(StoreError::Io(format!("raft node {}: {e}", self.id))),
+            Err(Attempt::Unanswered(reason)) => {
+                return Err(RaftNodeError::Raft {
+                    id: self.id,
+                    reason: format!(
+                        "the leader did not answer ({reason}); the change may or may not have \
+                         been made: list the members"
+                    ),
+                })
+            }
+            Err(Attempt::Refused(ForwardRefusal::Invalid { reason })) => {
+                return Err(RaftNodeError::Membership {
+                    id: self.id,
+                    reason,
+                })
+            }
+            Err(Attempt::Refused(refusal)) => {
+                return Err(RaftNodeError::Raft {
+                    id: self.id,
+                    reason: describe_refusal(&refusal),
+                })
+            }
         };
-        let index = response.log_id.index;
-        match response.data {
+        match answer {
+            // This node's view shows the change once it applied it.
+            ForwardAnswer::MembershipChanged { index } => {
+                self.applied(Some(index))
+                    .await
+                    .map_err(|e| RaftNodeError::Raft {
+                        id: self.id,
+                        reason: format!("the membership changed at log index {index}: {e}"),
+                    })
+            }
+            other => Err(RaftNodeError::Raft {
+                id: self.id,
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    fn unexpected(&self, answer: &ForwardAnswer) -> StoreError {
+        StoreError::Io(format!(
+            "raft node {}: unexpected answer from the leader: {answer:?}",
+            self.id
+        ))
+    }
+
+    /// One try: on the leader itself, or forwarded to the leader this node knows.
+    async fn attempt(
+        &self,
+        request: &Forwarded,
+        timeout: Duration,
+    ) -> Result<ForwardAnswer, Attempt> {
+        let status = self.status();
+        let Some(leader) = status.leader_id else {
+            return Err(Attempt::NoLeader);
+        };
+        let result = if leader == self.id {
+            // A leader cut off from the majority does not know it yet; its write would wait.
+            match tokio::time::timeout(timeout, execute(&self.raft, request.clone())).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(Attempt::Unanswered(format!(
+                        "this node (the leader) did not commit within {timeout:?}"
+                    )))
+                }
+            }
+        } else {
+            let Some(addr) = status.leader_addr else {
+                return Err(Attempt::NoLeader);
+            };
+            match self.forwarder.forward(&addr, request, timeout).await {
+                Ok(result) => result,
+                Err(e) => {
+                    return Err(Attempt::Unanswered(format!(
+                        "leader {leader} at {addr}: {e}"
+                    )))
+                }
+            }
+        };
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(ForwardRefusal::NotLeader { .. }) => Err(Attempt::Unanswered(format!(
+                "node {leader} is no longer the leader"
+            ))),
+            // A leader shutting down answers that way: the next one may do it.
+            Err(ForwardRefusal::Failed { reason }) if leader != self.id => {
+                Err(Attempt::Unanswered(format!("leader {leader}: {reason}")))
+            }
+            Err(refusal) => Err(Attempt::Refused(refusal)),
+        }
+    }
+
+    /// Tries until a leader answers (waiting through elections) or [`CLIENT_DEADLINE`] passes.
+    /// Sets `unanswered` when a try may have reached a leader that did not answer.
+    async fn until_answered(
+        &self,
+        request: Forwarded,
+        unanswered: &mut bool,
+    ) -> Result<ForwardAnswer, StoreError> {
+        let deadline = tokio::time::Instant::now() + CLIENT_DEADLINE;
+        let mut metrics = self.raft.metrics();
+        let mut pause = Duration::from_millis(5);
+        let mut last: String;
+        loop {
+            match self.attempt(&request, FORWARD_TIMEOUT).await {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::NoLeader) => last = "no leader is known".into(),
+                Err(Attempt::Unanswered(reason)) => {
+                    *unanswered = true;
+                    last = reason;
+                }
+                Err(Attempt::Refused(refusal)) => {
+                    return Err(StoreError::Io(format!(
+                        "raft node {}: {}",
+                        self.id,
+                        describe_refusal(&refusal)
+                    )))
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let outcome = if *unanswered && matches!(request, Forwarded::Write(_)) {
+                    "; the write may or may not have been applied"
+                } else {
+                    ""
+                };
+                return Err(StoreError::Io(format!(
+                    "raft node {}: no leader answered within {CLIENT_DEADLINE:?} (last: \
+                     {last}){outcome}",
+                    self.id
+                )));
+            }
+            // Until the metrics change (a new leader, a new term) or a short pause: a leader
+            // that died is still named until the election timeout.
+            metrics.mark_unchanged();
+            let _ = tokio::time::timeout(pause, metrics.changed()).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until this node has applied the log up to `index`.
+    async fn applied(&self, index: Option<u64>) -> Result<(), StoreError> {
+        self.raft
+            .wait(Some(CLIENT_DEADLINE))
+            .applied_index_at_least(index, "apply up to the leader's index")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "raft node {}: did not apply up to log index {index:?}: {e}",
+                    self.id
+                ))
+            })
+    }
+
+    /// Proposes `command` through the leader. `before`: for a delete, the resource as this node
+    /// last saw it.
+    async fn write(
+        &self,
+        command: Command,
+        before: Option<Resource>,
+    ) -> Result<Resource, StoreError> {
+        let mut unanswered = false;
+        let answer = self
+            .until_answered(Forwarded::Write(command.clone()), &mut unanswered)
+            .await?;
+        let ForwardAnswer::Written { index, outcome } = answer else {
+            return Err(self.unexpected(&answer));
+        };
+        // Read-your-writes on this node, and what `settle` reads is at least this recent.
+        self.applied(Some(index)).await.map_err(|e| {
+            StoreError::Io(format!(
+                "the write was committed at log index {index}, but this node did not apply it \
+                 in time: {e}"
+            ))
+        })?;
+        let record = || format!("raft log entry {index}");
+        match outcome {
             CommandOutcome::Applied {
                 version, resource, ..
             } => {
-                let record = format!("raft log entry {index}");
                 let mut resource = mesh_api::parse_resource(resource)
                     .map_err(|e| StoreError::Corrupt {
-                        key: record,
+                        key: record(),
                         reason: e.to_string(),
                     })?
                     .resource;
                 resource.meta.version = version;
                 Ok(resource)
             }
-            CommandOutcome::Rejected { rejection } => Err(rejection.into_store_error(index)),
+            CommandOutcome::Rejected { rejection } => {
+                let refused = rejection.into_store_error(index);
+                if unanswered {
+                    if let Some(done) = self.settle(&command, &refused, before).await? {
+                        return Ok(done);
+                    }
+                }
+                Err(refused)
+            }
             CommandOutcome::None => Err(StoreError::Corrupt {
-                key: format!("raft log entry {index}"),
+                key: record(),
                 reason: "a resource write was applied as an entry without a command".into(),
             }),
         }
+    }
+
+    /// An earlier try of this write went unanswered and the retry was refused: was it refused
+    /// because the earlier try did commit? A create refused as existing when the stored
+    /// resource is still version 1 with our spec and labels, an update refused as conflicting
+    /// when the stored version is ours + 1 with our spec and labels, a delete refused as not
+    /// found: each is taken as our write (a concurrent identical write is indistinguishable, and
+    /// answering it as ours is harmless). Anything else is the refusal.
+    async fn settle(
+        &self,
+        command: &Command,
+        refused: &StoreError,
+        before: Option<Resource>,
+    ) -> Result<Option<Resource>, StoreError> {
+        let ours = |value: &serde_json::Value| {
+            mesh_api::parse_resource(value.clone())
+                .ok()
+                .map(|parsed| parsed.resource)
+        };
+        let same = |a: &Resource, b: &Resource| a.spec == b.spec && a.meta.labels == b.meta.labels;
+        match (&command.op, refused) {
+            (CommandOp::Create { resource }, StoreError::AlreadyExists(key)) => {
+                let (Some(ours), Some(stored)) = (ours(resource), self.state.get(key).await?)
+                else {
+                    return Ok(None);
+                };
+                Ok((stored.meta.version == 1 && same(&ours, &stored)).then_some(stored))
+            }
+            (CommandOp::Update { version, resource }, StoreError::Conflict { key, .. }) => {
+                let (Some(ours), Some(stored)) = (ours(resource), self.state.get(key).await?)
+                else {
+                    return Ok(None);
+                };
+                Ok((stored.meta.version == version + 1 && same(&ours, &stored)).then_some(stored))
+            }
+            (CommandOp::Delete { .. }, StoreError::NotFound(_)) => Ok(before),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn describe_refusal(refusal: &ForwardRefusal) -> String {
+    match refusal {
+        ForwardRefusal::NotLeader {
+            leader_id,
+            leader_addr,
+        } => format!("not the leader (leader: {leader_id:?} at {leader_addr:?})"),
+        ForwardRefusal::Invalid { reason } | ForwardRefusal::Failed { reason } => reason.clone(),
     }
 }
 
@@ -358,12 +797,14 @@ impl ResourceStore for RaftStore {
     async fn create(&self, resource: Resource) -> Result<Resource, StoreError> {
         // Refused keys never reach the log.
         normalize_key(resource.key())?;
-        self.write(Command::create(&resource, Utc::now())).await
+        self.write(Command::create(&resource, Utc::now()), None)
+            .await
     }
 
     async fn update(&self, resource: Resource) -> Result<Resource, StoreError> {
         normalize_key(resource.key())?;
-        self.write(Command::update(&resource, Utc::now())).await
+        self.write(Command::update(&resource, Utc::now()), None)
+            .await
     }
 
     async fn delete(
@@ -372,7 +813,9 @@ impl ResourceStore for RaftStore {
         expected_version: Option<u64>,
     ) -> Result<Resource, StoreError> {
         normalize_key(key.clone())?;
-        self.write(Command::delete(key, expected_version, Utc::now()))
+        // What is deleted, should the answer to the delete be lost (see `settle`).
+        let before = self.state.get(key).await?;
+        self.write(Command::delete(key, expected_version, Utc::now()), before)
             .await
     }
 
