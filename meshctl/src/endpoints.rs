@@ -58,11 +58,41 @@ pub struct ZoneEndpoints {
     pub diagnostics: String,
 }
 
-/// `DIR/endpoints.json`: `{"global": {...}, "zones": {"zone-1": {...}, ...}}`.
+/// A demo process's addresses (`host:port`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoProcessEndpoints {
+    pub zone: String,
+    /// `ingress`, `egress`, `sidecar` or `app`.
+    pub role: String,
+    /// What it listens on: an ingress's or egress's port, a sidecar's inbound, an app's port.
+    pub listen: String,
+    /// A proxy's admin server (`/ready`, `/stats/prometheus`, `/config_dump`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// The frontend sidecar's outbound to backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<String>,
+}
+
+/// The demo `meshctl up` runs: a cross-zone request and every process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoEndpoints {
+    /// `http://127.0.0.1:PORT/`, through zone-1's frontend sidecar to backend.
+    pub request: String,
+    /// The zone whose backend answers it.
+    pub answered_by: String,
+    pub processes: BTreeMap<String, DemoProcessEndpoints>,
+}
+
+/// `DIR/endpoints.json`: `{"global": {...}, "zones": {"zone-1": {...}, ...}, "demo": {...}}`
+/// (`demo` unless `--no-demo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub global: GlobalEndpoints,
     pub zones: BTreeMap<String, ZoneEndpoints>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo: Option<DemoEndpoints>,
 }
 
 impl Endpoints {
@@ -111,6 +141,7 @@ mod tests {
                 },
             )]
             .into(),
+            demo: None,
         };
         let value: serde_json::Value = serde_json::from_str(&endpoints.to_json()).unwrap();
         assert_eq!(

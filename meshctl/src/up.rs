@@ -8,12 +8,18 @@
 //! own is reported and the others are stopped. Data lives under the data directory and survives
 //! restarts.
 //!
+//! Unless `--no-demo`, it then runs the demo ([`demo`]): per zone an ingress and an egress
+//! (`zone-proxy`), and demo services (`demo-app`) behind sidecars, every proxy registering itself
+//! with its zone CP; it prints the cross-zone request to try. On SIGTERM the demo processes stop
+//! first (so each proxy deregisters from a running zone CP), then the zones, then the global.
+//!
 //! Layout of the data directory:
 //! - `global/`, `zone-1/`, ...: each control plane's `--data-dir` (its admin token is
 //!   `admin-token` inside);
 //! - `logs/<name>.log`: each child's stdout and stderr, appended across runs;
 //! - `run/<name>.ready.json`, `run/<name>.pid`, `run/up.pid`: this run's bookkeeping;
-//! - `run/zone-K.token`: zone-K's token (mode 0600), issued again at each start;
+//! - `run/zone-K.token`: zone-K's token (mode 0600), issued again at each start; likewise
+//!   `run/<proxy>.token`, each demo proxy's dataplane token;
 //! - `endpoints.json` and `meshctl.yaml`: written once everything is ready, removed on shutdown
 //!   (`meshctl.yaml` is kept: the token stays valid across restarts).
 
@@ -33,6 +39,8 @@ use crate::fsutil::write_atomic;
 use crate::inspect::ZoneOverview;
 use crate::process::{self, Signal};
 
+pub mod demo;
+
 /// Arguments of `meshctl up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -51,6 +59,9 @@ pub struct UpArgs {
     /// Seconds each child gets to exit after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
+    /// Start only the control planes: no ingresses, egresses or demo services.
+    #[arg(long)]
+    pub no_demo: bool,
 }
 
 /// What a child process is.
@@ -58,6 +69,11 @@ pub struct UpArgs {
 pub enum Role {
     Global,
     Zone,
+    /// The demo's processes: a zone's ingress and egress, a service's sidecar, a demo service.
+    Ingress,
+    Egress,
+    Sidecar,
+    App,
 }
 
 impl Role {
@@ -65,6 +81,8 @@ impl Role {
         match self {
             Role::Global => "global-cp",
             Role::Zone => "zone-cp",
+            Role::Ingress | Role::Egress | Role::Sidecar => "zone-proxy",
+            Role::App => "demo-app",
         }
     }
 
@@ -72,7 +90,16 @@ impl Role {
         match self {
             Role::Global => "global",
             Role::Zone => "zone",
+            Role::Ingress => "ingress",
+            Role::Egress => "egress",
+            Role::Sidecar => "sidecar",
+            Role::App => "app",
         }
+    }
+
+    /// A control plane (stopped after the demo's processes).
+    pub fn is_control_plane(self) -> bool {
+        matches!(self, Role::Global | Role::Zone)
     }
 }
 
@@ -108,6 +135,11 @@ impl Layout {
         self.root.join("run").join(format!("{name}.token"))
     }
 
+    /// The dataplane token demo proxy `name` reads (`zone-proxy --token-file`).
+    pub fn proxy_token(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(format!("{name}.token"))
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("run").join("up.pid")
     }
@@ -137,6 +169,9 @@ pub struct ProcessSpec {
     pub ready_file: PathBuf,
     pub log_file: PathBuf,
     pub pid_file: PathBuf,
+    /// Ready when `GET` answers 2xx (processes without a ready file: the demo's); control planes
+    /// are probed through their ready file and diagnostics instead.
+    pub ready_url: Option<String>,
 }
 
 const LOOPBACK_ANY_PORT: &str = "127.0.0.1:0";
@@ -213,6 +248,8 @@ fn spec(
     match role {
         Role::Global => args.extend(["--kds-addr".into(), LOOPBACK_ANY_PORT.into()]),
         Role::Zone => args.extend(["--xds-addr".into(), LOOPBACK_ANY_PORT.into()]),
+        // The demo's processes get their ports from the demo plan.
+        _ => {}
     }
     args.extend(["--ready-file".into(), ready_file.clone().into_os_string()]);
     ProcessSpec {
@@ -224,6 +261,7 @@ fn spec(
         args,
         data_dir,
         ready_file,
+        ready_url: None,
     }
 }
 
@@ -334,11 +372,13 @@ pub fn endpoints_of(children: &[(&ProcessSpec, &ReadyFile)]) -> anyhow::Result<E
                     },
                 );
             }
+            _ => {}
         }
     }
     Ok(Endpoints {
         global: global.context("no global control plane was started")?,
         zones,
+        demo: None,
     })
 }
 
@@ -350,6 +390,7 @@ pub fn status_table(children: &[(&ProcessSpec, &ReadyFile, u32)]) -> String {
             let sync = match spec.role {
                 Role::Global => ready.kds.clone(),
                 Role::Zone => ready.xds.clone(),
+                _ => None,
             };
             vec![
                 spec.name.clone(),
@@ -557,6 +598,16 @@ impl Supervisor {
     /// the global) its admin token file. Returns what it is still waiting for.
     async fn probe(&mut self, i: usize, layout: &Layout) -> anyhow::Result<Option<String>> {
         let child = &mut self.children[i];
+        if let Some(url) = child.spec.ready_url.clone() {
+            return match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    self.children[i].healthy = true;
+                    Ok(None)
+                }
+                Ok(r) => Ok(Some(format!("GET {url} to succeed (last: {})", r.status()))),
+                Err(e) => Ok(Some(format!("GET {url} to succeed (last: {e})"))),
+            };
+        }
         if child.ready.is_none() {
             child.ready = ReadyFile::read(&child.spec.ready_file)?;
         }
@@ -743,13 +794,36 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops every running child: SIGTERM, up to `grace` to exit (cut short by another Ctrl-C or
-    /// SIGTERM), then SIGKILL. Returns one line per child that did not stop cleanly.
+    /// Stops every running child: the demo's processes first (each proxy deregisters from a
+    /// zone CP still running), then the control planes. Returns one line per child that did not
+    /// stop cleanly.
     async fn shutdown(&mut self, grace: Duration, signals: &mut StopSignals) -> Vec<String> {
         self.drain_exits();
+        let (planes, demo): (Vec<usize>, Vec<usize>) =
+            (0..self.children.len()).partition(|&i| self.children[i].spec.role.is_control_plane());
+        let mut problems = self.stop_group(&demo, grace, signals).await;
+        problems.extend(self.stop_group(&planes, grace, signals).await);
+        problems
+    }
+
+    /// Stops the running children of `group`: SIGTERM, up to `grace` to exit (cut short by
+    /// another Ctrl-C or SIGTERM), then SIGKILL.
+    async fn stop_group(
+        &mut self,
+        group: &[usize],
+        grace: Duration,
+        signals: &mut StopSignals,
+    ) -> Vec<String> {
+        self.drain_exits();
         let mut problems = Vec::new();
+        let running = |sup: &Supervisor| -> Vec<usize> {
+            sup.running()
+                .into_iter()
+                .filter(|i| group.contains(i))
+                .collect()
+        };
         // Zones first, the global last, so zones never see their global vanish first.
-        for i in self.running().into_iter().rev() {
+        for i in running(self).into_iter().rev() {
             if let Err(e) = process::send_signal(self.children[i].pid, Signal::Term) {
                 problems.push(format!(
                     "cannot send SIGTERM to {}: {e}",
@@ -757,13 +831,13 @@ impl Supervisor {
                 ));
             }
         }
-        let terminated = self.running();
+        let terminated = running(self);
         let hurried = tokio::select! {
-            _ = self.wait_exits(Instant::now() + grace) => None,
+            _ = self.wait_exits(group, Instant::now() + grace) => None,
             sig = signals.recv() => Some(sig),
         };
         let mut killed = Vec::new();
-        for i in self.running() {
+        for i in running(self) {
             let why = match hurried {
                 Some(sig) => format!("{sig} received again"),
                 None => format!("did not exit within {grace:?} of SIGTERM"),
@@ -772,9 +846,9 @@ impl Supervisor {
             let _ = process::send_signal(self.children[i].pid, Signal::Kill);
             killed.push(i);
         }
-        self.wait_exits(Instant::now() + Duration::from_secs(5))
+        self.wait_exits(group, Instant::now() + Duration::from_secs(5))
             .await;
-        for i in self.running() {
+        for i in running(self) {
             problems.push(format!(
                 "{} is still running after SIGKILL",
                 self.children[i].describe()
@@ -789,8 +863,9 @@ impl Supervisor {
         problems
     }
 
-    async fn wait_exits(&mut self, deadline: Instant) {
-        while !self.running().is_empty() {
+    /// Waits until every child of `group` has exited, or `deadline`.
+    async fn wait_exits(&mut self, group: &[usize], deadline: Instant) {
+        while self.running().iter().any(|i| group.contains(i)) {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -863,6 +938,8 @@ struct Plan<'a> {
     zones: u32,
     global_bin: &'a Path,
     zone_bin: &'a Path,
+    /// `zone-proxy` and `demo-app`, unless `--no-demo`.
+    demo_bins: Option<(PathBuf, PathBuf)>,
     ready_timeout: Duration,
     online_timeout: Duration,
 }
@@ -889,12 +966,12 @@ async fn issue_zone_token(global: &ApiClient, layout: &Layout, name: &str) -> an
 }
 
 /// Starts everything and waits until it is ready and every zone is online; returns the
-/// endpoints.
+/// endpoints, and the demo when one runs.
 async fn start_all(
     sup: &mut Supervisor,
     layout: &Layout,
     plan: Plan<'_>,
-) -> anyhow::Result<Endpoints> {
+) -> anyhow::Result<(Endpoints, Option<demo::DemoPlan>)> {
     // The global first: zones need its KDS address, its CA and a token it issued.
     sup.spawn(global_spec(layout, plan.global_bin))?;
     sup.wait_ready(&[0], layout, plan.ready_timeout).await?;
@@ -932,7 +1009,58 @@ async fn start_all(
         .iter()
         .filter_map(|c| c.ready.as_ref().map(|r| (&c.spec, r)))
         .collect();
-    endpoints_of(&ready)
+    let mut endpoints = endpoints_of(&ready)?;
+    let demo = match &plan.demo_bins {
+        Some(bins) if plan.zones > 0 => {
+            let demo = start_demo(sup, layout, &endpoints, &global_ready, bins, &plan).await?;
+            endpoints.demo = Some(demo.endpoints());
+            Some(demo)
+        }
+        _ => None,
+    };
+    Ok((endpoints, demo))
+}
+
+/// Prepares the default mesh, then starts the demo's proxies and services and waits until they
+/// are ready.
+async fn start_demo(
+    sup: &mut Supervisor,
+    layout: &Layout,
+    endpoints: &Endpoints,
+    global_ready: &ReadyFile,
+    (zone_proxy, demo_app): &(PathBuf, PathBuf),
+    plan: &Plan<'_>,
+) -> anyhow::Result<demo::DemoPlan> {
+    let global = global_client(layout, global_ready)?;
+    let mut zones = std::collections::BTreeMap::new();
+    for (name, zone) in &endpoints.zones {
+        let path = layout.admin_token(name);
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {name}'s admin token {}", path.display()))?;
+        zones.insert(
+            name.clone(),
+            ApiClient::new(&zone.api, Some(token.trim().to_owned()))?,
+        );
+    }
+    let ordered: Vec<(String, ApiClient)> = zone_names(plan.zones)
+        .into_iter()
+        .filter_map(|z| zones.get(&z).map(|api| (z, api.clone())))
+        .collect();
+    demo::prepare_mesh(&global, &ordered, plan.online_timeout).await?;
+    let xds = endpoints
+        .zones
+        .iter()
+        .map(|(name, z)| (name.clone(), z.xds.clone()))
+        .collect();
+    let demo = demo::plan(layout, &zone_names(plan.zones), &xds, demo::free_port)?;
+    demo::issue_tokens(layout, &demo, &zones).await?;
+    let first = sup.children.len();
+    for process in &demo.processes {
+        sup.spawn(demo::spec(layout, process, zone_proxy, demo_app))?;
+    }
+    let started: Vec<usize> = (first..sup.children.len()).collect();
+    sup.wait_ready(&started, layout, plan.ready_timeout).await?;
+    Ok(demo)
 }
 
 /// Runs `meshctl up` until it is stopped.
@@ -958,10 +1086,17 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         PathBuf::new()
     };
+    let demo_bins = if args.zones > 0 && !args.no_demo {
+        let find = |role: Role| locate_binary(role.binary(), own_exe.as_deref(), path.as_ref());
+        Some((find(Role::Sidecar)?, find(Role::App)?))
+    } else {
+        None
+    };
     let plan = Plan {
         zones: args.zones,
         global_bin: &global_bin,
         zone_bin: &zone_bin,
+        demo_bins,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         online_timeout: Duration::from_secs(args.online_timeout),
     };
@@ -977,8 +1112,8 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             Ok(None)
         }
     };
-    let endpoints = match started {
-        Ok(Some(endpoints)) => endpoints,
+    let (endpoints, demo) = match started {
+        Ok(Some(started)) => started,
         Ok(None) => {
             report(&sup.shutdown(grace, &mut signals).await);
             finish(&layout);
@@ -1000,7 +1135,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         finish(&layout);
         return Err(e);
     }
-    print_status(&sup, &layout);
+    print_status(&sup, &layout, demo.as_ref());
 
     let died = tokio::select! {
         sig = signals.recv() => {
@@ -1039,7 +1174,7 @@ fn write_outputs(layout: &Layout, endpoints: &Endpoints) -> anyhow::Result<()> {
     write_atomic(&layout.endpoints(), endpoints.to_json().as_bytes(), None)
 }
 
-fn print_status(sup: &Supervisor, layout: &Layout) {
+fn print_status(sup: &Supervisor, layout: &Layout, demo: Option<&demo::DemoPlan>) {
     let rows: Vec<(&ProcessSpec, &ReadyFile, u32)> = sup
         .children
         .iter()
@@ -1062,6 +1197,28 @@ fn print_status(sup: &Supervisor, layout: &Layout) {
         "  meshctl --config {} inspect zones",
         layout.config().display()
     );
+    if let Some(demo) = demo {
+        let rows: Vec<(&demo::DemoProcess, u32)> = demo
+            .processes
+            .iter()
+            .filter_map(|p| {
+                let child = sup.children.iter().find(|c| c.spec.name == p.name)?;
+                Some((p, child.pid))
+            })
+            .collect();
+        println!();
+        println!("{}", demo::status_table(&rows));
+        println!(
+            "The demo: an ingress and an egress per zone, frontend in zone-1 and backend in {} \
+             (each behind its sidecar), mTLS on the default mesh.",
+            demo.answered_by
+        );
+        println!(
+            "Send a request through zone-1's frontend sidecar, answered by backend in {}:",
+            demo.answered_by
+        );
+        println!("  curl {}", demo.request);
+    }
     println!("Press Ctrl-C to stop.");
 }
 

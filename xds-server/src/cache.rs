@@ -115,6 +115,13 @@ impl SnapshotCache {
         }
     }
 
+    /// Tells the source that resources of `meshes` (every mesh when `None`) were just written,
+    /// ahead of the store watch (see [`SnapshotSource::invalidate`]): a proxy subscribing next
+    /// sees them.
+    pub fn source_changed(&self, meshes: Option<&BTreeSet<String>>, mesh_list: bool) {
+        self.source.invalidate(meshes, mesh_list);
+    }
+
     /// `proxy`'s current snapshot, for inspection: the one published to it when it is connected,
     /// else built from the source now (what it would get if it connected). Publishes nothing.
     pub async fn snapshot_of(&self, proxy: &ProxyId) -> Result<Arc<Snapshot>, SourceError> {

@@ -4,7 +4,7 @@
 //! first real one, for sidecars, from the zone store). [`cache::SnapshotCache`] follows the store's
 //! ordered watch and pushes new snapshots to the proxies of the meshes a change touches, coalesced
 //! over a few milliseconds. Proxies identify as `<mesh>/<name>` (or `<mesh>.<name>`) and present
-//! a dataplane token ([`auth`]); ACKs, NACKs and connections are kept in [`status`]. gRPC's
+//! a dataplane token ([`auth`]), and may register their own resource ([`registration`]); ACKs, NACKs and connections are kept in [`status`]. gRPC's
 //! proxyless xDS clients are served too: [`proxyless`] holds their api_listener and the rules
 //! their configuration must follow.
 
@@ -15,6 +15,7 @@ pub mod generator;
 pub mod policy;
 pub mod proxyless;
 pub mod reachable;
+pub mod registration;
 pub mod routes;
 pub mod server;
 pub mod snapshot;

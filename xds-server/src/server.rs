@@ -4,7 +4,9 @@
 //! `authorization: Bearer` metadata carries its dataplane token (or, for clients that cannot set
 //! stream metadata such as gRPC's proxyless xDS client, the first request's node metadata field
 //! [`TOKEN_METADATA_FIELD`]), and the Dataplane must exist; otherwise the stream is refused with a
-//! status saying why. Admitted streams get their proxy's snapshot and every new one the
+//! status saying why. A proxy may instead define its resource in the first request's node
+//! metadata (see [`crate::registration`]): it is registered before the stream is admitted and
+//! deregistered when the proxy goes away. Admitted streams get their proxy's snapshot and every new one the
 //! [`SnapshotCache`] publishes; responses carry a nonce, and the next request with that nonce is
 //! an ACK, or a NACK when it has `error_detail` (logged and recorded in [`ProxyStatusRegistry`]).
 //!
@@ -29,8 +31,9 @@ use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{DataplaneAuthenticator, ProxyId};
+use crate::auth::{DataplaneAuthenticator, ProxyId, ProxyKind};
 use crate::cache::SnapshotCache;
+use crate::registration::{self, Registrar, Registration};
 use crate::snapshot::{wildcard_capable, Snapshot, SourceError, Subscription};
 use crate::status::{Nack, ProxyStatusRegistry, StatusHandle};
 
@@ -68,7 +71,13 @@ pub struct XdsServer {
     cache: Arc<SnapshotCache>,
     auth: DataplaneAuthenticator,
     status: ProxyStatusRegistry,
+    /// Accepts self-registering proxies when set (the zone CP sets it; without it a definition
+    /// in the node metadata is refused).
+    registrar: Option<Registrar>,
 }
+
+/// A stream's registration and who undoes it.
+type Registered = Option<(Registrar, Registration)>;
 
 impl XdsServer {
     pub fn new(cache: Arc<SnapshotCache>, auth: DataplaneAuthenticator) -> Self {
@@ -76,7 +85,14 @@ impl XdsServer {
             cache,
             auth,
             status: ProxyStatusRegistry::default(),
+            registrar: None,
         }
+    }
+
+    /// Lets proxies register their own resource in `store` (see [`crate::registration`]).
+    pub fn with_registration(mut self, store: Arc<dyn mesh_store::ResourceStore>) -> Self {
+        self.registrar = Some(Registrar::new(store));
+        self
     }
 
     /// The per-proxy status registry.
@@ -128,13 +144,22 @@ impl XdsServer {
         }
     }
 
-    /// Checks the first request's node id, the token (stream metadata, else node metadata) and the
-    /// Dataplane; subscribes the proxy.
+    /// Checks the first request's node id, the token (stream metadata, else node metadata),
+    /// registers the resource the node metadata defines, if any, and checks the resource exists;
+    /// subscribes the proxy.
     async fn admit(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         node: Option<&Node>,
-    ) -> Result<(ProxyId, watch::Receiver<Arc<Snapshot>>, StatusHandle), tonic::Status> {
+    ) -> Result<
+        (
+            ProxyId,
+            watch::Receiver<Arc<Snapshot>>,
+            StatusHandle,
+            Registered,
+        ),
+        tonic::Status,
+    > {
         let node_id = node.map(|n| n.id.as_str());
         let node_id = node_id.filter(|id| !id.is_empty()).ok_or_else(|| {
             tonic::Status::invalid_argument("the first request must carry node.id")
@@ -149,13 +174,64 @@ impl XdsServer {
             tracing::warn!(%proxy, reason = %status.message(), "xDS stream refused");
             return Err(status);
         }
-        let snapshots = self.cache.subscribe(&proxy).await.map_err(|e| match e {
-            SourceError::UnknownDataplane(_) => tonic::Status::permission_denied(e.to_string()),
-            SourceError::Store(_) => tonic::Status::unavailable("configuration unavailable"),
-        })?;
+        let registered = self.register(node, &proxy).await?;
+        let snapshots = match self.cache.subscribe(&proxy).await {
+            Ok(snapshots) => snapshots,
+            Err(e) => {
+                if let Some((registrar, registration)) = registered {
+                    registrar.deregister(registration).await;
+                }
+                return Err(match e {
+                    SourceError::UnknownDataplane(_) => {
+                        tonic::Status::permission_denied(e.to_string())
+                    }
+                    SourceError::Store(_) => {
+                        tonic::Status::unavailable("configuration unavailable")
+                    }
+                });
+            }
+        };
         let status = self.status.connected(&proxy);
-        tracing::info!(%proxy, "xDS stream admitted");
-        Ok((proxy, snapshots, status))
+        tracing::info!(%proxy, registered = registered.is_some(), "xDS stream admitted");
+        Ok((proxy, snapshots, status, registered))
+    }
+
+    /// Registers the resource `node`'s metadata defines, when it defines one.
+    async fn register(
+        &self,
+        node: Option<&Node>,
+        proxy: &ProxyId,
+    ) -> Result<Registered, tonic::Status> {
+        let refused = |e: registration::RegistrationError| {
+            let status = tonic::Status::from(e);
+            tracing::warn!(%proxy, reason = %status.message(), "xDS registration refused");
+            status
+        };
+        let Some(resource) = registration::definition(node, proxy).map_err(refused)? else {
+            return Ok(None);
+        };
+        let Some(registrar) = &self.registrar else {
+            return Err(tonic::Status::failed_precondition(format!(
+                "this xDS server does not accept registrations: create {proxy}'s resource \
+                 through the API instead of sending node.metadata[{:?}]",
+                registration::RESOURCE_METADATA_FIELD
+            )));
+        };
+        let registration = registrar.register(proxy, resource).await.map_err(refused)?;
+        if registration.wrote {
+            // The store watch tells the cache too, but maybe only after this stream subscribes:
+            // its shared views must not answer from before the write.
+            match proxy.kind {
+                ProxyKind::Dataplane => {
+                    let mesh = BTreeSet::from([proxy.mesh.clone()]);
+                    self.cache.source_changed(Some(&mesh), false);
+                }
+                ProxyKind::ZoneIngress | ProxyKind::ZoneEgress => {
+                    self.cache.source_changed(None, false)
+                }
+            }
+        }
+        Ok(Some((registrar.clone(), registration)))
     }
 }
 
@@ -308,6 +384,7 @@ async fn run_sotw(
     mut requests: tonic::Streaming<DiscoveryRequest>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     status: StatusHandle,
+    registered: Registered,
     out: mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>,
 ) {
     let mut types: HashMap<String, SotwType> = HashMap::new();
@@ -376,6 +453,9 @@ async fn run_sotw(
     }
     status.disconnected();
     tracing::info!(%proxy, "xDS stream closed");
+    if let Some((registrar, registration)) = registered {
+        registrar.deregister(registration).await;
+    }
 }
 
 async fn run_delta(
@@ -384,6 +464,7 @@ async fn run_delta(
     mut requests: tonic::Streaming<DeltaDiscoveryRequest>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     status: StatusHandle,
+    registered: Registered,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
 ) {
     let mut types: HashMap<String, DeltaType> = HashMap::new();
@@ -474,6 +555,9 @@ async fn run_delta(
     }
     status.disconnected();
     tracing::info!(%proxy, "xDS delta stream closed");
+    if let Some((registrar, registration)) = registered {
+        registrar.deregister(registration).await;
+    }
 }
 
 async fn first_request<T>(requests: &mut tonic::Streaming<T>) -> Result<T, tonic::Status> {
@@ -500,9 +584,11 @@ impl AggregatedDiscoveryService for XdsServer {
         let (metadata, _, mut requests) = request.into_parts();
         let first = first_request(&mut requests).await?;
         let node = first.node.as_ref();
-        let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
+        let (proxy, snapshots, status, registered) = self.admit(&metadata, node).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_sotw(proxy, first, requests, snapshots, status, tx));
+        tokio::spawn(run_sotw(
+            proxy, first, requests, snapshots, status, registered, tx,
+        ));
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 
@@ -513,19 +599,29 @@ impl AggregatedDiscoveryService for XdsServer {
         let (metadata, _, mut requests) = request.into_parts();
         let first = first_request(&mut requests).await?;
         let node = first.node.as_ref();
-        let (proxy, snapshots, status) = self.admit(&metadata, node).await?;
+        let (proxy, snapshots, status, registered) = self.admit(&metadata, node).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_delta(proxy, first, requests, snapshots, status, tx));
+        tokio::spawn(run_delta(
+            proxy, first, requests, snapshots, status, registered, tx,
+        ));
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// Serves ADS on a bound listener until `shutdown` completes.
+/// Serves ADS on a bound listener until `shutdown` completes. From then on, streams that end
+/// keep their registered resources (the proxies did not leave; the zone CP is stopping).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: XdsServer,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let registrar = server.registrar.clone();
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(registrar) = registrar {
+            registrar.shutting_down();
+        }
+    };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -199,7 +199,8 @@ pub async fn run(
         xds_server::generator::Generator::new(server.store.clone(), Some(config.zone.clone())),
     )));
     let snapshots = tokio::spawn(cache.clone().run(server.store.clone(), stop_rx.clone()));
-    let ads = xds_server::XdsServer::new(cache.clone(), dataplane_auth.clone());
+    let ads = xds_server::XdsServer::new(cache.clone(), dataplane_auth.clone())
+        .with_registration(server.store.clone());
     let inspect_api = inspect::router(inspect::InspectApi {
         store: server.store.clone(),
         snapshots: cache,

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod downstream;
 pub mod http;
 pub mod matcher;
+pub mod registration;
 pub mod run;
 pub mod runtime;
 pub mod stats;

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, StatsSource};
 use crate::config::ProxyConfig;
-use crate::xds::client::{AdsClient, ClientOptions, Publisher, Subscriptions};
+use crate::registration::{DefinitionArgs, DefinitionError};
+use crate::xds::client::{AdsClient, ClientOptions, Publisher, Refused, Subscriptions};
 use crate::xds::static_file::{self, StaticError};
 
 /// Where the configuration comes from.
@@ -30,6 +31,8 @@ pub enum RunError {
     Static(#[from] StaticError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("data path: {0}")]
     DataPath(String),
 }
@@ -85,10 +88,7 @@ where
         ConfigSource::Ads(options) => {
             let client = AdsClient::new(options, publisher);
             let stop = shutdown_of(&stop_rx);
-            tasks.spawn(async move {
-                client.run(stop).await;
-                Ok(())
-            });
+            tasks.spawn(async move { client.run(stop).await.map_err(RunError::from) });
         }
     }
     let state = AdminState { accepted, stats };
@@ -157,11 +157,12 @@ pub struct RunArgs {
     /// File holding the dataplane token the zone CP issued (`POST /tokens/dataplane`).
     #[arg(long, env = "MERIDIAN_DATAPLANE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// The Dataplane (sidecar), ZoneIngress or ZoneEgress name.
+    /// The Dataplane (sidecar), ZoneIngress or ZoneEgress name (with --dataplane-file, the
+    /// file's).
     #[arg(
         long,
         env = "MERIDIAN_PROXY_NAME",
-        required_unless_present = "static_file"
+        required_unless_present_any = ["static_file", "dataplane_file"]
     )]
     pub name: Option<String>,
     /// The sidecar's mesh.
@@ -174,19 +175,35 @@ pub struct RunArgs {
     /// private keys filled in) instead of the zone CP.
     #[arg(long = "static", env = "MERIDIAN_STATIC_CONFIG")]
     pub static_file: Option<PathBuf>,
+    /// The resource the proxy registers with the zone CP (without it, it must exist there).
+    #[command(flatten)]
+    pub definition: DefinitionArgs,
 }
 
 impl RunArgs {
-    /// The configuration source these flags describe.
-    pub fn source(&self) -> ConfigSource {
+    /// The configuration source these flags describe; the proxy's definition, if they give one,
+    /// is read and validated now, before anything connects.
+    pub fn source(&self) -> Result<ConfigSource, DefinitionError> {
         if let Some(path) = &self.static_file {
-            return ConfigSource::Static(path.clone());
+            return Ok(ConfigSource::Static(path.clone()));
         }
-        // clap requires both unless --static is given.
+        // clap requires --cp, and --name unless a file names the proxy.
         let server = self.cp.clone().unwrap_or_default();
-        let name = self.name.clone().unwrap_or_default();
-        let mut options = ClientOptions::new(server, self.mode.node_id(&self.mesh, &name));
+        let definition = crate::registration::definition(
+            self.mode,
+            self.name.as_deref(),
+            &self.mesh,
+            &self.definition,
+        )?;
+        let node_id = match &definition {
+            Some(d) => self.mode.node_id(d.mesh(), d.name()),
+            None => self
+                .mode
+                .node_id(&self.mesh, self.name.as_deref().unwrap_or_default()),
+        };
+        let mut options = ClientOptions::new(server, node_id);
         options.token_file = self.token_file.clone();
-        ConfigSource::Ads(options)
+        options.definition = definition.map(|d| d.json);
+        Ok(ConfigSource::Ads(options))
     }
 }

@@ -48,14 +48,28 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// Starts `meshctl up --zones N --data-dir DIR` and waits for DIR/endpoints.json.
+    /// Starts `meshctl up --zones N --data-dir DIR --no-demo` (the control planes only) and
+    /// waits for DIR/endpoints.json.
     pub fn start(meshctl: &Path, dir: &Path, zones: u32, env: &[(&str, &str)]) -> Federation {
+        Federation::start_with(meshctl, dir, zones, env, &["--no-demo"])
+    }
+
+    /// Starts `meshctl up --zones N --data-dir DIR` with `extra` arguments and waits for
+    /// DIR/endpoints.json.
+    pub fn start_with(
+        meshctl: &Path,
+        dir: &Path,
+        zones: u32,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Federation {
         let up_log = dir.with_extension(format!("up-{}.log", unique()));
         let log = std::fs::File::create(&up_log).expect("create up log");
         let mut command = Command::new(meshctl);
         command
             .args(["up", "--zones", &zones.to_string(), "--data-dir"])
             .arg(dir)
+            .args(extra)
             .env_remove("MESHCTL_API_URL")
             .env_remove("MESHCTL_TOKEN")
             .env_remove("MESHCTL_CONFIG")

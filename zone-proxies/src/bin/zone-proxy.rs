@@ -17,11 +17,13 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let Command::Run(args) = Command::parse();
     init_tracing();
+    // A definition that cannot register fails here, before anything listens or connects.
+    let source = args.source()?;
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("--admin {}: cannot listen", args.admin))?;
     tracing::info!(admin = %admin.local_addr()?, mode = ?args.mode, "zone proxy starting");
-    run_proxy(args.source(), admin, shutdown_signal()).await?;
+    run_proxy(source, admin, shutdown_signal()).await?;
     Ok(())
 }
 

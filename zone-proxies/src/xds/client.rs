@@ -1,9 +1,14 @@
 //! The ADS client (state of the world, one gRPC stream for every type), behaving as Envoy does
 //! towards our zone CP:
 //!
-//! - the first request carries the node id (`<mesh>/<name>`, `ingress:<name>`, `egress:<name>`)
-//!   and the dataplane token as `authorization: Bearer` metadata (re-read from its file on every
-//!   connect, so a rotated token is picked up);
+//! - the first request carries the node id (`<mesh>/<name>`, `ingress:<name>`, `egress:<name>`),
+//!   the proxy's own resource when it registers itself (node metadata
+//!   [`crate::registration::RESOURCE_METADATA_FIELD`]), and the dataplane token as
+//!   `authorization: Bearer` metadata (re-read from its file on every connect, so a rotated token
+//!   is picked up);
+//! - a stream refused as INVALID_ARGUMENT (a definition the zone CP rejects) before any
+//!   configuration arrived ends [`AdsClient::run`] with the zone CP's message: retrying cannot
+//!   help; later, the configuration in use stays and the client retries as for any other end;
 //! - CDS and LDS are subscribed by wildcard; EDS, RDS and SDS by the names the accepted clusters
 //!   and listeners refer to, re-stated whenever those change;
 //! - a response is translated as a whole ([`Resources::replace`]): all of it is ACKed, or it is
@@ -29,6 +34,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use rand::Rng as _;
 use tokio::sync::{mpsc, watch};
@@ -50,6 +57,8 @@ pub struct ClientOptions {
     pub node_id: String,
     /// The file holding the dataplane token, if the zone CP requires one.
     pub token_file: Option<PathBuf>,
+    /// The proxy's resource as JSON, sent for the zone CP to register (`None`: it exists there).
+    pub definition: Option<String>,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max`, each delay jittered
     /// to between half and all of it.
     pub backoff_base: Duration,
@@ -64,6 +73,7 @@ impl ClientOptions {
             server: server.into(),
             node_id: node_id.into(),
             token_file: None,
+            definition: None,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
@@ -94,6 +104,14 @@ enum StreamError {
     Failed(tonic::Status),
     #[error("the zone CP closed the stream")]
     Closed,
+}
+
+/// The zone CP refused the proxy's definition before any configuration arrived.
+#[derive(Debug, thiserror::Error)]
+#[error("the zone CP {server} refused this proxy: {message}")]
+pub struct Refused {
+    pub server: String,
+    pub message: String,
 }
 
 /// What one type URL stands at on the current stream.
@@ -181,18 +199,29 @@ impl AdsClient {
     }
 
     /// Keeps the configuration current until `shutdown` completes: connects, follows the stream,
-    /// and reconnects with backoff whenever it ends.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// and reconnects with backoff whenever it ends. Fails only when the zone CP refuses the
+    /// proxy's definition before any configuration arrived.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Refused> {
         tokio::pin!(shutdown);
         let mut attempt: u32 = 0;
+        let mut configured = false;
         loop {
             let outcome = tokio::select! {
                 outcome = self.stream() => outcome,
-                () = &mut shutdown => return,
+                () = &mut shutdown => return Ok(()),
             };
             let (error, answered) = outcome;
+            configured |= answered;
             if answered {
                 attempt = 0;
+            }
+            if let StreamError::Refused(status) = &error {
+                if status.code() == tonic::Code::InvalidArgument && !configured {
+                    return Err(Refused {
+                        server: self.options.server.clone(),
+                        message: status.message().to_owned(),
+                    });
+                }
             }
             let delay = self.backoff(attempt);
             attempt = attempt.saturating_add(1);
@@ -204,7 +233,7 @@ impl AdsClient {
             );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = &mut shutdown => return,
+                () = &mut shutdown => return Ok(()),
             }
         }
     }
@@ -304,6 +333,16 @@ impl AdsClient {
         let node = first.then(|| Node {
             id: self.options.node_id.clone(),
             user_agent_name: "meridian-zone-proxy".to_owned(),
+            metadata: self.options.definition.as_ref().map(|json| Struct {
+                fields: [(
+                    crate::registration::RESOURCE_METADATA_FIELD.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(json.clone())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }),
             ..Node::default()
         });
         let request = DiscoveryRequest {
