@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod endpoints;
 mod fsutil;
+pub mod generate;
 pub mod inspect;
 pub mod output;
 pub mod process;
@@ -84,6 +85,10 @@ pub enum GenerateCommand {
     /// Issue the token a proxy presents on its ADS stream to a zone control plane (point
     /// `--api-url` at the zone CP); printed alone on standard output. Needs the admin token.
     DataplaneToken(DataplaneTokenArgs),
+    /// Write a docker-compose project for a federation (global, N zones, ingresses, egresses and
+    /// the demo), with its tokens and TLS material under `DIR/secrets` (runs the federation once
+    /// locally to make them).
+    Compose(generate::ComposeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,6 +250,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             println!("{token}");
         }
+        Command::Generate(GenerateCommand::Compose(args)) => generate::run(args).await?,
         Command::Inspect(InspectCommand::Zones(args)) => {
             inspect_zones(&client(&cli)?, args).await?
         }
