@@ -64,7 +64,7 @@ log "generating $zones zone(s) in $dir"
 
 log "docker-compose up -d"
 t_up=$(now)
-dc up -d >/dev/null 2>&1
+dc up -d >"$dir/up.log" 2>&1 || { cat "$dir/up.log" >&2; exit 1; }
 up_returned=$(since "$t_up")
 log "up -d returned after ${up_returned}s"
 

@@ -79,7 +79,7 @@ const CA_CERT_SECRET: &str = "default.ca-builtin-cert-ca-1";
 const TOKEN_VALIDITY: &str = "87600h";
 
 /// The fixed subnets: `10.231.0.0/24` control, `10.231.1.0/24` interzone, `10.231.(10+K).0/24`
-/// zone-K.
+/// zone-K. Fixed addresses are below .128; Docker assigns the others from .128 up.
 pub struct Subnets;
 
 impl Subnets {
@@ -166,12 +166,15 @@ fn healthy(service: &str) -> Value {
 pub fn compose_yaml(zones: u32, tag: &str) -> String {
     let mut services = Mapping::new();
     let mut networks = Mapping::new();
+    // Docker hands out addresses from the upper half only (`ip_range`), so the fixed addresses
+    // of the lower half never collide with a container's dynamic one.
     let net = |subnet: String| {
+        let upper = format!("{}.128/25", subnet.rsplit_once('.').expect("a.b.c.0/24").0);
         map([(
             "ipam",
             map([(
                 "config",
-                Value::Sequence(vec![map([("subnet", s(subnet))])]),
+                Value::Sequence(vec![map([("subnet", s(subnet)), ("ip_range", s(upper))])]),
             )]),
         )])
     };
@@ -700,6 +703,14 @@ mod tests {
         assert_eq!(
             d["services"]["zone-2-ingress"]["networks"]["interzone"]["ipv4_address"],
             s("10.231.1.12")
+        );
+        // Dynamic addresses come from the upper half only, away from the fixed ones.
+        let ipam = &d["networks"]["interzone"]["ipam"]["config"][0];
+        assert_eq!(ipam["subnet"], s("10.231.1.0/24"));
+        assert_eq!(ipam["ip_range"], s("10.231.1.128/25"));
+        assert_eq!(
+            d["networks"]["zone-2"]["ipam"]["config"][0]["ip_range"],
+            s("10.231.12.128/25")
         );
         let egress = args("zone-1-egress");
         assert_eq!(after(&egress, "--address"), "10.231.11.4");
