@@ -78,6 +78,10 @@ const CA_CERT_SECRET: &str = "default.ca-builtin-cert-ca-1";
 /// Tokens are valid for ten years: the project is a test bed, regenerate it to rotate.
 const TOKEN_VALIDITY: &str = "87600h";
 
+/// How long a proxy gets to drain after SIGTERM before Docker kills it: more than zone-proxy's
+/// 25 s drain timeout (Docker's default, 10 s, would cut the drain short).
+pub const PROXY_STOP_GRACE: &str = "30s";
+
 /// The fixed subnets: `10.231.0.0/24` control, `10.231.1.0/24` interzone, `10.231.(10+K).0/24`
 /// zone-K. Fixed addresses are below .128; Docker assigns the others from .128 up.
 pub struct Subnets;
@@ -294,6 +298,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                     ]),
                 ),
                 ("depends_on", healthy(&cp)),
+                ("stop_grace_period", s(PROXY_STOP_GRACE)),
             ]),
         );
 
@@ -324,6 +329,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                     ]),
                 ),
                 ("depends_on", healthy(&cp)),
+                ("stop_grace_period", s(PROXY_STOP_GRACE)),
             ]),
         );
 
@@ -358,6 +364,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                         map([(zone.as_str(), map([("ipv4_address", s(address))]))]),
                     ),
                     ("depends_on", healthy(&cp)),
+                    ("stop_grace_period", s(PROXY_STOP_GRACE)),
                 ]),
             );
             // The app shares its sidecar's network namespace: the sidecar's inbound forwards to
@@ -724,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn every_proxy_has_a_token_and_one_zone_holds_both_services() {
+    fn every_proxy_has_a_token_a_drain_grace_and_one_zone_holds_both_services() {
         let names: Vec<String> = proxies(1).into_iter().map(|(_, n, _)| n).collect();
         assert_eq!(
             names,
@@ -743,6 +750,10 @@ mod tests {
                 s(format!(
                     "./secrets/tokens/{name}.token:/etc/meridian/token:ro"
                 ))
+            );
+            assert_eq!(
+                d["services"][name.as_str()]["stop_grace_period"],
+                s(PROXY_STOP_GRACE)
             );
         }
     }
