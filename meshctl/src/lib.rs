@@ -2,7 +2,8 @@
 //! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`, `generate zone-token`,
 //! `generate dataplane-token` (against a zone CP),
 //! `inspect zones`, `inspect dataplane` (against a zone CP)), plus `meshctl up`, which runs a whole local federation (one global, N zones
-//! connected to it over KDS) as child processes. `main.rs` only parses the command line and calls
+//! connected to it over KDS) as child processes. `generate compose` writes a docker-compose federation
+//! ([`generate`]). `main.rs` only parses the command line and calls
 //! [`run`].
 
 pub mod apply;
