@@ -29,6 +29,11 @@ else
     compose=(docker compose)
 fi
 
+if [[ $zones -lt 2 ]]; then
+    echo "smoke: ZONES must be at least 2 (the request must cross zones)" >&2
+    exit 2
+fi
+
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 log() { printf '[smoke %6.1fs] %s\n' "$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')" "$*"; }
