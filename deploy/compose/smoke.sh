@@ -48,15 +48,18 @@ log "images built in $(since "$t_build")s"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/meridian-smoke.XXXXXX")
 project="meridian-smoke-$$"
 dc() { (cd "$dir" && "${compose[@]}" -p "$project" "$@"); }
+# The script's own stdout and stderr: a signal can run the traps while a command's output is
+# redirected (`dc up -d >up.log`), and the cleanup's messages must not go there.
+exec 3>&1 4>&2
 cleanup() {
     local rc=$?
     if [[ -n "${KEEP:-}" ]]; then
-        echo "KEEP: project $project left up in $dir"
+        echo "KEEP: project $project left up in $dir" >&3
         return
     fi
     if [[ $rc -ne 0 ]]; then
-        echo "--- smoke failed (exit $rc); last logs:" >&2
-        dc logs --tail 15 >&2 2>/dev/null || true
+        echo "--- smoke failed (exit $rc); last logs:" >&4
+        dc logs --tail 15 >&4 2>/dev/null || true
     fi
     dc down -v --remove-orphans >/dev/null 2>&1 || true
     rm -rf "$dir"
