@@ -2,7 +2,8 @@
 //! `global-cp` and `zone-cp` (`apply`, `get`, `delete`, `version`, `generate zone-token`,
 //! `generate dataplane-token` (against a zone CP),
 //! `inspect zones`, `inspect dataplane` (against a zone CP)), plus `meshctl up`, which runs a whole local federation (one global, N zones
-//! connected to it over KDS) as child processes. `main.rs` only parses the command line and calls
+//! connected to it over KDS) as child processes. `generate compose` writes a docker-compose federation
+//! ([`generate`]). `main.rs` only parses the command line and calls
 //! [`run`].
 
 pub mod apply;
@@ -10,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod endpoints;
 mod fsutil;
+pub mod generate;
 pub mod inspect;
 pub mod output;
 pub mod process;
@@ -84,6 +86,10 @@ pub enum GenerateCommand {
     /// Issue the token a proxy presents on its ADS stream to a zone control plane (point
     /// `--api-url` at the zone CP); printed alone on standard output. Needs the admin token.
     DataplaneToken(DataplaneTokenArgs),
+    /// Write a docker-compose project for a federation (global, N zones, ingresses, egresses and
+    /// the demo), with its tokens and TLS material under `DIR/secrets` (runs the federation once
+    /// locally to make them).
+    Compose(generate::ComposeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,6 +251,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             println!("{token}");
         }
+        Command::Generate(GenerateCommand::Compose(args)) => generate::run(args).await?,
         Command::Inspect(InspectCommand::Zones(args)) => {
             inspect_zones(&client(&cli)?, args).await?
         }

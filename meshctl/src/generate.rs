@@ -1,0 +1,775 @@
+//! `meshctl generate compose`: a docker-compose project for a federation (issue [6]): one global,
+//! N zones, each zone with its control plane, a zone ingress and a zone egress, and the demo
+//! (`frontend` in zone-1, `backend` in every other zone, each `demo-app` behind its sidecar).
+//!
+//! Networks: `control` carries control-plane traffic (zones to the global's KDS); `zone-K` is
+//! zone-K's own network (its CP, proxies and apps); `interzone` is joined only by the ingresses
+//! and egresses, so cross-zone traffic leaves through a zone's egress (the mesh has
+//! `routing.zoneEgress`) and enters through the other zone's ingress. Proxies register themselves
+//! with their zone CP from flags; their addresses are fixed (a resource names an IP), so every
+//! network has a fixed subnet ([`Subnets`]).
+//!
+//! Secrets (unless `--no-secrets`) are made at generation time under `DIR/secrets/`, which the
+//! written `.gitignore` keeps out of version control: `meshctl up --no-demo` runs the federation
+//! once on loopback (with `global` among the KDS certificate's names), the default mesh gets
+//! builtin mTLS, `routing.zoneEgress` and an allow-all MeshTrafficPermission, every zone gets its
+//! zone token and every proxy its dataplane token; then it stops. The containers then run on those
+//! data directories (bind mounts): same admin tokens, KDS CA, signing keys and mesh CA.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_yaml::{Mapping, Value};
+
+use crate::client::ApiClient;
+use crate::config::Settings;
+use crate::endpoints::Endpoints;
+use crate::fsutil::write_atomic;
+use crate::process::{self, Signal};
+
+/// Arguments of `meshctl generate compose`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ComposeArgs {
+    /// Number of zones (zone-1 .. zone-N).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub zones: u32,
+    /// Nodes of the global control plane (only 1 for now: the Raft-replicated global is not
+    /// wired into global-cp on this branch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1))]
+    pub global_nodes: u32,
+    /// The directory to write (docker-compose.yaml, .env, .gitignore, secrets/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tag of the meridian/* images (as deploy/build-images.sh built them).
+    #[arg(long, default_value = "latest")]
+    pub image_tag: String,
+    /// Write only the project files, no secrets (for the checked-in example).
+    #[arg(long)]
+    pub no_secrets: bool,
+    /// Seconds the bootstrap federation gets to come up.
+    #[arg(long, default_value_t = 120)]
+    pub bootstrap_timeout: u64,
+}
+
+/// The user the images run as (deploy/docker/Dockerfile.in).
+pub const IMAGE_UID: u32 = 10001;
+
+/// Ports inside the containers.
+pub const KDS_PORT: u16 = 5685;
+pub const API_PORT: u16 = 5681;
+pub const XDS_PORT: u16 = 5678;
+pub const INGRESS_PORT: u16 = 10001;
+pub const EGRESS_PORT: u16 = 10002;
+pub const INBOUND_PORT: u16 = 20001;
+pub const APP_PORT: u16 = 8080;
+/// frontend's outbound to backend, on the loopback of frontend's network namespace.
+pub const OUTBOUND_PORT: u16 = 10080;
+
+/// The mesh the demo runs in, its mTLS, cross-zone traffic through the egresses, and a permission
+/// letting every service call every other.
+const MESH_YAML: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\nrouting:\n  zoneEgress: true\n---\ntype: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Allow\n";
+
+/// The mesh CA's certificate Secret: the global has made the CA once it exists.
+const CA_CERT_SECRET: &str = "default.ca-builtin-cert-ca-1";
+
+/// Tokens are valid for ten years: the project is a test bed, regenerate it to rotate.
+const TOKEN_VALIDITY: &str = "87600h";
+
+/// How long a proxy gets to drain after SIGTERM before Docker kills it: more than zone-proxy's
+/// 25 s drain timeout (Docker's default, 10 s, would cut the drain short).
+pub const PROXY_STOP_GRACE: &str = "30s";
+
+/// The fixed subnets: `10.231.0.0/24` control, `10.231.1.0/24` interzone, `10.231.(10+K).0/24`
+/// zone-K. Fixed addresses are below .128; Docker assigns the others from .128 up.
+pub struct Subnets;
+
+impl Subnets {
+    pub const CONTROL: &'static str = "10.231.0.0/24";
+    pub const INTERZONE: &'static str = "10.231.1.0/24";
+
+    pub fn zone(k: u32) -> String {
+        format!("10.231.{}.0/24", 10 + k)
+    }
+
+    /// Host `host` of zone-K's subnet.
+    pub fn zone_ip(k: u32, host: u8) -> String {
+        format!("10.231.{}.{host}", 10 + k)
+    }
+
+    /// Zone-K's ingress on the interzone network.
+    pub fn ingress_ip(k: u32) -> String {
+        format!("10.231.1.{}", 10 + k)
+    }
+}
+
+/// A zone's name.
+pub fn zone_name(k: u32) -> String {
+    format!("zone-{k}")
+}
+
+/// The services of zone `k` the demo puts there: frontend in zone-1, backend elsewhere (both in
+/// zone-1 when it is the only zone).
+pub fn demo_services(k: u32, zones: u32) -> Vec<&'static str> {
+    let mut services = Vec::new();
+    if k == 1 {
+        services.push("frontend");
+    }
+    if k >= 2 || zones == 1 {
+        services.push("backend");
+    }
+    services
+}
+
+/// Every proxy of the project: (zone index, name, token type).
+pub fn proxies(zones: u32) -> Vec<(u32, String, &'static str)> {
+    let mut out = Vec::new();
+    for k in 1..=zones {
+        let zone = zone_name(k);
+        out.push((k, format!("{zone}-ingress"), "ingress"));
+        out.push((k, format!("{zone}-egress"), "egress"));
+        for service in demo_services(k, zones) {
+            out.push((k, format!("{service}-{zone}"), "dataplane"));
+        }
+    }
+    out
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+fn list<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Value {
+    Value::Sequence(items.into_iter().map(|i| s(i)).collect())
+}
+
+fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    let mut m = Mapping::new();
+    for (k, v) in entries {
+        m.insert(s(k), v);
+    }
+    Value::Mapping(m)
+}
+
+fn image(tag: &str, bin: &str) -> Value {
+    s(format!("meridian/{bin}:{tag}"))
+}
+
+/// The user the services run as: the owner of `secrets/`, from `.env` (see [`write_project`]).
+fn user() -> Value {
+    s("${MERIDIAN_UID:-10001}:${MERIDIAN_GID:-10001}")
+}
+
+fn healthy(service: &str) -> Value {
+    map([(service, map([("condition", s("service_healthy"))]))])
+}
+
+/// `docker-compose.yaml` for `zones` zones and images tagged `tag`.
+pub fn compose_yaml(zones: u32, tag: &str) -> String {
+    let mut services = Mapping::new();
+    let mut networks = Mapping::new();
+    // Docker hands out addresses from the upper half only (`ip_range`), so the fixed addresses
+    // of the lower half never collide with a container's dynamic one.
+    let net = |subnet: String| {
+        let upper = format!("{}.128/25", subnet.rsplit_once('.').expect("a.b.c.0/24").0);
+        map([(
+            "ipam",
+            map([(
+                "config",
+                Value::Sequence(vec![map([("subnet", s(subnet)), ("ip_range", s(upper))])]),
+            )]),
+        )])
+    };
+    networks.insert(s("control"), net(Subnets::CONTROL.to_owned()));
+    networks.insert(s("interzone"), net(Subnets::INTERZONE.to_owned()));
+
+    services.insert(
+        s("global"),
+        map([
+            ("image", image(tag, "global-cp")),
+            ("user", user()),
+            (
+                "command",
+                // Zones dial `global`: the KDS certificate must name it (the CA stays the one
+                // made at generation time; only the server certificate is reissued if needed).
+                list([
+                    "--data-dir",
+                    "/var/lib/meridian/global",
+                    "--kds-hostname",
+                    "global",
+                ]),
+            ),
+            (
+                "volumes",
+                list(["./secrets/global:/var/lib/meridian/global"]),
+            ),
+            // The API on an ephemeral host port (`docker-compose port global 5681`).
+            ("ports", list([format!("127.0.0.1::{API_PORT}")])),
+            ("networks", list(["control"])),
+        ]),
+    );
+
+    let xds_url = |zone: &str| format!("http://{zone}-cp:{XDS_PORT}");
+    let proxy_base = |zone: &str, mode: &str, name: &str| -> Vec<String> {
+        [
+            "run",
+            "--mode",
+            mode,
+            "--cp",
+            &xds_url(zone),
+            "--token-file",
+            "/etc/meridian/token",
+            "--name",
+            name,
+            "--mesh",
+            "default",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let token_volume = |name: &str| format!("./secrets/tokens/{name}.token:/etc/meridian/token:ro");
+
+    for k in 1..=zones {
+        let zone = zone_name(k);
+        networks.insert(s(zone.clone()), net(Subnets::zone(k)));
+        let cp = format!("{zone}-cp");
+        services.insert(
+            s(cp.clone()),
+            map([
+                ("image", image(tag, "zone-cp")),
+                ("user", user()),
+                (
+                    "command",
+                    list([
+                        "--zone",
+                        &zone,
+                        "--mode",
+                        "zone",
+                        "--data-dir",
+                        "/var/lib/meridian/zone",
+                        "--global-kds-address",
+                        &format!("https://global:{KDS_PORT}"),
+                        "--kds-ca-file",
+                        "/etc/meridian/kds-ca.crt",
+                        "--zone-token-file",
+                        "/etc/meridian/zone.token",
+                    ]),
+                ),
+                (
+                    "volumes",
+                    list([
+                        format!("./secrets/{zone}:/var/lib/meridian/zone"),
+                        "./secrets/global/kds/ca.crt:/etc/meridian/kds-ca.crt:ro".to_owned(),
+                        format!("./secrets/tokens/{zone}.token:/etc/meridian/zone.token:ro"),
+                    ]),
+                ),
+                ("networks", list(["control".to_owned(), zone.clone()])),
+                ("depends_on", healthy("global")),
+            ]),
+        );
+
+        // The ingress listens on the interzone network, where other zones' egresses reach it.
+        let ingress = format!("{zone}-ingress");
+        let mut args = proxy_base(&zone, "ingress", &ingress);
+        args.extend([
+            "--address".to_owned(),
+            Subnets::ingress_ip(k),
+            "--port".to_owned(),
+            INGRESS_PORT.to_string(),
+        ]);
+        services.insert(
+            s(ingress.clone()),
+            map([
+                ("image", image(tag, "zone-proxy")),
+                ("user", user()),
+                ("command", list(args)),
+                ("volumes", list([token_volume(&ingress)])),
+                (
+                    "networks",
+                    map([
+                        (zone.as_str(), Value::Null),
+                        (
+                            "interzone",
+                            map([("ipv4_address", s(Subnets::ingress_ip(k)))]),
+                        ),
+                    ]),
+                ),
+                ("depends_on", healthy(&cp)),
+                ("stop_grace_period", s(PROXY_STOP_GRACE)),
+            ]),
+        );
+
+        // The egress listens on the zone's network, where its sidecars reach it.
+        let egress = format!("{zone}-egress");
+        let mut args = proxy_base(&zone, "egress", &egress);
+        args.extend([
+            "--address".to_owned(),
+            Subnets::zone_ip(k, 4),
+            "--port".to_owned(),
+            EGRESS_PORT.to_string(),
+        ]);
+        services.insert(
+            s(egress.clone()),
+            map([
+                ("image", image(tag, "zone-proxy")),
+                ("user", user()),
+                ("command", list(args)),
+                ("volumes", list([token_volume(&egress)])),
+                (
+                    "networks",
+                    map([
+                        (
+                            zone.as_str(),
+                            map([("ipv4_address", s(Subnets::zone_ip(k, 4)))]),
+                        ),
+                        ("interzone", Value::Null),
+                    ]),
+                ),
+                ("depends_on", healthy(&cp)),
+                ("stop_grace_period", s(PROXY_STOP_GRACE)),
+            ]),
+        );
+
+        for (i, service) in demo_services(k, zones).into_iter().enumerate() {
+            let name = format!("{service}-{zone}");
+            let address = Subnets::zone_ip(k, 10 + i as u8);
+            let mut args = proxy_base(&zone, "sidecar", &name);
+            args.extend([
+                "--service".to_owned(),
+                service.to_owned(),
+                "--address".to_owned(),
+                address.clone(),
+                "--inbound-port".to_owned(),
+                INBOUND_PORT.to_string(),
+                "--service-port".to_owned(),
+                APP_PORT.to_string(),
+                "--tag".to_owned(),
+                "kuma.io/protocol=http".to_owned(),
+            ]);
+            if service == "frontend" {
+                args.extend(["--outbound".to_owned(), format!("backend={OUTBOUND_PORT}")]);
+            }
+            services.insert(
+                s(name.clone()),
+                map([
+                    ("image", image(tag, "zone-proxy")),
+                    ("user", user()),
+                    ("command", list(args)),
+                    ("volumes", list([token_volume(&name)])),
+                    (
+                        "networks",
+                        map([(zone.as_str(), map([("ipv4_address", s(address))]))]),
+                    ),
+                    ("depends_on", healthy(&cp)),
+                    ("stop_grace_period", s(PROXY_STOP_GRACE)),
+                ]),
+            );
+            // The app shares its sidecar's network namespace: the sidecar's inbound forwards to
+            // 127.0.0.1:8080 and the app reaches its outbounds on 127.0.0.1.
+            services.insert(
+                s(format!("{name}-app")),
+                map([
+                    ("image", image(tag, "demo-app")),
+                    ("user", user()),
+                    (
+                        "command",
+                        list([
+                            "serve",
+                            "--listen",
+                            &format!("127.0.0.1:{APP_PORT}"),
+                            "--service",
+                            service,
+                            "--zone",
+                            &zone,
+                            "--instance",
+                            &name,
+                        ]),
+                    ),
+                    ("network_mode", s(format!("service:{name}"))),
+                    ("depends_on", healthy(&name)),
+                ]),
+            );
+        }
+    }
+
+    let mut top = Mapping::new();
+    top.insert(s("version"), s("2.4"));
+    top.insert(s("services"), Value::Mapping(services));
+    top.insert(s("networks"), Value::Mapping(networks));
+    let body = serde_yaml::to_string(&Value::Mapping(top)).expect("YAML of plain values");
+    format!(
+        "# Generated by `meshctl generate compose --zones {zones}`: a Meridian federation of {zones} \
+         zone(s).\n# Secrets live in ./secrets (not committed); see deploy/README.md.\n{body}"
+    )
+}
+
+/// `.gitignore` of a generated project: nothing secret is committed.
+pub const GITIGNORE: &str = "# Tokens, keys and the control planes' data: made by `meshctl generate compose`.\nsecrets/\n.env\n";
+
+/// Writes the project files into `dir` (not the secrets).
+pub fn write_project(dir: &Path, zones: u32, tag: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(
+        &dir.join("docker-compose.yaml"),
+        compose_yaml(zones, tag).as_bytes(),
+        None,
+    )?;
+    write_atomic(&dir.join(".gitignore"), GITIGNORE.as_bytes(), None)?;
+    Ok(())
+}
+
+/// Runs `meshctl generate compose`.
+pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
+    write_project(&args.out, args.zones, &args.image_tag)?;
+    if args.no_secrets {
+        println!(
+            "wrote {} (no secrets: run `meshctl generate compose --zones {} --out {}` to make them)",
+            args.out.join("docker-compose.yaml").display(),
+            args.zones,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let secrets = args.out.join("secrets");
+    if secrets.exists() {
+        anyhow::bail!(
+            "{} exists: remove it (and `docker-compose down -v` the project) to make new secrets",
+            secrets.display()
+        );
+    }
+    bootstrap(
+        &secrets,
+        args.zones,
+        Duration::from_secs(args.bootstrap_timeout),
+    )
+    .await?;
+    let (uid, gid) = own_for_containers(&secrets)?;
+    write_atomic(
+        &args.out.join(".env"),
+        format!("MERIDIAN_UID={uid}\nMERIDIAN_GID={gid}\n").as_bytes(),
+        None,
+    )?;
+    println!(
+        "wrote {} and its secrets in {}\nbring it up with: cd {} && docker-compose up -d",
+        args.out.join("docker-compose.yaml").display(),
+        secrets.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Runs the federation once (`meshctl up --no-demo`) with its data in `secrets`, prepares the
+/// mesh and issues every token, then stops it.
+async fn bootstrap(secrets: &Path, zones: u32, timeout: Duration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(secrets)
+        .with_context(|| format!("cannot create {}", secrets.display()))?;
+    let exe = std::env::current_exe().context("cannot locate meshctl itself")?;
+    let log_path = secrets.join("bootstrap.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut command = tokio::process::Command::new(&exe);
+    command
+        .args([
+            "up",
+            "--no-demo",
+            "--zones",
+            &zones.to_string(),
+            "--data-dir",
+        ])
+        .arg(secrets)
+        // The containers dial the global as `global`: its KDS certificate must name it.
+        .env("MERIDIAN_KDS_HOSTNAMES", "global")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    process::terminate_with_parent(&mut command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {} up", exe.display()))?;
+    let result = prepare(secrets, zones, timeout, &mut child).await;
+    if let Some(pid) = child.id() {
+        let _ = process::send_signal(pid, Signal::Term);
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    result.with_context(|| format!("bootstrap failed; see {}", log_path.display()))?;
+    match stopped {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => anyhow::bail!(
+            "the bootstrap federation exited with {status}; see {}",
+            log_path.display()
+        ),
+        Ok(Err(e)) => Err(e).context("cannot wait for the bootstrap federation"),
+        Err(_) => anyhow::bail!(
+            "the bootstrap federation did not stop within 30 s; see {}",
+            log_path.display()
+        ),
+    }
+}
+
+async fn prepare(
+    secrets: &Path,
+    zones: u32,
+    timeout: Duration,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    // `meshctl up` writes endpoints.json once every zone is online.
+    let endpoints_path = secrets.join(Endpoints::FILE);
+    let endpoints = loop {
+        if let Some(e) = Endpoints::read(&endpoints_path)? {
+            break e;
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("`meshctl up` exited early with {status}");
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the federation was not up within {timeout:?} ({} not written)",
+                endpoints_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let settings = Settings::load(None, None, Some(&secrets.join("meshctl.yaml")))?;
+    let global = ApiClient::new(&settings.api_url, settings.token)?;
+    crate::apply::apply_text(&global, MESH_YAML, "meshctl generate compose (mesh)").await?;
+    // The mesh CA is made by the global; wait for it so it is in the data the containers get.
+    let secret = [
+        "meshes".to_owned(),
+        "default".to_owned(),
+        "secrets".to_owned(),
+        CA_CERT_SECRET.to_owned(),
+    ];
+    while global.get(&secret).await.is_err() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("the global made no mesh CA ({CA_CERT_SECRET}) within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let tokens = secrets.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    for k in 1..=zones {
+        let zone = zone_name(k);
+        let token = global
+            .generate_zone_token(&zone, TOKEN_VALIDITY)
+            .await
+            .with_context(|| format!("cannot issue {zone}'s zone token"))?;
+        write_atomic(
+            &tokens.join(format!("{zone}.token")),
+            token.as_bytes(),
+            Some(0o600),
+        )?;
+    }
+    let mut zone_clients = BTreeMap::new();
+    for (zone, ep) in &endpoints.zones {
+        let admin_path = secrets.join(zone).join("admin-token");
+        let admin = std::fs::read_to_string(&admin_path)
+            .with_context(|| format!("cannot read {}", admin_path.display()))?;
+        let api = if ep.api.contains("://") {
+            ep.api.clone()
+        } else {
+            format!("http://{}", ep.api)
+        };
+        zone_clients.insert(
+            zone.clone(),
+            ApiClient::new(&api, Some(admin.trim().to_owned()))?,
+        );
+    }
+    for (k, name, kind) in proxies(zones) {
+        let zone = zone_name(k);
+        let api = zone_clients
+            .get(&zone)
+            .with_context(|| format!("endpoints.json lists no {zone}"))?;
+        let mesh = if kind == "dataplane" { "default" } else { "" };
+        let token = api
+            .generate_dataplane_token(kind, mesh, &name, TOKEN_VALIDITY)
+            .await
+            .with_context(|| format!("cannot issue {name}'s dataplane token from {zone}"))?;
+        write_atomic(
+            &tokens.join(format!("{name}.token")),
+            token.as_bytes(),
+            Some(0o600),
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `secrets` usable by the containers' non-root user: when run as root, everything is
+/// handed to the images' user ([`IMAGE_UID`]); otherwise the containers run as the caller
+/// (`.env`'s MERIDIAN_UID/GID). Returns that uid and gid.
+fn own_for_containers(secrets: &Path) -> anyhow::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(secrets)?;
+    if meta.uid() != 0 {
+        return Ok((meta.uid(), meta.gid()));
+    }
+    chown_tree(secrets, IMAGE_UID)?;
+    Ok((IMAGE_UID, IMAGE_UID))
+}
+
+fn chown_tree(path: &Path, id: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(path, Some(id), Some(id))
+        .with_context(|| format!("cannot chown {}", path.display()))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), id)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(zones: u32) -> Value {
+        serde_yaml::from_str(&compose_yaml(zones, "t")).unwrap()
+    }
+
+    fn networks_of(service: &Value) -> Vec<String> {
+        match &service["networks"] {
+            Value::Sequence(s) => s.iter().map(|n| n.as_str().unwrap().to_owned()).collect(),
+            Value::Mapping(m) => m.keys().map(|n| n.as_str().unwrap().to_owned()).collect(),
+            Value::Null => Vec::new(),
+            other => panic!("networks: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn three_zones_have_every_service_and_network() {
+        let d = doc(3);
+        let services = d["services"].as_mapping().unwrap();
+        let names: Vec<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
+        for expected in [
+            "global",
+            "zone-1-cp",
+            "zone-1-ingress",
+            "zone-1-egress",
+            "frontend-zone-1",
+            "frontend-zone-1-app",
+            "zone-2-cp",
+            "backend-zone-2",
+            "backend-zone-2-app",
+            "zone-3-ingress",
+            "backend-zone-3-app",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        assert!(!names.contains(&"backend-zone-1"));
+        let nets: Vec<&str> = d["networks"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(nets, ["control", "interzone", "zone-1", "zone-2", "zone-3"]);
+    }
+
+    #[test]
+    fn only_ingresses_and_egresses_join_interzone_and_only_control_planes_control() {
+        let d = doc(3);
+        for (name, service) in d["services"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            let nets = networks_of(service);
+            let proxy_edge = name.ends_with("-ingress") || name.ends_with("-egress");
+            assert_eq!(nets.contains(&"interzone".to_owned()), proxy_edge, "{name}");
+            let cp = name == "global" || name.ends_with("-cp");
+            assert_eq!(nets.contains(&"control".to_owned()), cp, "{name}");
+            if name.ends_with("-app") {
+                let sidecar = name.trim_end_matches("-app");
+                assert_eq!(service["network_mode"], s(format!("service:{sidecar}")));
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_in_commands_are_on_the_right_networks() {
+        let d = doc(2);
+        let args = |name: &str| -> Vec<String> {
+            d["services"][name]["command"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let after = |args: &[String], flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].clone()
+        };
+        let ingress = args("zone-2-ingress");
+        assert_eq!(after(&ingress, "--address"), "10.231.1.12");
+        assert_eq!(
+            d["services"]["zone-2-ingress"]["networks"]["interzone"]["ipv4_address"],
+            s("10.231.1.12")
+        );
+        // Dynamic addresses come from the upper half only, away from the fixed ones.
+        let ipam = &d["networks"]["interzone"]["ipam"]["config"][0];
+        assert_eq!(ipam["subnet"], s("10.231.1.0/24"));
+        assert_eq!(ipam["ip_range"], s("10.231.1.128/25"));
+        assert_eq!(
+            d["networks"]["zone-2"]["ipam"]["config"][0]["ip_range"],
+            s("10.231.12.128/25")
+        );
+        let egress = args("zone-1-egress");
+        assert_eq!(after(&egress, "--address"), "10.231.11.4");
+        let frontend = args("frontend-zone-1");
+        assert_eq!(after(&frontend, "--outbound"), "backend=10080");
+        assert_eq!(after(&frontend, "--cp"), "http://zone-1-cp:5678");
+        assert_eq!(
+            after(&args("zone-2-cp"), "--global-kds-address"),
+            "https://global:5685"
+        );
+    }
+
+    #[test]
+    fn every_proxy_has_a_token_a_drain_grace_and_one_zone_holds_both_services() {
+        let names: Vec<String> = proxies(1).into_iter().map(|(_, n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "zone-1-ingress",
+                "zone-1-egress",
+                "frontend-zone-1",
+                "backend-zone-1"
+            ]
+        );
+        let d = doc(1);
+        for name in &names {
+            let volumes = &d["services"][name.as_str()]["volumes"];
+            assert_eq!(
+                volumes[0],
+                s(format!(
+                    "./secrets/tokens/{name}.token:/etc/meridian/token:ro"
+                ))
+            );
+            assert_eq!(
+                d["services"][name.as_str()]["stop_grace_period"],
+                s(PROXY_STOP_GRACE)
+            );
+        }
+    }
+
+    /// The checked-in example is what the generator writes (regenerate it with
+    /// `meshctl generate compose --zones 3 --no-secrets --out deploy/compose/example-3-zones`).
+    #[test]
+    fn the_checked_in_example_is_current() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/compose/example-3-zones/docker-compose.yaml");
+        let text = std::fs::read_to_string(&example).unwrap();
+        assert_eq!(
+            text,
+            compose_yaml(3, "latest"),
+            "{} is stale",
+            example.display()
+        );
+    }
+}
