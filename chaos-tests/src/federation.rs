@@ -781,16 +781,44 @@ impl ZoneCp {
         mesh: &str,
         name: &str,
     ) -> anyhow::Result<ProxyProcess> {
+        self.start_proxy_defined(mode, mesh, name, None).await
+    }
+
+    /// The same, the proxy also sending `definition` (its resource as YAML) for the zone CP to
+    /// register at every connect, as `zone-proxy run` with definition flags does: a zone CP that
+    /// lost its store gets it back from the proxy.
+    pub async fn start_proxy_defined(
+        &self,
+        mode: zone_proxies::ProxyMode,
+        mesh: &str,
+        name: &str,
+        definition: Option<&str>,
+    ) -> anyhow::Result<ProxyProcess> {
         let kind = match mode {
             zone_proxies::ProxyMode::Sidecar => "dataplane",
             zone_proxies::ProxyMode::Ingress => "ingress",
             zone_proxies::ProxyMode::Egress => "egress",
         };
-        let token_file = self.dir.join(format!("{kind}-{mesh}-{name}.token"));
+        // Beside the zone's data, not in it: the proxy keeps its token when the zone CP loses its
+        // store.
+        let tokens = self
+            .dir
+            .parent()
+            .context("the zone's data dir has no parent")?
+            .join(format!("{}-proxies", self.name));
+        std::fs::create_dir_all(&tokens)?;
+        let token_file = tokens.join(format!("{kind}-{mesh}-{name}.token"));
         std::fs::write(&token_file, self.proxy_token(kind, mesh, name).await?)?;
         let mut options =
             zone_proxies::xds::client::ClientOptions::new(&self.xds_url, mode.node_id(mesh, name));
         options.token_file = Some(token_file);
+        if let Some(yaml) = definition {
+            let planned = meshctl::apply::plan(yaml, &format!("proxy {name}'s definition"))?;
+            let resource = planned
+                .first()
+                .with_context(|| format!("proxy {name}'s definition holds no resource"))?;
+            options.definition = Some(resource.body.to_string());
+        }
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let admin = admin_listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -36,6 +36,10 @@ enum Command {
         /// Print only, write no report.
         #[arg(long)]
         no_report: bool,
+        /// Keep each scenario's data and logs (`<dir>/<scenario>/`) instead of a temporary
+        /// directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
         /// Scenario names.
         scenarios: Vec<String>,
     },
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             report_dir,
             no_report,
+            keep,
             scenarios,
         } => {
             anyhow::ensure!(
@@ -84,9 +89,14 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .filter(|s| scenarios.is_empty() || scenarios.iter().any(|n| n == s.name))
             {
-                let dir = tempfile::tempdir()?;
+                let temp = tempfile::tempdir()?;
+                let dir = match &keep {
+                    Some(keep) => keep.join(s.name),
+                    None => temp.path().to_path_buf(),
+                };
+                std::fs::create_dir_all(&dir)?;
                 println!("running {} ...", s.name);
-                let outcome = scenario::run(s, seed, dir.path()).await?;
+                let outcome = scenario::run(s, seed, &dir).await?;
                 print!("{}", report::table(&outcome));
                 outcomes.push(outcome);
             }
@@ -110,7 +120,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("wrote {} and {}", md.display(), json.display());
             }
             let failed = outcomes.iter().filter(|o| !o.passed()).count();
-            anyhow::ensure!(failed == 0, "{failed} of {} scenarios failed", outcomes.len());
+            if failed > 0 {
+                println!("{failed} of {} scenarios failed", outcomes.len());
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

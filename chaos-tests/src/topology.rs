@@ -54,12 +54,12 @@ pub async fn sidecar(
         .iter()
         .map(|(k, v)| format!("        {k}: {v}\n"))
         .collect();
-    zone.apply(&format!(
+    let yaml = format!(
         "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {app_port}\n      tags:\n{tags}"
-    ))
-    .await?;
+    );
+    zone.apply(&yaml).await?;
     let sidecar = zone
-        .start_proxy(ProxyMode::Sidecar, "default", name)
+        .start_proxy_defined(ProxyMode::Sidecar, "default", name, Some(&yaml))
         .await?;
     sidecar.wait_ready().await?;
     Ok(sidecar)
@@ -115,13 +115,13 @@ impl Ingress {
         let port = free_port()?;
         let link = FaultRelay::start_with_seed(([127, 0, 0, 1], port).into(), seed).await?;
         let name = format!("ingress-{}", zone.name);
-        zone.apply(&format!(
+        let yaml = format!(
             "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
             link.addr().port()
-        ))
-        .await?;
+        );
+        zone.apply(&yaml).await?;
         let proxy = zone
-            .start_proxy(ProxyMode::Ingress, "default", &name)
+            .start_proxy_defined(ProxyMode::Ingress, "default", &name, Some(&yaml))
             .await?;
         proxy.wait_ready().await?;
         Ok(Ingress { proxy, link })
@@ -156,13 +156,13 @@ impl Client {
     pub async fn start(zone: &ZoneCp, name: &str, target: &str) -> anyhow::Result<Client> {
         let outbound = free_port()?;
         let inbound = free_port()?;
-        zone.apply(&format!(
+        let yaml = format!(
             "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: frontend\n        kuma.io/protocol: http\n  outbound:\n    - port: {outbound}\n      tags:\n        kuma.io/service: {target}\n",
             free_port()?
-        ))
-        .await?;
+        );
+        zone.apply(&yaml).await?;
         let sidecar = zone
-            .start_proxy(ProxyMode::Sidecar, "default", name)
+            .start_proxy_defined(ProxyMode::Sidecar, "default", name, Some(&yaml))
             .await?;
         sidecar.wait_ready().await?;
         Ok(Client { sidecar, outbound })
