@@ -566,20 +566,29 @@ impl ZoneCp {
     /// Kills the zone process with SIGKILL and waits until it is gone.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         let ZoneRunner::Process { child, .. } = &mut self.runner else {
-            anyhow::bail!("zone {} runs in-process: use ZoneCp::start_process", self.name);
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
         };
         let mut child = child
             .take()
             .with_context(|| format!("zone {} is not running", self.name))?;
         child.start_kill().context("killing the zone CP")?;
-        child.wait().await.context("waiting for the killed zone CP")?;
+        child
+            .wait()
+            .await
+            .context("waiting for the killed zone CP")?;
         Ok(())
     }
 
     /// Stops the zone process with SIGTERM (it drains) and waits until it is gone.
     pub async fn terminate(&mut self) -> anyhow::Result<()> {
         let ZoneRunner::Process { child, .. } = &mut self.runner else {
-            anyhow::bail!("zone {} runs in-process: use ZoneCp::start_process", self.name);
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
         };
         let mut child = child
             .take()
@@ -599,7 +608,10 @@ impl ZoneCp {
     /// not), and waits until its API answers with its (possibly new) admin token.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let ZoneRunner::Process { child, args } = &mut self.runner else {
-            anyhow::bail!("zone {} runs in-process: use ZoneCp::start_process", self.name);
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
         };
         anyhow::ensure!(child.is_none(), "zone {} is still running", self.name);
         let run_dir = self
@@ -701,9 +713,11 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
 
 /// Waits until the admin token at `path` is written.
 async fn wait_token(path: &Path) -> anyhow::Result<String> {
-    test_support::eventually(&format!("the admin token {}", path.display()), STARTUP, || async {
-        read_token(path).ok()
-    })
+    test_support::eventually(
+        &format!("the admin token {}", path.display()),
+        STARTUP,
+        || async { read_token(path).ok() },
+    )
     .await
 }
 

@@ -8,6 +8,6 @@
 
 pub mod federation;
 pub mod mtls;
-pub mod topology;
 pub mod report;
 pub mod scenario;
+pub mod topology;

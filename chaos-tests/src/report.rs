@@ -122,7 +122,10 @@ pub fn markdown(info: &RunInfo, outcomes: &[Outcome]) -> String {
             }
         }
     }
-    let known: Vec<&Outcome> = outcomes.iter().filter(|o| o.known_defect.is_some()).collect();
+    let known: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.known_defect.is_some())
+        .collect();
     if !known.is_empty() {
         md.push_str("\n## Known defects (scenario kept, not in the CI test)\n\n");
         for o in known {

@@ -16,7 +16,9 @@ use anyhow::Context as _;
 use test_support::relay::{Degradation, Fault, FaultRelay};
 
 use crate::federation::{GlobalCp, ProxyProcess, ZoneCp};
-use crate::topology::{answered_from, wait_for_ca, Client, Ingress, Instance, MTLS_MESH, RESILIENCE};
+use crate::topology::{
+    answered_from, wait_for_ca, Client, Ingress, Instance, MTLS_MESH, RESILIENCE,
+};
 
 /// A link between components, each through its own relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,8 +394,7 @@ impl Mesh {
                     crate::topology::DEADLINE,
                     || async {
                         let dump = client.sidecar.config_dump().await.ok()?;
-                        let compact: String =
-                            dump.chars().filter(|c| !c.is_whitespace()).collect();
+                        let compact: String = dump.chars().filter(|c| !c.is_whitespace()).collect();
                         compact
                             .contains(&format!("\"portValue\":{port}"))
                             .then_some(())
@@ -476,7 +477,10 @@ impl Mesh {
             .args(["-s", signal, &pid.to_string()])
             .status()
             .context("running kill(1)")?;
-        anyhow::ensure!(status.success(), "kill -s {signal} {pid} ({component}): {status}");
+        anyhow::ensure!(
+            status.success(),
+            "kill -s {signal} {pid} ({component}): {status}"
+        );
         Ok(())
     }
 
@@ -570,7 +574,13 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         .await
         .with_context(|| format!("starting scenario {}", scenario.name))?;
     let mut timeline = expand_flaps(&scenario.timeline);
-    if !matches!(timeline.last(), Some(Step { action: Action::Heal, .. })) {
+    if !matches!(
+        timeline.last(),
+        Some(Step {
+            action: Action::Heal,
+            ..
+        })
+    ) {
         let at = timeline.last().map(|s| s.at).unwrap_or_default();
         timeline.push(step(at, Action::Heal));
     }
@@ -672,43 +682,48 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let mut violations = Vec::new();
     let settle = scenario.invariants.settle_within;
     let zones = scenario.topology.zones.clone();
-    let settled = test_support::eventually("every zone online, every proxy back", settle, || async {
-        let (_, items) = mesh.global.api.zones_overview().await.ok()?;
-        let overview = meshctl::inspect::ZoneOverview::from_items(&items).ok()?;
-        let expected: Vec<String> = zones.iter().map(|z| z.to_string()).collect();
-        if !meshctl::up::not_online(&expected, &overview).is_empty() {
-            return None;
-        }
-        for (zone, proxy, path) in mesh.proxies() {
-            let resource = mesh.zone(zone).ok()?.api.get(&path).await.ok()?;
-            if !stream_open(&resource) {
+    let settled =
+        test_support::eventually("every zone online, every proxy back", settle, || async {
+            let (_, items) = mesh.global.api.zones_overview().await.ok()?;
+            let overview = meshctl::inspect::ZoneOverview::from_items(&items).ok()?;
+            let expected: Vec<String> = zones.iter().map(|z| z.to_string()).collect();
+            if !meshctl::up::not_online(&expected, &overview).is_empty() {
                 return None;
             }
-            let (status, _) =
-                crate::federation::http_get(&format!("http://{}/ready", proxy.admin))
-                    .await
-                    .ok()?;
-            (status == 200).then_some(())?;
-        }
-        Some(faults_end.elapsed())
-    })
-    .await;
+            for (zone, proxy, path) in mesh.proxies() {
+                let resource = mesh.zone(zone).ok()?.api.get(&path).await.ok()?;
+                if !stream_open(&resource) {
+                    return None;
+                }
+                let (status, _) =
+                    crate::federation::http_get(&format!("http://{}/ready", proxy.admin))
+                        .await
+                        .ok()?;
+                (status == 200).then_some(())?;
+            }
+            Some(faults_end.elapsed())
+        })
+        .await;
     let settled = match settled {
         Ok(t) => Some(t),
         Err(e) => {
-            violations.push(format!("not settled within {settle:?} of the end of faults: {e:#}{}", unsettled(&mesh).await));
+            violations.push(format!(
+                "not settled within {settle:?} of the end of faults: {e:#}{}",
+                unsettled(&mesh).await
+            ));
             None
         }
     };
 
     // Every acknowledged write at the global and in every zone.
     let (acked, _attempts) = writes.await.context("the writer panicked")?;
-    let convergence = test_support::eventually("every acknowledged write everywhere", settle, || async {
-        let missing = missing_writes(&mesh, &acked).await.ok()?;
-        missing.is_empty().then(|| faults_end.elapsed())
-    })
-    .await
-    .ok();
+    let convergence =
+        test_support::eventually("every acknowledged write everywhere", settle, || async {
+            let missing = missing_writes(&mesh, &acked).await.ok()?;
+            missing.is_empty().then(|| faults_end.elapsed())
+        })
+        .await
+        .ok();
     let writes_lost = match convergence {
         Some(_) => 0,
         None => {
@@ -741,7 +756,11 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         }
         failures.extend(periods.lock().expect("periods").iter().filter(|p| p.1 > 0));
     }
-    let success_rate = if sent == 0 { 0.0 } else { (sent - failed) as f64 / sent as f64 };
+    let success_rate = if sent == 0 {
+        0.0
+    } else {
+        (sent - failed) as f64 / sent as f64
+    };
     let failover = failover(&onsets, &failures, load_for);
 
     // No process crashed unless the timeline killed it.
@@ -825,7 +844,10 @@ fn failover(onsets: &[Duration], failures: &[(Duration, u64)], end: Duration) ->
     onsets.sort();
     let mut longest = Duration::ZERO;
     for (i, onset) in onsets.iter().enumerate() {
-        let next = onsets.get(i + 1).copied().unwrap_or(end + Duration::from_secs(60));
+        let next = onsets
+            .get(i + 1)
+            .copied()
+            .unwrap_or(end + Duration::from_secs(60));
         let last = failures
             .iter()
             .filter(|(at, _)| at > onset && *at <= next)

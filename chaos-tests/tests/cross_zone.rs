@@ -78,7 +78,6 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
     federation.stop().await.unwrap();
 }
 
-
 /// The proxy's non-zero statistics of cluster `backend`, for failure messages.
 async fn backend_stats(proxy: &ProxyProcess) -> String {
     let Ok((_, text)) = http_get(&format!("http://{}/stats/prometheus", proxy.admin)).await else {

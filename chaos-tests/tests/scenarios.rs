@@ -38,7 +38,11 @@ async fn process_tier_scenarios_hold_their_invariants() {
         let outcome = run(&scenario, seed, dir.path()).await.unwrap();
         eprint!("{}", report::table(&outcome));
         if !outcome.passed() {
-            failed.push(format!("{}: {}", outcome.name, outcome.violations.join("; ")));
+            failed.push(format!(
+                "{}: {}",
+                outcome.name,
+                outcome.violations.join("; ")
+            ));
         }
     }
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
