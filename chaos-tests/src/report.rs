@@ -32,6 +32,17 @@ fn zones(o: &Outcome) -> String {
         .join(", ")
 }
 
+fn offline(o: &Outcome) -> String {
+    if o.offline_seen.is_empty() {
+        return "none".to_string();
+    }
+    o.offline_seen
+        .iter()
+        .map(|(z, at)| format!("{z} at {:.1} s", at.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One scenario as a terminal table.
 pub fn table(o: &Outcome) -> String {
     let rows = [
@@ -48,6 +59,7 @@ pub fn table(o: &Outcome) -> String {
             "writes acknowledged/lost",
             format!("{}/{}", o.writes_acknowledged, o.writes_lost),
         ),
+        ("zones the global saw offline", offline(o)),
         ("wall time", secs(Some(o.wall))),
         (
             "result",
@@ -136,9 +148,14 @@ pub fn markdown(info: &RunInfo, outcomes: &[Outcome]) -> String {
             ));
         }
     }
-    md.push_str("\n## Answers per zone\n\n");
+    md.push_str("\n## Answers per zone, and zones the global saw offline (from the start of the load; faults start at 1 s)\n\n");
     for o in outcomes {
-        md.push_str(&format!("- `{}`: {}\n", o.name, zones(o)));
+        md.push_str(&format!(
+            "- `{}`: answered by {}; offline at the global: {}\n",
+            o.name,
+            zones(o),
+            offline(o)
+        ));
     }
     md
 }
@@ -164,6 +181,7 @@ pub fn json(info: &RunInfo, outcomes: &[Outcome]) -> serde_json::Value {
             "writesAcknowledged": o.writes_acknowledged,
             "writesLost": o.writes_lost,
             "answeredBy": o.zones,
+            "offlineSeenSecs": o.offline_seen.iter().map(|(z, at)| (z.clone(), at.as_secs_f64())).collect::<std::collections::BTreeMap<_, _>>(),
             "violations": o.violations,
             "passed": o.passed(),
             "knownDefect": o.known_defect,

@@ -312,6 +312,9 @@ pub struct Outcome {
     /// Answers per zone, over every client.
     pub zones: BTreeMap<String, u64>,
     pub violations: Vec<String>,
+    /// The zones the global reported offline during the run, with when it first did (from the
+    /// start of the load): whether it noticed the fault, for the report.
+    pub offline_seen: BTreeMap<String, Duration>,
     /// The scenario's [`Scenario::known_defect`].
     pub known_defect: Option<String>,
     pub wall: Duration,
@@ -617,6 +620,9 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         scenario.invariants.settle_within,
     ));
 
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(watch_zones(mesh.global.api.clone(), start, watching));
+
     // The timeline: onsets are when a fault begins (what failover is measured from).
     let mut onsets: Vec<Duration> = Vec::new();
     for s in &timeline {
@@ -678,11 +684,18 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let faults_end = Instant::now();
     let _ = stop_writer.send(true);
 
-    // After heal: every zone online, every proxy registered in its zone and ready.
+    let (acked, _attempts) = writes.await.context("the writer panicked")?;
+    let offline_seen = {
+        let _ = stop_watching.send(true);
+        watcher.await.context("the zone watcher panicked")?
+    };
+
+    // After heal, measured side by side: every zone online and every proxy registered in its zone
+    // and ready; every acknowledged write at the global and in every zone.
     let mut violations = Vec::new();
     let settle = scenario.invariants.settle_within;
     let zones = scenario.topology.zones.clone();
-    let settled =
+    let settling =
         test_support::eventually("every zone online, every proxy back", settle, || async {
             let (_, items) = mesh.global.api.zones_overview().await.ok()?;
             let overview = meshctl::inspect::ZoneOverview::from_items(&items).ok()?;
@@ -702,8 +715,14 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
                 (status == 200).then_some(())?;
             }
             Some(faults_end.elapsed())
-        })
-        .await;
+        });
+    let converging =
+        test_support::eventually("every acknowledged write everywhere", settle, || async {
+            let missing = missing_writes(&mesh, &acked).await.ok()?;
+            missing.is_empty().then(|| faults_end.elapsed())
+        });
+    let (settled, convergence) = tokio::join!(settling, converging);
+    let convergence = convergence.ok();
     let settled = match settled {
         Ok(t) => Some(t),
         Err(e) => {
@@ -714,16 +733,6 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
             None
         }
     };
-
-    // Every acknowledged write at the global and in every zone.
-    let (acked, _attempts) = writes.await.context("the writer panicked")?;
-    let convergence =
-        test_support::eventually("every acknowledged write everywhere", settle, || async {
-            let missing = missing_writes(&mesh, &acked).await.ok()?;
-            missing.is_empty().then(|| faults_end.elapsed())
-        })
-        .await
-        .ok();
     let writes_lost = match convergence {
         Some(_) => 0,
         None => {
@@ -810,6 +819,7 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         zones: answered,
         violations,
         known_defect: scenario.known_defect.map(str::to_string),
+        offline_seen,
         wall: wall.elapsed(),
     })
 }
@@ -916,4 +926,26 @@ fn stream_open(resource: &serde_json::Value) -> bool {
         Some(insight) => insight["online"].as_bool() == Some(true),
         None => true,
     }
+}
+
+/// Polls the global's zone overview every 250 ms until told to stop; the first time each zone
+/// was reported offline, from `start`. Polls while the global is down just fail.
+async fn watch_zones(
+    api: meshctl::client::ApiClient,
+    start: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> BTreeMap<String, Duration> {
+    let mut seen = BTreeMap::new();
+    while !*stop.borrow() {
+        let polled = tokio::time::timeout(Duration::from_secs(1), api.zones_overview()).await;
+        if let Ok(Ok((_, items))) = polled {
+            for zone in meshctl::inspect::ZoneOverview::from_items(&items).unwrap_or_default() {
+                if !zone.is_online() {
+                    seen.entry(zone.name).or_insert_with(|| start.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    seen
 }
