@@ -949,3 +949,52 @@ async fn watch_zones(
     }
     seen
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn failover_is_the_longest_onset_to_last_failure_before_the_next_onset() {
+        let onsets = [ms(1000), ms(5000)];
+        // Failures 0.4 s after the first onset and 0.15 s after the second; one before any onset
+        // counts for neither.
+        let failures = [(ms(500), 1), (ms(1200), 3), (ms(1400), 1), (ms(5150), 2)];
+        assert_eq!(failover(&onsets, &failures, ms(9000)), ms(400));
+        assert_eq!(failover(&onsets, &[], ms(9000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_flap_becomes_alternating_link_steps_ending_passing() {
+        let link = Link::Ingress("zone-2");
+        let steps = expand_flaps(&[
+            step(
+                ms(1000),
+                Action::Flap {
+                    link,
+                    every: ms(2000),
+                    until: ms(6000),
+                },
+            ),
+            step(ms(6000), Action::Heal),
+        ]);
+        let shown: Vec<String> = steps
+            .iter()
+            .map(|s| format!("{}:{:?}", s.at.as_millis(), s.action))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "1000:Link(Ingress(\"zone-2\"), Blackhole)",
+                "3000:Link(Ingress(\"zone-2\"), Pass)",
+                "5000:Link(Ingress(\"zone-2\"), Blackhole)",
+                "6000:Link(Ingress(\"zone-2\"), Pass)",
+                "6000:Heal",
+            ]
+        );
+    }
+}
