@@ -145,8 +145,8 @@ impl GlobalCp {
         })
     }
 
-    /// Starts a global as a `global-cp` child process (the binary built beside the test, see
-    /// `test_support::workspace_bin`) with its data in `dir`, and waits until it is ready. Its
+    /// Starts a global as a `global-cp` child process (the binary built beside the test or the
+    /// running binary, see [`component_bin`]) with its data in `dir`, and waits until it is ready. Its
     /// output goes to `dir/global-cp.log`. Unlike [`GlobalCp::start`], it can be [killed](Self::kill)
     /// and [restarted](Self::restart).
     pub async fn start_process(dir: &Path) -> anyhow::Result<GlobalCp> {
@@ -209,6 +209,29 @@ impl GlobalCp {
         Ok(())
     }
 
+    /// The process id of a global started with [`GlobalCp::start_process`], while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            GlobalRunner::Process { child, .. } => child.as_ref().and_then(|c| c.id()),
+            GlobalRunner::Task(_) => None,
+        }
+    }
+
+    /// `None` while the global runs (or was killed by [`GlobalCp::kill`]); how it ended if it
+    /// exited on its own.
+    pub fn exited(&mut self) -> Option<String> {
+        match &mut self.runner {
+            GlobalRunner::Process {
+                child: Some(child), ..
+            } => child.try_wait().ok().flatten().map(|s| s.to_string()),
+            GlobalRunner::Process { child: None, .. } => None,
+            GlobalRunner::Task(running) => running
+                .task
+                .is_finished()
+                .then(|| "the in-process global ended".to_string()),
+        }
+    }
+
     /// Applies YAML documents (Kuma's universal form) as `meshctl apply` does.
     pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         meshctl::apply::apply_text(&self.api, yaml, "the test").await
@@ -256,38 +279,73 @@ impl GlobalCp {
 }
 
 /// Spawns `global-cp` on `addresses` with its data in `dir/data`, and waits for its ready file.
-/// Binding a port it held before can fail for a moment (another socket took it as an ephemeral
-/// port), so a process that exits before it is ready is started again, until [`STARTUP`].
 async fn spawn_global(
     dir: &Path,
     addresses: GlobalAddresses,
 ) -> anyhow::Result<(tokio::process::Child, Value)> {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--data-dir".into(),
+        dir.join("data").into(),
+        "--api-addr".into(),
+        addresses.api.to_string().into(),
+        "--diagnostics-addr".into(),
+        addresses.diagnostics.to_string().into(),
+        "--kds-addr".into(),
+        addresses.kds.to_string().into(),
+    ];
+    spawn_ready("global-cp", &args, dir).await
+}
+
+/// Where the workspace's binaries are: beside the running executable (`cargo run`) or one level
+/// up (a test binary in `target/<profile>/deps`).
+pub fn component_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let bin = d.join(name);
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        if d.file_name().is_some_and(|n| n != "deps") {
+            break;
+        }
+        dir = d.parent();
+    }
+    anyhow::bail!(
+        "binary {name} not found beside {}: build it first (`cargo build -p {name}`)",
+        exe.display()
+    )
+}
+
+/// Spawns control plane binary `program` with `args` plus `--ready-file dir/ready.json`, output
+/// to `dir/<program>.log`, and waits for its ready file. Binding a port it held before can fail
+/// for a moment (another socket took it as an ephemeral port), so a process that exits before it
+/// is ready is started again, until [`STARTUP`].
+async fn spawn_ready(
+    program: &str,
+    args: &[std::ffi::OsString],
+    dir: &Path,
+) -> anyhow::Result<(tokio::process::Child, Value)> {
     let ready = dir.join("ready.json");
-    let data = dir.join("data");
+    let log_path = dir.join(format!("{program}.log"));
     std::fs::create_dir_all(dir)?;
+    let bin = component_bin(program)?;
     let deadline = tokio::time::Instant::now() + STARTUP;
     loop {
         let _ = std::fs::remove_file(&ready);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("global-cp.log"))?;
-        let mut child = tokio::process::Command::new(test_support::workspace_bin("global-cp"))
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--api-addr")
-            .arg(addresses.api.to_string())
-            .arg("--diagnostics-addr")
-            .arg(addresses.diagnostics.to_string())
-            .arg("--kds-addr")
-            .arg(addresses.kds.to_string())
+            .open(&log_path)?;
+        let mut child = tokio::process::Command::new(&bin)
+            .args(args)
             .arg("--ready-file")
             .arg(&ready)
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .context("starting global-cp")?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         loop {
             if let Some(endpoints) = std::fs::read(&ready)
                 .ok()
@@ -298,15 +356,15 @@ async fn spawn_global(
             if let Some(status) = child.try_wait()? {
                 anyhow::ensure!(
                     tokio::time::Instant::now() < deadline,
-                    "global-cp exited with {status} before it was ready (see {})",
-                    dir.join("global-cp.log").display()
+                    "{program} exited with {status} before it was ready (see {})",
+                    log_path.display()
                 );
                 break;
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "global-cp not ready within {STARTUP:?} (see {})",
-                dir.join("global-cp.log").display()
+                "{program} not ready within {STARTUP:?} (see {})",
+                log_path.display()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -322,7 +380,18 @@ pub struct ZoneCp {
     pub xds_url: String,
     /// The REST API with the admin token.
     pub api: ApiClient,
-    running: Running,
+    runner: ZoneRunner,
+}
+
+/// How a zone CP runs: a task of this process, or a `zone-cp` child process that can be killed,
+/// paused, wiped and restarted (on the same addresses: its proxies keep dialling them).
+enum ZoneRunner {
+    Task(Running),
+    Process {
+        child: Option<Box<tokio::process::Child>>,
+        /// The arguments it was started with, the listen addresses replaced by the bound ones.
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 impl ZoneCp {
@@ -369,7 +438,7 @@ impl ZoneCp {
             api: ApiClient::new(&api_url, Some(token))?,
             api_url,
             xds_url,
-            running,
+            runner: ZoneRunner::Task(running),
         };
         zone.wait_for("the default mesh from the global", &["meshes", "default"])
             .await?;
@@ -400,9 +469,183 @@ impl ZoneCp {
             .await
     }
 
-    /// Stops the zone CP (its data stays in `dir`).
+    /// Starts zone `name` as a `zone-cp` child process with its data in `dir/<name>` (output in
+    /// `dir/<name>-cp/zone-cp.log`), federated to the global at `kds_url` (the global's KDS
+    /// address or a relay to it), and waits until the default mesh has arrived from the global.
+    pub async fn start_process(
+        dir: &Path,
+        global: &GlobalCp,
+        kds_url: &str,
+        name: &str,
+    ) -> anyhow::Result<ZoneCp> {
+        let token_file = dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, global.zone_token(name).await?)?;
+        let data = dir.join(name);
+        let run_dir = dir.join(format!("{name}-cp"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--zone".into(),
+            name.into(),
+            "--mode".into(),
+            "zone".into(),
+            "--data-dir".into(),
+            data.clone().into(),
+            "--global-kds-address".into(),
+            kds_url.into(),
+            "--kds-ca-file".into(),
+            global.kds_ca.clone().into(),
+            "--zone-token-file".into(),
+            token_file.into(),
+        ];
+        let unbound = [
+            ("--api-addr", "127.0.0.1:0".to_string()),
+            ("--diagnostics-addr", "127.0.0.1:0".to_string()),
+            ("--xds-addr", "127.0.0.1:0".to_string()),
+        ];
+        let mut first = args.clone();
+        for (flag, value) in &unbound {
+            first.push(flag.into());
+            first.push(value.into());
+        }
+        let (child, ready) = spawn_ready("zone-cp", &first, &run_dir).await?;
+        let field = |key: &str| -> anyhow::Result<String> {
+            let text = ready[key]
+                .as_str()
+                .with_context(|| format!("no {key} in zone {name}'s ready file: {ready}"))?;
+            Ok(text.strip_prefix("http://").unwrap_or(text).to_string())
+        };
+        let (api, diagnostics, xds) = (field("api")?, field("diagnostics")?, field("xds")?);
+        for (flag, value) in [
+            ("--api-addr", &api),
+            ("--diagnostics-addr", &diagnostics),
+            ("--xds-addr", &xds),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        let api_url = format!("http://{api}");
+        let token = wait_token(&data.join("admin-token")).await?;
+        let zone = ZoneCp {
+            name: name.to_string(),
+            dir: data,
+            api: ApiClient::new(&api_url, Some(token))?,
+            api_url,
+            xds_url: format!("http://{xds}"),
+            runner: ZoneRunner::Process {
+                child: Some(Box::new(child)),
+                args,
+            },
+        };
+        zone.wait_for("the default mesh from the global", &["meshes", "default"])
+            .await?;
+        Ok(zone)
+    }
+
+    /// The process id of a zone started with [`ZoneCp::start_process`], while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            ZoneRunner::Process { child, .. } => child.as_ref().and_then(|c| c.id()),
+            ZoneRunner::Task(_) => None,
+        }
+    }
+
+    /// `None` while the zone CP runs (or was killed by [`ZoneCp::kill`]); how it ended if it
+    /// exited on its own.
+    pub fn exited(&mut self) -> Option<String> {
+        match &mut self.runner {
+            ZoneRunner::Process {
+                child: Some(child), ..
+            } => child.try_wait().ok().flatten().map(|s| s.to_string()),
+            ZoneRunner::Process { child: None, .. } => None,
+            ZoneRunner::Task(running) => running
+                .task
+                .is_finished()
+                .then(|| "the in-process zone CP ended".to_string()),
+        }
+    }
+
+    /// Kills the zone process with SIGKILL and waits until it is gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let ZoneRunner::Process { child, .. } = &mut self.runner else {
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
+        };
+        let mut child = child
+            .take()
+            .with_context(|| format!("zone {} is not running", self.name))?;
+        child.start_kill().context("killing the zone CP")?;
+        child
+            .wait()
+            .await
+            .context("waiting for the killed zone CP")?;
+        Ok(())
+    }
+
+    /// Stops the zone process with SIGTERM (it drains) and waits until it is gone.
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
+        let ZoneRunner::Process { child, .. } = &mut self.runner else {
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
+        };
+        let mut child = child
+            .take()
+            .with_context(|| format!("zone {} is not running", self.name))?;
+        if let Some(pid) = child.id() {
+            meshctl::process::send_signal(pid, meshctl::process::Signal::Term)
+                .with_context(|| format!("asking zone {} to stop", self.name))?;
+        }
+        let status = tokio::time::timeout(STARTUP, child.wait())
+            .await
+            .with_context(|| format!("zone {} did not stop after SIGTERM", self.name))??;
+        anyhow::ensure!(status.success(), "zone {} exited with {status}", self.name);
+        Ok(())
+    }
+
+    /// Starts the stopped zone process again on the same addresses and data directory (wiped or
+    /// not), and waits until its API answers with its (possibly new) admin token.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let ZoneRunner::Process { child, args } = &mut self.runner else {
+            anyhow::bail!(
+                "zone {} runs in-process: use ZoneCp::start_process",
+                self.name
+            );
+        };
+        anyhow::ensure!(child.is_none(), "zone {} is still running", self.name);
+        let run_dir = self
+            .dir
+            .parent()
+            .context("the zone's data dir has no parent")?
+            .join(format!("{}-cp", self.name));
+        let (started, _) = spawn_ready("zone-cp", args, &run_dir).await?;
+        *child = Some(Box::new(started));
+        // The ready file comes before the store is open: a wiped zone writes a new token then.
+        let token = wait_token(&self.dir.join("admin-token")).await?;
+        self.api = ApiClient::new(&self.api_url, Some(token))?;
+        Ok(())
+    }
+
+    /// Stops the zone CP (its data stays in `dir`): a task stops gracefully, a process gets
+    /// SIGTERM and drains.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.running.stop().await
+        match self.runner {
+            ZoneRunner::Task(running) => running.stop().await,
+            ZoneRunner::Process { child: None, .. } => Ok(()),
+            ZoneRunner::Process {
+                child: Some(child), ..
+            } => {
+                let mut zone = ZoneCp {
+                    runner: ZoneRunner::Process {
+                        child: Some(child),
+                        args: Vec::new(),
+                    },
+                    ..self
+                };
+                zone.terminate().await
+            }
+        }
     }
 }
 
@@ -468,6 +711,16 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
+/// Waits until the admin token at `path` is written.
+async fn wait_token(path: &Path) -> anyhow::Result<String> {
+    test_support::eventually(
+        &format!("the admin token {}", path.display()),
+        STARTUP,
+        || async { read_token(path).ok() },
+    )
+    .await
+}
+
 fn read_token(path: &Path) -> anyhow::Result<String> {
     let token =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -487,6 +740,11 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
+    /// Whether the proxy ended on its own (it runs until stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the proxy (draining) and returns how it ended.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
@@ -537,16 +795,44 @@ impl ZoneCp {
         mesh: &str,
         name: &str,
     ) -> anyhow::Result<ProxyProcess> {
+        self.start_proxy_defined(mode, mesh, name, None).await
+    }
+
+    /// The same, the proxy also sending `definition` (its resource as YAML) for the zone CP to
+    /// register at every connect, as `zone-proxy run` with definition flags does: a zone CP that
+    /// lost its store gets it back from the proxy.
+    pub async fn start_proxy_defined(
+        &self,
+        mode: zone_proxies::ProxyMode,
+        mesh: &str,
+        name: &str,
+        definition: Option<&str>,
+    ) -> anyhow::Result<ProxyProcess> {
         let kind = match mode {
             zone_proxies::ProxyMode::Sidecar => "dataplane",
             zone_proxies::ProxyMode::Ingress => "ingress",
             zone_proxies::ProxyMode::Egress => "egress",
         };
-        let token_file = self.dir.join(format!("{kind}-{mesh}-{name}.token"));
+        // Beside the zone's data, not in it: the proxy keeps its token when the zone CP loses its
+        // store.
+        let tokens = self
+            .dir
+            .parent()
+            .context("the zone's data dir has no parent")?
+            .join(format!("{}-proxies", self.name));
+        std::fs::create_dir_all(&tokens)?;
+        let token_file = tokens.join(format!("{kind}-{mesh}-{name}.token"));
         std::fs::write(&token_file, self.proxy_token(kind, mesh, name).await?)?;
         let mut options =
             zone_proxies::xds::client::ClientOptions::new(&self.xds_url, mode.node_id(mesh, name));
         options.token_file = Some(token_file);
+        if let Some(yaml) = definition {
+            let planned = meshctl::apply::plan(yaml, &format!("proxy {name}'s definition"))?;
+            let resource = planned
+                .first()
+                .with_context(|| format!("proxy {name}'s definition holds no resource"))?;
+            options.definition = Some(resource.body.to_string());
+        }
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let admin = admin_listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,8 +3,11 @@
 //! so a test can cut links (with `test_support::relay::FaultRelay`), stop and restart components,
 //! and check what traffic and state do; [`topology`] builds services, sidecars, ingresses and
 //! egresses on it; [`mtls`] probes a sidecar's inbound with certificates of chosen CAs. The
-//! failover scenarios and their report (issue [7]) build on them.
+//! failover scenarios (issue [7]) are written once in [`scenario`]'s language and run on
+//! them; [`report`] renders their outcomes.
 
 pub mod federation;
 pub mod mtls;
+pub mod report;
+pub mod scenario;
 pub mod topology;

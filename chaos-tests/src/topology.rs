@@ -14,6 +14,14 @@ use crate::federation::{free_port, http_get, DemoService, ProxyProcess, ZoneCp};
 /// specific than this mesh-wide MeshTrafficPermission).
 pub const MTLS_MESH: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n---\ntype: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  from:\n  - targetRef:\n      kind: Mesh\n    default:\n      action: Allow\n";
 
+/// For `backend` (a `to` MeshService entry, more specific than the mesh's default policies):
+/// retries with a short per-try timeout and a retry budget above the requests in flight at the
+/// cut (Envoy's default of 3 concurrent retries would fail the rest), outlier detection ejecting
+/// a failing ingress quickly and letting it back soon, a 1 s connect timeout (a connection into a
+/// blackhole waits that long before its request is retried elsewhere), and zone-2 preferred over
+/// zone-3.
+pub const RESILIENCE: &str = "type: MeshRetry\nname: retry\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      http:\n        numRetries: 5\n        perTryTimeout: 300ms\n        backOff:\n          baseInterval: 10ms\n          maxInterval: 50ms\n        retryOn:\n        - 5xx\n        - GatewayError\n        - Reset\n        - ConnectFailure\n---\ntype: MeshCircuitBreaker\nname: eject\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      connectionLimits:\n        maxRetries: 1000\n      outlierDetection:\n        disabled: false\n        interval: 1s\n        baseEjectionTime: 2s\n        maxEjectionPercent: 100\n        detectors:\n          totalFailures:\n            consecutive: 2\n          gatewayFailures:\n            consecutive: 2\n---\ntype: MeshLoadBalancingStrategy\nname: prefer-zone-2\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to:\n              type: Only\n              zones: [zone-2]\n          - to:\n              type: Only\n              zones: [zone-3]\n---\ntype: MeshTimeout\nname: fast-connect\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      connectionTimeout: 1s\n";
+
 /// How long a test waits for a change to show in traffic.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -46,12 +54,12 @@ pub async fn sidecar(
         .iter()
         .map(|(k, v)| format!("        {k}: {v}\n"))
         .collect();
-    zone.apply(&format!(
+    let yaml = format!(
         "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {app_port}\n      tags:\n{tags}"
-    ))
-    .await?;
+    );
+    zone.apply(&yaml).await?;
     let sidecar = zone
-        .start_proxy(ProxyMode::Sidecar, "default", name)
+        .start_proxy_defined(ProxyMode::Sidecar, "default", name, Some(&yaml))
         .await?;
     sidecar.wait_ready().await?;
     Ok(sidecar)
@@ -99,16 +107,21 @@ pub struct Ingress {
 impl Ingress {
     /// Registers ZoneIngress `ingress-<zone>` advertising a new relay to it, and starts it.
     pub async fn start(zone: &ZoneCp) -> anyhow::Result<Ingress> {
+        Ingress::start_with_seed(zone, rand_seed()).await
+    }
+
+    /// The same, the relay's jitter and loss drawing from `seed`.
+    pub async fn start_with_seed(zone: &ZoneCp, seed: u64) -> anyhow::Result<Ingress> {
         let port = free_port()?;
-        let link = FaultRelay::start(([127, 0, 0, 1], port).into()).await?;
+        let link = FaultRelay::start_with_seed(([127, 0, 0, 1], port).into(), seed).await?;
         let name = format!("ingress-{}", zone.name);
-        zone.apply(&format!(
+        let yaml = format!(
             "type: ZoneIngress\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {port}\n  advertisedAddress: 127.0.0.1\n  advertisedPort: {}\n",
             link.addr().port()
-        ))
-        .await?;
+        );
+        zone.apply(&yaml).await?;
         let proxy = zone
-            .start_proxy(ProxyMode::Ingress, "default", &name)
+            .start_proxy_defined(ProxyMode::Ingress, "default", &name, Some(&yaml))
             .await?;
         proxy.wait_ready().await?;
         Ok(Ingress { proxy, link })
@@ -143,13 +156,13 @@ impl Client {
     pub async fn start(zone: &ZoneCp, name: &str, target: &str) -> anyhow::Result<Client> {
         let outbound = free_port()?;
         let inbound = free_port()?;
-        zone.apply(&format!(
+        let yaml = format!(
             "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {inbound}\n      servicePort: {}\n      tags:\n        kuma.io/service: frontend\n        kuma.io/protocol: http\n  outbound:\n    - port: {outbound}\n      tags:\n        kuma.io/service: {target}\n",
             free_port()?
-        ))
-        .await?;
+        );
+        zone.apply(&yaml).await?;
         let sidecar = zone
-            .start_proxy(ProxyMode::Sidecar, "default", name)
+            .start_proxy_defined(ProxyMode::Sidecar, "default", name, Some(&yaml))
             .await?;
         sidecar.wait_ready().await?;
         Ok(Client { sidecar, outbound })
@@ -211,4 +224,12 @@ pub async fn inbound_port(zone: &ZoneCp, name: &str) -> anyhow::Result<u16> {
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("Dataplane {name} has no inbound port: {dataplane}"))?;
     Ok(u16::try_from(port)?)
+}
+
+/// A seed from the clock, for links whose randomness no test replays.
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chaos_tests::federation::{http_get, Federation, ProxyProcess};
 use chaos_tests::topology::{
     answered_from, answered_with, inbound_port, load, wait_for_ca, Client, Ingress, Instance,
-    DEADLINE, MTLS_MESH,
+    DEADLINE, MTLS_MESH, RESILIENCE,
 };
 use test_support::relay::Fault;
 
@@ -77,13 +77,6 @@ async fn a_request_from_zone_1_is_answered_by_zone_2_over_mtls() {
     frontend.sidecar.stop().await.unwrap();
     federation.stop().await.unwrap();
 }
-
-/// For backend (a `to` MeshService entry, more specific than the mesh's default policies):
-/// retries with a short per-try timeout and a retry budget above the requests in flight at the
-/// cut (Envoy's default of 3 concurrent retries would fail the rest), outlier detection ejecting a failing ingress quickly
-/// and letting it back soon, a 1 s connect timeout (a connection into a blackhole waits that long
-/// before its request is retried elsewhere), and zone-2 preferred over zone-3.
-const RESILIENCE: &str = "type: MeshRetry\nname: retry\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      http:\n        numRetries: 5\n        perTryTimeout: 300ms\n        backOff:\n          baseInterval: 10ms\n          maxInterval: 50ms\n        retryOn:\n        - 5xx\n        - GatewayError\n        - Reset\n        - ConnectFailure\n---\ntype: MeshCircuitBreaker\nname: eject\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      connectionLimits:\n        maxRetries: 1000\n      outlierDetection:\n        disabled: false\n        interval: 1s\n        baseEjectionTime: 2s\n        maxEjectionPercent: 100\n        detectors:\n          totalFailures:\n            consecutive: 2\n          gatewayFailures:\n            consecutive: 2\n---\ntype: MeshLoadBalancingStrategy\nname: prefer-zone-2\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      localityAwareness:\n        crossZone:\n          failover:\n          - to:\n              type: Only\n              zones: [zone-2]\n          - to:\n              type: Only\n              zones: [zone-3]\n---\ntype: MeshTimeout\nname: fast-connect\nmesh: default\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n  - targetRef:\n      kind: MeshService\n      name: backend\n    default:\n      connectionTimeout: 1s\n";
 
 /// The proxy's non-zero statistics of cluster `backend`, for failure messages.
 async fn backend_stats(proxy: &ProxyProcess) -> String {
