@@ -71,7 +71,8 @@ pub struct HttpManager {
     pub routes: RouteSource,
     /// Request-level authorization on the verified peer identity: a denial is HTTP 403.
     pub rbac: Option<Rbac>,
-    pub fault: Option<FaultInjection>,
+    /// Fault filters in order; each applies to the requests its conditions select.
+    pub faults: Vec<FaultInjection>,
     pub local_rate_limit: Option<LocalRateLimit>,
     pub access_logs: Vec<AccessLog>,
     pub idle_timeout: Option<Duration>,
@@ -222,10 +223,24 @@ pub enum Principal {
     AllOf(Vec<Principal>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct FaultInjection {
     pub abort: Option<FaultAbort>,
     pub delay: Option<FaultDelay>,
+    /// Request headers that must all match (the zone CP restricts a MeshFaultInjection `from`
+    /// source to its callers by their `x-kuma-tags` header).
+    pub headers: Vec<HeaderMatch>,
+    /// When not empty, the fault applies only to callers matching one of these (a `rules`
+    /// entry's `matches`, by SPIFFE ID and/or SNI); others skip it.
+    pub callers: Vec<CallerMatch>,
+}
+
+/// A caller by the URI SAN of its verified certificate and/or the SNI it requested; every
+/// given part must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallerMatch {
+    pub uri_san: Option<ValueMatch>,
+    pub sni: Option<ValueMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -54,6 +54,8 @@ pub enum HttpConfigError {
     Rbac(PatternError),
     #[error("routes: {0}")]
     Routes(#[from] route::RouteError),
+    #[error("fault filter [{index}]: {source}")]
+    Fault { index: usize, source: PatternError },
 }
 
 /// A compiled [`HttpManager`].
@@ -64,6 +66,7 @@ pub struct HttpHandler {
     rbac: Option<RbacEngine>,
     inline_routes: Option<Arc<RouteTableRuntime>>,
     rate_limit: Option<TokenBucket>,
+    faults: Vec<filters::FaultFilter>,
     access_logs: Vec<AccessLogSink>,
 }
 
@@ -89,6 +92,15 @@ impl HttpHandler {
                 RouteSource::Rds(_) => None,
             },
             rate_limit: config.local_rate_limit.as_ref().map(TokenBucket::new),
+            faults: config
+                .faults
+                .iter()
+                .enumerate()
+                .map(|(index, f)| {
+                    filters::FaultFilter::compile(f)
+                        .map_err(|source| HttpConfigError::Fault { index, source })
+                })
+                .collect::<Result<_, _>>()?,
             access_logs: config
                 .access_logs
                 .iter()
@@ -339,8 +351,10 @@ async fn route_request(
             return local_reply(bucket.status(), "local_rate_limited");
         }
     }
-    if let Some(fault) = &handler.config.fault {
-        let faults = filters::decide(fault);
+    let (parts, body) = req.into_parts();
+    // Envoy runs fault filters one after the other: each that applies may delay, then abort.
+    for fault in handler.faults.iter().filter(|f| f.applies(&parts, ctx)) {
+        let faults = filters::decide(&fault.config);
         if let Some(delay) = faults.delay {
             stats.fault_delays.fetch_add(1, Ordering::Relaxed);
             log.flags = "DI";
@@ -356,7 +370,6 @@ async fn route_request(
         RouteSource::Rds(name) => rt.routes.get(name),
         RouteSource::Inline(_) => handler.inline_routes.as_ref(),
     };
-    let (parts, body) = req.into_parts();
     let Some(route) = table.and_then(|t| t.find(&parts)) else {
         stats.no_route.fetch_add(1, Ordering::Relaxed);
         log.flags = "NR";

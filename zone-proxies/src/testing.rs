@@ -136,7 +136,7 @@ pub fn http_manager(name: &str, routes: RouteTable) -> HttpManager {
         stat_prefix: name.to_string(),
         routes: RouteSource::Inline(Arc::new(routes)),
         rbac: None,
-        fault: None,
+        faults: Vec::new(),
         local_rate_limit: None,
         access_logs: Vec::new(),
         idle_timeout: None,

@@ -174,13 +174,13 @@ async fn rbac_denies_with_403_and_filters_apply_before_routing() {
     assert_eq!(get(&c, addr, "/").await.unwrap().0, 429);
 
     let mut faulty = http_manager("http", routes);
-    faulty.fault = Some(FaultInjection {
+    faulty.faults = vec![FaultInjection {
         abort: Some(FaultAbort {
             status: 503,
             percent: 100.0,
         }),
-        delay: None,
-    });
+        ..FaultInjection::default()
+    }];
     dp.update(|cfg| {
         *cfg = cfg.clone().with_listener(listener(
             "http",

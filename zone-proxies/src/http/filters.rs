@@ -6,8 +6,56 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use http::request::Parts;
+
+use super::route::HeaderMatcher;
 use crate::config::{FaultInjection, LocalRateLimit};
+use crate::downstream::ConnContext;
+use crate::matcher::{PatternError, StringMatcher};
 use crate::upstream::cluster::now_ms;
+
+/// A fault filter with its conditions compiled.
+#[derive(Debug)]
+pub struct FaultFilter {
+    pub config: FaultInjection,
+    headers: Vec<HeaderMatcher>,
+    /// (URI SAN, SNI) alternatives; empty: every caller.
+    callers: Vec<(Option<StringMatcher>, Option<StringMatcher>)>,
+}
+
+impl FaultFilter {
+    pub fn compile(config: &FaultInjection) -> Result<FaultFilter, PatternError> {
+        let optional = |m: &Option<_>| m.as_ref().map(StringMatcher::compile).transpose();
+        Ok(FaultFilter {
+            config: config.clone(),
+            headers: config
+                .headers
+                .iter()
+                .map(HeaderMatcher::compile)
+                .collect::<Result<_, _>>()?,
+            callers: config
+                .callers
+                .iter()
+                .map(|c| Ok((optional(&c.uri_san)?, optional(&c.sni)?)))
+                .collect::<Result<_, PatternError>>()?,
+        })
+    }
+
+    /// Whether the fault applies to this request: every header matcher holds, and the caller
+    /// matches one of the alternatives when there are any (as Envoy's SkipFilter wrapper: a
+    /// caller without a certificate or SNI does not match a part that names one).
+    pub fn applies(&self, parts: &Parts, ctx: &ConnContext) -> bool {
+        self.headers.iter().all(|h| h.matches(parts))
+            && (self.callers.is_empty()
+                || self.callers.iter().any(|(san, sni)| {
+                    san.as_ref()
+                        .is_none_or(|m| ctx.identity.uri_sans.iter().any(|s| m.matches(s)))
+                        && sni
+                            .as_ref()
+                            .is_none_or(|m| ctx.sni.as_deref().is_some_and(|s| m.matches(s)))
+                }))
+    }
+}
 
 /// A token bucket: `max_tokens`, plus `tokens_per_fill` every `fill_interval`.
 #[derive(Debug)]
@@ -120,6 +168,7 @@ mod tests {
                 delay: Duration::from_millis(5),
                 percent: 0.0,
             }),
+            ..FaultInjection::default()
         };
         assert_eq!(
             decide(&always),
@@ -133,7 +182,7 @@ mod tests {
                 status: 500,
                 percent: 50.0,
             }),
-            delay: None,
+            ..FaultInjection::default()
         };
         let aborted = (0..10_000)
             .filter(|_| decide(&half).abort.is_some())

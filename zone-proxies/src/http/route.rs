@@ -17,7 +17,7 @@ enum PathMatcher {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
+pub(crate) struct HeaderMatcher {
     name: String,
     value: StringMatcher,
     invert: bool,
@@ -75,19 +75,7 @@ impl RouteTableRuntime {
                 let headers = m
                     .headers
                     .iter()
-                    .map(
-                        |HeaderMatch {
-                             name,
-                             value,
-                             invert,
-                         }| {
-                            Ok(HeaderMatcher {
-                                name: name.to_ascii_lowercase(),
-                                value: StringMatcher::compile(value)?,
-                                invert: *invert,
-                            })
-                        },
-                    )
+                    .map(HeaderMatcher::compile)
                     .collect::<Result<_, PatternError>>()
                     .map_err(err)?;
                 let query = m
@@ -206,7 +194,15 @@ impl CompiledRoute {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, parts: &Parts) -> bool {
+    pub(crate) fn compile(h: &HeaderMatch) -> Result<HeaderMatcher, PatternError> {
+        Ok(HeaderMatcher {
+            name: h.name.to_ascii_lowercase(),
+            value: StringMatcher::compile(&h.value)?,
+            invert: h.invert,
+        })
+    }
+
+    pub(crate) fn matches(&self, parts: &Parts) -> bool {
         let found = match self.name.as_str() {
             ":method" => self.value.matches(parts.method.as_str()),
             ":path" => self.value.matches(

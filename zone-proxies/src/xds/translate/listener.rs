@@ -32,15 +32,21 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name as _;
 
-use super::route::route_table;
+use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
+use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::ServerNameInput;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
+use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
+
+use super::route::{header_match, route_table};
 use super::{
     duration, optional_timeout, tls, type_name, unpack, value_match, At, FieldError, FieldResult,
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    AccessLog, ChainHandler, FaultAbort, FaultDelay, FaultInjection, FilterChain, HttpManager,
-    Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource, TcpProxy, ValueMatch,
-    WeightedCluster,
+    AccessLog, CallerMatch, ChainHandler, FaultAbort, FaultDelay, FaultInjection, FilterChain,
+    HttpManager, Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource, TcpProxy,
+    ValueMatch, WeightedCluster,
 };
 
 /// Envoy's default `tcp_proxy` idle timeout.
@@ -322,7 +328,7 @@ fn http_manager(h: &HttpConnectionManager) -> FieldResult<HttpManager> {
         stat_prefix: h.stat_prefix.clone(),
         routes,
         rbac: None,
-        fault: None,
+        faults: Vec::new(),
         local_rate_limit: None,
         access_logs: access_logs(&h.access_log).at("access_log")?,
         idle_timeout: match &h.stream_idle_timeout {
@@ -383,12 +389,10 @@ fn http_filters(
                 .flatten();
         } else if url == HttpFault::type_url() {
             let config: HttpFault = unpack(any).map_err(typed)?;
-            if m.fault.is_some() {
-                return Err(at(FieldError::new(
-                    "more than one fault filter (faults per caller) is not supported",
-                )));
-            }
-            m.fault = Some(fault(&config).map_err(typed)?);
+            m.faults.push(fault(&config).map_err(typed)?);
+        } else if url == ExtensionWithMatcher::type_url() {
+            let config: ExtensionWithMatcher = unpack(any).map_err(typed)?;
+            m.faults.push(conditional_fault(&config).map_err(typed)?);
         } else if url == PbLocalRateLimit::type_url() {
             let config: PbLocalRateLimit = unpack(any).map_err(typed)?;
             if m.local_rate_limit.is_some() {
@@ -495,12 +499,6 @@ fn percent(p: Option<&FractionalPercent>) -> f64 {
 }
 
 fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
-    if !f.headers.is_empty() {
-        return Err(
-            FieldError::new("faults restricted to callers by header are not supported")
-                .at("headers"),
-        );
-    }
     if !f.downstream_nodes.is_empty() || !f.upstream_cluster.is_empty() {
         return Err(FieldError::new(
             "faults restricted to nodes or clusters are not supported",
@@ -542,7 +540,159 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
             _ => Err(FieldError::new("only fixed delays are supported").at("delay")),
         })
         .transpose()?;
-    Ok(FaultInjection { abort, delay })
+    let headers = f
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(FaultInjection {
+        abort,
+        delay,
+        headers,
+        callers: Vec::new(),
+    })
+}
+
+/// A fault filter wrapped in an `ExtensionWithMatcher` that skips it unless the caller matches,
+/// in the one shape the zone CP generates for MeshFaultInjection `rules[].matches`: a matcher
+/// list of one field matcher, `not(or(predicates))` -> `SkipFilter`, each predicate a URI SAN
+/// and/or server name value match (alone or under `and`).
+fn conditional_fault(e: &ExtensionWithMatcher) -> FieldResult<FaultInjection> {
+    use xds_matcher::matcher::matcher_list::predicate::MatchType;
+    use xds_matcher::matcher::{on_match, MatcherType};
+    let shape = || {
+        FieldError::new(
+            "only `not(or(uri_san/server_name matches)) -> SkipFilter` matchers are supported",
+        )
+    };
+    #[allow(deprecated)]
+    if e.matcher.is_some() {
+        return Err(FieldError::new("the legacy `matcher` field is not supported").at("matcher"));
+    }
+    let inner = e
+        .extension_config
+        .as_ref()
+        .and_then(|c| c.typed_config.as_ref())
+        .ok_or_else(|| FieldError::new("missing").at("extension_config"))?;
+    if inner.type_url != HttpFault::type_url() {
+        return Err(FieldError::new(format!(
+            "only fault filters can be wrapped, not {}",
+            type_name(&inner.type_url)
+        ))
+        .at("typed_config")
+        .at("extension_config"));
+    }
+    let config: HttpFault = unpack(inner).at("typed_config").at("extension_config")?;
+    let mut fault = fault(&config).at("typed_config").at("extension_config")?;
+    let matcher = e
+        .xds_matcher
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("xds_matcher"))?;
+    let at = |err: FieldError| err.at("xds_matcher");
+    if matcher.on_no_match.is_some() {
+        return Err(at(shape().at("on_no_match")));
+    }
+    let Some(MatcherType::MatcherList(list)) = &matcher.matcher_type else {
+        return Err(at(shape()));
+    };
+    let [field] = list.matchers.as_slice() else {
+        return Err(at(shape().at("matchers")));
+    };
+    let at = |err: FieldError| {
+        err.at("[0]")
+            .at("matchers")
+            .at("matcher_list")
+            .at("xds_matcher")
+    };
+    let skips = field
+        .on_match
+        .as_ref()
+        .and_then(|o| match &o.on_match {
+            Some(on_match::OnMatch::Action(a)) => a.typed_config.as_ref(),
+            _ => None,
+        })
+        .is_some_and(|a| a.type_url == SkipFilter::type_url());
+    if !skips {
+        return Err(at(shape().at("on_match")));
+    }
+    let Some(MatchType::NotMatcher(negated)) =
+        field.predicate.as_ref().and_then(|p| p.match_type.as_ref())
+    else {
+        return Err(at(shape().at("predicate")));
+    };
+    let alternatives = match &negated.match_type {
+        Some(MatchType::OrMatcher(list)) => list.predicate.iter().collect::<Vec<_>>(),
+        _ => vec![negated.as_ref()],
+    };
+    for (i, p) in alternatives.into_iter().enumerate() {
+        let caller = caller_match(p)
+            .at(format!("[{i}]"))
+            .at("not_matcher")
+            .at("predicate");
+        fault.callers.push(caller.map_err(at)?);
+    }
+    Ok(fault)
+}
+
+/// One caller alternative: a single predicate or an `and` of them, on `uri_san` and/or
+/// `server_name`.
+fn caller_match(p: &xds_matcher::matcher::matcher_list::Predicate) -> FieldResult<CallerMatch> {
+    use xds_matcher::matcher::matcher_list::predicate::{single_predicate, MatchType};
+    let singles: Vec<_> = match &p.match_type {
+        Some(MatchType::SinglePredicate(s)) => vec![s],
+        Some(MatchType::AndMatcher(list)) => list
+            .predicate
+            .iter()
+            .map(|q| match &q.match_type {
+                Some(MatchType::SinglePredicate(s)) => Ok(s),
+                _ => Err(FieldError::new("only single predicates under `and`")),
+            })
+            .collect::<FieldResult<_>>()?,
+        _ => {
+            return Err(FieldError::new(
+                "only single and `and` predicates are supported",
+            ))
+        }
+    };
+    let mut caller = CallerMatch::default();
+    for s in singles {
+        let input = s
+            .input
+            .as_ref()
+            .and_then(|i| i.typed_config.as_ref())
+            .map(|a| a.type_url.as_str())
+            .unwrap_or_default();
+        let Some(single_predicate::Matcher::ValueMatch(m)) = &s.matcher else {
+            return Err(FieldError::new("only value matches are supported").at("matcher"));
+        };
+        use xds_matcher::string_matcher::MatchPattern;
+        let value = match &m.match_pattern {
+            Some(MatchPattern::Exact(v)) if !m.ignore_case => ValueMatch::Exact(v.clone()),
+            Some(MatchPattern::Prefix(v)) if !m.ignore_case => ValueMatch::Prefix(v.clone()),
+            Some(MatchPattern::SafeRegex(r)) if !m.ignore_case => {
+                ValueMatch::Regex(r.regex.clone())
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "only case-sensitive exact, prefix and regex value matches are supported",
+                )
+                .at("value_match"))
+            }
+        };
+        if input == UriSanInput::type_url() {
+            caller.uri_san = Some(value);
+        } else if input == ServerNameInput::type_url() {
+            caller.sni = Some(value);
+        } else {
+            return Err(FieldError::new(format!(
+                "matching input {} is not supported (uri_san and server_name are)",
+                type_name(input)
+            ))
+            .at("input"));
+        }
+    }
+    Ok(caller)
 }
 
 /// A local rate limit; `None` when it is not enforced on any request.

@@ -192,7 +192,7 @@ fn route_match(
 
 // The deprecated exact/prefix/regex forms are still what many control planes send.
 #[allow(deprecated)]
-fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
+pub(super) fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
     let mut invert = h.invert_match;
     let value = match &h.header_match_specifier {
         Some(HeaderMatchSpecifier::StringMatch(s)) => value_match(s).at("string_match")?,
