@@ -486,3 +486,69 @@ async fn the_retry_budget_caps_retries() {
         "{stats}"
     );
 }
+
+/// Faults restricted to callers, as the zone CP generates them for MeshFaultInjection: one
+/// filter per source, selected by the caller's `x-kuma-tags` header, and one for a `rules`
+/// entry matching a SPIFFE ID (a plaintext caller has none, so it never applies here).
+#[tokio::test]
+async fn faults_apply_only_to_the_callers_they_select() {
+    let (backend, _) = http_server("backend").await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let mut manager = http_manager("http", routes);
+    let abort = |status| FaultInjection {
+        abort: Some(FaultAbort {
+            status,
+            percent: 100.0,
+        }),
+        ..FaultInjection::default()
+    };
+    manager.faults = vec![
+        FaultInjection {
+            headers: vec![HeaderMatch {
+                name: "x-kuma-tags".into(),
+                value: ValueMatch::Regex(".*&kuma.io/service=web&.*".into()),
+                invert: false,
+            }],
+            ..abort(503)
+        },
+        FaultInjection {
+            callers: vec![CallerMatch {
+                uri_san: Some(ValueMatch::Exact("spiffe://default/web".into())),
+                sni: None,
+            }],
+            ..abort(418)
+        },
+    ];
+    let dp = RunningDataplane::start(
+        http_config(manager).with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let call = |tags: &'static str| {
+        let c = c.clone();
+        async move {
+            let req = http::Request::get(format!("http://{addr}/"))
+                .header("x-kuma-tags", tags)
+                .body(Default::default())
+                .unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(call("&kuma.io/service=web&").await, 503);
+        assert_eq!(call("&kuma.io/service=billing&").await, 200);
+    }
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"http\"}"
+        ),
+        20,
+        "{stats}"
+    );
+}

@@ -189,4 +189,42 @@ mod tests {
             .count();
         assert!((4_500..5_500).contains(&aborted), "{aborted}");
     }
+
+    #[test]
+    fn a_fault_for_callers_applies_to_a_matching_certificate_or_sni_only() {
+        use crate::config::{CallerMatch, ValueMatch};
+        let filter = FaultFilter::compile(&FaultInjection {
+            callers: vec![
+                CallerMatch {
+                    uri_san: Some(ValueMatch::Prefix("spiffe://default/web".into())),
+                    sni: None,
+                },
+                CallerMatch {
+                    uri_san: Some(ValueMatch::Exact("spiffe://default/api".into())),
+                    sni: Some(ValueMatch::Exact("api.mesh".into())),
+                },
+            ],
+            ..FaultInjection::default()
+        })
+        .unwrap();
+        let parts = http::Request::new(()).into_parts().0;
+        let ctx = |san: Option<&str>, sni: Option<&str>| ConnContext {
+            listener: "l".into(),
+            chain: "c".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            sni: sni.map(str::to_owned),
+            identity: crate::tls::PeerIdentity {
+                uri_sans: san.into_iter().map(str::to_owned).collect(),
+            },
+            tls_terminated: san.is_some(),
+            alpn: None,
+        };
+        assert!(filter.applies(&parts, &ctx(Some("spiffe://default/web-v2"), None)));
+        assert!(filter.applies(&parts, &ctx(Some("spiffe://default/api"), Some("api.mesh"))));
+        assert!(!filter.applies(&parts, &ctx(Some("spiffe://default/api"), None)));
+        assert!(!filter.applies(&parts, &ctx(None, Some("api.mesh"))));
+        let everyone = FaultFilter::compile(&FaultInjection::default()).unwrap();
+        assert!(everyone.applies(&parts, &ctx(None, None)));
+    }
 }
