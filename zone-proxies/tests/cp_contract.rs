@@ -220,8 +220,12 @@ fn targeted_tags(value: &Value, out: &mut BTreeSet<BTreeMap<String, String>>) {
     }
 }
 
-/// A Dataplane per targeted tag set, each with an outbound to every targeted service.
-fn matching_dataplanes(tag_sets: &BTreeSet<BTreeMap<String, String>>) -> Vec<Resource> {
+/// A Dataplane per targeted tag set, each with an outbound to every targeted service; their
+/// inbounds speak `protocol` unless the tags say otherwise.
+fn matching_dataplanes(
+    tag_sets: &BTreeSet<BTreeMap<String, String>>,
+    protocol: &str,
+) -> Vec<Resource> {
     let services: BTreeSet<&String> = tag_sets.iter().map(|t| &t["kuma.io/service"]).collect();
     tag_sets
         .iter()
@@ -230,7 +234,7 @@ fn matching_dataplanes(tag_sets: &BTreeSet<BTreeMap<String, String>>) -> Vec<Res
             let mut inbound_tags = tags.clone();
             inbound_tags
                 .entry("kuma.io/protocol".into())
-                .or_insert_with(|| "http".into());
+                .or_insert_with(|| protocol.into());
             let outbound: Vec<Value> = services
                 .iter()
                 .enumerate()
@@ -347,17 +351,22 @@ fn every_valid_kuma_fixture_translates() {
                 targeted_tags(&r.spec.to_value(), &mut tag_sets);
             }
         }
-        let mut resources = base_topology();
-        // A fixture Mesh replaces the topology's.
-        if added
-            .iter()
-            .any(|r| r.resource_type() == ResourceType::Mesh)
-        {
-            resources.retain(|r| r.resource_type() != ResourceType::Mesh);
+        // The generated configuration depends on the targeted services' protocol (a
+        // MeshHealthCheck is a gRPC, HTTP or TCP check, a MeshRateLimit an HTTP or a network
+        // filter): one variant per protocol the CP distinguishes.
+        for protocol in ["http", "http2", "grpc", "tcp"] {
+            let mut resources = base_topology();
+            // A fixture Mesh replaces the topology's.
+            if added
+                .iter()
+                .any(|r| r.resource_type() == ResourceType::Mesh)
+            {
+                resources.retain(|r| r.resource_type() != ResourceType::Mesh);
+            }
+            resources.extend(added.iter().cloned());
+            resources.extend(matching_dataplanes(&tag_sets, protocol));
+            check_topology(&format!("{file} [{protocol}]"), resources, &mut refusals);
         }
-        resources.extend(added);
-        resources.extend(matching_dataplanes(&tag_sets));
-        check_topology(file, resources, &mut refusals);
     }
     report(&refusals);
 }
