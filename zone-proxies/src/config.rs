@@ -398,6 +398,14 @@ pub enum HealthCheckKind {
         /// Half-open ranges `[start, end)` of healthy statuses.
         expected_statuses: Vec<(u16, u16)>,
     },
+    /// `grpc.health.v1.Health/Check` over HTTP/2 (cleartext): healthy when it answers
+    /// `grpc-status: 0` with the status SERVING.
+    Grpc {
+        /// The `service` asked about (empty: the server as a whole).
+        service_name: String,
+        /// The request's `:authority`; empty: the cluster's name, as Envoy does.
+        authority: String,
+    },
 }
 
 /// A ClusterLoadAssignment.

@@ -552,3 +552,59 @@ async fn faults_apply_only_to_the_callers_they_select() {
         "{stats}"
     );
 }
+
+/// A gRPC health check (`grpc.health.v1.Health/Check` over HTTP/2, as the zone CP generates for
+/// a MeshHealthCheck on a gRPC service) takes a NOT_SERVING host out of the rotation and brings
+/// it back once it serves again.
+#[tokio::test]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let (a, _) = grpc_health_server("a").await;
+    let (b, b_serving) = grpc_health_server("b").await;
+    b_serving.store(2, Ordering::Relaxed);
+    let mut cluster = static_cluster("backend", &[a.addr, b.addr]);
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(1),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::Grpc {
+            service_name: "backend".into(),
+            authority: String::new(),
+        },
+    }];
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp =
+        RunningDataplane::start(http_config(http_manager("http", routes)).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let c = client();
+    let served_by = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let (status, body) = get(&c, addr, "/").await.ok()?;
+                (status == 200).then_some(())?;
+                seen.insert(body);
+            }
+            Some(seen)
+        }
+    };
+    test_support::eventually("a serving alone", Duration::from_secs(5), || async {
+        (served_by(20).await? == ["a".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+    let stats = dp.stats.render();
+    assert!(
+        stat(
+            &stats,
+            "envoy_cluster_health_check_failure{envoy_cluster_name=\"backend\"}"
+        ) > 0
+    );
+    b_serving.store(1, Ordering::Relaxed);
+    test_support::eventually("b back in rotation", Duration::from_secs(5), || async {
+        (served_by(10).await? == ["a".to_owned(), "b".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -307,10 +307,16 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
             }
             HealthCheckKind::Tcp
         }
-        Some(HealthChecker::GrpcHealthCheck(_)) => {
-            return Err(
-                FieldError::new("gRPC health checks are not supported").at("grpc_health_check")
-            )
+        Some(HealthChecker::GrpcHealthCheck(g)) => {
+            if !g.initial_metadata.is_empty() {
+                return Err(FieldError::new("initial metadata is not supported")
+                    .at("initial_metadata")
+                    .at("grpc_health_check"));
+            }
+            HealthCheckKind::Grpc {
+                service_name: g.service_name.clone(),
+                authority: g.authority.clone(),
+            }
         }
         Some(HealthChecker::CustomHealthCheck(c)) => {
             return Err(FieldError::new(format!(
