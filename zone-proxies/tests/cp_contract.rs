@@ -370,3 +370,235 @@ fn every_valid_kuma_fixture_translates() {
     }
     report(&refusals);
 }
+
+/// Policies using the CP's features the fixtures leave out (payload health checks, a TCP rate
+/// limit, redirects and rewrites, mirrors, header changes, bandwidth faults, ring hash on
+/// headers), on services of each protocol.
+const FEATURES: &str = r#"
+type: Dataplane
+name: client-1
+mesh: default
+networking:
+  address: 10.1.0.30
+  inbound:
+    - port: 15000
+      servicePort: 8080
+      tags: {kuma.io/service: client, kuma.io/protocol: http}
+  outbound:
+    - {port: 11001, tags: {kuma.io/service: api}}
+    - {port: 11002, tags: {kuma.io/service: db}}
+    - {port: 11003, tags: {kuma.io/service: grpc-svc}}
+    - {port: 11004, tags: {kuma.io/service: h2-svc}}
+---
+type: Dataplane
+name: db-1
+mesh: default
+networking:
+  address: 10.1.0.31
+  inbound:
+    - {port: 15000, servicePort: 5432, tags: {kuma.io/service: db, kuma.io/protocol: tcp}}
+---
+type: Dataplane
+name: grpc-1
+mesh: default
+networking:
+  address: 10.1.0.32
+  inbound:
+    - {port: 15000, servicePort: 9000, tags: {kuma.io/service: grpc-svc, kuma.io/protocol: grpc}}
+---
+type: Dataplane
+name: h2-1
+mesh: default
+networking:
+  address: 10.1.0.33
+  inbound:
+    - {port: 15000, servicePort: 9001, tags: {kuma.io/service: h2-svc, kuma.io/protocol: http2}}
+---
+type: MeshHealthCheck
+name: hc-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: Mesh}
+      default:
+        interval: 10s
+        timeout: 2s
+        unhealthyThreshold: 3
+        healthyThreshold: 1
+        tcp: {send: Zm9v, receive: [YmFy]}
+        http:
+          path: /health
+          expectedStatuses: [200, 201]
+          requestHeadersToAdd:
+            set: [{name: x-check, value: "1"}]
+        grpc: {serviceName: svc}
+---
+type: MeshRateLimit
+name: rl-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  from:
+    - targetRef: {kind: Mesh}
+      default:
+        local:
+          http:
+            requestRate: {num: 100, interval: 1s}
+            onRateLimit:
+              status: 429
+              headers:
+                add: [{name: x-limited, value: "true"}]
+          tcp:
+            connectionRate: {num: 100, interval: 1s}
+---
+type: MeshFaultInjection
+name: fi-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  from:
+    - targetRef: {kind: MeshService, name: client}
+      default:
+        http:
+          - abort: {httpStatus: 500, percentage: 10}
+            delay: {value: 1s, percentage: "2.5"}
+            responseBandwidth: {limit: 100kbps, percentage: 5}
+---
+type: MeshHTTPRoute
+name: route-filters
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: client}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /old}}]
+          default:
+            filters:
+              - type: RequestRedirect
+                requestRedirect:
+                  scheme: https
+                  hostname: example.com
+                  port: 8443
+                  statusCode: 301
+                  path: {type: ReplaceFullPath, replaceFullPath: /new}
+        - matches: [{path: {type: PathPrefix, value: /v1}}]
+          default:
+            filters:
+              - type: URLRewrite
+                urlRewrite:
+                  hostname: api.internal
+                  path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+              - type: RequestHeaderModifier
+                requestHeaderModifier:
+                  set: [{name: x-a, value: b}]
+                  add: [{name: x-c, value: d}]
+                  remove: [x-e]
+              - type: ResponseHeaderModifier
+                responseHeaderModifier:
+                  set: [{name: x-f, value: g}]
+              - type: RequestMirror
+                requestMirror:
+                  backendRef: {kind: MeshService, name: api}
+                  percentage: "10"
+            backendRefs:
+              - {kind: MeshService, name: api, weight: 1}
+        - matches:
+            - path: {type: RegularExpression, value: "/re/[a-z]+"}
+              method: POST
+              headers: [{type: Present, name: x-present}, {type: RegularExpression, name: x-re, value: "a.*"}]
+              queryParams: [{type: Exact, name: q, value: "1"}]
+          default:
+            backendRefs:
+              - {kind: MeshService, name: api, weight: 1}
+---
+type: MeshLoadBalancingStrategy
+name: lb-ringhash
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      default:
+        loadBalancer:
+          type: RingHash
+          ringHash:
+            hashFunction: MurmurHash2
+            minRingSize: 64
+            maxRingSize: 1024
+            hashPolicies:
+              - type: Header
+                header: {name: x-user}
+              - type: Cookie
+                cookie: {name: session, ttl: 1h, path: /}
+              - type: Connection
+                connection: {sourceIP: true}
+---
+type: MeshRetry
+name: retry-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: Mesh}
+      default:
+        tcp: {maxConnectAttempt: 3}
+        http:
+          numRetries: 3
+          perTryTimeout: 1s
+          backOff: {baseInterval: 100ms, maxInterval: 1s}
+          retryOn: [5xx, Reset, "503"]
+        grpc:
+          numRetries: 2
+          retryOn: [Unavailable, Canceled]
+---
+type: MeshCircuitBreaker
+name: cb-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: Mesh}
+      default:
+        connectionLimits: {maxConnections: 10, maxPendingRequests: 5, maxRequests: 20, maxRetries: 3}
+        outlierDetection:
+          detectors:
+            totalFailures: {consecutive: 5}
+            gatewayFailures: {consecutive: 3}
+            localOriginFailures: {consecutive: 2}
+            successRate: {minimumHosts: 5, requestVolume: 10, standardDeviationFactor: 1.9}
+            failurePercentage: {minimumHosts: 5, requestVolume: 10, threshold: 85}
+---
+type: MeshTimeout
+name: timeout-all
+mesh: default
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  from:
+    - targetRef: {kind: Mesh}
+      default: {idleTimeout: 30s, connectionTimeout: 2s, http: {requestTimeout: 5s, streamIdleTimeout: 10s, maxStreamDuration: 60s, requestHeadersTimeout: 1s}}
+  to:
+    - targetRef: {kind: Mesh}
+      default: {idleTimeout: 30s, connectionTimeout: 2s, http: {requestTimeout: 5s, streamIdleTimeout: 10s, maxStreamDuration: 60s}}
+"#;
+
+#[test]
+fn the_cp_features_translate() {
+    let mut resources = base_topology();
+    for (i, doc) in parse_documents(FEATURES).into_iter().enumerate() {
+        let parsed = doc.unwrap_or_else(|e| panic!("FEATURES document {i}: {e}"));
+        assert!(
+            parsed.warnings.is_empty(),
+            "FEATURES document {i}: {:?}",
+            parsed.warnings
+        );
+        if let Err(e) = mesh_api::validate_resource(&parsed.resource) {
+            panic!("FEATURES document {i} does not validate: {e}");
+        }
+        resources.push(parsed.resource);
+    }
+    let mut refusals = Vec::new();
+    check_topology("FEATURES", resources, &mut refusals);
+    report(&refusals);
+}
