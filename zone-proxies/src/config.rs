@@ -393,6 +393,13 @@ pub struct HealthCheck {
 pub enum HealthCheckKind {
     /// Connecting is enough.
     Tcp,
+    /// Connect, write `send`, then read until every `receive` block has been seen, in order
+    /// but not necessarily contiguous (Envoy's fuzzy match); the connection closing first
+    /// fails the check.
+    TcpPayload {
+        send: Vec<u8>,
+        receive: Vec<Vec<u8>>,
+    },
     Http {
         path: String,
         /// Half-open ranges `[start, end)` of healthy statuses.

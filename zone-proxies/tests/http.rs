@@ -608,3 +608,52 @@ async fn grpc_health_checks_follow_the_serving_status() {
     .await
     .unwrap();
 }
+
+/// A TCP health check with payloads (MeshHealthCheck `tcp.send`/`receive`): the check writes
+/// `send` and the host is healthy once the reply holds the `receive` blocks. Here the payload
+/// is an HTTP request, so the reply's status line decides.
+#[tokio::test]
+async fn tcp_payload_health_checks_match_the_reply() {
+    let (a, _) = http_server("a").await;
+    let (b, b_status) = http_server("b").await;
+    b_status.store(503, Ordering::Relaxed);
+    let mut cluster = static_cluster("backend", &[a.addr, b.addr]);
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::TcpPayload {
+            send: b"GET /health HTTP/1.1\r\nHost: check\r\nConnection: close\r\n\r\n".to_vec(),
+            receive: vec![b"HTTP/1.1 ".to_vec(), b"200".to_vec()],
+        },
+    }];
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp =
+        RunningDataplane::start(http_config(http_manager("http", routes)).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let c = client();
+    let served_by = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let (status, body) = get(&c, addr, "/").await.ok()?;
+                (status == 200).then_some(())?;
+                seen.insert(body);
+            }
+            Some(seen)
+        }
+    };
+    test_support::eventually("a serving alone", Duration::from_secs(5), || async {
+        (served_by(20).await? == ["a".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+    b_status.store(200, Ordering::Relaxed);
+    test_support::eventually("b back in rotation", Duration::from_secs(5), || async {
+        (served_by(10).await? == ["a".to_owned(), "b".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -124,6 +124,20 @@ async fn probe(
     let mut stream = connect(address).await?;
     match kind {
         HealthCheckKind::Tcp => Ok(true),
+        HealthCheckKind::TcpPayload { send, receive } => {
+            stream.write_all(send).await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !contains_in_order(&buf, receive) {
+                // Bounded: the caller's timeout, and a peer sending too much fails.
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 || buf.len() > 64 * 1024 {
+                    return Ok(false);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok(true)
+        }
         HealthCheckKind::Grpc {
             service_name,
             authority,
@@ -175,6 +189,21 @@ async fn probe(
                 .any(|(lo, hi)| status >= *lo && status < *hi))
         }
     }
+}
+
+/// Whether every block of `blocks` occurs in `buf`, in order, without overlapping.
+fn contains_in_order(buf: &[u8], blocks: &[Vec<u8>]) -> bool {
+    let mut rest = buf;
+    for block in blocks.iter().filter(|b| !b.is_empty()) {
+        match rest
+            .windows(block.len())
+            .position(|w| w == block.as_slice())
+        {
+            Some(at) => rest = &rest[at + block.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
@@ -251,6 +280,16 @@ fn serving_status(body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_blocks_match_in_order_not_contiguous() {
+        let blocks = vec![b"po".to_vec(), b"ng".to_vec()];
+        assert!(contains_in_order(b"xxpoyyngzz", &blocks));
+        assert!(contains_in_order(b"pong", &blocks));
+        assert!(!contains_in_order(b"ngpo", &blocks));
+        assert!(!contains_in_order(b"pn", &blocks));
+        assert!(contains_in_order(b"", &[]));
+    }
 
     #[test]
     fn the_serving_status_is_read_from_the_grpc_frame() {
