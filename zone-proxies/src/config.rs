@@ -46,6 +46,9 @@ pub struct FilterChain {
     pub tls: Option<DownstreamTls>,
     /// Connection-level authorization (TCP services), checked on the verified peer identity.
     pub rbac: Option<Rbac>,
+    /// Envoy's network local rate limit: a token per new connection (the chain's connections
+    /// share the bucket); without one the connection is closed at once (`status` unused).
+    pub connection_rate_limit: Option<LocalRateLimit>,
     pub handler: ChainHandler,
 }
 

@@ -81,6 +81,7 @@ pub fn tcp_chain(name: &str, clusters: &[(&str, u32)]) -> FilterChain {
         server_names: Vec::new(),
         tls: None,
         rbac: None,
+        connection_rate_limit: None,
         handler: ChainHandler::Tcp(TcpProxy {
             stat_prefix: name.to_string(),
             clusters: weighted(clusters),
@@ -149,6 +150,7 @@ pub fn http_chain(name: &str, manager: HttpManager) -> FilterChain {
         server_names: Vec::new(),
         tls: None,
         rbac: None,
+        connection_rate_limit: None,
         handler: ChainHandler::Http(manager),
     }
 }

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbNetworkLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy, TcpProxy as PbTcpProxy,
@@ -180,12 +181,17 @@ fn filter_chain(c: &PbFilterChain, secrets: &mut InlineSecrets) -> FieldResult<F
         .map(|s| tls::downstream(s, secrets).at("transport_socket"))
         .transpose()?
         .flatten();
-    let (rbac, handler) = filters(&c.filters).at("filters")?;
+    let NetworkFilters {
+        rbac,
+        connection_rate_limit,
+        handler,
+    } = filters(&c.filters).at("filters")?;
     Ok(FilterChain {
         name: c.name.clone(),
         server_names,
         tls,
         rbac,
+        connection_rate_limit,
         handler,
     })
 }
@@ -200,9 +206,11 @@ fn typed_config(f: &Filter) -> FieldResult<&Any> {
     }
 }
 
-/// A chain's network filters: optional RBAC, then exactly one terminal filter, last.
-fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
+/// A chain's network filters: optional RBAC and connection rate limit, then exactly one
+/// terminal filter, last.
+fn filters(list: &[Filter]) -> FieldResult<NetworkFilters> {
     let mut rbac_filter = None;
+    let mut connection_limit = None;
     let mut handler = None;
     for (i, f) in list.iter().enumerate() {
         let at = |e: FieldError| e.at(format!("[{i}]"));
@@ -235,6 +243,16 @@ fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
                     .map_err(at)?
                     .flatten(),
             );
+        } else if url == PbNetworkLocalRateLimit::type_url() {
+            let config: PbNetworkLocalRateLimit = unpack(any).at("typed_config").map_err(at)?;
+            if connection_limit.is_some() {
+                return Err(at(FieldError::new("a second network local rate limit")));
+            }
+            connection_limit = Some(
+                connection_rate_limit(&config)
+                    .at("typed_config")
+                    .map_err(at)?,
+            );
         } else if url == PbTcpProxy::type_url() {
             let config: PbTcpProxy = unpack(any).at("typed_config").map_err(at)?;
             handler = Some(ChainHandler::Tcp(
@@ -255,7 +273,18 @@ fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
     let handler = handler.ok_or_else(|| {
         FieldError::new("no terminal filter (tcp_proxy or http_connection_manager)")
     })?;
-    Ok((rbac_filter.flatten(), handler))
+    Ok(NetworkFilters {
+        rbac: rbac_filter.flatten(),
+        connection_rate_limit: connection_limit.flatten(),
+        handler,
+    })
+}
+
+/// What a chain's network filters come to.
+struct NetworkFilters {
+    rbac: Option<Rbac>,
+    connection_rate_limit: Option<LocalRateLimit>,
+    handler: ChainHandler,
 }
 
 fn tcp_proxy(p: &PbTcpProxy) -> FieldResult<TcpProxy> {
@@ -713,24 +742,7 @@ fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<LocalRateLimit>>
     if !l.descriptors.is_empty() {
         return Err(FieldError::new("rate limit descriptors are not supported").at("descriptors"));
     }
-    let bucket = l
-        .token_bucket
-        .as_ref()
-        .ok_or_else(|| FieldError::new("missing").at("token_bucket"))?;
-    let fill_interval = bucket
-        .fill_interval
-        .as_ref()
-        .ok_or_else(|| {
-            FieldError::new("missing")
-                .at("fill_interval")
-                .at("token_bucket")
-        })
-        .and_then(|d| duration(d).at("fill_interval").at("token_bucket"))?;
-    if fill_interval.is_zero() {
-        return Err(FieldError::new("must be positive")
-            .at("fill_interval")
-            .at("token_bucket"));
-    }
+    let (max_tokens, tokens_per_fill, fill_interval) = token_bucket(l.token_bucket.as_ref())?;
     let status = match &l.status {
         None => 429,
         Some(s) => u16::try_from(s.code)
@@ -741,9 +753,52 @@ fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<LocalRateLimit>>
             })?,
     };
     Ok(Some(LocalRateLimit {
-        max_tokens: bucket.max_tokens,
-        tokens_per_fill: bucket.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        max_tokens,
+        tokens_per_fill,
         fill_interval,
         status,
+    }))
+}
+
+/// A token bucket: (max tokens, tokens per fill, fill interval).
+fn token_bucket(
+    bucket: Option<&envoy_types::pb::envoy::r#type::v3::TokenBucket>,
+) -> FieldResult<(u32, u32, Duration)> {
+    let bucket = bucket.ok_or_else(|| FieldError::new("missing").at("token_bucket"))?;
+    let fill_interval = bucket
+        .fill_interval
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("fill_interval"))
+        .and_then(|d| duration(d).at("fill_interval"))
+        .at("token_bucket")?;
+    if fill_interval.is_zero() {
+        return Err(FieldError::new("must be positive")
+            .at("fill_interval")
+            .at("token_bucket"));
+    }
+    Ok((
+        bucket.max_tokens,
+        bucket.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        fill_interval,
+    ))
+}
+
+/// The network local rate limit: a token per new connection, shared by the chain's connections.
+fn connection_rate_limit(l: &PbNetworkLocalRateLimit) -> FieldResult<Option<LocalRateLimit>> {
+    if let Some(enabled) = &l.runtime_enabled {
+        if enabled.default_value.as_ref().is_some_and(|v| !v.value) {
+            return Ok(None);
+        }
+    }
+    if !l.share_key.is_empty() {
+        // Sharing across chains by key only changes which connections draw from one bucket.
+        return Err(FieldError::new("shared token buckets are not supported").at("share_key"));
+    }
+    let (max_tokens, tokens_per_fill, fill_interval) = token_bucket(l.token_bucket.as_ref())?;
+    Ok(Some(LocalRateLimit {
+        max_tokens,
+        tokens_per_fill,
+        fill_interval,
+        status: 0,
     }))
 }
