@@ -157,7 +157,34 @@ pub enum ValueMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteAction {
     Forward(Forward),
-    DirectResponse { status: u16, body: String },
+    DirectResponse {
+        status: u16,
+        body: String,
+    },
+    /// Answers with `status` and a `Location` built from the request's URL with these parts
+    /// replaced (MeshHTTPRoute's RequestRedirect filter).
+    Redirect(Redirect),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub status: u16,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: RedirectPath,
+    /// Drop the request's query string.
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedirectPath {
+    /// The request's path.
+    Keep,
+    /// This path (with its own query, if it has one, replacing the request's).
+    Whole(String),
+    /// The prefix the route matched replaced by this one.
+    Prefix(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod filters;
+pub mod redirect;
 pub mod route;
 
 use std::convert::Infallible;
@@ -381,6 +382,15 @@ async fn route_request(
             *response.body_mut() = Full::new(Bytes::from(body.clone()))
                 .map_err(|e| match e {})
                 .boxed_unsync();
+            response
+        }
+        RouteAction::Redirect(redirect) => {
+            let target =
+                redirect::location(redirect, &route.matcher.path, &parts, ctx.tls_terminated);
+            let mut response = local_reply(redirect.status, "");
+            if let Ok(value) = HeaderValue::from_str(&target) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
             response
         }
         RouteAction::Forward(forward) => {

@@ -657,3 +657,53 @@ async fn tcp_payload_health_checks_match_the_reply() {
     .await
     .unwrap();
 }
+
+/// A MeshHTTPRoute RequestRedirect: the proxy answers the redirect itself, with the request's
+/// URL rewritten in `Location`; other routes still forward.
+#[tokio::test]
+async fn a_redirect_route_answers_with_the_rewritten_location() {
+    let (backend, _) = http_server("backend").await;
+    let mut redirect = forward_route("old", "/old", &[("backend", 1)]);
+    redirect.action = RouteAction::Redirect(Redirect {
+        status: 308,
+        scheme: Some("https".into()),
+        host: Some("example.com".into()),
+        port: None,
+        path: RedirectPath::Prefix("/new".into()),
+        strip_query: false,
+    });
+    let routes = route_table(
+        "r",
+        vec![redirect, forward_route("all", "/", &[("backend", 1)])],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.get(format!("http://{addr}/old/page?x=1").parse().unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 308);
+    assert_eq!(
+        res.headers()["location"],
+        "https://example.com/new/page?x=1"
+    );
+    assert_eq!(
+        get(&c, addr, "/other").await.unwrap(),
+        (200, "backend".into())
+    );
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"}"
+        ),
+        1
+    );
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    route, route_action, route_match::PathSpecifier, HeaderMatcher as PbHeaderMatcher,
+    redirect_action, route, route_action, route_match::PathSpecifier,
+    HeaderMatcher as PbHeaderMatcher, RedirectAction as PbRedirectAction,
     RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction as PbRouteAction,
     RouteConfiguration, VirtualHost as PbVirtualHost,
 };
@@ -17,8 +18,8 @@ use super::{
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    Forward, HeaderMatch, PathMatch, QueryMatch, RetryOn, RetryPolicy, Route, RouteAction,
-    RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+    Forward, HeaderMatch, PathMatch, QueryMatch, Redirect, RedirectPath, RetryOn, RetryPolicy,
+    Route, RouteAction, RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
 };
 
 /// Envoy's default route timeout.
@@ -109,9 +110,7 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
                 .unwrap_or_default();
             RouteAction::DirectResponse { status, body }
         }
-        Some(route::Action::Redirect(_)) => {
-            return Err(FieldError::new("redirects are not supported").at("redirect"))
-        }
+        Some(route::Action::Redirect(r)) => RouteAction::Redirect(redirect(r).at("redirect")?),
         Some(_) => return Err(FieldError::new("unsupported route action")),
         None => return Err(FieldError::new("no action")),
     };
@@ -119,6 +118,63 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
         name: r.name.clone(),
         matcher,
         action,
+    })
+}
+
+fn redirect(r: &PbRedirectAction) -> FieldResult<Redirect> {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let status = match RedirectResponseCode::try_from(r.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => {
+            return Err(
+                FieldError::new(format!("unknown response code {}", r.response_code))
+                    .at("response_code"),
+            )
+        }
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) if !s.is_empty() => {
+            Some(s.to_ascii_lowercase())
+        }
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_owned()),
+        _ => None,
+    };
+    let port = match r.port_redirect {
+        0 => None,
+        p => Some(
+            u16::try_from(p)
+                .map_err(|_| FieldError::new(format!("{p} is not a port")).at("port_redirect"))?,
+        ),
+    };
+    let path = match &r.path_rewrite_specifier {
+        None => RedirectPath::Keep,
+        Some(PathRewriteSpecifier::PathRedirect(p)) if p.starts_with('/') => {
+            RedirectPath::Whole(p.clone())
+        }
+        Some(PathRewriteSpecifier::PathRedirect(p)) => {
+            return Err(FieldError::new(format!("{p:?} does not start with /")).at("path_redirect"))
+        }
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => RedirectPath::Prefix(p.clone()),
+        Some(PathRewriteSpecifier::RegexRewrite(_)) => {
+            return Err(
+                FieldError::new("regex path redirects are not supported").at("regex_rewrite")
+            )
+        }
+        Some(PathRewriteSpecifier::PathRewrite(_)) => {
+            return Err(FieldError::new("path templates are not supported").at("path_rewrite"))
+        }
+    };
+    Ok(Redirect {
+        status,
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port,
+        path,
+        strip_query: r.strip_query,
     })
 }
 
