@@ -196,7 +196,17 @@ pub struct Forward {
     pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub prefix_rewrite: Option<String>,
+    /// Envoy's `regex_rewrite`: every match of the pattern in the path (not the query) replaced
+    /// by the substitution (`\N` for capture group N). The zone CP expresses MeshHTTPRoute's
+    /// `ReplaceFullPath` as `^.*$` -> the new path.
+    pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::access_log::{timestamp, AccessLogSink, AccessLogs};
 use crate::config::{
-    Forward, HttpManager, LbPolicy, PathMatch, RetryPolicy, Route, RouteAction, RouteSource,
+    Forward, HttpManager, LbPolicy, PathMatch, RetryPolicy, RouteAction, RouteSource,
     UpstreamProtocol,
 };
 use crate::dataplane::DrainState;
@@ -540,7 +540,7 @@ impl UpstreamRequest {
     async fn new(
         parts: http::request::Parts,
         body: Incoming,
-        route: &Route,
+        route: route::MatchedRoute<'_>,
         forward: &Forward,
         cluster: &UpstreamCluster,
     ) -> UpstreamRequest {
@@ -582,7 +582,17 @@ impl UpstreamRequest {
             (Some(rewrite), PathMatch::Prefix(prefix)) => original
                 .strip_prefix(prefix.as_str())
                 .map(|rest| format!("{rewrite}{rest}")),
-            _ => None,
+            _ => match (route.path_rewrite, &forward.regex_rewrite) {
+                (Some(regex), Some(rewrite)) => {
+                    let path = parts.uri.path();
+                    let new = route::regex_replace(regex, path, &rewrite.substitution);
+                    Some(match parts.uri.query() {
+                        Some(q) => format!("{new}?{q}"),
+                        None => new,
+                    })
+                }
+                _ => None,
+            },
         };
         let uri = match rewritten {
             Some(path) => path.parse().unwrap_or_default(),

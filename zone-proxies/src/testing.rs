@@ -115,6 +115,7 @@ pub fn forward_route(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Rout
             idle_timeout: None,
             retry: None,
             prefix_rewrite: None,
+            regex_rewrite: None,
             host_rewrite: None,
         }),
     }

@@ -707,3 +707,47 @@ async fn a_redirect_route_answers_with_the_rewritten_location() {
         1
     );
 }
+
+/// Regex path rewrites (the zone CP's MeshHTTPRoute URLRewrite `ReplaceFullPath` is
+/// `^.*$` -> the new path; capture groups as Envoy's `\N`): the upstream sees the new path,
+/// the query kept.
+#[tokio::test]
+async fn regex_rewrites_change_the_upstream_path() {
+    let upstream = path_server().await;
+    let rewrite = |name: &str, prefix: &str, pattern: &str, substitution: &str| {
+        let mut route = forward_route(name, prefix, &[("up", 1)]);
+        if let RouteAction::Forward(f) = &mut route.action {
+            f.regex_rewrite = Some(RegexRewrite {
+                pattern: pattern.into(),
+                substitution: substitution.into(),
+            });
+        }
+        route
+    };
+    let routes = route_table(
+        "r",
+        vec![
+            rewrite("whole", "/old", "^.*$", "/new"),
+            rewrite(
+                "groups",
+                "/service",
+                "^/service/([^/]+)(/.*)$",
+                "\\2/instance/\\1",
+            ),
+        ],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("up", &[upstream.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    assert_eq!(
+        get(&c, addr, "/old/page?x=1").await.unwrap(),
+        (200, "/new?x=1".into())
+    );
+    assert_eq!(
+        get(&c, addr, "/service/foo/v1/api").await.unwrap(),
+        (200, "/v1/api/instance/foo".into())
+    );
+}

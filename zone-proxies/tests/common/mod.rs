@@ -173,6 +173,34 @@ pub async fn grpc_health_server(name: &str) -> (Server, Arc<AtomicU16>) {
     (Server { addr, task }, serving)
 }
 
+/// An HTTP server answering every request with the path and query it received.
+pub async fn path_server() -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            conns.spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path_and_query().map(|p| p.to_string());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(path.unwrap_or_default()),
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    Server { addr, task }
+}
+
 pub async fn http_server(name: &str) -> (Server, Arc<AtomicU16>) {
     http_server_on("127.0.0.1:0".parse().unwrap(), name, Duration::ZERO).await
 }

@@ -18,8 +18,9 @@ use super::{
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    Forward, HeaderMatch, PathMatch, QueryMatch, Redirect, RedirectPath, RetryOn, RetryPolicy,
-    Route, RouteAction, RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+    Forward, HeaderMatch, PathMatch, QueryMatch, Redirect, RedirectPath, RegexRewrite, RetryOn,
+    RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, ValueMatch, VirtualHost,
+    WeightedCluster,
 };
 
 /// Envoy's default route timeout.
@@ -309,9 +310,26 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
             ))
         }
     };
-    if a.regex_rewrite.is_some() || a.path_rewrite_policy.is_some() {
-        return Err(FieldError::new("regex path rewrites are not supported").at("regex_rewrite"));
+    if a.path_rewrite_policy.is_some() {
+        return Err(FieldError::new("path templates are not supported").at("path_rewrite_policy"));
     }
+    let regex_rewrite = a
+        .regex_rewrite
+        .as_ref()
+        .map(|r| {
+            let pattern = r
+                .pattern
+                .as_ref()
+                .ok_or_else(|| FieldError::new("missing").at("pattern"))?;
+            regex_automata::meta::Regex::new(&pattern.regex)
+                .map_err(|e| FieldError::new(e.to_string()).at("regex").at("pattern"))?;
+            Ok(RegexRewrite {
+                pattern: pattern.regex.clone(),
+                substitution: r.substitution.clone(),
+            })
+        })
+        .transpose()
+        .at("regex_rewrite")?;
     let host_rewrite = match &a.host_rewrite_specifier {
         None => None,
         Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
@@ -333,6 +351,7 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
             .transpose()
             .at("retry_policy")?,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        regex_rewrite,
         host_rewrite,
     })
 }
