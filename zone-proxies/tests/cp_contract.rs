@@ -200,16 +200,15 @@ fn targeted_tags(value: &Value, out: &mut BTreeSet<BTreeMap<String, String>>) {
                     tags.insert("kuma.io/service".into(), name.to_owned());
                 }
             }
-            if matches!(
+            // A MeshSubset without a service tag selects a made-up service's instances.
+            let selects = matches!(
                 kind,
                 Some("MeshService" | "MeshServiceSubset" | "MeshSubset")
-            ) || tags.contains_key("kuma.io/service")
-            {
-                if !tags.is_empty() {
-                    tags.entry("kuma.io/service".into())
-                        .or_insert_with(|| "subset".into());
-                    out.insert(tags);
-                }
+            ) || tags.contains_key("kuma.io/service");
+            if selects && !tags.is_empty() {
+                tags.entry("kuma.io/service".into())
+                    .or_insert_with(|| "subset".into());
+                out.insert(tags);
             }
             for v in map.values() {
                 targeted_tags(v, out);
