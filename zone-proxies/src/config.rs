@@ -267,6 +267,8 @@ pub enum Principal {
 pub struct FaultInjection {
     pub abort: Option<FaultAbort>,
     pub delay: Option<FaultDelay>,
+    /// Responses sent no faster than this (MeshFaultInjection `responseBandwidth`).
+    pub response_bandwidth: Option<FaultBandwidth>,
     /// Request headers that must all match (the zone CP restricts a MeshFaultInjection `from`
     /// source to its callers by their `x-kuma-tags` header).
     pub headers: Vec<HeaderMatch>,
@@ -287,6 +289,13 @@ pub struct CallerMatch {
 pub struct FaultAbort {
     pub status: u16,
     /// Share of requests, 0.0 to 100.0.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultBandwidth {
+    /// KiB per second, as Envoy's `limit_kbps`.
+    pub kbps: u64,
     pub percent: f64,
 }
 

@@ -263,6 +263,8 @@ struct RequestLog {
     host: Option<Arc<Host>>,
     flags: &'static str,
     attempts: u32,
+    /// A fault filter's response bandwidth limit, KiB/s.
+    throttle_kbps: Option<u64>,
 }
 
 /// The request line as the access log shows it, captured only when a log is configured.
@@ -303,7 +305,10 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
         flags: "-",
         ..Default::default()
     };
-    let response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    let mut response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    if let Some(kbps) = log.throttle_kbps {
+        response = response.map(|body| filters::Throttled::new(body, kbps).boxed_unsync());
+    }
     stats.downstream_rq_active.fetch_sub(1, Ordering::Relaxed);
     if let Some(line) = line {
         let entry = serde_json::json!({
@@ -356,6 +361,9 @@ async fn route_request(
     // Envoy runs fault filters one after the other: each that applies may delay, then abort.
     for fault in handler.faults.iter().filter(|f| f.applies(&parts, ctx)) {
         let faults = filters::decide(&fault.config);
+        if let Some(kbps) = faults.bandwidth_kbps {
+            log.throttle_kbps = Some(log.throttle_kbps.map_or(kbps, |k| k.min(kbps)));
+        }
         if let Some(delay) = faults.delay {
             stats.fault_delays.fetch_add(1, Ordering::Relaxed);
             log.flags = "DI";

@@ -751,3 +751,31 @@ async fn regex_rewrites_change_the_upstream_path() {
         (200, "/v1/api/instance/foo".into())
     );
 }
+
+/// A fault's response bandwidth limit (MeshFaultInjection `responseBandwidth`): the body
+/// arrives whole, no faster than the limit.
+#[tokio::test]
+async fn a_bandwidth_fault_slows_the_response_to_its_rate() {
+    let big = "x".repeat(32 * 1024);
+    let (backend, _) = http_server(&big).await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let mut manager = http_manager("http", routes);
+    manager.faults = vec![FaultInjection {
+        response_bandwidth: Some(FaultBandwidth {
+            kbps: 64,
+            percent: 100.0,
+        }),
+        ..FaultInjection::default()
+    }];
+    let dp = RunningDataplane::start(
+        http_config(manager).with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let started = std::time::Instant::now();
+    let (status, body) = get(&c, addr, "/").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((status, body.len()), (200, big.len()));
+    // 32 KiB at 64 KiB/s: the last piece (6.4 KiB each) is due after 25.6 KiB, 0.4 s.
+    assert!(took >= Duration::from_millis(390), "took {took:?}");
+}

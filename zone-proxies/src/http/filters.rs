@@ -1,6 +1,7 @@
 //! The request filters before routing: the local rate limit (a token bucket per connection
 //! manager, refilled lazily from elapsed time, one atomic per request) and fault injection.
 
+use std::future::Future as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,74 @@ use crate::config::{FaultInjection, LocalRateLimit};
 use crate::downstream::ConnContext;
 use crate::matcher::{PatternError, StringMatcher};
 use crate::upstream::cluster::now_ms;
+
+/// A response body sent no faster than a rate: frames are cut into pieces of a tenth of a
+/// second's worth, each released when the bytes before it are due (Envoy's fault filter
+/// `response_rate_limit`).
+pub struct Throttled {
+    inner: super::client::Body,
+    bytes_per_sec: u64,
+    started: Option<tokio::time::Instant>,
+    sent: u64,
+    pending: Option<bytes::Bytes>,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Throttled {
+    pub fn new(inner: super::client::Body, kbps: u64) -> Throttled {
+        Throttled {
+            inner,
+            bytes_per_sec: kbps.max(1) * 1024,
+            started: None,
+            sent: 0,
+            pending: None,
+            wait: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Throttled {
+    type Data = bytes::Bytes;
+    type Error = super::client::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(wait) = &mut this.wait {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.wait = None;
+        }
+        let mut data = match this.pending.take() {
+            Some(data) => data,
+            None => match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            },
+        };
+        let piece = (this.bytes_per_sec / 10).max(1) as usize;
+        if data.len() > piece {
+            this.pending = Some(data.split_off(piece));
+        }
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
+        this.sent += data.len() as u64;
+        // The next piece waits until the bytes sent so far are due at the rate.
+        let due = started + Duration::from_secs_f64(this.sent as f64 / this.bytes_per_sec as f64);
+        this.wait = Some(Box::pin(tokio::time::sleep_until(due)));
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.inner.is_end_stream()
+    }
+}
 
 /// A fault filter with its conditions compiled.
 #[derive(Debug)]
@@ -118,6 +187,8 @@ impl TokenBucket {
 pub struct Faults {
     pub delay: Option<Duration>,
     pub abort: Option<u16>,
+    /// Throttle the response to this many KiB/s.
+    pub bandwidth_kbps: Option<u64>,
 }
 
 fn roll(percent: f64) -> bool {
@@ -136,6 +207,11 @@ pub fn decide(fault: &FaultInjection) -> Faults {
             .as_ref()
             .filter(|a| roll(a.percent))
             .map(|a| a.status),
+        bandwidth_kbps: fault
+            .response_bandwidth
+            .as_ref()
+            .filter(|b| roll(b.percent))
+            .map(|b| b.kbps),
     }
 }
 
@@ -174,7 +250,8 @@ mod tests {
             decide(&always),
             Faults {
                 delay: None,
-                abort: Some(503)
+                abort: Some(503),
+                bandwidth_kbps: None,
             }
         );
         let half = FaultInjection {

@@ -15,7 +15,9 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac, Principal as PbPrincipal, Rbac as PbRbac,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+    fault_delay, fault_rate_limit,
+};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, HttpFault};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbHttpRbac;
@@ -45,9 +47,9 @@ use super::{
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    AccessLog, CallerMatch, ChainHandler, FaultAbort, FaultDelay, FaultInjection, FilterChain,
-    HttpManager, Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource, TcpProxy,
-    ValueMatch, WeightedCluster,
+    AccessLog, CallerMatch, ChainHandler, FaultAbort, FaultBandwidth, FaultDelay, FaultInjection,
+    FilterChain, HttpManager, Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource,
+    TcpProxy, ValueMatch, WeightedCluster,
 };
 
 /// Envoy's default `tcp_proxy` idle timeout.
@@ -533,12 +535,6 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
             "faults restricted to nodes or clusters are not supported",
         ));
     }
-    if f.response_rate_limit.is_some() {
-        return Err(
-            FieldError::new("response bandwidth limits are not supported")
-                .at("response_rate_limit"),
-        );
-    }
     let abort = f
         .abort
         .as_ref()
@@ -575,9 +571,31 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
         .enumerate()
         .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
         .collect::<FieldResult<Vec<_>>>()?;
+    let response_bandwidth = f
+        .response_rate_limit
+        .as_ref()
+        .map(|r| match &r.limit_type {
+            Some(fault_rate_limit::LimitType::FixedLimit(fixed)) if fixed.limit_kbps > 0 => {
+                Ok(FaultBandwidth {
+                    kbps: fixed.limit_kbps,
+                    percent: percent(r.percentage.as_ref()),
+                })
+            }
+            Some(fault_rate_limit::LimitType::FixedLimit(_)) => {
+                Err(FieldError::new("must be positive")
+                    .at("limit_kbps")
+                    .at("fixed_limit"))
+            }
+            _ => Err(FieldError::new(
+                "only fixed limits are supported (not header-driven ones)",
+            )),
+        })
+        .transpose()
+        .at("response_rate_limit")?;
     Ok(FaultInjection {
         abort,
         delay,
+        response_bandwidth,
         headers,
         callers: Vec::new(),
     })
