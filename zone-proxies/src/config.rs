@@ -46,6 +46,9 @@ pub struct FilterChain {
     pub tls: Option<DownstreamTls>,
     /// Connection-level authorization (TCP services), checked on the verified peer identity.
     pub rbac: Option<Rbac>,
+    /// Envoy's network local rate limit: a token per new connection (the chain's connections
+    /// share the bucket); without one the connection is closed at once (`status` unused).
+    pub connection_rate_limit: Option<LocalRateLimit>,
     pub handler: ChainHandler,
 }
 
@@ -71,7 +74,8 @@ pub struct HttpManager {
     pub routes: RouteSource,
     /// Request-level authorization on the verified peer identity: a denial is HTTP 403.
     pub rbac: Option<Rbac>,
-    pub fault: Option<FaultInjection>,
+    /// Fault filters in order; each applies to the requests its conditions select.
+    pub faults: Vec<FaultInjection>,
     pub local_rate_limit: Option<LocalRateLimit>,
     pub access_logs: Vec<AccessLog>,
     pub idle_timeout: Option<Duration>,
@@ -153,7 +157,34 @@ pub enum ValueMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteAction {
     Forward(Forward),
-    DirectResponse { status: u16, body: String },
+    DirectResponse {
+        status: u16,
+        body: String,
+    },
+    /// Answers with `status` and a `Location` built from the request's URL with these parts
+    /// replaced (MeshHTTPRoute's RequestRedirect filter).
+    Redirect(Redirect),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub status: u16,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: RedirectPath,
+    /// Drop the request's query string.
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedirectPath {
+    /// The request's path.
+    Keep,
+    /// This path (with its own query, if it has one, replacing the request's).
+    Whole(String),
+    /// The prefix the route matched replaced by this one.
+    Prefix(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +196,17 @@ pub struct Forward {
     pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub prefix_rewrite: Option<String>,
+    /// Envoy's `regex_rewrite`: every match of the pattern in the path (not the query) replaced
+    /// by the substitution (`\N` for capture group N). The zone CP expresses MeshHTTPRoute's
+    /// `ReplaceFullPath` as `^.*$` -> the new path.
+    pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,16 +263,39 @@ pub enum Principal {
     AllOf(Vec<Principal>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct FaultInjection {
     pub abort: Option<FaultAbort>,
     pub delay: Option<FaultDelay>,
+    /// Responses sent no faster than this (MeshFaultInjection `responseBandwidth`).
+    pub response_bandwidth: Option<FaultBandwidth>,
+    /// Request headers that must all match (the zone CP restricts a MeshFaultInjection `from`
+    /// source to its callers by their `x-kuma-tags` header).
+    pub headers: Vec<HeaderMatch>,
+    /// When not empty, the fault applies only to callers matching one of these (a `rules`
+    /// entry's `matches`, by SPIFFE ID and/or SNI); others skip it.
+    pub callers: Vec<CallerMatch>,
+}
+
+/// A caller by the URI SAN of its verified certificate and/or the SNI it requested; every
+/// given part must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallerMatch {
+    pub uri_san: Option<ValueMatch>,
+    pub sni: Option<ValueMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultAbort {
     pub status: u16,
     /// Share of requests, 0.0 to 100.0.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultBandwidth {
+    /// KiB per second, as Envoy's `limit_kbps`.
+    pub kbps: u64,
     pub percent: f64,
 }
 
@@ -378,10 +442,25 @@ pub struct HealthCheck {
 pub enum HealthCheckKind {
     /// Connecting is enough.
     Tcp,
+    /// Connect, write `send`, then read until every `receive` block has been seen, in order
+    /// but not necessarily contiguous (Envoy's fuzzy match); the connection closing first
+    /// fails the check.
+    TcpPayload {
+        send: Vec<u8>,
+        receive: Vec<Vec<u8>>,
+    },
     Http {
         path: String,
         /// Half-open ranges `[start, end)` of healthy statuses.
         expected_statuses: Vec<(u16, u16)>,
+    },
+    /// `grpc.health.v1.Health/Check` over HTTP/2 (cleartext): healthy when it answers
+    /// `grpc-status: 0` with the status SERVING.
+    Grpc {
+        /// The `service` asked about (empty: the server as a whole).
+        service_name: String,
+        /// The request's `:authority`; empty: the cluster's name, as Envoy does.
+        authority: String,
     },
 }
 

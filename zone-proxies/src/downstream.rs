@@ -173,6 +173,14 @@ pub async fn serve_connection(
         tracing::debug!(listener = %name, ?sni, %peer, "no filter chain matches");
         return;
     };
+    // Before the TLS handshake: a connection over the rate costs nothing more.
+    if let Some(bucket) = &chain.connection_rate_limit {
+        if !bucket.try_acquire() {
+            stats.cx_rate_limited.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %name, chain = %chain.name, %peer, "connection rate limited");
+            return;
+        }
+    }
     let stream = Prefixed::new(Bytes::from(first), stream);
     let mut ctx = ConnContext {
         listener: name.clone(),

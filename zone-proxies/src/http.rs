@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod filters;
+pub mod redirect;
 pub mod route;
 
 use std::convert::Infallible;
@@ -28,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::access_log::{timestamp, AccessLogSink, AccessLogs};
 use crate::config::{
-    Forward, HttpManager, LbPolicy, PathMatch, RetryPolicy, Route, RouteAction, RouteSource,
+    Forward, HttpManager, LbPolicy, PathMatch, RetryPolicy, RouteAction, RouteSource,
     UpstreamProtocol,
 };
 use crate::dataplane::DrainState;
@@ -54,6 +55,8 @@ pub enum HttpConfigError {
     Rbac(PatternError),
     #[error("routes: {0}")]
     Routes(#[from] route::RouteError),
+    #[error("fault filter [{index}]: {source}")]
+    Fault { index: usize, source: PatternError },
 }
 
 /// A compiled [`HttpManager`].
@@ -64,6 +67,7 @@ pub struct HttpHandler {
     rbac: Option<RbacEngine>,
     inline_routes: Option<Arc<RouteTableRuntime>>,
     rate_limit: Option<TokenBucket>,
+    faults: Vec<filters::FaultFilter>,
     access_logs: Vec<AccessLogSink>,
 }
 
@@ -89,6 +93,15 @@ impl HttpHandler {
                 RouteSource::Rds(_) => None,
             },
             rate_limit: config.local_rate_limit.as_ref().map(TokenBucket::new),
+            faults: config
+                .faults
+                .iter()
+                .enumerate()
+                .map(|(index, f)| {
+                    filters::FaultFilter::compile(f)
+                        .map_err(|source| HttpConfigError::Fault { index, source })
+                })
+                .collect::<Result<_, _>>()?,
             access_logs: config
                 .access_logs
                 .iter()
@@ -250,6 +263,8 @@ struct RequestLog {
     host: Option<Arc<Host>>,
     flags: &'static str,
     attempts: u32,
+    /// A fault filter's response bandwidth limit, KiB/s.
+    throttle_kbps: Option<u64>,
 }
 
 /// The request line as the access log shows it, captured only when a log is configured.
@@ -290,7 +305,10 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
         flags: "-",
         ..Default::default()
     };
-    let response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    let mut response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    if let Some(kbps) = log.throttle_kbps {
+        response = response.map(|body| filters::Throttled::new(body, kbps).boxed_unsync());
+    }
     stats.downstream_rq_active.fetch_sub(1, Ordering::Relaxed);
     if let Some(line) = line {
         let entry = serde_json::json!({
@@ -339,8 +357,13 @@ async fn route_request(
             return local_reply(bucket.status(), "local_rate_limited");
         }
     }
-    if let Some(fault) = &handler.config.fault {
-        let faults = filters::decide(fault);
+    let (parts, body) = req.into_parts();
+    // Envoy runs fault filters one after the other: each that applies may delay, then abort.
+    for fault in handler.faults.iter().filter(|f| f.applies(&parts, ctx)) {
+        let faults = filters::decide(&fault.config);
+        if let Some(kbps) = faults.bandwidth_kbps {
+            log.throttle_kbps = Some(log.throttle_kbps.map_or(kbps, |k| k.min(kbps)));
+        }
         if let Some(delay) = faults.delay {
             stats.fault_delays.fetch_add(1, Ordering::Relaxed);
             log.flags = "DI";
@@ -356,7 +379,6 @@ async fn route_request(
         RouteSource::Rds(name) => rt.routes.get(name),
         RouteSource::Inline(_) => handler.inline_routes.as_ref(),
     };
-    let (parts, body) = req.into_parts();
     let Some(route) = table.and_then(|t| t.find(&parts)) else {
         stats.no_route.fetch_add(1, Ordering::Relaxed);
         log.flags = "NR";
@@ -368,6 +390,15 @@ async fn route_request(
             *response.body_mut() = Full::new(Bytes::from(body.clone()))
                 .map_err(|e| match e {})
                 .boxed_unsync();
+            response
+        }
+        RouteAction::Redirect(redirect) => {
+            let target =
+                redirect::location(redirect, &route.matcher.path, &parts, ctx.tls_terminated);
+            let mut response = local_reply(redirect.status, "");
+            if let Ok(value) = HeaderValue::from_str(&target) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
             response
         }
         RouteAction::Forward(forward) => {
@@ -517,7 +548,7 @@ impl UpstreamRequest {
     async fn new(
         parts: http::request::Parts,
         body: Incoming,
-        route: &Route,
+        route: route::MatchedRoute<'_>,
         forward: &Forward,
         cluster: &UpstreamCluster,
     ) -> UpstreamRequest {
@@ -559,7 +590,17 @@ impl UpstreamRequest {
             (Some(rewrite), PathMatch::Prefix(prefix)) => original
                 .strip_prefix(prefix.as_str())
                 .map(|rest| format!("{rewrite}{rest}")),
-            _ => None,
+            _ => match (route.path_rewrite, &forward.regex_rewrite) {
+                (Some(regex), Some(rewrite)) => {
+                    let path = parts.uri.path();
+                    let new = route::regex_replace(regex, path, &rewrite.substitution);
+                    Some(match parts.uri.query() {
+                        Some(q) => format!("{new}?{q}"),
+                        None => new,
+                    })
+                }
+                _ => None,
+            },
         };
         let uri = match rewritten {
             Some(path) => path.parse().unwrap_or_default(),

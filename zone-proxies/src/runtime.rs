@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::access_log::{AccessLogSink, AccessLogs};
 use crate::config::{ChainHandler, FilterChain, Listener, ProxyConfig, TcpProxy};
 use crate::downstream::rbac::RbacEngine;
+use crate::http::filters::TokenBucket;
 use crate::http::{HttpHandler, RouteTableRuntime};
 use crate::stats::{ListenerStats, Stats};
 use crate::tls::{server_tls, ServerTls};
@@ -36,6 +37,8 @@ pub struct ChainRuntime {
     /// are closed until an update fixes it.
     pub tls: Option<Result<ServerTls, String>>,
     pub rbac: Option<RbacEngine>,
+    /// Taken per new connection; kept while the listener's configuration is unchanged.
+    pub connection_rate_limit: Option<TokenBucket>,
     pub handler: Handler,
 }
 
@@ -118,6 +121,7 @@ fn build_chain(
             .map(RbacEngine::compile)
             .transpose()
             .map_err(|e| err(format!("rbac: {e}")))?,
+        connection_rate_limit: chain.connection_rate_limit.as_ref().map(TokenBucket::new),
         handler,
     })
 }

@@ -209,6 +209,9 @@ const LISTENER_SCALARS: &[(&str, &str, Getter<ListenerStats>)] = &[
         "counter",
         |s| c(&s.rbac_denied),
     ),
+    ("downstream_cx_local_rate_limited", "counter", |s| {
+        c(&s.cx_rate_limited)
+    }),
 ];
 
 const HTTP_SCALARS: &[(&str, &str, Getter<HttpStats>)] = &[
@@ -300,6 +303,8 @@ pub struct ListenerStats {
     pub no_filter_chain_match: AtomicU64,
     pub tls_handshake_error: AtomicU64,
     pub rbac_denied: AtomicU64,
+    /// Connections closed by a chain's network local rate limit.
+    pub cx_rate_limited: AtomicU64,
 }
 
 /// One HTTP connection manager's statistics.

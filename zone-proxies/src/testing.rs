@@ -81,6 +81,7 @@ pub fn tcp_chain(name: &str, clusters: &[(&str, u32)]) -> FilterChain {
         server_names: Vec::new(),
         tls: None,
         rbac: None,
+        connection_rate_limit: None,
         handler: ChainHandler::Tcp(TcpProxy {
             stat_prefix: name.to_string(),
             clusters: weighted(clusters),
@@ -114,6 +115,7 @@ pub fn forward_route(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Rout
             idle_timeout: None,
             retry: None,
             prefix_rewrite: None,
+            regex_rewrite: None,
             host_rewrite: None,
         }),
     }
@@ -136,7 +138,7 @@ pub fn http_manager(name: &str, routes: RouteTable) -> HttpManager {
         stat_prefix: name.to_string(),
         routes: RouteSource::Inline(Arc::new(routes)),
         rbac: None,
-        fault: None,
+        faults: Vec::new(),
         local_rate_limit: None,
         access_logs: Vec::new(),
         idle_timeout: None,
@@ -149,6 +151,7 @@ pub fn http_chain(name: &str, manager: HttpManager) -> FilterChain {
         server_names: Vec::new(),
         tls: None,
         rbac: None,
+        connection_rate_limit: None,
         handler: ChainHandler::Http(manager),
     }
 }

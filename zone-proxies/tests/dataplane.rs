@@ -216,3 +216,43 @@ async fn the_tcp_idle_timeout_closes_quiet_connections() {
         "not before the idle timeout"
     );
 }
+
+/// The network local rate limit (MeshRateLimit `local.tcp.connectionRate`): each new connection
+/// takes a token from the chain's bucket; without one it is closed before any byte flows.
+#[tokio::test]
+async fn the_connection_rate_limit_closes_connections_over_the_rate() {
+    let upstream = echo_server().await;
+    let mut chain = tcp_chain("tcp", &[("echo", 1)]);
+    chain.connection_rate_limit = Some(zone_proxies::config::LocalRateLimit {
+        max_tokens: 2,
+        tokens_per_fill: 2,
+        fill_interval: Duration::from_secs(3600),
+        status: 0,
+    });
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("echo", &[upstream.addr]))
+            .with_listener(listener("tcp", localhost(), vec![chain])),
+    );
+    let addr = dp.addr("tcp").await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(echo(&mut conn, b"hello").await.unwrap(), b"hello");
+        kept.push(conn);
+    }
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    assert!(closed(&mut over).await, "the third connection is closed");
+    // The connections admitted before are not affected.
+    assert_eq!(echo(&mut kept[0], b"still").await.unwrap(), b"still");
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_listener_downstream_cx_local_rate_limited{envoy_listener_name=\"tcp\"}"
+        ),
+        1,
+        "{stats}"
+    );
+    dp.stop().await.unwrap();
+}

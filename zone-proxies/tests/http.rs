@@ -174,13 +174,13 @@ async fn rbac_denies_with_403_and_filters_apply_before_routing() {
     assert_eq!(get(&c, addr, "/").await.unwrap().0, 429);
 
     let mut faulty = http_manager("http", routes);
-    faulty.fault = Some(FaultInjection {
+    faulty.faults = vec![FaultInjection {
         abort: Some(FaultAbort {
             status: 503,
             percent: 100.0,
         }),
-        delay: None,
-    });
+        ..FaultInjection::default()
+    }];
     dp.update(|cfg| {
         *cfg = cfg.clone().with_listener(listener(
             "http",
@@ -485,4 +485,297 @@ async fn the_retry_budget_caps_retries() {
         1,
         "{stats}"
     );
+}
+
+/// Faults restricted to callers, as the zone CP generates them for MeshFaultInjection: one
+/// filter per source, selected by the caller's `x-kuma-tags` header, and one for a `rules`
+/// entry matching a SPIFFE ID (a plaintext caller has none, so it never applies here).
+#[tokio::test]
+async fn faults_apply_only_to_the_callers_they_select() {
+    let (backend, _) = http_server("backend").await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let mut manager = http_manager("http", routes);
+    let abort = |status| FaultInjection {
+        abort: Some(FaultAbort {
+            status,
+            percent: 100.0,
+        }),
+        ..FaultInjection::default()
+    };
+    manager.faults = vec![
+        FaultInjection {
+            headers: vec![HeaderMatch {
+                name: "x-kuma-tags".into(),
+                value: ValueMatch::Regex(".*&kuma.io/service=web&.*".into()),
+                invert: false,
+            }],
+            ..abort(503)
+        },
+        FaultInjection {
+            callers: vec![CallerMatch {
+                uri_san: Some(ValueMatch::Exact("spiffe://default/web".into())),
+                sni: None,
+            }],
+            ..abort(418)
+        },
+    ];
+    let dp = RunningDataplane::start(
+        http_config(manager).with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let call = |tags: &'static str| {
+        let c = c.clone();
+        async move {
+            let req = http::Request::get(format!("http://{addr}/"))
+                .header("x-kuma-tags", tags)
+                .body(Default::default())
+                .unwrap();
+            let res = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(call("&kuma.io/service=web&").await, 503);
+        assert_eq!(call("&kuma.io/service=billing&").await, 200);
+    }
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"http\"}"
+        ),
+        20,
+        "{stats}"
+    );
+}
+
+/// A gRPC health check (`grpc.health.v1.Health/Check` over HTTP/2, as the zone CP generates for
+/// a MeshHealthCheck on a gRPC service) takes a NOT_SERVING host out of the rotation and brings
+/// it back once it serves again.
+#[tokio::test]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let (a, _) = grpc_health_server("a").await;
+    let (b, b_serving) = grpc_health_server("b").await;
+    b_serving.store(2, Ordering::Relaxed);
+    let mut cluster = static_cluster("backend", &[a.addr, b.addr]);
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(1),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::Grpc {
+            service_name: "backend".into(),
+            authority: String::new(),
+        },
+    }];
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp =
+        RunningDataplane::start(http_config(http_manager("http", routes)).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let c = client();
+    let served_by = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let (status, body) = get(&c, addr, "/").await.ok()?;
+                (status == 200).then_some(())?;
+                seen.insert(body);
+            }
+            Some(seen)
+        }
+    };
+    test_support::eventually("a serving alone", Duration::from_secs(5), || async {
+        (served_by(20).await? == ["a".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+    let stats = dp.stats.render();
+    assert!(
+        stat(
+            &stats,
+            "envoy_cluster_health_check_failure{envoy_cluster_name=\"backend\"}"
+        ) > 0
+    );
+    b_serving.store(1, Ordering::Relaxed);
+    test_support::eventually("b back in rotation", Duration::from_secs(5), || async {
+        (served_by(10).await? == ["a".to_owned(), "b".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A TCP health check with payloads (MeshHealthCheck `tcp.send`/`receive`): the check writes
+/// `send` and the host is healthy once the reply holds the `receive` blocks. Here the payload
+/// is an HTTP request, so the reply's status line decides.
+#[tokio::test]
+async fn tcp_payload_health_checks_match_the_reply() {
+    let (a, _) = http_server("a").await;
+    let (b, b_status) = http_server("b").await;
+    b_status.store(503, Ordering::Relaxed);
+    let mut cluster = static_cluster("backend", &[a.addr, b.addr]);
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::TcpPayload {
+            send: b"GET /health HTTP/1.1\r\nHost: check\r\nConnection: close\r\n\r\n".to_vec(),
+            receive: vec![b"HTTP/1.1 ".to_vec(), b"200".to_vec()],
+        },
+    }];
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp =
+        RunningDataplane::start(http_config(http_manager("http", routes)).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let c = client();
+    let served_by = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let (status, body) = get(&c, addr, "/").await.ok()?;
+                (status == 200).then_some(())?;
+                seen.insert(body);
+            }
+            Some(seen)
+        }
+    };
+    test_support::eventually("a serving alone", Duration::from_secs(5), || async {
+        (served_by(20).await? == ["a".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+    b_status.store(200, Ordering::Relaxed);
+    test_support::eventually("b back in rotation", Duration::from_secs(5), || async {
+        (served_by(10).await? == ["a".to_owned(), "b".to_owned()].into()).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A MeshHTTPRoute RequestRedirect: the proxy answers the redirect itself, with the request's
+/// URL rewritten in `Location`; other routes still forward.
+#[tokio::test]
+async fn a_redirect_route_answers_with_the_rewritten_location() {
+    let (backend, _) = http_server("backend").await;
+    let mut redirect = forward_route("old", "/old", &[("backend", 1)]);
+    redirect.action = RouteAction::Redirect(Redirect {
+        status: 308,
+        scheme: Some("https".into()),
+        host: Some("example.com".into()),
+        port: None,
+        path: RedirectPath::Prefix("/new".into()),
+        strip_query: false,
+    });
+    let routes = route_table(
+        "r",
+        vec![redirect, forward_route("all", "/", &[("backend", 1)])],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.get(format!("http://{addr}/old/page?x=1").parse().unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 308);
+    assert_eq!(
+        res.headers()["location"],
+        "https://example.com/new/page?x=1"
+    );
+    assert_eq!(
+        get(&c, addr, "/other").await.unwrap(),
+        (200, "backend".into())
+    );
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"}"
+        ),
+        1
+    );
+}
+
+/// Regex path rewrites (the zone CP's MeshHTTPRoute URLRewrite `ReplaceFullPath` is
+/// `^.*$` -> the new path; capture groups as Envoy's `\N`): the upstream sees the new path,
+/// the query kept.
+#[tokio::test]
+async fn regex_rewrites_change_the_upstream_path() {
+    let upstream = path_server().await;
+    let rewrite = |name: &str, prefix: &str, pattern: &str, substitution: &str| {
+        let mut route = forward_route(name, prefix, &[("up", 1)]);
+        if let RouteAction::Forward(f) = &mut route.action {
+            f.regex_rewrite = Some(RegexRewrite {
+                pattern: pattern.into(),
+                substitution: substitution.into(),
+            });
+        }
+        route
+    };
+    let routes = route_table(
+        "r",
+        vec![
+            rewrite("whole", "/old", "^.*$", "/new"),
+            rewrite(
+                "groups",
+                "/service",
+                "^/service/([^/]+)(/.*)$",
+                "\\2/instance/\\1",
+            ),
+        ],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("up", &[upstream.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    assert_eq!(
+        get(&c, addr, "/old/page?x=1").await.unwrap(),
+        (200, "/new?x=1".into())
+    );
+    assert_eq!(
+        get(&c, addr, "/service/foo/v1/api").await.unwrap(),
+        (200, "/v1/api/instance/foo".into())
+    );
+}
+
+/// A fault's response bandwidth limit (MeshFaultInjection `responseBandwidth`): the body
+/// arrives whole, no faster than the limit.
+#[tokio::test]
+async fn a_bandwidth_fault_slows_the_response_to_its_rate() {
+    let big = "x".repeat(32 * 1024);
+    let (backend, _) = http_server(&big).await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let mut manager = http_manager("http", routes);
+    manager.faults = vec![FaultInjection {
+        response_bandwidth: Some(FaultBandwidth {
+            kbps: 64,
+            percent: 100.0,
+        }),
+        ..FaultInjection::default()
+    }];
+    let dp = RunningDataplane::start(
+        http_config(manager).with_cluster(static_cluster("backend", &[backend.addr])),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let started = std::time::Instant::now();
+    let (status, body) = get(&c, addr, "/").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((status, body.len()), (200, big.len()));
+    // 32 KiB at 64 KiB/s: the last piece (6.4 KiB each) is due after 25.6 KiB, 0.4 s.
+    assert!(took >= Duration::from_millis(390), "took {took:?}");
 }

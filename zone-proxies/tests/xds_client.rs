@@ -243,15 +243,16 @@ async fn the_proxy_follows_its_zone_cp() {
     )
     .await;
 
-    // Limiting response bandwidth is something this proxy cannot carry out: the listeners are
-    // NACKed, the zone CP records why, and the proxy keeps the listeners it had.
+    // A response bandwidth of 0 is something no proxy can carry out (Envoy requires
+    // `limit_kbps` >= 1 too), yet the zone CP passes it on: the listeners are NACKed, the zone
+    // CP records why, and the proxy keeps the listeners it had.
     let before = config.borrow().clone();
     cp.put(
         "/meshes/default/meshfaultinjections/slow-responses",
         json!({"type": "MeshFaultInjection", "mesh": "default", "name": "slow-responses", "spec": {
             "targetRef": {"kind": "MeshService", "name": "web"},
             "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
-                {"responseBandwidth": {"limit": "10 Mbps", "percentage": 100}}]}}]
+                {"responseBandwidth": {"limit": "0 kbps", "percentage": 100}}]}}]
         }}),
     )
     .await;
@@ -265,7 +266,7 @@ async fn the_proxy_follows_its_zone_cp() {
         .unwrap();
     assert!(
         message.contains("listener \"inbound:10.0.0.1:15000\"")
-            && message.contains("response_rate_limit: response bandwidth limits are not supported"),
+            && message.contains("response_rate_limit.fixed_limit.limit_kbps: must be positive"),
         "{message}"
     );
     assert_eq!(

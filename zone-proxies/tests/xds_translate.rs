@@ -209,6 +209,15 @@ fn the_ingress_passes_tls_through_by_sni() {
                 &["api.0.zone-1.default.mesh".to_owned()][..],
                 Some("default:api")
             ),
+            // A chain per subset the mesh's routes reference (the SNI names its tags).
+            (
+                &["api.version.v1.0.t1.zone-1.default.mesh".to_owned()][..],
+                Some("default:api_63acdb7e")
+            ),
+            (
+                &["api.version.v2.0.t1.zone-1.default.mesh".to_owned()][..],
+                Some("default:api_1f0afdb2")
+            ),
             (
                 &["web.0.zone-1.default.mesh".to_owned()][..],
                 Some("default:web")
@@ -293,14 +302,15 @@ fn bad_resources_are_refused_naming_the_field() {
         let hcm = &mut inbound(dump)["filterChains"][0]["filters"][0]["typedConfig"];
         hcm["routeConfig"]["virtualHosts"][0]["routes"][0] = json!({
             "match": {"prefix": "/"},
-            "redirect": {"hostRedirect": "example.com"}
+            "redirect": {"regexRewrite": {"pattern": {"regex": "^.*$"}, "substitution": "/x"}}
         });
     })
     .to_string();
     assert!(
         err.contains(
             "listener \"inbound:10.1.0.1:15000\": filter_chains[0].filters[0].typed_config.\
-             route_config.virtual_hosts[0].routes[0].redirect: redirects are not supported"
+             route_config.virtual_hosts[0].routes[0].redirect.regex_rewrite: regex path \
+             redirects are not supported"
         ),
         "{err}"
     );
@@ -313,14 +323,15 @@ fn bad_resources_are_refused_naming_the_field() {
             .find(|c| c["name"] == "api")
             .unwrap();
         cluster["healthChecks"][0] = json!({
-            "interval": "1s", "timeout": "1s", "grpcHealthCheck": {}
+            "interval": "1s", "timeout": "1s",
+            "grpcHealthCheck": {"initialMetadata": [{"header": {"key": "a", "value": "b"}}]}
         });
     })
     .to_string();
     assert!(
         err.contains(
-            "cluster \"api\": health_checks[0].grpc_health_check: gRPC health checks are not \
-             supported"
+            "cluster \"api\": health_checks[0].grpc_health_check.initial_metadata: initial \
+             metadata is not supported"
         ),
         "{err}"
     );

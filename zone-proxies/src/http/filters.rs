@@ -1,13 +1,130 @@
 //! The request filters before routing: the local rate limit (a token bucket per connection
 //! manager, refilled lazily from elapsed time, one atomic per request) and fault injection.
 
+use std::future::Future as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 
+use http::request::Parts;
+
+use super::route::HeaderMatcher;
 use crate::config::{FaultInjection, LocalRateLimit};
+use crate::downstream::ConnContext;
+use crate::matcher::{PatternError, StringMatcher};
 use crate::upstream::cluster::now_ms;
+
+/// A response body sent no faster than a rate: frames are cut into pieces of a tenth of a
+/// second's worth, each released when the bytes before it are due (Envoy's fault filter
+/// `response_rate_limit`).
+pub struct Throttled {
+    inner: super::client::Body,
+    bytes_per_sec: u64,
+    started: Option<tokio::time::Instant>,
+    sent: u64,
+    pending: Option<bytes::Bytes>,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Throttled {
+    pub fn new(inner: super::client::Body, kbps: u64) -> Throttled {
+        Throttled {
+            inner,
+            bytes_per_sec: kbps.max(1) * 1024,
+            started: None,
+            sent: 0,
+            pending: None,
+            wait: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Throttled {
+    type Data = bytes::Bytes;
+    type Error = super::client::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(wait) = &mut this.wait {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.wait = None;
+        }
+        let mut data = match this.pending.take() {
+            Some(data) => data,
+            None => match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            },
+        };
+        let piece = (this.bytes_per_sec / 10).max(1) as usize;
+        if data.len() > piece {
+            this.pending = Some(data.split_off(piece));
+        }
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
+        this.sent += data.len() as u64;
+        // The next piece waits until the bytes sent so far are due at the rate.
+        let due = started + Duration::from_secs_f64(this.sent as f64 / this.bytes_per_sec as f64);
+        this.wait = Some(Box::pin(tokio::time::sleep_until(due)));
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.inner.is_end_stream()
+    }
+}
+
+/// A fault filter with its conditions compiled.
+#[derive(Debug)]
+pub struct FaultFilter {
+    pub config: FaultInjection,
+    headers: Vec<HeaderMatcher>,
+    /// (URI SAN, SNI) alternatives; empty: every caller.
+    callers: Vec<(Option<StringMatcher>, Option<StringMatcher>)>,
+}
+
+impl FaultFilter {
+    pub fn compile(config: &FaultInjection) -> Result<FaultFilter, PatternError> {
+        let optional = |m: &Option<_>| m.as_ref().map(StringMatcher::compile).transpose();
+        Ok(FaultFilter {
+            config: config.clone(),
+            headers: config
+                .headers
+                .iter()
+                .map(HeaderMatcher::compile)
+                .collect::<Result<_, _>>()?,
+            callers: config
+                .callers
+                .iter()
+                .map(|c| Ok((optional(&c.uri_san)?, optional(&c.sni)?)))
+                .collect::<Result<_, PatternError>>()?,
+        })
+    }
+
+    /// Whether the fault applies to this request: every header matcher holds, and the caller
+    /// matches one of the alternatives when there are any (as Envoy's SkipFilter wrapper: a
+    /// caller without a certificate or SNI does not match a part that names one).
+    pub fn applies(&self, parts: &Parts, ctx: &ConnContext) -> bool {
+        self.headers.iter().all(|h| h.matches(parts))
+            && (self.callers.is_empty()
+                || self.callers.iter().any(|(san, sni)| {
+                    san.as_ref()
+                        .is_none_or(|m| ctx.identity.uri_sans.iter().any(|s| m.matches(s)))
+                        && sni
+                            .as_ref()
+                            .is_none_or(|m| ctx.sni.as_deref().is_some_and(|s| m.matches(s)))
+                }))
+    }
+}
 
 /// A token bucket: `max_tokens`, plus `tokens_per_fill` every `fill_interval`.
 #[derive(Debug)]
@@ -70,6 +187,8 @@ impl TokenBucket {
 pub struct Faults {
     pub delay: Option<Duration>,
     pub abort: Option<u16>,
+    /// Throttle the response to this many KiB/s.
+    pub bandwidth_kbps: Option<u64>,
 }
 
 fn roll(percent: f64) -> bool {
@@ -88,6 +207,11 @@ pub fn decide(fault: &FaultInjection) -> Faults {
             .as_ref()
             .filter(|a| roll(a.percent))
             .map(|a| a.status),
+        bandwidth_kbps: fault
+            .response_bandwidth
+            .as_ref()
+            .filter(|b| roll(b.percent))
+            .map(|b| b.kbps),
     }
 }
 
@@ -120,12 +244,14 @@ mod tests {
                 delay: Duration::from_millis(5),
                 percent: 0.0,
             }),
+            ..FaultInjection::default()
         };
         assert_eq!(
             decide(&always),
             Faults {
                 delay: None,
-                abort: Some(503)
+                abort: Some(503),
+                bandwidth_kbps: None,
             }
         );
         let half = FaultInjection {
@@ -133,11 +259,49 @@ mod tests {
                 status: 500,
                 percent: 50.0,
             }),
-            delay: None,
+            ..FaultInjection::default()
         };
         let aborted = (0..10_000)
             .filter(|_| decide(&half).abort.is_some())
             .count();
         assert!((4_500..5_500).contains(&aborted), "{aborted}");
+    }
+
+    #[test]
+    fn a_fault_for_callers_applies_to_a_matching_certificate_or_sni_only() {
+        use crate::config::{CallerMatch, ValueMatch};
+        let filter = FaultFilter::compile(&FaultInjection {
+            callers: vec![
+                CallerMatch {
+                    uri_san: Some(ValueMatch::Prefix("spiffe://default/web".into())),
+                    sni: None,
+                },
+                CallerMatch {
+                    uri_san: Some(ValueMatch::Exact("spiffe://default/api".into())),
+                    sni: Some(ValueMatch::Exact("api.mesh".into())),
+                },
+            ],
+            ..FaultInjection::default()
+        })
+        .unwrap();
+        let parts = http::Request::new(()).into_parts().0;
+        let ctx = |san: Option<&str>, sni: Option<&str>| ConnContext {
+            listener: "l".into(),
+            chain: "c".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            sni: sni.map(str::to_owned),
+            identity: crate::tls::PeerIdentity {
+                uri_sans: san.into_iter().map(str::to_owned).collect(),
+            },
+            tls_terminated: san.is_some(),
+            alpn: None,
+        };
+        assert!(filter.applies(&parts, &ctx(Some("spiffe://default/web-v2"), None)));
+        assert!(filter.applies(&parts, &ctx(Some("spiffe://default/api"), Some("api.mesh"))));
+        assert!(!filter.applies(&parts, &ctx(Some("spiffe://default/api"), None)));
+        assert!(!filter.applies(&parts, &ctx(None, Some("api.mesh"))));
+        let everyone = FaultFilter::compile(&FaultInjection::default()).unwrap();
+        assert!(everyone.applies(&parts, &ctx(None, None)));
     }
 }

@@ -17,7 +17,7 @@ enum PathMatcher {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
+pub(crate) struct HeaderMatcher {
     name: String,
     value: StringMatcher,
     invert: bool,
@@ -28,7 +28,55 @@ struct CompiledRoute {
     path: PathMatcher,
     headers: Vec<HeaderMatcher>,
     query: Vec<(String, StringMatcher)>,
+    /// The forward action's `regex_rewrite` pattern.
+    rewrite: Option<regex_automata::meta::Regex>,
     route: Route,
+}
+
+/// The route a request matched, with what its rewrite needs compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchedRoute<'a> {
+    pub route: &'a Route,
+    pub path_rewrite: Option<&'a regex_automata::meta::Regex>,
+}
+
+impl std::ops::Deref for MatchedRoute<'_> {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        self.route
+    }
+}
+
+/// `path` with every match of `regex` replaced by `substitution`, in which `\N` stands for
+/// capture group N (Envoy's `regex_rewrite`).
+pub fn regex_replace(
+    regex: &regex_automata::meta::Regex,
+    path: &str,
+    substitution: &str,
+) -> String {
+    let mut out = String::with_capacity(path.len() + substitution.len());
+    let mut last = 0;
+    for caps in regex.captures_iter(path) {
+        let Some(m) = caps.get_match() else {
+            continue;
+        };
+        out.push_str(&path[last..m.start()]);
+        let mut chars = substitution.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek().and_then(|d| d.to_digit(10))) {
+                ('\\', Some(group)) => {
+                    chars.next();
+                    if let Some(span) = caps.get_group(group as usize) {
+                        out.push_str(&path[span.range()]);
+                    }
+                }
+                _ => out.push(c),
+            }
+        }
+        last = m.end();
+    }
+    out.push_str(&path[last..]);
+    out
 }
 
 #[derive(Debug)]
@@ -75,19 +123,7 @@ impl RouteTableRuntime {
                 let headers = m
                     .headers
                     .iter()
-                    .map(
-                        |HeaderMatch {
-                             name,
-                             value,
-                             invert,
-                         }| {
-                            Ok(HeaderMatcher {
-                                name: name.to_ascii_lowercase(),
-                                value: StringMatcher::compile(value)?,
-                                invert: *invert,
-                            })
-                        },
-                    )
+                    .map(HeaderMatcher::compile)
                     .collect::<Result<_, PatternError>>()
                     .map_err(err)?;
                 let query = m
@@ -98,10 +134,26 @@ impl RouteTableRuntime {
                     })
                     .collect::<Result<_, PatternError>>()
                     .map_err(err)?;
+                let rewrite = match &route.action {
+                    crate::config::RouteAction::Forward(f) => f
+                        .regex_rewrite
+                        .as_ref()
+                        .map(|r| {
+                            // Unanchored: a rewrite replaces every match, not the whole path.
+                            regex_automata::meta::Regex::new(&r.pattern).map_err(|e| PatternError {
+                                pattern: r.pattern.clone(),
+                                reason: e.to_string(),
+                            })
+                        })
+                        .transpose()
+                        .map_err(err)?,
+                    _ => None,
+                };
                 routes.push(CompiledRoute {
                     path,
                     headers,
                     query,
+                    rewrite,
                     route: route.clone(),
                 });
             }
@@ -114,7 +166,7 @@ impl RouteTableRuntime {
     }
 
     /// The route for a request, or `None` (404).
-    pub fn find(&self, parts: &Parts) -> Option<&Route> {
+    pub fn find(&self, parts: &Parts) -> Option<MatchedRoute<'_>> {
         let authority = parts
             .uri
             .authority()
@@ -141,7 +193,10 @@ impl RouteTableRuntime {
         vh.routes
             .iter()
             .find(|r| r.matches(path, query, parts))
-            .map(|r| &r.route)
+            .map(|r| MatchedRoute {
+                route: &r.route,
+                path_rewrite: r.rewrite.as_ref(),
+            })
     }
 
     fn virtual_host(&self, host: &str) -> Option<&CompiledHost> {
@@ -206,7 +261,15 @@ impl CompiledRoute {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, parts: &Parts) -> bool {
+    pub(crate) fn compile(h: &HeaderMatch) -> Result<HeaderMatcher, PatternError> {
+        Ok(HeaderMatcher {
+            name: h.name.to_ascii_lowercase(),
+            value: StringMatcher::compile(&h.value)?,
+            invert: h.invert,
+        })
+    }
+
+    pub(crate) fn matches(&self, parts: &Parts) -> bool {
         let found = match self.name.as_str() {
             ":method" => self.value.matches(parts.method.as_str()),
             ":path" => self.value.matches(
@@ -258,6 +321,7 @@ mod tests {
                 idle_timeout: None,
                 retry: None,
                 prefix_rewrite: None,
+                regex_rewrite: None,
                 host_rewrite: None,
             }),
         }
@@ -341,5 +405,26 @@ mod tests {
         assert_eq!(name(&parts("/health", "api", &[])), Some("exact".into()));
         assert_eq!(name(&parts("/healthz", "api", &[])), None);
         assert_eq!(name(&parts("/anything", "web", &[])), Some("any".into()));
+    }
+}
+
+#[cfg(test)]
+mod rewrite_tests {
+    use super::*;
+
+    #[test]
+    fn regex_rewrites_replace_every_match_with_groups() {
+        let re = |p: &str| regex_automata::meta::Regex::new(p).unwrap();
+        assert_eq!(regex_replace(&re("^.*$"), "/old/page", "/new"), "/new");
+        assert_eq!(
+            regex_replace(
+                &re("^/service/([^/]+)(/.*)$"),
+                "/service/foo/v1/api",
+                "\\2/instance/\\1"
+            ),
+            "/v1/api/instance/foo"
+        );
+        assert_eq!(regex_replace(&re("o"), "/foo/bo", "0"), "/f00/b0");
+        assert_eq!(regex_replace(&re("x"), "/abc", "y"), "/abc");
     }
 }

@@ -1,5 +1,6 @@
 //! Active health checks: per cluster, one task per host probes it every `interval` (TCP: a
-//! connection opens; HTTP: a GET of `path` answers with an expected status, within `timeout`)
+//! connection opens; HTTP: a GET of `path` answers with an expected status; gRPC: the
+//! `grpc.health.v1.Health/Check` call over cleartext HTTP/2 answers SERVING; within `timeout`)
 //! and marks it failed after `unhealthy_threshold` consecutive failures, healthy again after
 //! `healthy_threshold` consecutive successes; a host's very first check, when it passes, makes
 //! it healthy at once (a new host starts failed and waits for it, as in Envoy, where the first
@@ -82,7 +83,7 @@ async fn check_loop(
         interval.tick().await;
         stats.health_check_attempt.fetch_add(1, Ordering::Relaxed);
         let ok = matches!(
-            tokio::time::timeout(check.timeout, probe(&check.kind, &host.address)).await,
+            tokio::time::timeout(check.timeout, probe(&cluster, &check.kind, &host.address)).await,
             Ok(Ok(true))
         );
         let first = host.first_health_check();
@@ -115,10 +116,41 @@ async fn connect(address: &EndpointAddress) -> std::io::Result<TcpStream> {
 }
 
 /// One probe: `Ok(true)` healthy.
-async fn probe(kind: &HealthCheckKind, address: &EndpointAddress) -> std::io::Result<bool> {
+async fn probe(
+    cluster: &str,
+    kind: &HealthCheckKind,
+    address: &EndpointAddress,
+) -> std::io::Result<bool> {
     let mut stream = connect(address).await?;
     match kind {
         HealthCheckKind::Tcp => Ok(true),
+        HealthCheckKind::TcpPayload { send, receive } => {
+            stream.write_all(send).await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !contains_in_order(&buf, receive) {
+                // Bounded: the caller's timeout, and a peer sending too much fails.
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 || buf.len() > 64 * 1024 {
+                    return Ok(false);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok(true)
+        }
+        HealthCheckKind::Grpc {
+            service_name,
+            authority,
+        } => {
+            let authority = if authority.is_empty() {
+                cluster
+            } else {
+                authority
+            };
+            Ok(grpc_check(stream, authority, service_name)
+                .await
+                .unwrap_or(false))
+        }
         HealthCheckKind::Http {
             path,
             expected_statuses,
@@ -156,5 +188,117 @@ async fn probe(kind: &HealthCheckKind, address: &EndpointAddress) -> std::io::Re
                 .iter()
                 .any(|(lo, hi)| status >= *lo && status < *hi))
         }
+    }
+}
+
+/// Whether every block of `blocks` occurs in `buf`, in order, without overlapping.
+fn contains_in_order(buf: &[u8], blocks: &[Vec<u8>]) -> bool {
+    let mut rest = buf;
+    for block in blocks.iter().filter(|b| !b.is_empty()) {
+        match rest
+            .windows(block.len())
+            .position(|w| w == block.as_slice())
+        {
+            Some(at) => rest = &rest[at + block.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: u64 = 1;
+
+/// One `grpc.health.v1.Health/Check` call on `stream` (HTTP/2 with prior knowledge): `Some(true)`
+/// when it answers `grpc-status: 0` and SERVING; `None` when the exchange fails.
+async fn grpc_check(stream: TcpStream, authority: &str, service: &str) -> Option<bool> {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // HealthCheckRequest { string service = 1; } in a gRPC frame (uncompressed, length prefix).
+    let mut message = BytesMut::new();
+    if !service.is_empty() {
+        prost::encoding::string::encode(1, &service.to_owned(), &mut message);
+    }
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).ok()?);
+    frame.put(message);
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .ok()?;
+    // The connection is driven here and dropped with the probe (nothing else uses it).
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header(http::header::USER_AGENT, "meridian-health-check")
+        .body(Full::new(frame.freeze()))
+        .ok()?;
+    let result = async {
+        let response = sender.send_request(request).await.ok()?;
+        if response.status() != http::StatusCode::OK {
+            return Some(false);
+        }
+        let trailers_only = response.headers().get("grpc-status").cloned();
+        let collected = response.into_body().collect().await.ok()?;
+        let status = trailers_only.or_else(|| collected.trailers()?.get("grpc-status").cloned());
+        if status.as_ref().map(|s| s.as_bytes()) != Some(b"0") {
+            return Some(false);
+        }
+        Some(serving_status(&collected.to_bytes()) == Some(SERVING))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// The `status` of the HealthCheckResponse in a gRPC response body (one uncompressed message).
+fn serving_status(body: &[u8]) -> Option<u64> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let (&compressed, rest) = body.split_first()?;
+    if compressed != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut message = rest.get(4..4 + len)?;
+    // An absent field is proto3's default, UNKNOWN (0).
+    let mut status = 0;
+    while !message.is_empty() {
+        let (tag, wire_type) = decode_key(&mut message).ok()?;
+        if tag == 1 && wire_type == WireType::Varint {
+            status = decode_varint(&mut message).ok()?;
+        } else {
+            skip_field(wire_type, tag, &mut message, DecodeContext::default()).ok()?;
+        }
+    }
+    Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_blocks_match_in_order_not_contiguous() {
+        let blocks = vec![b"po".to_vec(), b"ng".to_vec()];
+        assert!(contains_in_order(b"xxpoyyngzz", &blocks));
+        assert!(contains_in_order(b"pong", &blocks));
+        assert!(!contains_in_order(b"ngpo", &blocks));
+        assert!(!contains_in_order(b"pn", &blocks));
+        assert!(contains_in_order(b"", &[]));
+    }
+
+    #[test]
+    fn the_serving_status_is_read_from_the_grpc_frame() {
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 0x01]), Some(SERVING));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 0x02]), Some(2));
+        // Empty message: UNKNOWN.
+        assert_eq!(serving_status(&[0, 0, 0, 0, 0]), Some(0));
+        // Compressed or truncated frames are not understood.
+        assert_eq!(serving_status(&[1, 0, 0, 0, 0]), None);
+        assert_eq!(serving_status(&[0, 0, 0, 0, 5, 0x08]), None);
     }
 }

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, cluster, Cluster as PbCluster, OutlierDetection as PbOutlier,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    health_check::HealthChecker, HealthCheck as PbHealthCheck, RoutingPriority,
+    health_check, health_check::HealthChecker, HealthCheck as PbHealthCheck, RoutingPriority,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
@@ -245,6 +245,29 @@ fn outlier(o: &PbOutlier) -> FieldResult<OutlierDetection> {
     })
 }
 
+/// A health check payload's bytes: `text` is hex, as in Envoy.
+fn payload(p: &health_check::Payload) -> FieldResult<Vec<u8>> {
+    match &p.payload {
+        Some(health_check::payload::Payload::Binary(bytes)) => Ok(bytes.clone()),
+        Some(health_check::payload::Payload::Text(text)) => {
+            let digits = text.as_bytes();
+            if digits.len() % 2 != 0 {
+                return Err(FieldError::new("an odd number of hex digits").at("text"));
+            }
+            digits
+                .chunks(2)
+                .map(|pair| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|s| u8::from_str_radix(s, 16).ok())
+                        .ok_or_else(|| FieldError::new(format!("{text:?} is not hex")).at("text"))
+                })
+                .collect()
+        }
+        None => Err(FieldError::new("empty payload")),
+    }
+}
+
 fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
     let interval = h
         .interval
@@ -299,18 +322,38 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
             }
         }
         Some(HealthChecker::TcpHealthCheck(tcp)) => {
-            if tcp.send.is_some() || !tcp.receive.is_empty() {
-                return Err(FieldError::new(
-                    "TCP health checks with send/receive payloads are not supported",
-                )
-                .at("tcp_health_check"));
+            if tcp.send.is_none() && tcp.receive.is_empty() {
+                HealthCheckKind::Tcp
+            } else {
+                let at = |e: FieldError| e.at("tcp_health_check");
+                HealthCheckKind::TcpPayload {
+                    send: tcp
+                        .send
+                        .as_ref()
+                        .map(|p| payload(p).at("send"))
+                        .transpose()
+                        .map_err(at)?
+                        .unwrap_or_default(),
+                    receive: tcp
+                        .receive
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| payload(p).at(format!("[{i}]")).at("receive"))
+                        .collect::<FieldResult<_>>()
+                        .map_err(at)?,
+                }
             }
-            HealthCheckKind::Tcp
         }
-        Some(HealthChecker::GrpcHealthCheck(_)) => {
-            return Err(
-                FieldError::new("gRPC health checks are not supported").at("grpc_health_check")
-            )
+        Some(HealthChecker::GrpcHealthCheck(g)) => {
+            if !g.initial_metadata.is_empty() {
+                return Err(FieldError::new("initial metadata is not supported")
+                    .at("initial_metadata")
+                    .at("grpc_health_check"));
+            }
+            HealthCheckKind::Grpc {
+                service_name: g.service_name.clone(),
+                authority: g.authority.clone(),
+            }
         }
         Some(HealthChecker::CustomHealthCheck(c)) => {
             return Err(FieldError::new(format!(

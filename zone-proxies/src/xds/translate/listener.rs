@@ -15,7 +15,9 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac, Principal as PbPrincipal, Rbac as PbRbac,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+    fault_delay, fault_rate_limit,
+};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, HttpFault};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as PbHttpRbac;
@@ -24,6 +26,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as PbNetworkLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as PbNetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy, TcpProxy as PbTcpProxy,
@@ -32,15 +35,21 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name as _;
 
-use super::route::route_table;
+use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
+use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::ServerNameInput;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::ssl::v3::UriSanInput;
+use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
+
+use super::route::{header_match, route_table};
 use super::{
     duration, optional_timeout, tls, type_name, unpack, value_match, At, FieldError, FieldResult,
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    AccessLog, ChainHandler, FaultAbort, FaultDelay, FaultInjection, FilterChain, HttpManager,
-    Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource, TcpProxy, ValueMatch,
-    WeightedCluster,
+    AccessLog, CallerMatch, ChainHandler, FaultAbort, FaultBandwidth, FaultDelay, FaultInjection,
+    FilterChain, HttpManager, Listener, LocalRateLimit, Principal, Rbac, RbacAction, RouteSource,
+    TcpProxy, ValueMatch, WeightedCluster,
 };
 
 /// Envoy's default `tcp_proxy` idle timeout.
@@ -174,12 +183,17 @@ fn filter_chain(c: &PbFilterChain, secrets: &mut InlineSecrets) -> FieldResult<F
         .map(|s| tls::downstream(s, secrets).at("transport_socket"))
         .transpose()?
         .flatten();
-    let (rbac, handler) = filters(&c.filters).at("filters")?;
+    let NetworkFilters {
+        rbac,
+        connection_rate_limit,
+        handler,
+    } = filters(&c.filters).at("filters")?;
     Ok(FilterChain {
         name: c.name.clone(),
         server_names,
         tls,
         rbac,
+        connection_rate_limit,
         handler,
     })
 }
@@ -194,9 +208,11 @@ fn typed_config(f: &Filter) -> FieldResult<&Any> {
     }
 }
 
-/// A chain's network filters: optional RBAC, then exactly one terminal filter, last.
-fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
+/// A chain's network filters: optional RBAC and connection rate limit, then exactly one
+/// terminal filter, last.
+fn filters(list: &[Filter]) -> FieldResult<NetworkFilters> {
     let mut rbac_filter = None;
+    let mut connection_limit = None;
     let mut handler = None;
     for (i, f) in list.iter().enumerate() {
         let at = |e: FieldError| e.at(format!("[{i}]"));
@@ -229,6 +245,16 @@ fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
                     .map_err(at)?
                     .flatten(),
             );
+        } else if url == PbNetworkLocalRateLimit::type_url() {
+            let config: PbNetworkLocalRateLimit = unpack(any).at("typed_config").map_err(at)?;
+            if connection_limit.is_some() {
+                return Err(at(FieldError::new("a second network local rate limit")));
+            }
+            connection_limit = Some(
+                connection_rate_limit(&config)
+                    .at("typed_config")
+                    .map_err(at)?,
+            );
         } else if url == PbTcpProxy::type_url() {
             let config: PbTcpProxy = unpack(any).at("typed_config").map_err(at)?;
             handler = Some(ChainHandler::Tcp(
@@ -249,7 +275,18 @@ fn filters(list: &[Filter]) -> FieldResult<(Option<Rbac>, ChainHandler)> {
     let handler = handler.ok_or_else(|| {
         FieldError::new("no terminal filter (tcp_proxy or http_connection_manager)")
     })?;
-    Ok((rbac_filter.flatten(), handler))
+    Ok(NetworkFilters {
+        rbac: rbac_filter.flatten(),
+        connection_rate_limit: connection_limit.flatten(),
+        handler,
+    })
+}
+
+/// What a chain's network filters come to.
+struct NetworkFilters {
+    rbac: Option<Rbac>,
+    connection_rate_limit: Option<LocalRateLimit>,
+    handler: ChainHandler,
 }
 
 fn tcp_proxy(p: &PbTcpProxy) -> FieldResult<TcpProxy> {
@@ -322,7 +359,7 @@ fn http_manager(h: &HttpConnectionManager) -> FieldResult<HttpManager> {
         stat_prefix: h.stat_prefix.clone(),
         routes,
         rbac: None,
-        fault: None,
+        faults: Vec::new(),
         local_rate_limit: None,
         access_logs: access_logs(&h.access_log).at("access_log")?,
         idle_timeout: match &h.stream_idle_timeout {
@@ -383,12 +420,10 @@ fn http_filters(
                 .flatten();
         } else if url == HttpFault::type_url() {
             let config: HttpFault = unpack(any).map_err(typed)?;
-            if m.fault.is_some() {
-                return Err(at(FieldError::new(
-                    "more than one fault filter (faults per caller) is not supported",
-                )));
-            }
-            m.fault = Some(fault(&config).map_err(typed)?);
+            m.faults.push(fault(&config).map_err(typed)?);
+        } else if url == ExtensionWithMatcher::type_url() {
+            let config: ExtensionWithMatcher = unpack(any).map_err(typed)?;
+            m.faults.push(conditional_fault(&config).map_err(typed)?);
         } else if url == PbLocalRateLimit::type_url() {
             let config: PbLocalRateLimit = unpack(any).map_err(typed)?;
             if m.local_rate_limit.is_some() {
@@ -495,22 +530,10 @@ fn percent(p: Option<&FractionalPercent>) -> f64 {
 }
 
 fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
-    if !f.headers.is_empty() {
-        return Err(
-            FieldError::new("faults restricted to callers by header are not supported")
-                .at("headers"),
-        );
-    }
     if !f.downstream_nodes.is_empty() || !f.upstream_cluster.is_empty() {
         return Err(FieldError::new(
             "faults restricted to nodes or clusters are not supported",
         ));
-    }
-    if f.response_rate_limit.is_some() {
-        return Err(
-            FieldError::new("response bandwidth limits are not supported")
-                .at("response_rate_limit"),
-        );
     }
     let abort = f
         .abort
@@ -542,7 +565,181 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
             _ => Err(FieldError::new("only fixed delays are supported").at("delay")),
         })
         .transpose()?;
-    Ok(FaultInjection { abort, delay })
+    let headers = f
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
+        .collect::<FieldResult<Vec<_>>>()?;
+    let response_bandwidth = f
+        .response_rate_limit
+        .as_ref()
+        .map(|r| match &r.limit_type {
+            Some(fault_rate_limit::LimitType::FixedLimit(fixed)) if fixed.limit_kbps > 0 => {
+                Ok(FaultBandwidth {
+                    kbps: fixed.limit_kbps,
+                    percent: percent(r.percentage.as_ref()),
+                })
+            }
+            Some(fault_rate_limit::LimitType::FixedLimit(_)) => {
+                Err(FieldError::new("must be positive")
+                    .at("limit_kbps")
+                    .at("fixed_limit"))
+            }
+            _ => Err(FieldError::new(
+                "only fixed limits are supported (not header-driven ones)",
+            )),
+        })
+        .transpose()
+        .at("response_rate_limit")?;
+    Ok(FaultInjection {
+        abort,
+        delay,
+        response_bandwidth,
+        headers,
+        callers: Vec::new(),
+    })
+}
+
+/// A fault filter wrapped in an `ExtensionWithMatcher` that skips it unless the caller matches,
+/// in the one shape the zone CP generates for MeshFaultInjection `rules[].matches`: a matcher
+/// list of one field matcher, `not(or(predicates))` -> `SkipFilter`, each predicate a URI SAN
+/// and/or server name value match (alone or under `and`).
+fn conditional_fault(e: &ExtensionWithMatcher) -> FieldResult<FaultInjection> {
+    use xds_matcher::matcher::matcher_list::predicate::MatchType;
+    use xds_matcher::matcher::{on_match, MatcherType};
+    let shape = || {
+        FieldError::new(
+            "only `not(or(uri_san/server_name matches)) -> SkipFilter` matchers are supported",
+        )
+    };
+    #[allow(deprecated)]
+    if e.matcher.is_some() {
+        return Err(FieldError::new("the legacy `matcher` field is not supported").at("matcher"));
+    }
+    let inner = e
+        .extension_config
+        .as_ref()
+        .and_then(|c| c.typed_config.as_ref())
+        .ok_or_else(|| FieldError::new("missing").at("extension_config"))?;
+    if inner.type_url != HttpFault::type_url() {
+        return Err(FieldError::new(format!(
+            "only fault filters can be wrapped, not {}",
+            type_name(&inner.type_url)
+        ))
+        .at("typed_config")
+        .at("extension_config"));
+    }
+    let config: HttpFault = unpack(inner).at("typed_config").at("extension_config")?;
+    let mut fault = fault(&config).at("typed_config").at("extension_config")?;
+    let matcher = e
+        .xds_matcher
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("xds_matcher"))?;
+    let at = |err: FieldError| err.at("xds_matcher");
+    if matcher.on_no_match.is_some() {
+        return Err(at(shape().at("on_no_match")));
+    }
+    let Some(MatcherType::MatcherList(list)) = &matcher.matcher_type else {
+        return Err(at(shape()));
+    };
+    let [field] = list.matchers.as_slice() else {
+        return Err(at(shape().at("matchers")));
+    };
+    let at = |err: FieldError| {
+        err.at("[0]")
+            .at("matchers")
+            .at("matcher_list")
+            .at("xds_matcher")
+    };
+    let skips = field
+        .on_match
+        .as_ref()
+        .and_then(|o| match &o.on_match {
+            Some(on_match::OnMatch::Action(a)) => a.typed_config.as_ref(),
+            _ => None,
+        })
+        .is_some_and(|a| a.type_url == SkipFilter::type_url());
+    if !skips {
+        return Err(at(shape().at("on_match")));
+    }
+    let Some(MatchType::NotMatcher(negated)) =
+        field.predicate.as_ref().and_then(|p| p.match_type.as_ref())
+    else {
+        return Err(at(shape().at("predicate")));
+    };
+    let alternatives = match &negated.match_type {
+        Some(MatchType::OrMatcher(list)) => list.predicate.iter().collect::<Vec<_>>(),
+        _ => vec![negated.as_ref()],
+    };
+    for (i, p) in alternatives.into_iter().enumerate() {
+        let caller = caller_match(p)
+            .at(format!("[{i}]"))
+            .at("not_matcher")
+            .at("predicate");
+        fault.callers.push(caller.map_err(at)?);
+    }
+    Ok(fault)
+}
+
+/// One caller alternative: a single predicate or an `and` of them, on `uri_san` and/or
+/// `server_name`.
+fn caller_match(p: &xds_matcher::matcher::matcher_list::Predicate) -> FieldResult<CallerMatch> {
+    use xds_matcher::matcher::matcher_list::predicate::{single_predicate, MatchType};
+    let singles: Vec<_> = match &p.match_type {
+        Some(MatchType::SinglePredicate(s)) => vec![s],
+        Some(MatchType::AndMatcher(list)) => list
+            .predicate
+            .iter()
+            .map(|q| match &q.match_type {
+                Some(MatchType::SinglePredicate(s)) => Ok(s),
+                _ => Err(FieldError::new("only single predicates under `and`")),
+            })
+            .collect::<FieldResult<_>>()?,
+        _ => {
+            return Err(FieldError::new(
+                "only single and `and` predicates are supported",
+            ))
+        }
+    };
+    let mut caller = CallerMatch::default();
+    for s in singles {
+        let input = s
+            .input
+            .as_ref()
+            .and_then(|i| i.typed_config.as_ref())
+            .map(|a| a.type_url.as_str())
+            .unwrap_or_default();
+        let Some(single_predicate::Matcher::ValueMatch(m)) = &s.matcher else {
+            return Err(FieldError::new("only value matches are supported").at("matcher"));
+        };
+        use xds_matcher::string_matcher::MatchPattern;
+        let value = match &m.match_pattern {
+            Some(MatchPattern::Exact(v)) if !m.ignore_case => ValueMatch::Exact(v.clone()),
+            Some(MatchPattern::Prefix(v)) if !m.ignore_case => ValueMatch::Prefix(v.clone()),
+            Some(MatchPattern::SafeRegex(r)) if !m.ignore_case => {
+                ValueMatch::Regex(r.regex.clone())
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "only case-sensitive exact, prefix and regex value matches are supported",
+                )
+                .at("value_match"))
+            }
+        };
+        if input == UriSanInput::type_url() {
+            caller.uri_san = Some(value);
+        } else if input == ServerNameInput::type_url() {
+            caller.sni = Some(value);
+        } else {
+            return Err(FieldError::new(format!(
+                "matching input {} is not supported (uri_san and server_name are)",
+                type_name(input)
+            ))
+            .at("input"));
+        }
+    }
+    Ok(caller)
 }
 
 /// A local rate limit; `None` when it is not enforced on any request.
@@ -563,24 +760,7 @@ fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<LocalRateLimit>>
     if !l.descriptors.is_empty() {
         return Err(FieldError::new("rate limit descriptors are not supported").at("descriptors"));
     }
-    let bucket = l
-        .token_bucket
-        .as_ref()
-        .ok_or_else(|| FieldError::new("missing").at("token_bucket"))?;
-    let fill_interval = bucket
-        .fill_interval
-        .as_ref()
-        .ok_or_else(|| {
-            FieldError::new("missing")
-                .at("fill_interval")
-                .at("token_bucket")
-        })
-        .and_then(|d| duration(d).at("fill_interval").at("token_bucket"))?;
-    if fill_interval.is_zero() {
-        return Err(FieldError::new("must be positive")
-            .at("fill_interval")
-            .at("token_bucket"));
-    }
+    let (max_tokens, tokens_per_fill, fill_interval) = token_bucket(l.token_bucket.as_ref())?;
     let status = match &l.status {
         None => 429,
         Some(s) => u16::try_from(s.code)
@@ -591,9 +771,52 @@ fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<LocalRateLimit>>
             })?,
     };
     Ok(Some(LocalRateLimit {
-        max_tokens: bucket.max_tokens,
-        tokens_per_fill: bucket.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        max_tokens,
+        tokens_per_fill,
         fill_interval,
         status,
+    }))
+}
+
+/// A token bucket: (max tokens, tokens per fill, fill interval).
+fn token_bucket(
+    bucket: Option<&envoy_types::pb::envoy::r#type::v3::TokenBucket>,
+) -> FieldResult<(u32, u32, Duration)> {
+    let bucket = bucket.ok_or_else(|| FieldError::new("missing").at("token_bucket"))?;
+    let fill_interval = bucket
+        .fill_interval
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("fill_interval"))
+        .and_then(|d| duration(d).at("fill_interval"))
+        .at("token_bucket")?;
+    if fill_interval.is_zero() {
+        return Err(FieldError::new("must be positive")
+            .at("fill_interval")
+            .at("token_bucket"));
+    }
+    Ok((
+        bucket.max_tokens,
+        bucket.tokens_per_fill.as_ref().map_or(1, |v| v.value),
+        fill_interval,
+    ))
+}
+
+/// The network local rate limit: a token per new connection, shared by the chain's connections.
+fn connection_rate_limit(l: &PbNetworkLocalRateLimit) -> FieldResult<Option<LocalRateLimit>> {
+    if let Some(enabled) = &l.runtime_enabled {
+        if enabled.default_value.as_ref().is_some_and(|v| !v.value) {
+            return Ok(None);
+        }
+    }
+    if !l.share_key.is_empty() {
+        // Sharing across chains by key only changes which connections draw from one bucket.
+        return Err(FieldError::new("shared token buckets are not supported").at("share_key"));
+    }
+    let (max_tokens, tokens_per_fill, fill_interval) = token_bucket(l.token_bucket.as_ref())?;
+    Ok(Some(LocalRateLimit {
+        max_tokens,
+        tokens_per_fill,
+        fill_interval,
+        status: 0,
     }))
 }

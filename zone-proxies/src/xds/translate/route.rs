@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    route, route_action, route_match::PathSpecifier, HeaderMatcher as PbHeaderMatcher,
+    redirect_action, route, route_action, route_match::PathSpecifier,
+    HeaderMatcher as PbHeaderMatcher, RedirectAction as PbRedirectAction,
     RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction as PbRouteAction,
     RouteConfiguration, VirtualHost as PbVirtualHost,
 };
@@ -17,8 +18,9 @@ use super::{
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    Forward, HeaderMatch, PathMatch, QueryMatch, RetryOn, RetryPolicy, Route, RouteAction,
-    RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+    Forward, HeaderMatch, PathMatch, QueryMatch, Redirect, RedirectPath, RegexRewrite, RetryOn,
+    RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, ValueMatch, VirtualHost,
+    WeightedCluster,
 };
 
 /// Envoy's default route timeout.
@@ -109,9 +111,7 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
                 .unwrap_or_default();
             RouteAction::DirectResponse { status, body }
         }
-        Some(route::Action::Redirect(_)) => {
-            return Err(FieldError::new("redirects are not supported").at("redirect"))
-        }
+        Some(route::Action::Redirect(r)) => RouteAction::Redirect(redirect(r).at("redirect")?),
         Some(_) => return Err(FieldError::new("unsupported route action")),
         None => return Err(FieldError::new("no action")),
     };
@@ -119,6 +119,63 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
         name: r.name.clone(),
         matcher,
         action,
+    })
+}
+
+fn redirect(r: &PbRedirectAction) -> FieldResult<Redirect> {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let status = match RedirectResponseCode::try_from(r.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => 301,
+        Ok(RedirectResponseCode::Found) => 302,
+        Ok(RedirectResponseCode::SeeOther) => 303,
+        Ok(RedirectResponseCode::TemporaryRedirect) => 307,
+        Ok(RedirectResponseCode::PermanentRedirect) => 308,
+        Err(_) => {
+            return Err(
+                FieldError::new(format!("unknown response code {}", r.response_code))
+                    .at("response_code"),
+            )
+        }
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) if !s.is_empty() => {
+            Some(s.to_ascii_lowercase())
+        }
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_owned()),
+        _ => None,
+    };
+    let port = match r.port_redirect {
+        0 => None,
+        p => Some(
+            u16::try_from(p)
+                .map_err(|_| FieldError::new(format!("{p} is not a port")).at("port_redirect"))?,
+        ),
+    };
+    let path = match &r.path_rewrite_specifier {
+        None => RedirectPath::Keep,
+        Some(PathRewriteSpecifier::PathRedirect(p)) if p.starts_with('/') => {
+            RedirectPath::Whole(p.clone())
+        }
+        Some(PathRewriteSpecifier::PathRedirect(p)) => {
+            return Err(FieldError::new(format!("{p:?} does not start with /")).at("path_redirect"))
+        }
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => RedirectPath::Prefix(p.clone()),
+        Some(PathRewriteSpecifier::RegexRewrite(_)) => {
+            return Err(
+                FieldError::new("regex path redirects are not supported").at("regex_rewrite")
+            )
+        }
+        Some(PathRewriteSpecifier::PathRewrite(_)) => {
+            return Err(FieldError::new("path templates are not supported").at("path_rewrite"))
+        }
+    };
+    Ok(Redirect {
+        status,
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port,
+        path,
+        strip_query: r.strip_query,
     })
 }
 
@@ -192,7 +249,7 @@ fn route_match(
 
 // The deprecated exact/prefix/regex forms are still what many control planes send.
 #[allow(deprecated)]
-fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
+pub(super) fn header_match(h: &PbHeaderMatcher) -> FieldResult<HeaderMatch> {
     let mut invert = h.invert_match;
     let value = match &h.header_match_specifier {
         Some(HeaderMatchSpecifier::StringMatch(s)) => value_match(s).at("string_match")?,
@@ -253,9 +310,26 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
             ))
         }
     };
-    if a.regex_rewrite.is_some() || a.path_rewrite_policy.is_some() {
-        return Err(FieldError::new("regex path rewrites are not supported").at("regex_rewrite"));
+    if a.path_rewrite_policy.is_some() {
+        return Err(FieldError::new("path templates are not supported").at("path_rewrite_policy"));
     }
+    let regex_rewrite = a
+        .regex_rewrite
+        .as_ref()
+        .map(|r| {
+            let pattern = r
+                .pattern
+                .as_ref()
+                .ok_or_else(|| FieldError::new("missing").at("pattern"))?;
+            regex_automata::meta::Regex::new(&pattern.regex)
+                .map_err(|e| FieldError::new(e.to_string()).at("regex").at("pattern"))?;
+            Ok(RegexRewrite {
+                pattern: pattern.regex.clone(),
+                substitution: r.substitution.clone(),
+            })
+        })
+        .transpose()
+        .at("regex_rewrite")?;
     let host_rewrite = match &a.host_rewrite_specifier {
         None => None,
         Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
@@ -277,6 +351,7 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
             .transpose()
             .at("retry_policy")?,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        regex_rewrite,
         host_rewrite,
     })
 }
