@@ -1625,6 +1625,38 @@ mod tests {
     }
 
     #[test]
+    fn a_global_cluster_keeps_its_peers_and_each_node_gets_its_own_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        let cluster = GlobalCluster::prepare(&layout, 3).unwrap();
+        assert_eq!(peer_ids(&cluster.peers), [1, 2, 3]);
+        // A restart reuses the addresses the nodes' logs hold.
+        assert_eq!(GlobalCluster::prepare(&layout, 3).unwrap(), cluster);
+        let err = GlobalCluster::prepare(&layout, 5).unwrap_err().to_string();
+        assert!(err.contains("not nodes 1..5"), "{err}");
+
+        let node = global_node_spec(&layout, Path::new("/bin/global-cp"), 3, 2, &cluster);
+        assert_eq!(node.name, "global-2");
+        let a = args(&node);
+        let own = cluster
+            .peers
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .strip_prefix("2=")
+            .unwrap();
+        for pair in [
+            ["--node-id", "2"],
+            ["--peers", cluster.peers.as_str()],
+            ["--raft-listen", own],
+        ] {
+            assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
+        }
+        assert_eq!(global_name(1, 1), "global");
+        assert_eq!(global_name(3, 3), "global-3");
+    }
+
+    #[test]
     fn the_kds_link_comes_from_the_global_ready_file() {
         let path = Path::new("/d/run/global.ready.json");
         let mut ready = ReadyFile {
