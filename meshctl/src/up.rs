@@ -976,7 +976,8 @@ impl Supervisor {
                     "{} did not come online on the global within {timeout:?}{others}: last seen \
                      {state} (the global's log is {})",
                     child.describe(),
-                    layout.log_file("global").display()
+                    // Child 0: the global, or node 1 of a multi-node global (the one asked).
+                    layout.log_file(&self.children[0].spec.name).display()
                 )));
             }
             let sleep = pause.min(deadline - now);
