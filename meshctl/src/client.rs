@@ -325,6 +325,28 @@ impl ApiClient {
             .await
     }
 
+    /// `GET /global/members` on a global node: its view of the Raft cluster (`nodeId`, `role`,
+    /// `term`, `leaderId`, `members`). Needs the admin token.
+    pub async fn global_members(&self) -> anyhow::Result<Value> {
+        self.get(&["global".to_owned(), "members".to_owned()]).await
+    }
+
+    /// `POST /global/members`: adds node `id` (peer address `address`) as a learner, then a
+    /// voter once it has caught up; answers with the cluster view after. Needs the admin token.
+    pub async fn add_global_member(&self, id: u64, address: &str) -> anyhow::Result<Value> {
+        let url = self.url(&["global".to_owned(), "members".to_owned()]);
+        let body = serde_json::json!({ "id": id, "address": address });
+        let (_, text) = self.send(Method::POST, url.clone(), Some(&body)).await?;
+        Self::decode("POST", &url, &text)
+    }
+
+    /// `DELETE /global/members/{id}`; answers with the cluster view after.
+    pub async fn remove_global_member(&self, id: u64) -> anyhow::Result<Value> {
+        let url = self.url(&["global".to_owned(), "members".to_owned(), id.to_string()]);
+        let (_, text) = self.send(Method::DELETE, url.clone(), None).await?;
+        Self::decode("DELETE", &url, &text)
+    }
+
     /// Creates or replaces a resource with its universal JSON.
     pub async fn put(&self, segments: &[String], body: &Value) -> anyhow::Result<PutOutcome> {
         let url = self.url(segments);

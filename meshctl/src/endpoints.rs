@@ -48,6 +48,21 @@ pub struct GlobalEndpoints {
     /// The CA certificate zones trust for KDS (`zone-cp --kds-ca-file`).
     #[serde(default, rename = "kdsCa", skip_serializing_if = "Option::is_none")]
     pub kds_ca: Option<String>,
+    /// Every node of a multi-node global (`meshctl up --global-nodes N`), node 1 first; empty
+    /// for a single node (then `api`, `kds` and `diagnostics` are the node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<GlobalNodeEndpoints>,
+}
+
+/// One node of a multi-node global.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalNodeEndpoints {
+    pub id: u64,
+    pub api: String,
+    pub kds: String,
+    pub diagnostics: String,
+    /// `leader` or `follower` (or `learner`, `candidate`) when `meshctl up` became ready.
+    pub role: String,
 }
 
 /// A zone control plane's addresses.
@@ -131,6 +146,7 @@ mod tests {
                 kds: "127.0.0.1:2".into(),
                 diagnostics: "http://127.0.0.1:3".into(),
                 kds_ca: Some("/d/global/kds/ca.crt".into()),
+                nodes: Vec::new(),
             },
             zones: [(
                 "zone-1".to_owned(),

@@ -13,6 +13,7 @@ pub mod endpoints;
 mod fsutil;
 pub mod generate;
 pub mod inspect;
+pub mod members;
 pub mod output;
 pub mod process;
 pub mod types;
@@ -63,8 +64,55 @@ pub enum Command {
     /// dataplane (its Envoy configuration, policies and xDS status, from its zone control plane).
     #[command(subcommand)]
     Inspect(InspectCommand),
-    /// Run a local federation: one global-cp and N zone-cp, until Ctrl-C.
+    /// Run a local federation: one global-cp (or a Raft cluster of them) and N zone-cp, until
+    /// Ctrl-C.
     Up(up::UpArgs),
+    /// The global control plane's cluster (point `--api-url` at any global node).
+    #[command(subcommand)]
+    Global(GlobalCommand),
+}
+
+/// What `global` manages.
+#[derive(Debug, Subcommand)]
+pub enum GlobalCommand {
+    /// The global's Raft members: list (the default), add or remove. Needs the admin token.
+    Members(MembersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MembersArgs {
+    #[command(subcommand)]
+    pub command: Option<MembersCommand>,
+    /// Output format of the list.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Each member's id, peer address and suffrage, and which one leads.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Add a node (started with `global-cp --join` and a peer certificate from the cluster's
+    /// CA): a learner until it has caught up, then a voter.
+    Add {
+        /// The new node's id (`global-cp --node-id`).
+        #[arg(long)]
+        id: u64,
+        /// Its peer (Raft) listener, `host:port`.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -259,6 +307,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect_dataplane(&client(&cli)?, args).await?
         }
         Command::Up(args) => return up::run(args).await,
+        Command::Global(GlobalCommand::Members(args)) => {
+            let client = client(&cli)?;
+            match &args.command {
+                None => members::list(&client, args.output).await?,
+                Some(MembersCommand::List { output }) => members::list(&client, *output).await?,
+                Some(MembersCommand::Add { id, address }) => {
+                    members::add(&client, *id, address).await?
+                }
+                Some(MembersCommand::Remove { id }) => members::remove(&client, *id).await?,
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@
 //! - `endpoints.json` and `meshctl.yaml`: written once everything is ready, removed on shutdown
 //!   (`meshctl.yaml` is kept: the token stays valid across restarts).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
@@ -34,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::client::ApiClient;
 use crate::config::ConfigFile;
-use crate::endpoints::{Endpoints, GlobalEndpoints, ReadyFile, ZoneEndpoints};
+use crate::endpoints::{Endpoints, GlobalEndpoints, GlobalNodeEndpoints, ReadyFile, ZoneEndpoints};
 use crate::fsutil::write_atomic;
 use crate::inspect::ZoneOverview;
 use crate::process::{self, Signal};
@@ -62,6 +63,10 @@ pub struct UpArgs {
     /// Start only the control planes: no ingresses, egresses or demo services.
     #[arg(long)]
     pub no_demo: bool,
+    /// Number of global control plane nodes: 1, or a Raft cluster of N (named global-1 ..
+    /// global-N, sharing one KDS identity and admin token; zones are given every node).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub global_nodes: u32,
 }
 
 /// What a child process is.
@@ -277,6 +282,104 @@ pub fn global_spec(layout: &Layout, global_bin: &Path) -> ProcessSpec {
     )
 }
 
+/// The name of global node `id` of `nodes`: `global` for a single node, `global-<id>` in a
+/// cluster.
+pub fn global_name(nodes: u32, id: u32) -> String {
+    if nodes <= 1 {
+        "global".into()
+    } else {
+        format!("global-{id}")
+    }
+}
+
+/// How the nodes of a multi-node global find each other: the Raft peer addresses, the peers'
+/// TLS material and the KDS identity they share (docs/raft.md, "Running a three-node global").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCluster {
+    /// `1=127.0.0.1:P1,2=...` (`global-cp --peers`).
+    pub peers: String,
+    /// `global-cp raft-certs --out` of every node id.
+    pub raft_tls_dir: PathBuf,
+    /// The KDS CA, server certificate and zone-token signing keys every node serves with.
+    pub kds_dir: PathBuf,
+}
+
+impl GlobalCluster {
+    /// The cluster of `nodes` nodes under `layout`: peer addresses from `<root>/global-peers`
+    /// when an earlier run wrote it (a node's log holds its members' addresses, so a restart
+    /// must reuse them), else free loopback ports, written there.
+    pub fn prepare(layout: &Layout, nodes: u32) -> anyhow::Result<GlobalCluster> {
+        let file = layout.root.join("global-peers");
+        let peers = match std::fs::read_to_string(&file) {
+            Ok(text) if peer_ids(text.trim()) == (1..=nodes as u64).collect::<Vec<_>>() => {
+                text.trim().to_owned()
+            }
+            Ok(text) => anyhow::bail!(
+                "{} names the peers {:?}, not nodes 1..{nodes}: this data dir holds a global of                  another size (start with that --global-nodes, or use another --data-dir)",
+                file.display(),
+                text.trim()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let peers = (1..=nodes)
+                    .map(|id| Ok(format!("{id}=127.0.0.1:{}", demo::free_port()?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .join(",");
+                write_atomic(&file, format!("{peers}\n").as_bytes(), None)?;
+                peers
+            }
+            Err(e) => anyhow::bail!("cannot read {}: {e}", file.display()),
+        };
+        Ok(GlobalCluster {
+            peers,
+            raft_tls_dir: layout.root.join("global-raft-certs"),
+            kds_dir: layout.root.join("global-kds"),
+        })
+    }
+}
+
+/// The node ids of a `--peers` value, in order.
+fn peer_ids(peers: &str) -> Vec<u64> {
+    peers
+        .split(',')
+        .filter_map(|p| p.split_once('=')?.0.trim().parse().ok())
+        .collect()
+}
+
+/// Node `id`'s command line in `cluster`.
+pub fn global_node_spec(
+    layout: &Layout,
+    global_bin: &Path,
+    nodes: u32,
+    id: u32,
+    cluster: &GlobalCluster,
+) -> ProcessSpec {
+    let mut args: Vec<OsString> = vec![
+        "--node-id".into(),
+        id.to_string().into(),
+        "--peers".into(),
+        cluster.peers.clone().into(),
+        "--raft-tls-dir".into(),
+        cluster.raft_tls_dir.clone().into_os_string(),
+        "--kds-tls-dir".into(),
+        cluster.kds_dir.clone().into_os_string(),
+    ];
+    // Loopback only (global-cp's default is 0.0.0.0 at the port in --peers).
+    let own = cluster
+        .peers
+        .split(',')
+        .find_map(|p| p.strip_prefix(&format!("{id}=")));
+    if let Some(addr) = own {
+        args.extend(["--raft-listen".into(), addr.into()]);
+    }
+    spec(
+        layout,
+        global_name(nodes, id),
+        Role::Global,
+        global_bin,
+        args,
+    )
+}
+
 /// Zone `name`'s command line (the `zone-cp` contract): zone mode, connected to the global
 /// through `link`, with its token in [`Layout::zone_token`].
 pub fn zone_spec(layout: &Layout, name: &str, zone_bin: &Path, link: &KdsLink) -> ProcessSpec {
@@ -336,9 +439,14 @@ pub fn locate_binary(
     )
 }
 
-/// The endpoints file for a set of ready children.
-pub fn endpoints_of(children: &[(&ProcessSpec, &ReadyFile)]) -> anyhow::Result<Endpoints> {
-    let mut global = None;
+/// The endpoints file for a set of ready children; `roles` holds each global node's Raft role
+/// by name in a multi-node global (then every node is listed in `global.nodes`).
+pub fn endpoints_of(
+    children: &[(&ProcessSpec, &ReadyFile)],
+    roles: &BTreeMap<String, String>,
+) -> anyhow::Result<Endpoints> {
+    let mut global: Option<GlobalEndpoints> = None;
+    let mut nodes = Vec::new();
     let mut zones = std::collections::BTreeMap::new();
     for (spec, ready) in children {
         match spec.role {
@@ -349,11 +457,26 @@ pub fn endpoints_of(children: &[(&ProcessSpec, &ReadyFile)]) -> anyhow::Result<E
                         spec.ready_file.display()
                     )
                 })?;
-                global = Some(GlobalEndpoints {
+                if let Some(role) = roles.get(&spec.name) {
+                    nodes.push(GlobalNodeEndpoints {
+                        id: spec
+                            .name
+                            .rsplit_once('-')
+                            .and_then(|(_, id)| id.parse().ok())
+                            .unwrap_or_default(),
+                        api: ready.api.clone(),
+                        kds: kds.clone(),
+                        diagnostics: ready.diagnostics.clone(),
+                        role: role.clone(),
+                    });
+                }
+                // The first node is the one meshctl.yaml points at.
+                global.get_or_insert(GlobalEndpoints {
                     api: ready.api.clone(),
                     kds,
                     diagnostics: ready.diagnostics.clone(),
                     kds_ca: ready.kds_ca.clone(),
+                    nodes: Vec::new(),
                 });
             }
             Role::Zone => {
@@ -375,15 +498,21 @@ pub fn endpoints_of(children: &[(&ProcessSpec, &ReadyFile)]) -> anyhow::Result<E
             _ => {}
         }
     }
+    let mut global = global.context("no global control plane was started")?;
+    global.nodes = nodes;
     Ok(Endpoints {
-        global: global.context("no global control plane was started")?,
+        global,
         zones,
         demo: None,
     })
 }
 
 /// The status table printed once everything is ready.
-pub fn status_table(children: &[(&ProcessSpec, &ReadyFile, u32)]) -> String {
+/// `roles` as in [`endpoints_of`]: a global node's row shows `global (leader)`.
+pub fn status_table(
+    children: &[(&ProcessSpec, &ReadyFile, u32)],
+    roles: &BTreeMap<String, String>,
+) -> String {
     let rows: Vec<Vec<String>> = children
         .iter()
         .map(|(spec, ready, pid)| {
@@ -392,9 +521,13 @@ pub fn status_table(children: &[(&ProcessSpec, &ReadyFile, u32)]) -> String {
                 Role::Zone => ready.xds.clone(),
                 _ => None,
             };
+            let label = match roles.get(&spec.name) {
+                Some(role) => format!("{} ({role})", spec.role.label()),
+                None => spec.role.label().to_owned(),
+            };
             vec![
                 spec.name.clone(),
-                spec.role.label().to_owned(),
+                label,
                 ready.api.clone(),
                 ready.diagnostics.clone(),
                 sync.unwrap_or_default(),
@@ -689,6 +822,73 @@ impl Supervisor {
         }
     }
 
+    /// Waits until every global node of `indexes` names the same leader in the same term
+    /// (`GET /`'s `cluster`), failing when one exits or `timeout` passes. Returns each node's
+    /// role by name.
+    async fn wait_leader(
+        &mut self,
+        indexes: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            self.check_alive(indexes, "while the global elected a leader")?;
+            let mut views = BTreeMap::new();
+            let mut last = String::new();
+            for &i in indexes {
+                let child = &self.children[i];
+                let Some(ready) = &child.ready else { continue };
+                let url = format!("{}/", ready.api.trim_end_matches('/'));
+                let view = match self.http.get(&url).send().await {
+                    Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                    Err(e) => {
+                        last = format!("{}: GET {url}: {e}", child.spec.name);
+                        None
+                    }
+                };
+                let cluster = view.as_ref().map(|v| &v["cluster"]);
+                let leader =
+                    cluster.and_then(|c| Some((c["leaderId"].as_u64()?, c["term"].as_u64()?)));
+                let role = cluster
+                    .and_then(|c| c["role"].as_str())
+                    .unwrap_or("unknown");
+                match leader {
+                    Some(leader) => {
+                        views.insert(child.spec.name.clone(), (leader, role.to_owned()));
+                    }
+                    None if last.is_empty() => {
+                        last = format!("{} names no leader", child.spec.name)
+                    }
+                    None => {}
+                }
+            }
+            let agreed: std::collections::BTreeSet<(u64, u64)> =
+                views.values().map(|(l, _)| *l).collect();
+            if views.len() == indexes.len() && agreed.len() == 1 {
+                return Ok(views.into_iter().map(|(n, (_, r))| (n, r)).collect());
+            }
+            if last.is_empty() {
+                last = format!("the nodes disagree (leader, term): {agreed:?}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                anyhow::bail!(
+                    "the global's nodes did not agree on a leader within {timeout:?}: {last} \
+                     (logs in {})",
+                    self.children[indexes[0]]
+                        .spec
+                        .log_file
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// Fails naming the first child of `indexes` that has exited, `what` being what it was doing.
     fn check_alive(&mut self, indexes: &[usize], what: &str) -> anyhow::Result<()> {
         self.drain_exits();
@@ -776,7 +976,8 @@ impl Supervisor {
                     "{} did not come online on the global within {timeout:?}{others}: last seen \
                      {state} (the global's log is {})",
                     child.describe(),
-                    layout.log_file("global").display()
+                    // Child 0: the global, or node 1 of a multi-node global (the one asked).
+                    layout.log_file(&self.children[0].spec.name).display()
                 )));
             }
             let sleep = pause.min(deadline - now);
@@ -936,6 +1137,7 @@ fn remove_if_present(path: &Path) {
 /// What `start_all` starts.
 struct Plan<'a> {
     zones: u32,
+    global_nodes: u32,
     global_bin: &'a Path,
     zone_bin: &'a Path,
     /// `zone-proxy` and `demo-app`, unless `--no-demo`.
@@ -944,13 +1146,13 @@ struct Plan<'a> {
     online_timeout: Duration,
 }
 
-/// A client of the global's API with its admin token.
-fn global_client(layout: &Layout, ready: &ReadyFile) -> anyhow::Result<ApiClient> {
-    ApiClient::new(&ready.api, Some(read_admin_token(layout)?))
+/// A client of the global's API (node `name`) with its admin token.
+fn global_client(layout: &Layout, name: &str, ready: &ReadyFile) -> anyhow::Result<ApiClient> {
+    ApiClient::new(&ready.api, Some(read_admin_token(layout, name)?))
 }
 
-fn read_admin_token(layout: &Layout) -> anyhow::Result<String> {
-    let path = layout.admin_token("global");
+fn read_admin_token(layout: &Layout, name: &str) -> anyhow::Result<String> {
+    let path = layout.admin_token(name);
     let token = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the global admin token {}", path.display()))?;
     Ok(token.trim().to_owned())
@@ -965,30 +1167,51 @@ async fn issue_zone_token(global: &ApiClient, layout: &Layout, name: &str) -> an
     write_atomic(&layout.zone_token(name), token.as_bytes(), Some(0o600))
 }
 
-/// Starts everything and waits until it is ready and every zone is online; returns the
-/// endpoints, and the demo when one runs.
+/// What `start_all` started: the endpoints, the demo when one runs, and each global node's Raft
+/// role by name (empty for a single node).
+type Started = (Endpoints, Option<demo::DemoPlan>, BTreeMap<String, String>);
+
+/// Starts everything and waits until it is ready and every zone is online.
 async fn start_all(
     sup: &mut Supervisor,
     layout: &Layout,
     plan: Plan<'_>,
-) -> anyhow::Result<(Endpoints, Option<demo::DemoPlan>)> {
+) -> anyhow::Result<Started> {
     // The global first: zones need its KDS address, its CA and a token it issued.
-    sup.spawn(global_spec(layout, plan.global_bin))?;
-    sup.wait_ready(&[0], layout, plan.ready_timeout).await?;
+    let first = global_name(plan.global_nodes, 1);
+    let roles = if plan.global_nodes == 1 {
+        sup.spawn(global_spec(layout, plan.global_bin))?;
+        sup.wait_ready(&[0], layout, plan.ready_timeout).await?;
+        BTreeMap::new()
+    } else {
+        start_global_cluster(sup, layout, &plan).await?
+    };
     let global_ready = sup.children[0]
         .ready
         .clone()
         .context("the global is ready but its ready file was not read")?;
     if plan.zones > 0 {
-        let link = KdsLink::from_ready(&global_ready, &layout.ready_file("global"))?;
+        let mut link = KdsLink::from_ready(&global_ready, &layout.ready_file(&first))?;
         if !link.ca_file.is_file() {
             anyhow::bail!(sup.children[0].with_log(format!(
                 "the global's KDS CA certificate {} (\"kdsCa\" in {}) is not a file",
                 link.ca_file.display(),
-                layout.ready_file("global").display()
+                layout.ready_file(&first).display()
             )));
         }
-        let global = global_client(layout, &global_ready)?;
+        // Every node's KDS address: the zone dials them in turn and fails over (one KDS
+        // identity, so one CA, for all).
+        let mut addresses = vec![link.address.clone()];
+        for id in 2..=plan.global_nodes {
+            let name = global_name(plan.global_nodes, id);
+            let ready = sup.children[id as usize - 1]
+                .ready
+                .as_ref()
+                .with_context(|| format!("{name} is ready but its ready file was not read"))?;
+            addresses.push(KdsLink::from_ready(ready, &layout.ready_file(&name))?.address);
+        }
+        link.address = addresses.join(",");
+        let global = global_client(layout, &first, &global_ready)?;
         let names = zone_names(plan.zones);
         for name in &names {
             issue_zone_token(&global, layout, name).await?;
@@ -1009,7 +1232,7 @@ async fn start_all(
         .iter()
         .filter_map(|c| c.ready.as_ref().map(|r| (&c.spec, r)))
         .collect();
-    let mut endpoints = endpoints_of(&ready)?;
+    let mut endpoints = endpoints_of(&ready, &roles)?;
     let demo = match &plan.demo_bins {
         Some(bins) if plan.zones > 0 => {
             let demo = start_demo(sup, layout, &endpoints, &global_ready, bins, &plan).await?;
@@ -1018,7 +1241,71 @@ async fn start_all(
         }
         _ => None,
     };
-    Ok((endpoints, demo))
+    Ok((endpoints, demo, roles))
+}
+
+/// Starts the nodes of a multi-node global (children 0..N) as docs/raft.md describes: the
+/// peers' certificates (`global-cp raft-certs`), node 1 first so that it makes the KDS identity
+/// all nodes share and the admin token copied to the others, then the rest; waits until every
+/// node names the same leader. Returns each node's role by name.
+async fn start_global_cluster(
+    sup: &mut Supervisor,
+    layout: &Layout,
+    plan: &Plan<'_>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let nodes = plan.global_nodes;
+    let cluster = GlobalCluster::prepare(layout, nodes)?;
+    let ids = (1..=nodes).map(|i| i.to_string()).collect::<Vec<_>>();
+    let output = tokio::process::Command::new(plan.global_bin)
+        .arg("raft-certs")
+        .arg("--out")
+        .arg(&cluster.raft_tls_dir)
+        .arg("--ids")
+        .arg(ids.join(","))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {} raft-certs", plan.global_bin.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} raft-certs --out {} failed ({}): {}",
+            plan.global_bin.display(),
+            cluster.raft_tls_dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    sup.spawn(global_node_spec(
+        layout,
+        plan.global_bin,
+        nodes,
+        1,
+        &cluster,
+    ))?;
+    sup.wait_ready(&[0], layout, plan.ready_timeout).await?;
+    let first = global_name(nodes, 1);
+    let token = layout.admin_token(&first);
+    for id in 2..=nodes {
+        let name = global_name(nodes, id);
+        let target = layout.admin_token(&name);
+        if !target.exists() {
+            std::fs::create_dir_all(layout.data_dir(&name))
+                .with_context(|| format!("cannot create {}", layout.data_dir(&name).display()))?;
+            let text = std::fs::read(&token)
+                .with_context(|| format!("cannot read {}", token.display()))?;
+            write_atomic(&target, &text, Some(0o600))?;
+        }
+        sup.spawn(global_node_spec(
+            layout,
+            plan.global_bin,
+            nodes,
+            id,
+            &cluster,
+        ))?;
+    }
+    let all: Vec<usize> = (0..nodes as usize).collect();
+    sup.wait_ready(&all, layout, plan.ready_timeout).await?;
+    sup.wait_leader(&all, plan.ready_timeout).await
 }
 
 /// Prepares the default mesh, then starts the demo's proxies and services and waits until they
@@ -1031,7 +1318,7 @@ async fn start_demo(
     (zone_proxy, demo_app): &(PathBuf, PathBuf),
     plan: &Plan<'_>,
 ) -> anyhow::Result<demo::DemoPlan> {
-    let global = global_client(layout, global_ready)?;
+    let global = global_client(layout, &global_name(plan.global_nodes, 1), global_ready)?;
     let mut zones = std::collections::BTreeMap::new();
     for (name, zone) in &endpoints.zones {
         let path = layout.admin_token(name);
@@ -1094,6 +1381,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     let plan = Plan {
         zones: args.zones,
+        global_nodes: args.global_nodes,
         global_bin: &global_bin,
         zone_bin: &zone_bin,
         demo_bins,
@@ -1112,7 +1400,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             Ok(None)
         }
     };
-    let (endpoints, demo) = match started {
+    let (endpoints, demo, roles) = match started {
         Ok(Some(started)) => started,
         Ok(None) => {
             report(&sup.shutdown(grace, &mut signals).await);
@@ -1129,13 +1417,13 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let written = write_outputs(&layout, &endpoints);
+    let written = write_outputs(&layout, &global_name(args.global_nodes, 1), &endpoints);
     if let Err(e) = written {
         report(&sup.shutdown(grace, &mut signals).await);
         finish(&layout);
         return Err(e);
     }
-    print_status(&sup, &layout, demo.as_ref());
+    print_status(&sup, &layout, demo.as_ref(), &roles);
 
     let died = tokio::select! {
         sig = signals.recv() => {
@@ -1163,8 +1451,9 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn write_outputs(layout: &Layout, endpoints: &Endpoints) -> anyhow::Result<()> {
-    let token = read_admin_token(layout)?;
+fn write_outputs(layout: &Layout, first: &str, endpoints: &Endpoints) -> anyhow::Result<()> {
+    // Node 1's API: any node of a multi-node global takes writes.
+    let token = read_admin_token(layout, first)?;
     ConfigFile {
         api_url: Some(endpoints.global.api.clone()),
         token: Some(token),
@@ -1174,16 +1463,25 @@ fn write_outputs(layout: &Layout, endpoints: &Endpoints) -> anyhow::Result<()> {
     write_atomic(&layout.endpoints(), endpoints.to_json().as_bytes(), None)
 }
 
-fn print_status(sup: &Supervisor, layout: &Layout, demo: Option<&demo::DemoPlan>) {
+fn print_status(
+    sup: &Supervisor,
+    layout: &Layout,
+    demo: Option<&demo::DemoPlan>,
+    roles: &BTreeMap<String, String>,
+) {
     let rows: Vec<(&ProcessSpec, &ReadyFile, u32)> = sup
         .children
         .iter()
         .filter_map(|c| c.ready.as_ref().map(|r| (&c.spec, r, c.pid)))
         .collect();
     let zones = rows.iter().filter(|(s, _, _)| s.role == Role::Zone).count();
-    println!("{}", status_table(&rows));
+    println!("{}", status_table(&rows, roles));
+    let global = match roles.len() {
+        0 => "1 global".to_owned(),
+        n => format!("a {n}-node global"),
+    };
     println!(
-        "Meridian is up: 1 global and {zones} zone(s) connected to it over KDS, data in {}",
+        "Meridian is up: {global} and {zones} zone(s) connected to it over KDS, data in {}",
         layout.root.display()
     );
     println!("  endpoints: {}", layout.endpoints().display());
@@ -1328,6 +1626,38 @@ mod tests {
     }
 
     #[test]
+    fn a_global_cluster_keeps_its_peers_and_each_node_gets_its_own_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        let cluster = GlobalCluster::prepare(&layout, 3).unwrap();
+        assert_eq!(peer_ids(&cluster.peers), [1, 2, 3]);
+        // A restart reuses the addresses the nodes' logs hold.
+        assert_eq!(GlobalCluster::prepare(&layout, 3).unwrap(), cluster);
+        let err = GlobalCluster::prepare(&layout, 5).unwrap_err().to_string();
+        assert!(err.contains("not nodes 1..5"), "{err}");
+
+        let node = global_node_spec(&layout, Path::new("/bin/global-cp"), 3, 2, &cluster);
+        assert_eq!(node.name, "global-2");
+        let a = args(&node);
+        let own = cluster
+            .peers
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .strip_prefix("2=")
+            .unwrap();
+        for pair in [
+            ["--node-id", "2"],
+            ["--peers", cluster.peers.as_str()],
+            ["--raft-listen", own],
+        ] {
+            assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
+        }
+        assert_eq!(global_name(1, 1), "global");
+        assert_eq!(global_name(3, 3), "global-3");
+    }
+
+    #[test]
     fn the_kds_link_comes_from_the_global_ready_file() {
         let path = Path::new("/d/run/global.ready.json");
         let mut ready = ReadyFile {
@@ -1403,7 +1733,9 @@ mod tests {
             xds: Some("127.0.0.1:6".into()),
             kds_ca: None,
         };
-        let endpoints = endpoints_of(&[(&global_spec, &global), (&zone_spec, &zone)]).unwrap();
+        let none = BTreeMap::new();
+        let endpoints =
+            endpoints_of(&[(&global_spec, &global), (&zone_spec, &zone)], &none).unwrap();
         assert_eq!(endpoints.global.kds, "127.0.0.1:3");
         assert_eq!(
             endpoints.global.kds_ca.as_deref(),
@@ -1412,10 +1744,13 @@ mod tests {
         assert_eq!(endpoints.zones["zone-1"].xds, "127.0.0.1:6");
         assert_eq!(endpoints.zones["zone-1"].api, "http://127.0.0.1:4");
 
-        let err = endpoints_of(&[(&zone_spec, &global)]).unwrap_err();
+        let err = endpoints_of(&[(&zone_spec, &global)], &none).unwrap_err();
         assert!(err.to_string().contains("zone-1.ready.json"), "{err}");
 
-        let table = status_table(&[(&global_spec, &global, 10), (&zone_spec, &zone, 11)]);
+        let table = status_table(
+            &[(&global_spec, &global, 10), (&zone_spec, &zone, 11)],
+            &none,
+        );
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NAME     ROLE     API"), "{table}");
         assert!(lines[0].ends_with("KDS/XDS       PID"), "{table}");
