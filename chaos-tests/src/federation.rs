@@ -62,14 +62,42 @@ pub struct GlobalCp {
 /// How the global runs: a task of this process, or a `global-cp` child process that a test can
 /// kill outright (the in-process control planes leave detached tasks behind, so only a process
 /// shows what a crash does).
-enum GlobalRunner {
+/// A control plane running in-process, or as a child process with what it needs to start
+/// again on the same addresses (`restart`).
+enum Runner<R> {
     Task(Running),
     Process {
         child: Option<Box<tokio::process::Child>>,
-        /// The bound addresses, to start again on the same ones.
-        addresses: GlobalAddresses,
+        restart: R,
     },
 }
+
+impl<R> Runner<R> {
+    /// The child's process id while it runs.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Runner::Process { child, .. } => child.as_ref().and_then(|c| c.id()),
+            Runner::Task(_) => None,
+        }
+    }
+
+    /// `None` while it runs (or was killed on purpose); how it ended if it exited on its own.
+    fn exited(&mut self, what: &str) -> Option<String> {
+        match self {
+            Runner::Process {
+                child: Some(child), ..
+            } => child.try_wait().ok().flatten().map(|s| s.to_string()),
+            Runner::Process { child: None, .. } => None,
+            Runner::Task(running) => running
+                .task
+                .is_finished()
+                .then(|| format!("the in-process {what} ended")),
+        }
+    }
+}
+
+/// A global's runner; a process restarts on its bound addresses.
+type GlobalRunner = Runner<GlobalAddresses>;
 
 /// The addresses a global process listens on (from its ready file).
 #[derive(Debug, Clone, Copy)]
@@ -173,7 +201,7 @@ impl GlobalCp {
             kds_ca,
             runner: GlobalRunner::Process {
                 child: Some(Box::new(child)),
-                addresses,
+                restart: addresses,
             },
         })
     }
@@ -198,7 +226,11 @@ impl GlobalCp {
     /// Starts the killed global again on the same data directory and addresses (zones keep
     /// dialling the KDS address they were given), and waits until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let GlobalRunner::Process { child, addresses } = &mut self.runner else {
+        let GlobalRunner::Process {
+            child,
+            restart: addresses,
+        } = &mut self.runner
+        else {
             anyhow::bail!(
                 "the global runs in-process: start it with GlobalCp::start_process to restart it"
             );
@@ -211,25 +243,13 @@ impl GlobalCp {
 
     /// The process id of a global started with [`GlobalCp::start_process`], while it runs.
     pub fn pid(&self) -> Option<u32> {
-        match &self.runner {
-            GlobalRunner::Process { child, .. } => child.as_ref().and_then(|c| c.id()),
-            GlobalRunner::Task(_) => None,
-        }
+        self.runner.pid()
     }
 
     /// `None` while the global runs (or was killed by [`GlobalCp::kill`]); how it ended if it
     /// exited on its own.
     pub fn exited(&mut self) -> Option<String> {
-        match &mut self.runner {
-            GlobalRunner::Process {
-                child: Some(child), ..
-            } => child.try_wait().ok().flatten().map(|s| s.to_string()),
-            GlobalRunner::Process { child: None, .. } => None,
-            GlobalRunner::Task(running) => running
-                .task
-                .is_finished()
-                .then(|| "the in-process global ended".to_string()),
-        }
+        self.runner.exited("global")
     }
 
     /// Applies YAML documents (Kuma's universal form) as `meshctl apply` does.
@@ -385,14 +405,9 @@ pub struct ZoneCp {
 
 /// How a zone CP runs: a task of this process, or a `zone-cp` child process that can be killed,
 /// paused, wiped and restarted (on the same addresses: its proxies keep dialling them).
-enum ZoneRunner {
-    Task(Running),
-    Process {
-        child: Option<Box<tokio::process::Child>>,
-        /// The arguments it was started with, the listen addresses replaced by the bound ones.
-        args: Vec<std::ffi::OsString>,
-    },
-}
+/// (A process restarts with the arguments it was started with, the listen addresses replaced by
+/// the bound ones.)
+type ZoneRunner = Runner<Vec<std::ffi::OsString>>;
 
 impl ZoneCp {
     /// Starts zone `name` with its data in `dir/<name>`, federated to `global`, and waits until
@@ -532,7 +547,7 @@ impl ZoneCp {
             xds_url: format!("http://{xds}"),
             runner: ZoneRunner::Process {
                 child: Some(Box::new(child)),
-                args,
+                restart: args,
             },
         };
         zone.wait_for("the default mesh from the global", &["meshes", "default"])
@@ -542,25 +557,13 @@ impl ZoneCp {
 
     /// The process id of a zone started with [`ZoneCp::start_process`], while it runs.
     pub fn pid(&self) -> Option<u32> {
-        match &self.runner {
-            ZoneRunner::Process { child, .. } => child.as_ref().and_then(|c| c.id()),
-            ZoneRunner::Task(_) => None,
-        }
+        self.runner.pid()
     }
 
     /// `None` while the zone CP runs (or was killed by [`ZoneCp::kill`]); how it ended if it
     /// exited on its own.
     pub fn exited(&mut self) -> Option<String> {
-        match &mut self.runner {
-            ZoneRunner::Process {
-                child: Some(child), ..
-            } => child.try_wait().ok().flatten().map(|s| s.to_string()),
-            ZoneRunner::Process { child: None, .. } => None,
-            ZoneRunner::Task(running) => running
-                .task
-                .is_finished()
-                .then(|| "the in-process zone CP ended".to_string()),
-        }
+        self.runner.exited("zone CP")
     }
 
     /// Kills the zone process with SIGKILL and waits until it is gone.
@@ -607,7 +610,11 @@ impl ZoneCp {
     /// Starts the stopped zone process again on the same addresses and data directory (wiped or
     /// not), and waits until its API answers with its (possibly new) admin token.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let ZoneRunner::Process { child, args } = &mut self.runner else {
+        let ZoneRunner::Process {
+            child,
+            restart: args,
+        } = &mut self.runner
+        else {
             anyhow::bail!(
                 "zone {} runs in-process: use ZoneCp::start_process",
                 self.name
@@ -639,7 +646,7 @@ impl ZoneCp {
                 let mut zone = ZoneCp {
                     runner: ZoneRunner::Process {
                         child: Some(child),
-                        args: Vec::new(),
+                        restart: Vec::new(),
                     },
                     ..self
                 };
