@@ -123,15 +123,7 @@ fn an_export_applied_to_a_fresh_global_restores_every_global_resource() {
         text,
         "the restored global exports something else"
     );
-    let timeout = fresh.json(&[
-        "get",
-        "meshtimeouts",
-        "slow-backend",
-        "-m",
-        "payments",
-        "-o",
-        "json",
-    ]);
+    let timeout = fresh.json(&["get", "meshtimeouts", "slow-backend", "-m", "payments"]);
     assert_eq!(timeout["labels"]["team"], "payments", "{timeout}");
     fresh.stop();
 }
