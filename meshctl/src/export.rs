@@ -5,10 +5,11 @@
 //! Owned means every type the global syncs to zones (meshes, their secrets and policies, global
 //! secrets) and the global's own `Zone` resources. Zone inventory (dataplanes, ingresses, egresses,
 //! insights, MeshServices) is left out: zones send it again when they reconnect. Documents are
-//! in an order `apply` can replay: meshes first (a mesh-scoped resource needs its mesh), then
-//! global-scoped types, then each mesh's secrets (a mesh's builtin CA lives in one: restored before
-//! the policies), then the policies, every type in registry order and names sorted, so two
-//! exports of the same state are byte-identical.
+//! in an order `apply` can replay: meshes first (a mesh-scoped resource needs its mesh; one with
+//! mTLS without it at first), then global-scoped types, then each mesh's secrets (its builtin CA
+//! among them), then the policies, then the meshes with mTLS as exported (the CA is there by
+//! then, so the restoring global keeps it instead of making one); every type in registry order and
+//! names sorted, so two exports of the same state are byte-identical.
 
 use anyhow::Context as _;
 use mesh_api::{ResourceType, Scope, SyncDirection};
@@ -57,20 +58,59 @@ fn key(item: &Value) -> (String, String) {
     (field("mesh"), field("name"))
 }
 
+/// A mesh with mTLS, first without it: applied before its secrets so that the restoring global
+/// does not make a new CA of its own (it would, on seeing a builtin backend without one, and
+/// the exported CA would then collide with it); the mesh as exported follows its secrets.
+/// The early copy is the mesh's name and labels only: its other settings may depend on mTLS
+/// (`routing.zoneEgress` needs it).
+pub fn without_mtls(mesh: &Value) -> Option<Value> {
+    let map = mesh.as_object()?;
+    map.get("mtls")?;
+    let kept = map
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "type" | "name" | "labels"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Value::Object(kept))
+}
+
+/// The export of `listed` (each type's items, in [`exported_types`] order) as YAML documents:
+/// meshes with mTLS first without it, then the rest, then those meshes as exported.
+pub fn documents(listed: Vec<(ResourceType, Vec<Value>)>) -> Vec<String> {
+    let mut early = Vec::new();
+    let mut documents = Vec::new();
+    let mut late = Vec::new();
+    for (rtype, mut items) in listed {
+        items.sort_by_key(key);
+        for item in items {
+            let item = restorable(&item);
+            if rtype == ResourceType::Mesh {
+                if let Some(plain) = without_mtls(&item) {
+                    early.push(crate::output::to_yaml(&plain));
+                    late.push(crate::output::to_yaml(&item));
+                    continue;
+                }
+            }
+            documents.push(crate::output::to_yaml(&item));
+        }
+    }
+    early.into_iter().chain(documents).chain(late).collect()
+}
+
 /// Lists every exported type on the global at `client` and returns the YAML stream and how
 /// many resources it holds.
 pub async fn export(client: &ApiClient) -> anyhow::Result<(String, usize)> {
-    let mut documents = Vec::new();
+    let mut listed = Vec::new();
+    let mut count = 0;
     for rtype in exported_types() {
-        let (_, mut items) = client
+        let (_, items) = client
             .list_all(&types::collection_segments(rtype, None))
             .await
             .with_context(|| format!("cannot list {} at {}", rtype.plural(), client.base()))?;
-        items.sort_by_key(key);
-        documents.extend(items.iter().map(|i| crate::output::to_yaml(&restorable(i))));
+        count += items.len();
+        listed.push((rtype, items));
     }
-    let count = documents.len();
-    Ok((documents.join("---\n"), count))
+    Ok((documents(listed).join("---\n"), count))
 }
 
 #[cfg(test)]
@@ -108,6 +148,31 @@ mod tests {
         ] {
             assert!(!order.contains(&t), "{t} exported");
         }
+    }
+
+    #[test]
+    fn a_mesh_with_mtls_comes_first_without_it_and_last_as_exported() {
+        let mesh = serde_json::json!({
+            "type": "Mesh", "name": "default",
+            "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]},
+            "routing": {"zoneEgress": true}
+        });
+        let plain = serde_json::json!({"type": "Mesh", "name": "other"});
+        let secret = serde_json::json!({
+            "type": "Secret", "name": "default.ca-builtin-cert-ca-1", "mesh": "default", "data": "eA=="
+        });
+        let docs = documents(vec![
+            (ResourceType::Mesh, vec![plain, mesh]),
+            (ResourceType::Secret, vec![secret]),
+        ]);
+        assert_eq!(docs.len(), 4, "{docs:?}");
+        assert_eq!(docs[0], "type: Mesh\nname: default\n");
+        assert!(docs[1].contains("name: other"));
+        assert!(docs[2].contains("type: Secret"));
+        assert!(docs[3].contains("name: default") && docs[3].contains("enabledBackend: ca-1"));
+        assert!(docs[3].contains("zoneEgress: true"), "{}", docs[3]);
+        let planned = crate::apply::plan(&docs.join("---\n"), "export").unwrap();
+        assert_eq!(planned.len(), 4);
     }
 
     #[test]
