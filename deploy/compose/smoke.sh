@@ -66,6 +66,14 @@ cleanup() {
         dc logs --tail 15 >&4 2>/dev/null || true
     fi
     dc down -v --remove-orphans >/dev/null 2>&1 || true
+    # `down` can leave containers or networks behind on a loaded machine (seen with 10 zones);
+    # the networks' fixed subnets would then block the next run: remove what the project labels.
+    local label="label=com.docker.compose.project=$project"
+    docker ps -aq --filter "$label" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null 2>&1 || true
+    if [[ -n $(docker network ls -q --filter "$label") ]]; then
+        echo "smoke: networks of $project are left: docker network ls --filter $label" >&4
+    fi
     rm -rf "$dir"
     if [[ -n "${REMOVE_IMAGES:-}" ]]; then
         for bin in global-cp zone-cp zone-proxy demo-app meshctl; do
@@ -76,9 +84,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "generating $zones zone(s), $global_nodes global node(s) in $dir"
+# The project's subnets are fixed (proxies' addresses are): take a /16 no network here uses
+# (a leftover network of an interrupted run keeps its subnet).
+used=$(docker network ls -q | xargs -r docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}')
+prefix=""
+for second in $(seq 231 250); do
+    if ! grep -q "10\.$second\." <<<"$used"; then prefix="10.$second"; break; fi
+done
+[[ -n $prefix ]] || { echo "smoke: no free 10.231-250.0.0/16 for the project's networks" >&2; exit 1; }
+log "generating $zones zone(s), $global_nodes global node(s) in $dir (subnets $prefix.0.0/16)"
 "$meshctl" generate compose --zones "$zones" --global-nodes "$global_nodes" --out "$dir" \
-    --image-tag "$tag" >/dev/null
+    --image-tag "$tag" --subnet-prefix "$prefix" >/dev/null
 
 log "docker-compose up -d"
 t_up=$(now)

@@ -46,6 +46,10 @@ pub struct ComposeArgs {
     /// Tag of the meridian/* images (as deploy/build-images.sh built them).
     #[arg(long, default_value = "latest")]
     pub image_tag: String,
+    /// The first two octets of the /16 the project's networks are carved from (another prefix
+    /// when a network of this machine already uses 10.231).
+    #[arg(long, default_value = SUBNET_PREFIX, value_parser = parse_subnet_prefix)]
+    pub subnet_prefix: String,
     /// Write only the project files, no secrets (for the checked-in example).
     #[arg(long)]
     pub no_secrets: bool,
@@ -89,30 +93,55 @@ const CA_CERT_SECRET: &str = "default.ca-builtin-cert-ca-1";
 /// Tokens are valid for ten years: the project is a test bed, regenerate it to rotate.
 const TOKEN_VALIDITY: &str = "87600h";
 
+/// How long a service may take to become healthy before its health check's failures count.
+pub const HEALTH_START_PERIOD: &str = "90s";
+
 /// How long a proxy gets to drain after SIGTERM before Docker kills it: more than zone-proxy's
 /// 25 s drain timeout (Docker's default, 10 s, would cut the drain short).
 pub const PROXY_STOP_GRACE: &str = "30s";
 
-/// The fixed subnets: `10.231.0.0/24` control, `10.231.1.0/24` interzone, `10.231.(10+K).0/24`
-/// zone-K. Fixed addresses are below .128; Docker assigns the others from .128 up.
-pub struct Subnets;
+/// The fixed subnets under a `/16` prefix `P` (`--subnet-prefix`, default [`SUBNET_PREFIX`]):
+/// `P.0.0/24` control, `P.1.0/24` interzone, `P.(10+K).0/24` zone-K. Fixed addresses are below
+/// .128; Docker assigns the others from .128 up.
+#[derive(Debug, Clone, Copy)]
+pub struct Subnets<'a>(pub &'a str);
 
-impl Subnets {
-    pub const CONTROL: &'static str = "10.231.0.0/24";
-    pub const INTERZONE: &'static str = "10.231.1.0/24";
+/// The default `--subnet-prefix`.
+pub const SUBNET_PREFIX: &str = "10.231";
 
-    pub fn zone(k: u32) -> String {
-        format!("10.231.{}.0/24", 10 + k)
+impl Subnets<'_> {
+    pub fn control(&self) -> String {
+        format!("{}.0.0/24", self.0)
+    }
+
+    pub fn interzone(&self) -> String {
+        format!("{}.1.0/24", self.0)
+    }
+
+    pub fn zone(&self, k: u32) -> String {
+        format!("{}.{}.0/24", self.0, 10 + k)
     }
 
     /// Host `host` of zone-K's subnet.
-    pub fn zone_ip(k: u32, host: u8) -> String {
-        format!("10.231.{}.{host}", 10 + k)
+    pub fn zone_ip(&self, k: u32, host: u8) -> String {
+        format!("{}.{}.{host}", self.0, 10 + k)
     }
 
     /// Zone-K's ingress on the interzone network.
-    pub fn ingress_ip(k: u32) -> String {
-        format!("10.231.1.{}", 10 + k)
+    pub fn ingress_ip(&self, k: u32) -> String {
+        format!("{}.1.{}", self.0, 10 + k)
+    }
+}
+
+/// `--subnet-prefix`: two octets, `A.B`.
+fn parse_subnet_prefix(text: &str) -> Result<String, String> {
+    let octets: Vec<&str> = text.split('.').collect();
+    if octets.len() == 2 && octets.iter().all(|o| o.parse::<u8>().is_ok()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: expected the first two octets of a /16, e.g. 10.231"
+        ))
     }
 }
 
@@ -207,8 +236,14 @@ pub const GLOBAL_RESOURCES: &str = "global-resources.yaml";
 pub const GLOBAL_INIT_CONFIG: &str = "global-init.yaml";
 
 /// `docker-compose.yaml` for `zones` zones, a global of `global_nodes` nodes and images tagged
-/// `tag`.
+/// `tag`, on the default subnets.
 pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
+    compose_yaml_on(zones, global_nodes, tag, SUBNET_PREFIX)
+}
+
+/// [`compose_yaml`] on the subnets under `prefix` ([`Subnets`]).
+pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -> String {
+    let subnets = Subnets(prefix);
     let mut services = Mapping::new();
     let mut networks = Mapping::new();
     // Docker hands out addresses from the upper half only (`ip_range`), so the fixed addresses
@@ -223,8 +258,8 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
             )]),
         )])
     };
-    networks.insert(s("control"), net(Subnets::CONTROL.to_owned()));
-    networks.insert(s("interzone"), net(Subnets::INTERZONE.to_owned()));
+    networks.insert(s("control"), net(subnets.control()));
+    networks.insert(s("interzone"), net(subnets.interzone()));
 
     let globals = global_services(global_nodes);
     // What a zone CP waits for: the global, or a cluster whose resources are restored.
@@ -371,7 +406,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
 
     for k in 1..=zones {
         let zone = zone_name(k);
-        networks.insert(s(zone.clone()), net(Subnets::zone(k)));
+        networks.insert(s(zone.clone()), net(subnets.zone(k)));
         let cp = format!("{zone}-cp");
         services.insert(
             s(cp.clone()),
@@ -413,7 +448,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
         let mut args = proxy_base(&zone, "ingress", &ingress);
         args.extend([
             "--address".to_owned(),
-            Subnets::ingress_ip(k),
+            subnets.ingress_ip(k),
             "--port".to_owned(),
             INGRESS_PORT.to_string(),
         ]);
@@ -430,7 +465,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
                         (zone.as_str(), Value::Null),
                         (
                             "interzone",
-                            map([("ipv4_address", s(Subnets::ingress_ip(k)))]),
+                            map([("ipv4_address", s(subnets.ingress_ip(k)))]),
                         ),
                     ]),
                 ),
@@ -444,7 +479,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
         let mut args = proxy_base(&zone, "egress", &egress);
         args.extend([
             "--address".to_owned(),
-            Subnets::zone_ip(k, 4),
+            subnets.zone_ip(k, 4),
             "--port".to_owned(),
             EGRESS_PORT.to_string(),
         ]);
@@ -460,7 +495,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
                     map([
                         (
                             zone.as_str(),
-                            map([("ipv4_address", s(Subnets::zone_ip(k, 4)))]),
+                            map([("ipv4_address", s(subnets.zone_ip(k, 4)))]),
                         ),
                         ("interzone", Value::Null),
                     ]),
@@ -472,7 +507,7 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
 
         for (i, service) in demo_services(k, zones).into_iter().enumerate() {
             let name = format!("{service}-{zone}");
-            let address = Subnets::zone_ip(k, 10 + i as u8);
+            let address = subnets.zone_ip(k, 10 + i as u8);
             let mut args = proxy_base(&zone, "sidecar", &name);
             args.extend([
                 "--service".to_owned(),
@@ -532,16 +567,33 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
         }
     }
 
+    // The images' health checks (every 2 s, 3 failures) with a start period: a debug build on a
+    // loaded machine has taken longer than the image's 3 s to be ready, and a dependency that
+    // turns unhealthy fails `up` at once; failures within the period do not count.
+    for (name, service) in services.iter_mut() {
+        if name.as_str() != Some(GLOBAL_INIT) {
+            if let Value::Mapping(service) = service {
+                service.insert(
+                    s("healthcheck"),
+                    map([("start_period", s(HEALTH_START_PERIOD))]),
+                );
+            }
+        }
+    }
+
     let mut top = Mapping::new();
     top.insert(s("version"), s("2.4"));
     top.insert(s("services"), Value::Mapping(services));
     top.insert(s("networks"), Value::Mapping(networks));
     let body = serde_yaml::to_string(&Value::Mapping(top)).expect("YAML of plain values");
-    let flag = if global_nodes == 1 {
+    let mut flag = if global_nodes == 1 {
         String::new()
     } else {
         format!(" --global-nodes {global_nodes}")
     };
+    if prefix != SUBNET_PREFIX {
+        flag.push_str(&format!(" --subnet-prefix {prefix}"));
+    }
     format!(
         "# Generated by `meshctl generate compose --zones {zones}{flag}`: a Meridian federation of \
          {zones} zone(s).\n# Secrets live in ./secrets (not committed); see deploy/README.md.\n{body}"
@@ -552,11 +604,17 @@ pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
 pub const GITIGNORE: &str = "# Tokens, keys and the control planes' data: made by `meshctl generate compose`.\nsecrets/\n.env\n";
 
 /// Writes the project files into `dir` (not the secrets).
-pub fn write_project(dir: &Path, zones: u32, global_nodes: u32, tag: &str) -> anyhow::Result<()> {
+pub fn write_project(
+    dir: &Path,
+    zones: u32,
+    global_nodes: u32,
+    tag: &str,
+    subnet_prefix: &str,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(
         &dir.join("docker-compose.yaml"),
-        compose_yaml(zones, global_nodes, tag).as_bytes(),
+        compose_yaml_on(zones, global_nodes, tag, subnet_prefix).as_bytes(),
         None,
     )?;
     write_atomic(&dir.join(".gitignore"), GITIGNORE.as_bytes(), None)?;
@@ -565,7 +623,13 @@ pub fn write_project(dir: &Path, zones: u32, global_nodes: u32, tag: &str) -> an
 
 /// Runs `meshctl generate compose`.
 pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
-    write_project(&args.out, args.zones, args.global_nodes, &args.image_tag)?;
+    write_project(
+        &args.out,
+        args.zones,
+        args.global_nodes,
+        &args.image_tag,
+        &args.subnet_prefix,
+    )?;
     if args.no_secrets {
         println!(
             "wrote {} (no secrets: run `meshctl generate compose --zones {} --global-nodes {} --out {}` \
@@ -1014,6 +1078,37 @@ mod tests {
             d["services"]["zone-2-cp"]["volumes"][1],
             s("./secrets/global-kds/ca.crt:/etc/meridian/kds-ca.crt:ro")
         );
+    }
+
+    #[test]
+    fn every_service_but_the_one_shot_init_gets_a_health_start_period() {
+        let d: Value = serde_yaml::from_str(&compose_yaml(2, 3, "t")).unwrap();
+        for (name, service) in d["services"].as_mapping().unwrap() {
+            let expected = if name.as_str() == Some(GLOBAL_INIT) {
+                Value::Null
+            } else {
+                map([("start_period", s(HEALTH_START_PERIOD))])
+            };
+            assert_eq!(service["healthcheck"], expected, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn another_subnet_prefix_moves_every_network_and_fixed_address() {
+        let d: Value = serde_yaml::from_str(&compose_yaml_on(2, 1, "t", "10.77")).unwrap();
+        assert_eq!(
+            d["networks"]["interzone"]["ipam"]["config"][0]["subnet"],
+            s("10.77.1.0/24")
+        );
+        assert_eq!(
+            d["services"]["zone-2-ingress"]["networks"]["interzone"]["ipv4_address"],
+            s("10.77.1.12")
+        );
+        assert!(!serde_yaml::to_string(&d).unwrap().contains("10.231."));
+        assert!(parse_subnet_prefix("10.77").is_ok());
+        for bad in ["10", "10.77.1", "10.300", "a.b"] {
+            assert!(parse_subnet_prefix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
