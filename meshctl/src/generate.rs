@@ -127,6 +127,12 @@ impl Subnets<'_> {
         format!("{}.{}.{host}", self.0, 10 + k)
     }
 
+    /// Global node `id` on the control network (a fixed address: `global-init` reaches node 1
+    /// without a DNS lookup, which once failed at start under load).
+    pub fn global_ip(&self, id: u32) -> String {
+        format!("{}.0.{}", self.0, 10 + id)
+    }
+
     /// Zone-K's ingress on the interzone network.
     pub fn ingress_ip(&self, k: u32) -> String {
         format!("{}.1.{}", self.0, 10 + k)
@@ -328,7 +334,13 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                         ]),
                     ),
                     ("ports", list([format!("127.0.0.1::{API_PORT}")])),
-                    ("networks", list(["control"])),
+                    (
+                        "networks",
+                        map([(
+                            "control",
+                            map([("ipv4_address", s(subnets.global_ip(i as u32 + 1)))]),
+                        )]),
+                    ),
                 ]),
             );
         }
@@ -652,6 +664,7 @@ pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
         &secrets,
         args.zones,
         args.global_nodes,
+        &args.subnet_prefix,
         Duration::from_secs(args.bootstrap_timeout),
     )
     .await?;
@@ -678,6 +691,7 @@ async fn bootstrap(
     secrets: &Path,
     zones: u32,
     global_nodes: u32,
+    subnet_prefix: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(secrets)
@@ -711,7 +725,15 @@ async fn bootstrap(
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {} up", exe.display()))?;
-    let result = prepare(secrets, zones, global_nodes, timeout, &mut child).await;
+    let result = prepare(
+        secrets,
+        zones,
+        global_nodes,
+        subnet_prefix,
+        timeout,
+        &mut child,
+    )
+    .await;
     if let Some(pid) = child.id() {
         let _ = process::send_signal(pid, Signal::Term);
     }
@@ -755,6 +777,7 @@ async fn prepare(
     secrets: &Path,
     zones: u32,
     global_nodes: u32,
+    subnet_prefix: &str,
     timeout: Duration,
     child: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {
@@ -848,7 +871,7 @@ async fn prepare(
         let config = crate::config::ConfigFile {
             api_url: Some(format!(
                 "http://{}:{API_PORT}",
-                global_services(global_nodes)[0]
+                Subnets(subnet_prefix).global_ip(1)
             )),
             token: settings.token.clone(),
         };
@@ -1055,6 +1078,10 @@ mod tests {
             );
             assert_eq!(volumes[1], s("./secrets/global-kds:/var/lib/meridian/kds"));
             assert_eq!(networks_of(&d["services"][name.as_str()]), ["control"]);
+            assert_eq!(
+                d["services"][name.as_str()]["networks"]["control"]["ipv4_address"],
+                s(format!("10.231.0.{}", 10 + id))
+            );
             assert_eq!(
                 d["services"]["global-init"]["depends_on"][name.as_str()]["condition"],
                 s("service_healthy")
