@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compose smoke test of issue [6]: builds the images, generates a federation of $ZONES zones
-# (default 3), brings it up, waits for every zone online, sends a cross-zone request from
+# (default 3) and a global of $GLOBAL_NODES nodes (default 3, a Raft cluster), brings it up, waits for every zone online, sends a cross-zone request from
 # zone-1's frontend (answered by another zone), then (with 3 zones or more) stops zone-2's
 # ingress and shows the traffic failing over to the other zones. `docker-compose down -v` runs in
 # a trap, also on failure. Prints the times (up -> zones online -> first cross-zone answer ->
@@ -8,14 +8,18 @@
 #
 #   deploy/compose/smoke.sh
 #   ZONES=10 SKIP_BUILD=1 deploy/compose/smoke.sh
-# Variables: ZONES, TAG (image tag, default smoke), PROFILE (release), SKIP_BUILD=1 (images as
+# Variables: ZONES, GLOBAL_NODES (1 or 3), TAG (image tag, default smoke), PROFILE (release), SKIP_BUILD=1 (images as
 # they are; the images are assembled anyway), DEADLINE (seconds per wait, default 180), COMPOSE (command, default: docker-compose
-# if present, else `docker compose`), KEEP=1 (leave the project up for inspection).
+# if present, else `docker compose`), KEEP=1 (leave the project up for inspection),
+# STOP_TIMEOUT (seconds `stop` gives the ingress to drain before SIGKILL, default 5; the
+# project's own stop_grace_period is 30 s), REMOVE_IMAGES=1 (remove the images at the end, as CI
+# does).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 zones=${ZONES:-3}
+global_nodes=${GLOBAL_NODES:-3}
 tag=${TAG:-smoke}
 profile=${PROFILE:-release}
 deadline=${DEADLINE:-180}
@@ -62,13 +66,35 @@ cleanup() {
         dc logs --tail 15 >&4 2>/dev/null || true
     fi
     dc down -v --remove-orphans >/dev/null 2>&1 || true
+    # `down` can leave containers or networks behind on a loaded machine (seen with 10 zones);
+    # the networks' fixed subnets would then block the next run: remove what the project labels.
+    local label="label=com.docker.compose.project=$project"
+    docker ps -aq --filter "$label" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null 2>&1 || true
+    if [[ -n $(docker network ls -q --filter "$label") ]]; then
+        echo "smoke: networks of $project are left: docker network ls --filter $label" >&4
+    fi
     rm -rf "$dir"
+    if [[ -n "${REMOVE_IMAGES:-}" ]]; then
+        for bin in global-cp zone-cp zone-proxy demo-app meshctl; do
+            docker rmi "meridian/$bin:$tag" >/dev/null 2>&1 || true
+        done
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "generating $zones zone(s) in $dir"
-"$meshctl" generate compose --zones "$zones" --out "$dir" --image-tag "$tag" >/dev/null
+# The project's subnets are fixed (proxies' addresses are): take a /16 no network here uses
+# (a leftover network of an interrupted run keeps its subnet).
+used=$(docker network ls -q | xargs -r docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}')
+prefix=""
+for second in $(seq 231 250); do
+    if ! grep -q "10\.$second\." <<<"$used"; then prefix="10.$second"; break; fi
+done
+[[ -n $prefix ]] || { echo "smoke: no free 10.231-250.0.0/16 for the project's networks" >&2; exit 1; }
+log "generating $zones zone(s), $global_nodes global node(s) in $dir (subnets $prefix.0.0/16)"
+"$meshctl" generate compose --zones "$zones" --global-nodes "$global_nodes" --out "$dir" \
+    --image-tag "$tag" --subnet-prefix "$prefix" >/dev/null
 
 log "docker-compose up -d"
 t_up=$(now)
@@ -76,8 +102,14 @@ dc up -d >"$dir/up.log" 2>&1 || { cat "$dir/up.log" >&2; exit 1; }
 up_returned=$(since "$t_up")
 log "up -d returned after ${up_returned}s"
 
-api="http://$(dc port global 5681)"
-ctl=("$meshctl" --config "$dir/secrets/meshctl.yaml" --api-url "$api")
+if [[ $global_nodes -eq 1 ]]; then
+    globals=(global)
+else
+    globals=()
+    for ((i = 1; i <= global_nodes; i++)); do globals+=("global-$i"); done
+fi
+apis=()
+for g in "${globals[@]}"; do apis+=("http://$(dc port "$g" 5681)"); done
 
 # Waits (up to $deadline s) until "$@" succeeds.
 wait_for() {
@@ -93,9 +125,14 @@ wait_for() {
     done
 }
 
+# A node lists only the zones connected to it (docs/raft.md, "Left"): a zone is online when one
+# of the nodes says so.
 all_online() {
-    local online
-    online=$("${ctl[@]}" inspect zones 2>/dev/null | awk '$2 == "online"' | wc -l)
+    local online api
+    online=$(for api in "${apis[@]}"; do
+        "$meshctl" --config "$dir/secrets/meshctl.yaml" --api-url "$api" inspect zones 2>/dev/null |
+            awk '$2 == "online" { print $1 }'
+    done | sort -u | wc -l)
     [[ $online -eq $zones ]]
 }
 wait_for "all $zones zones online" all_online
@@ -124,7 +161,7 @@ failover=""
 if [[ $zones -ge 3 ]]; then
     log "stopping zone-2-ingress"
     t_stop=$(now)
-    dc stop zone-2-ingress >/dev/null 2>&1
+    dc stop -t "${STOP_TIMEOUT:-5}" zone-2-ingress >/dev/null 2>&1
     stop_took=$(since "$t_stop")
     log "zone-2-ingress stopped (docker-compose stop took ${stop_took}s)"
     only_other_zones() {
@@ -139,7 +176,7 @@ if [[ $zones -ge 3 ]]; then
 fi
 
 echo
-echo "zones: $zones"
+echo "zones: $zones, global nodes: $global_nodes"
 echo "up -d returned:        ${up_returned}s"
 echo "all zones online:      ${zones_online}s after up"
 echo "first cross-zone answer: ${first_answer}s after up"

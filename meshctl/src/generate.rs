@@ -36,9 +36,9 @@ pub struct ComposeArgs {
     /// Number of zones (zone-1 .. zone-N).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub zones: u32,
-    /// Nodes of the global control plane (only 1 for now: the Raft-replicated global is not
-    /// wired into global-cp on this branch).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1))]
+    /// Nodes of the global control plane: 1 (service `global`) or a Raft cluster of 3, 5 or 7
+    /// (services `global-1` ..), one vote lost per node down up to a minority.
+    #[arg(long, default_value_t = 1, value_parser = parse_global_nodes)]
     pub global_nodes: u32,
     /// The directory to write (docker-compose.yaml, .env, .gitignore, secrets/).
     #[arg(long)]
@@ -46,12 +46,25 @@ pub struct ComposeArgs {
     /// Tag of the meridian/* images (as deploy/build-images.sh built them).
     #[arg(long, default_value = "latest")]
     pub image_tag: String,
+    /// The first two octets of the /16 the project's networks are carved from (another prefix
+    /// when a network of this machine already uses 10.231).
+    #[arg(long, default_value = SUBNET_PREFIX, value_parser = parse_subnet_prefix)]
+    pub subnet_prefix: String,
     /// Write only the project files, no secrets (for the checked-in example).
     #[arg(long)]
     pub no_secrets: bool,
     /// Seconds the bootstrap federation gets to come up.
     #[arg(long, default_value_t = 120)]
     pub bootstrap_timeout: u64,
+}
+
+/// `--global-nodes`: one node, or an odd number up to 7 (an even cluster tolerates no more failures
+/// than the odd one below it).
+fn parse_global_nodes(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n @ (1 | 3 | 5 | 7)) => Ok(n),
+        _ => Err(format!("{text:?}: expected 1, 3, 5 or 7")),
+    }
 }
 
 /// The user the images run as (deploy/docker/Dockerfile.in).
@@ -61,6 +74,8 @@ pub const IMAGE_UID: u32 = 10001;
 pub const KDS_PORT: u16 = 5685;
 pub const API_PORT: u16 = 5681;
 pub const XDS_PORT: u16 = 5678;
+/// The global nodes' Raft peer listener.
+pub const RAFT_PORT: u16 = 5683;
 pub const INGRESS_PORT: u16 = 10001;
 pub const EGRESS_PORT: u16 = 10002;
 pub const INBOUND_PORT: u16 = 20001;
@@ -78,30 +93,61 @@ const CA_CERT_SECRET: &str = "default.ca-builtin-cert-ca-1";
 /// Tokens are valid for ten years: the project is a test bed, regenerate it to rotate.
 const TOKEN_VALIDITY: &str = "87600h";
 
+/// How long a service may take to become healthy before its health check's failures count.
+pub const HEALTH_START_PERIOD: &str = "90s";
+
 /// How long a proxy gets to drain after SIGTERM before Docker kills it: more than zone-proxy's
 /// 25 s drain timeout (Docker's default, 10 s, would cut the drain short).
 pub const PROXY_STOP_GRACE: &str = "30s";
 
-/// The fixed subnets: `10.231.0.0/24` control, `10.231.1.0/24` interzone, `10.231.(10+K).0/24`
-/// zone-K. Fixed addresses are below .128; Docker assigns the others from .128 up.
-pub struct Subnets;
+/// The fixed subnets under a `/16` prefix `P` (`--subnet-prefix`, default [`SUBNET_PREFIX`]):
+/// `P.0.0/24` control, `P.1.0/24` interzone, `P.(10+K).0/24` zone-K. Fixed addresses are below
+/// .128; Docker assigns the others from .128 up.
+#[derive(Debug, Clone, Copy)]
+pub struct Subnets<'a>(pub &'a str);
 
-impl Subnets {
-    pub const CONTROL: &'static str = "10.231.0.0/24";
-    pub const INTERZONE: &'static str = "10.231.1.0/24";
+/// The default `--subnet-prefix`.
+pub const SUBNET_PREFIX: &str = "10.231";
 
-    pub fn zone(k: u32) -> String {
-        format!("10.231.{}.0/24", 10 + k)
+impl Subnets<'_> {
+    pub fn control(&self) -> String {
+        format!("{}.0.0/24", self.0)
+    }
+
+    pub fn interzone(&self) -> String {
+        format!("{}.1.0/24", self.0)
+    }
+
+    pub fn zone(&self, k: u32) -> String {
+        format!("{}.{}.0/24", self.0, 10 + k)
     }
 
     /// Host `host` of zone-K's subnet.
-    pub fn zone_ip(k: u32, host: u8) -> String {
-        format!("10.231.{}.{host}", 10 + k)
+    pub fn zone_ip(&self, k: u32, host: u8) -> String {
+        format!("{}.{}.{host}", self.0, 10 + k)
+    }
+
+    /// Global node `id` on the control network (a fixed address: `global-init` reaches node 1
+    /// without a DNS lookup, which once failed at start under load).
+    pub fn global_ip(&self, id: u32) -> String {
+        format!("{}.0.{}", self.0, 10 + id)
     }
 
     /// Zone-K's ingress on the interzone network.
-    pub fn ingress_ip(k: u32) -> String {
-        format!("10.231.1.{}", 10 + k)
+    pub fn ingress_ip(&self, k: u32) -> String {
+        format!("{}.1.{}", self.0, 10 + k)
+    }
+}
+
+/// `--subnet-prefix`: two octets, `A.B`.
+fn parse_subnet_prefix(text: &str) -> Result<String, String> {
+    let octets: Vec<&str> = text.split('.').collect();
+    if octets.len() == 2 && octets.iter().all(|o| o.parse::<u8>().is_ok()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: expected the first two octets of a /16, e.g. 10.231"
+        ))
     }
 }
 
@@ -166,8 +212,44 @@ fn healthy(service: &str) -> Value {
     map([(service, map([("condition", s("service_healthy"))]))])
 }
 
-/// `docker-compose.yaml` for `zones` zones and images tagged `tag`.
-pub fn compose_yaml(zones: u32, tag: &str) -> String {
+/// The global's services: `global`, or `global-1` .. `global-N` (their names are also their
+/// host names on the control network).
+pub fn global_services(global_nodes: u32) -> Vec<String> {
+    (1..=global_nodes)
+        .map(|id| crate::up::global_name(global_nodes, id))
+        .collect()
+}
+
+/// `--peers` of a global cluster in the project: `1=global-1:5683,...`.
+pub fn compose_peers(global_nodes: u32) -> String {
+    (1..=global_nodes)
+        .map(|id| {
+            format!(
+                "{id}={}:{RAFT_PORT}",
+                crate::up::global_name(global_nodes, id)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The one-shot service that restores the global's resources into a fresh cluster.
+pub const GLOBAL_INIT: &str = "global-init";
+
+/// The global's resources as generation left them (`meshctl export`), which [`GLOBAL_INIT`]
+/// applies, and the meshctl config it applies them with (node 1's API and the admin token).
+pub const GLOBAL_RESOURCES: &str = "global-resources.yaml";
+pub const GLOBAL_INIT_CONFIG: &str = "global-init.yaml";
+
+/// `docker-compose.yaml` for `zones` zones, a global of `global_nodes` nodes and images tagged
+/// `tag`, on the default subnets.
+pub fn compose_yaml(zones: u32, global_nodes: u32, tag: &str) -> String {
+    compose_yaml_on(zones, global_nodes, tag, SUBNET_PREFIX)
+}
+
+/// [`compose_yaml`] on the subnets under `prefix` ([`Subnets`]).
+pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -> String {
+    let subnets = Subnets(prefix);
     let mut services = Mapping::new();
     let mut networks = Mapping::new();
     // Docker hands out addresses from the upper half only (`ip_range`), so the fixed addresses
@@ -182,34 +264,136 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
             )]),
         )])
     };
-    networks.insert(s("control"), net(Subnets::CONTROL.to_owned()));
-    networks.insert(s("interzone"), net(Subnets::INTERZONE.to_owned()));
+    networks.insert(s("control"), net(subnets.control()));
+    networks.insert(s("interzone"), net(subnets.interzone()));
 
-    services.insert(
-        s("global"),
-        map([
-            ("image", image(tag, "global-cp")),
-            ("user", user()),
-            (
-                "command",
-                // Zones dial `global`: the KDS certificate must name it (the CA stays the one
-                // made at generation time; only the server certificate is reissued if needed).
-                list([
-                    "--data-dir",
-                    "/var/lib/meridian/global",
-                    "--kds-hostname",
-                    "global",
+    let globals = global_services(global_nodes);
+    // What a zone CP waits for: the global, or a cluster whose resources are restored.
+    let zone_cp_depends = if global_nodes == 1 {
+        services.insert(
+            s("global"),
+            map([
+                ("image", image(tag, "global-cp")),
+                ("user", user()),
+                (
+                    "command",
+                    // Zones dial `global`: the KDS certificate must name it (the CA stays the one
+                    // made at generation time; only the server certificate is reissued if needed).
+                    list([
+                        "--data-dir",
+                        "/var/lib/meridian/global",
+                        "--kds-hostname",
+                        "global",
+                    ]),
+                ),
+                (
+                    "volumes",
+                    list(["./secrets/global:/var/lib/meridian/global"]),
+                ),
+                // The API on an ephemeral host port (`docker-compose port global 5681`).
+                ("ports", list([format!("127.0.0.1::{API_PORT}")])),
+                ("networks", list(["control"])),
+            ]),
+        );
+        healthy("global")
+    } else {
+        // A Raft cluster: every node shares the KDS identity (CA, server certificate naming every
+        // node, zone-token signing keys) and the peers' certificates made at generation time, and
+        // starts with fresh Raft state (the generation run's log names loopback peers).
+        let peers = compose_peers(global_nodes);
+        let hostnames = globals.join(",");
+        for (i, name) in globals.iter().enumerate() {
+            services.insert(
+                s(name.clone()),
+                map([
+                    ("image", image(tag, "global-cp")),
+                    ("user", user()),
+                    (
+                        "command",
+                        list([
+                            "--data-dir",
+                            "/var/lib/meridian/global",
+                            "--node-id",
+                            &(i + 1).to_string(),
+                            "--peers",
+                            &peers,
+                            "--raft-tls-dir",
+                            "/etc/meridian/raft",
+                            "--kds-tls-dir",
+                            "/var/lib/meridian/kds",
+                            "--kds-hostname",
+                            &hostnames,
+                        ]),
+                    ),
+                    (
+                        "volumes",
+                        list([
+                            format!("./secrets/{name}:/var/lib/meridian/global"),
+                            "./secrets/global-kds:/var/lib/meridian/kds".to_owned(),
+                            "./secrets/global-raft-certs:/etc/meridian/raft:ro".to_owned(),
+                        ]),
+                    ),
+                    ("ports", list([format!("127.0.0.1::{API_PORT}")])),
+                    (
+                        "networks",
+                        map([(
+                            "control",
+                            map([("ipv4_address", s(subnets.global_ip(i as u32 + 1)))]),
+                        )]),
+                    ),
                 ]),
-            ),
-            (
-                "volumes",
-                list(["./secrets/global:/var/lib/meridian/global"]),
-            ),
-            // The API on an ephemeral host port (`docker-compose port global 5681`).
-            ("ports", list([format!("127.0.0.1::{API_PORT}")])),
-            ("networks", list(["control"])),
-        ]),
-    );
+            );
+        }
+        let mut ready = Mapping::new();
+        for name in &globals {
+            ready.insert(s(name.clone()), map([("condition", s("service_healthy"))]));
+        }
+        // Re-applies the generation-time resources (the mesh, its CA, the permission) once the
+        // nodes are up; zones start after it, so they never see the cluster without them.
+        services.insert(
+            s(GLOBAL_INIT),
+            map([
+                ("image", image(tag, "meshctl")),
+                ("user", user()),
+                (
+                    "command",
+                    list([
+                        "--config".to_owned(),
+                        format!("/etc/meridian/{GLOBAL_INIT_CONFIG}"),
+                        "apply".to_owned(),
+                        "-f".to_owned(),
+                        format!("/etc/meridian/{GLOBAL_RESOURCES}"),
+                    ]),
+                ),
+                (
+                    "volumes",
+                    list([
+                        format!(
+                            "./secrets/{GLOBAL_INIT_CONFIG}:/etc/meridian/{GLOBAL_INIT_CONFIG}:ro"
+                        ),
+                        format!("./secrets/{GLOBAL_RESOURCES}:/etc/meridian/{GLOBAL_RESOURCES}:ro"),
+                    ]),
+                ),
+                ("networks", list(["control"])),
+                // Healthy nodes elect a leader within a second; a write waits up to 10 s for one.
+                ("depends_on", Value::Mapping(ready)),
+            ]),
+        );
+        map([(
+            GLOBAL_INIT,
+            map([("condition", s("service_completed_successfully"))]),
+        )])
+    };
+    let kds_addresses = globals
+        .iter()
+        .map(|g| format!("https://{g}:{KDS_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let kds_ca = if global_nodes == 1 {
+        "./secrets/global/kds/ca.crt"
+    } else {
+        "./secrets/global-kds/ca.crt"
+    };
 
     let xds_url = |zone: &str| format!("http://{zone}-cp:{XDS_PORT}");
     let proxy_base = |zone: &str, mode: &str, name: &str| -> Vec<String> {
@@ -234,7 +418,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
 
     for k in 1..=zones {
         let zone = zone_name(k);
-        networks.insert(s(zone.clone()), net(Subnets::zone(k)));
+        networks.insert(s(zone.clone()), net(subnets.zone(k)));
         let cp = format!("{zone}-cp");
         services.insert(
             s(cp.clone()),
@@ -251,7 +435,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                         "--data-dir",
                         "/var/lib/meridian/zone",
                         "--global-kds-address",
-                        &format!("https://global:{KDS_PORT}"),
+                        &kds_addresses,
                         "--kds-ca-file",
                         "/etc/meridian/kds-ca.crt",
                         "--zone-token-file",
@@ -262,12 +446,12 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                     "volumes",
                     list([
                         format!("./secrets/{zone}:/var/lib/meridian/zone"),
-                        "./secrets/global/kds/ca.crt:/etc/meridian/kds-ca.crt:ro".to_owned(),
+                        format!("{kds_ca}:/etc/meridian/kds-ca.crt:ro"),
                         format!("./secrets/tokens/{zone}.token:/etc/meridian/zone.token:ro"),
                     ]),
                 ),
                 ("networks", list(["control".to_owned(), zone.clone()])),
-                ("depends_on", healthy("global")),
+                ("depends_on", zone_cp_depends.clone()),
             ]),
         );
 
@@ -276,7 +460,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
         let mut args = proxy_base(&zone, "ingress", &ingress);
         args.extend([
             "--address".to_owned(),
-            Subnets::ingress_ip(k),
+            subnets.ingress_ip(k),
             "--port".to_owned(),
             INGRESS_PORT.to_string(),
         ]);
@@ -293,7 +477,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                         (zone.as_str(), Value::Null),
                         (
                             "interzone",
-                            map([("ipv4_address", s(Subnets::ingress_ip(k)))]),
+                            map([("ipv4_address", s(subnets.ingress_ip(k)))]),
                         ),
                     ]),
                 ),
@@ -307,7 +491,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
         let mut args = proxy_base(&zone, "egress", &egress);
         args.extend([
             "--address".to_owned(),
-            Subnets::zone_ip(k, 4),
+            subnets.zone_ip(k, 4),
             "--port".to_owned(),
             EGRESS_PORT.to_string(),
         ]);
@@ -323,7 +507,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
                     map([
                         (
                             zone.as_str(),
-                            map([("ipv4_address", s(Subnets::zone_ip(k, 4)))]),
+                            map([("ipv4_address", s(subnets.zone_ip(k, 4)))]),
                         ),
                         ("interzone", Value::Null),
                     ]),
@@ -335,7 +519,7 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
 
         for (i, service) in demo_services(k, zones).into_iter().enumerate() {
             let name = format!("{service}-{zone}");
-            let address = Subnets::zone_ip(k, 10 + i as u8);
+            let address = subnets.zone_ip(k, 10 + i as u8);
             let mut args = proxy_base(&zone, "sidecar", &name);
             args.extend([
                 "--service".to_owned(),
@@ -395,14 +579,36 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
         }
     }
 
+    // The images' health checks (every 2 s, 3 failures) with a start period: a debug build on a
+    // loaded machine has taken longer than the image's 3 s to be ready, and a dependency that
+    // turns unhealthy fails `up` at once; failures within the period do not count.
+    for (name, service) in services.iter_mut() {
+        if name.as_str() != Some(GLOBAL_INIT) {
+            if let Value::Mapping(service) = service {
+                service.insert(
+                    s("healthcheck"),
+                    map([("start_period", s(HEALTH_START_PERIOD))]),
+                );
+            }
+        }
+    }
+
     let mut top = Mapping::new();
     top.insert(s("version"), s("2.4"));
     top.insert(s("services"), Value::Mapping(services));
     top.insert(s("networks"), Value::Mapping(networks));
     let body = serde_yaml::to_string(&Value::Mapping(top)).expect("YAML of plain values");
+    let mut flag = if global_nodes == 1 {
+        String::new()
+    } else {
+        format!(" --global-nodes {global_nodes}")
+    };
+    if prefix != SUBNET_PREFIX {
+        flag.push_str(&format!(" --subnet-prefix {prefix}"));
+    }
     format!(
-        "# Generated by `meshctl generate compose --zones {zones}`: a Meridian federation of {zones} \
-         zone(s).\n# Secrets live in ./secrets (not committed); see deploy/README.md.\n{body}"
+        "# Generated by `meshctl generate compose --zones {zones}{flag}`: a Meridian federation of \
+         {zones} zone(s).\n# Secrets live in ./secrets (not committed); see deploy/README.md.\n{body}"
     )
 }
 
@@ -410,11 +616,17 @@ pub fn compose_yaml(zones: u32, tag: &str) -> String {
 pub const GITIGNORE: &str = "# Tokens, keys and the control planes' data: made by `meshctl generate compose`.\nsecrets/\n.env\n";
 
 /// Writes the project files into `dir` (not the secrets).
-pub fn write_project(dir: &Path, zones: u32, tag: &str) -> anyhow::Result<()> {
+pub fn write_project(
+    dir: &Path,
+    zones: u32,
+    global_nodes: u32,
+    tag: &str,
+    subnet_prefix: &str,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(
         &dir.join("docker-compose.yaml"),
-        compose_yaml(zones, tag).as_bytes(),
+        compose_yaml_on(zones, global_nodes, tag, subnet_prefix).as_bytes(),
         None,
     )?;
     write_atomic(&dir.join(".gitignore"), GITIGNORE.as_bytes(), None)?;
@@ -423,12 +635,20 @@ pub fn write_project(dir: &Path, zones: u32, tag: &str) -> anyhow::Result<()> {
 
 /// Runs `meshctl generate compose`.
 pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
-    write_project(&args.out, args.zones, &args.image_tag)?;
+    write_project(
+        &args.out,
+        args.zones,
+        args.global_nodes,
+        &args.image_tag,
+        &args.subnet_prefix,
+    )?;
     if args.no_secrets {
         println!(
-            "wrote {} (no secrets: run `meshctl generate compose --zones {} --out {}` to make them)",
+            "wrote {} (no secrets: run `meshctl generate compose --zones {} --global-nodes {} --out {}` \
+             to make them)",
             args.out.join("docker-compose.yaml").display(),
             args.zones,
+            args.global_nodes,
             args.out.display()
         );
         return Ok(());
@@ -443,6 +663,8 @@ pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
     bootstrap(
         &secrets,
         args.zones,
+        args.global_nodes,
+        &args.subnet_prefix,
         Duration::from_secs(args.bootstrap_timeout),
     )
     .await?;
@@ -462,8 +684,16 @@ pub async fn run(args: &ComposeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the federation once (`meshctl up --no-demo`) with its data in `secrets`, prepares the
-/// mesh and issues every token, then stops it.
-async fn bootstrap(secrets: &Path, zones: u32, timeout: Duration) -> anyhow::Result<()> {
+/// mesh and issues every token, then stops it. A multi-node global's resources are exported for
+/// [`GLOBAL_INIT`] and its Raft state removed: the nodes' logs name the loopback peers of this
+/// run, and a node resumes the membership in its log, so the containers start a new cluster.
+async fn bootstrap(
+    secrets: &Path,
+    zones: u32,
+    global_nodes: u32,
+    subnet_prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(secrets)
         .with_context(|| format!("cannot create {}", secrets.display()))?;
     let exe = std::env::current_exe().context("cannot locate meshctl itself")?;
@@ -477,11 +707,16 @@ async fn bootstrap(secrets: &Path, zones: u32, timeout: Duration) -> anyhow::Res
             "--no-demo",
             "--zones",
             &zones.to_string(),
+            "--global-nodes",
+            &global_nodes.to_string(),
             "--data-dir",
         ])
         .arg(secrets)
-        // The containers dial the global as `global`: its KDS certificate must name it.
-        .env("MERIDIAN_KDS_HOSTNAMES", "global")
+        // The containers dial the global by its service names: its KDS certificate must name them.
+        .env(
+            "MERIDIAN_KDS_HOSTNAMES",
+            global_services(global_nodes).join(","),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -490,14 +725,33 @@ async fn bootstrap(secrets: &Path, zones: u32, timeout: Duration) -> anyhow::Res
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {} up", exe.display()))?;
-    let result = prepare(secrets, zones, timeout, &mut child).await;
+    let result = prepare(
+        secrets,
+        zones,
+        global_nodes,
+        subnet_prefix,
+        timeout,
+        &mut child,
+    )
+    .await;
     if let Some(pid) = child.id() {
         let _ = process::send_signal(pid, Signal::Term);
     }
     let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     result.with_context(|| format!("bootstrap failed; see {}", log_path.display()))?;
     match stopped {
-        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) if status.success() => {
+            if global_nodes > 1 {
+                for name in global_services(global_nodes) {
+                    let raft = secrets.join(&name).join("raft");
+                    std::fs::remove_dir_all(&raft)
+                        .with_context(|| format!("cannot remove {}", raft.display()))?;
+                }
+                // Loopback peer addresses of the bootstrap run, meaningless in the project.
+                remove_if_present(&secrets.join("global-peers"))?;
+            }
+            Ok(())
+        }
         Ok(Ok(status)) => anyhow::bail!(
             "the bootstrap federation exited with {status}; see {}",
             log_path.display()
@@ -510,9 +764,20 @@ async fn bootstrap(secrets: &Path, zones: u32, timeout: Duration) -> anyhow::Res
     }
 }
 
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn prepare(
     secrets: &Path,
     zones: u32,
+    global_nodes: u32,
+    subnet_prefix: &str,
     timeout: Duration,
     child: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {
@@ -535,7 +800,7 @@ async fn prepare(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let settings = Settings::load(None, None, Some(&secrets.join("meshctl.yaml")))?;
-    let global = ApiClient::new(&settings.api_url, settings.token)?;
+    let global = ApiClient::new(&settings.api_url, settings.token.clone())?;
     crate::apply::apply_text(&global, MESH_YAML, "meshctl generate compose (mesh)").await?;
     // The mesh CA is made by the global; wait for it so it is in the data the containers get.
     let secret = [
@@ -596,6 +861,22 @@ async fn prepare(
             Some(0o600),
         )?;
     }
+    if global_nodes > 1 {
+        let (text, _) = crate::export::export(&global).await?;
+        write_atomic(
+            &secrets.join(GLOBAL_RESOURCES),
+            text.as_bytes(),
+            Some(0o600),
+        )?;
+        let config = crate::config::ConfigFile {
+            api_url: Some(format!(
+                "http://{}:{API_PORT}",
+                Subnets(subnet_prefix).global_ip(1)
+            )),
+            token: settings.token.clone(),
+        };
+        config.save(&secrets.join(GLOBAL_INIT_CONFIG))?;
+    }
     Ok(())
 }
 
@@ -628,7 +909,7 @@ mod tests {
     use super::*;
 
     fn doc(zones: u32) -> Value {
-        serde_yaml::from_str(&compose_yaml(zones, "t")).unwrap()
+        serde_yaml::from_str(&compose_yaml(zones, 1, "t")).unwrap()
     }
 
     fn networks_of(service: &Value) -> Vec<String> {
@@ -675,13 +956,19 @@ mod tests {
 
     #[test]
     fn only_ingresses_and_egresses_join_interzone_and_only_control_planes_control() {
-        let d = doc(3);
-        for (name, service) in d["services"].as_mapping().unwrap() {
+        let one: Value = doc(3);
+        let three: Value = serde_yaml::from_str(&compose_yaml(3, 3, "t")).unwrap();
+        for (name, service) in one["services"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .chain(three["services"].as_mapping().unwrap())
+        {
             let name = name.as_str().unwrap();
             let nets = networks_of(service);
             let proxy_edge = name.ends_with("-ingress") || name.ends_with("-egress");
             assert_eq!(nets.contains(&"interzone".to_owned()), proxy_edge, "{name}");
-            let cp = name == "global" || name.ends_with("-cp");
+            let cp = name.starts_with("global") || name.ends_with("-cp");
             assert_eq!(nets.contains(&"control".to_owned()), cp, "{name}");
             if name.ends_with("-app") {
                 let sidecar = name.trim_end_matches("-app");
@@ -758,8 +1045,113 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_three_node_global_shares_its_identity_and_zones_dial_every_node_after_the_restore() {
+        let d: Value = serde_yaml::from_str(&compose_yaml(2, 3, "t")).unwrap();
+        let services = d["services"].as_mapping().unwrap();
+        assert!(!services.contains_key(s("global")));
+        let args = |name: &str| -> Vec<String> {
+            d["services"][name]["command"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let after = |args: &[String], flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].clone()
+        };
+        for id in 1..=3 {
+            let name = format!("global-{id}");
+            let a = args(&name);
+            assert_eq!(after(&a, "--node-id"), id.to_string());
+            assert_eq!(
+                after(&a, "--peers"),
+                "1=global-1:5683,2=global-2:5683,3=global-3:5683"
+            );
+            assert_eq!(after(&a, "--kds-hostname"), "global-1,global-2,global-3");
+            let volumes = &d["services"][name.as_str()]["volumes"];
+            assert_eq!(
+                volumes[0],
+                s(format!("./secrets/{name}:/var/lib/meridian/global"))
+            );
+            assert_eq!(volumes[1], s("./secrets/global-kds:/var/lib/meridian/kds"));
+            assert_eq!(networks_of(&d["services"][name.as_str()]), ["control"]);
+            assert_eq!(
+                d["services"][name.as_str()]["networks"]["control"]["ipv4_address"],
+                s(format!("10.231.0.{}", 10 + id))
+            );
+            assert_eq!(
+                d["services"]["global-init"]["depends_on"][name.as_str()]["condition"],
+                s("service_healthy")
+            );
+        }
+        assert_eq!(
+            after(&args("global-init"), "-f"),
+            "/etc/meridian/global-resources.yaml"
+        );
+        assert_eq!(networks_of(&d["services"]["global-init"]), ["control"]);
+        let zone = args("zone-2-cp");
+        assert_eq!(
+            after(&zone, "--global-kds-address"),
+            "https://global-1:5685,https://global-2:5685,https://global-3:5685"
+        );
+        assert_eq!(
+            d["services"]["zone-2-cp"]["depends_on"]["global-init"]["condition"],
+            s("service_completed_successfully")
+        );
+        assert_eq!(
+            d["services"]["zone-2-cp"]["volumes"][1],
+            s("./secrets/global-kds/ca.crt:/etc/meridian/kds-ca.crt:ro")
+        );
+    }
+
+    #[test]
+    fn every_service_but_the_one_shot_init_gets_a_health_start_period() {
+        let d: Value = serde_yaml::from_str(&compose_yaml(2, 3, "t")).unwrap();
+        for (name, service) in d["services"].as_mapping().unwrap() {
+            let expected = if name.as_str() == Some(GLOBAL_INIT) {
+                Value::Null
+            } else {
+                map([("start_period", s(HEALTH_START_PERIOD))])
+            };
+            assert_eq!(service["healthcheck"], expected, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn another_subnet_prefix_moves_every_network_and_fixed_address() {
+        let d: Value = serde_yaml::from_str(&compose_yaml_on(2, 1, "t", "10.77")).unwrap();
+        assert_eq!(
+            d["networks"]["interzone"]["ipam"]["config"][0]["subnet"],
+            s("10.77.1.0/24")
+        );
+        assert_eq!(
+            d["services"]["zone-2-ingress"]["networks"]["interzone"]["ipv4_address"],
+            s("10.77.1.12")
+        );
+        assert!(!serde_yaml::to_string(&d).unwrap().contains("10.231."));
+        assert!(parse_subnet_prefix("10.77").is_ok());
+        for bad in ["10", "10.77.1", "10.300", "a.b"] {
+            assert!(parse_subnet_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn global_nodes_are_one_or_an_odd_number_up_to_seven() {
+        for ok in ["1", "3", "5", "7"] {
+            assert!(parse_global_nodes(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "2", "4", "9", "x"] {
+            let error = parse_global_nodes(bad).unwrap_err();
+            assert!(error.contains("expected 1, 3, 5 or 7"), "{error}");
+        }
+    }
+
     /// The checked-in example is what the generator writes (regenerate it with
-    /// `meshctl generate compose --zones 3 --no-secrets --out deploy/compose/example-3-zones`).
+    /// `meshctl generate compose --zones 3 --global-nodes 3 --no-secrets --out
+    /// deploy/compose/example-3-zones`).
     #[test]
     fn the_checked_in_example_is_current() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -767,7 +1159,7 @@ mod tests {
         let text = std::fs::read_to_string(&example).unwrap();
         assert_eq!(
             text,
-            compose_yaml(3, "latest"),
+            compose_yaml(3, 3, "latest"),
             "{} is stale",
             example.display()
         );

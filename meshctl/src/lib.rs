@@ -3,16 +3,19 @@
 //! `generate dataplane-token` (against a zone CP),
 //! `inspect zones`, `inspect dataplane` (against a zone CP)), plus `meshctl up`, which runs a whole local federation (one global, N zones
 //! connected to it over KDS) as child processes. `generate compose` writes a docker-compose federation
-//! ([`generate`]). `main.rs` only parses the command line and calls
+//! ([`generate`]), `install control-plane` prints Kubernetes manifests ([`install`]), `export`
+//! writes the global's resources for a restore ([`export`]). `main.rs` only parses the command line and calls
 //! [`run`].
 
 pub mod apply;
 pub mod client;
 pub mod config;
 pub mod endpoints;
+pub mod export;
 mod fsutil;
 pub mod generate;
 pub mod inspect;
+pub mod install;
 pub mod members;
 pub mod output;
 pub mod process;
@@ -70,6 +73,26 @@ pub enum Command {
     /// The global control plane's cluster (point `--api-url` at any global node).
     #[command(subcommand)]
     Global(GlobalCommand),
+    /// Write every resource the global owns (meshes, secrets, policies, zones) as YAML that
+    /// `meshctl apply -f` restores into a fresh global. Needs the admin token (secrets).
+    Export(ExportArgs),
+    /// Print Kubernetes manifests (for `kubectl apply -f -`).
+    #[command(subcommand)]
+    Install(InstallCommand),
+}
+
+/// What `install` prints.
+#[derive(Debug, Subcommand)]
+pub enum InstallCommand {
+    /// A global control plane (a Raft StatefulSet) or a zone control plane.
+    ControlPlane(install::ControlPlaneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Write to this file (mode 0600: it holds secrets) instead of standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
 }
 
 /// What `global` manages.
@@ -307,6 +330,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect_dataplane(&client(&cli)?, args).await?
         }
         Command::Up(args) => return up::run(args).await,
+        Command::Export(args) => export(&client(&cli)?, args).await?,
+        Command::Install(InstallCommand::ControlPlane(args)) => {
+            print!("{}", install::manifests(args)?)
+        }
         Command::Global(GlobalCommand::Members(args)) => {
             let client = client(&cli)?;
             match &args.command {
@@ -359,6 +386,18 @@ async fn get(client: &ApiClient, args: &GetArgs) -> anyhow::Result<()> {
                     print!("{}", output::to_yaml(&output::list_document(total, items)))
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+async fn export(client: &ApiClient, args: &ExportArgs) -> anyhow::Result<()> {
+    let (text, count) = export::export(client).await?;
+    match &args.output {
+        None => print!("{text}"),
+        Some(path) => {
+            fsutil::write_atomic(path, text.as_bytes(), Some(0o600))?;
+            eprintln!("exported {count} resource(s) to {}", path.display());
         }
     }
     Ok(())

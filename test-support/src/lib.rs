@@ -92,15 +92,39 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// A Python interpreter that can `import grpc` (grpcio [`GRPCIO_VERSION`]): a virtualenv at
-/// `<target dir>/python-grpcio-<version>`, made once with `python3 -m venv` (or
-/// `$MERIDIAN_PYTHON -m venv`) and `pip install` from PyPI, then reused. A file lock makes
+/// `<target dir>/python-grpcio-<version>` (see [`python_venv`]).
+pub fn python_with_grpcio() -> PathBuf {
+    python_venv(
+        &format!("grpcio-{GRPCIO_VERSION}"),
+        &format!("grpcio=={GRPCIO_VERSION}"),
+        "import grpc",
+    )
+}
+
+/// The version of `kubernetes-validate` (PyPI) the manifest tests check against; it ships the
+/// Kubernetes schemas, so validation runs offline once installed.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// A Python interpreter with `kubernetes-validate` [`KUBERNETES_VALIDATE_VERSION`] (see
+/// [`python_venv`]); its `bin/kubernetes-validate` is beside it.
+pub fn python_with_kubernetes_validate() -> PathBuf {
+    python_venv(
+        &format!("kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"),
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+        "import kubernetes_validate",
+    )
+}
+
+/// A Python interpreter with `requirement` installed: a virtualenv at
+/// `<target dir>/python-<name>`, made once with `python3 -m venv` (or `$MERIDIAN_PYTHON -m venv`)
+/// and `pip install` from PyPI, checked by running `check`, then reused. A file lock makes
 /// parallel tests (and processes) wait for the one that installs. Panics saying what is missing
 /// when Python or PyPI is unavailable.
-pub fn python_with_grpcio() -> PathBuf {
+pub fn python_venv(name: &str, requirement: &str, check: &str) -> PathBuf {
     use fs2::FileExt as _;
 
     let target = target_dir();
-    let venv = target.join(format!("python-grpcio-{GRPCIO_VERSION}"));
+    let venv = target.join(format!("python-{name}"));
     let python = venv.join("bin").join("python");
     let ready = venv.join(".meridian-ready");
     if ready.is_file() {
@@ -108,7 +132,7 @@ pub fn python_with_grpcio() -> PathBuf {
     }
     std::fs::create_dir_all(&target)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", target.display()));
-    let lock_path = target.join(format!("python-grpcio-{GRPCIO_VERSION}.lock"));
+    let lock_path = target.join(format!("python-{name}.lock"));
     let lock = std::fs::File::create(&lock_path)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
     lock.lock_exclusive()
@@ -135,16 +159,16 @@ pub fn python_with_grpcio() -> PathBuf {
             "install",
             "--disable-pip-version-check",
             "--quiet",
-            &format!("grpcio=={GRPCIO_VERSION}"),
+            requirement,
         ],
-        &format!("installing grpcio=={GRPCIO_VERSION} from PyPI (is PyPI reachable?)"),
+        &format!("installing {requirement} from PyPI (is PyPI reachable?)"),
     );
     run_setup(
         &python_arg,
-        &["-c", "import grpc"],
-        "importing grpc in the new virtualenv",
+        &["-c", check],
+        &format!("running `{check}` in the new virtualenv"),
     );
-    std::fs::write(&ready, GRPCIO_VERSION)
+    std::fs::write(&ready, requirement)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", ready.display()));
     python
 }
