@@ -8,10 +8,18 @@
 //! `dataplane::run` via `zone_proxies::testing::RunningDataplane`), so its CPU is its own, as
 //! HAProxy's is, and its resident memory (VmRSS) is a process figure, idle and right after the
 //! saturation phase. Per target: requests/s at saturation (closed loop, `BENCH_CONNS`
-//! connections, default 16), then latency at a fixed 1,000 req/s (open loop: request `i` is
-//! sent at `start + i/rate` on the first free connection of 8; latency from the send, p50/p99
-//! over all requests). Ratios to direct and to HAProxy follow, then TCP throughput (256 MiB one
-//! way) direct and through Meridian.
+//! connections, default 16), then latency at a fixed 1,000 req/s (open loop: a dedicated OS
+//! thread paces request `i` to `start + i/rate` and hands it to the first free connection of
+//! 8; latency from when it was due, p50/p99 over all requests, and how late sends were). Ratios
+//! to direct and to HAProxy follow, then TCP throughput (256 MiB one way) direct and through
+//! Meridian.
+//!
+//! `BENCH_CALLGRIND=<requests>` measures instead the user-space instructions per request of
+//! Meridian's one-hop proxy and HAProxy under `valgrind --tool=callgrind`, each sent the same
+//! keep-alive requests on one connection by the same client: each proxy runs twice, with 1,000
+//! and with 1,000 + `<requests>` requests, and the difference divided by `<requests>` is the
+//! cost of a request without start-up and shutdown (docs/benchmarks.md; `callgrind_annotate`
+//! on the profiles, kept in `BENCH_CALLGRIND_DIR`, shows where it goes).
 //!
 //! The targets take turns: each phase is split into `BENCH_ROUNDS` (default 3) slices run
 //! round-robin over the targets, so a change in a shared machine's load is spread over all.
@@ -21,14 +29,14 @@
 //! `nbthread`, default 1), `BENCH_WORKERS` the load generator's and upstream's tokio workers
 //! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME=current` a
 //! current-thread tokio runtime in Meridian's proxies instead of a multi-thread one with
-//! `BENCH_PROXY_THREADS` workers (as the `zone-proxy` binary's `#[tokio::main]`), and `BENCH_BASELINE_EXE` another build of this bench whose
+//! `BENCH_PROXY_THREADS` workers (as `zone-proxy run --concurrency N`), and
+//! `BENCH_BASELINE_EXE` another build of this bench whose
 //! one-hop proxy is measured in the same run (a before/after comparison on a shared machine),
 //! with `BENCH_BASELINE_RUNTIME` as its `BENCH_PROXY_RUNTIME`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -326,6 +334,16 @@ fn spawn_meridian(
     ProxyProcess { child, http, tcp }
 }
 
+/// HAProxy's configuration: HTTP mode, keep-alive both sides, connection reuse.
+fn haproxy_config(port: SocketAddr, upstream: SocketAddr, threads: usize) -> String {
+    format!(
+        "global\n  nbthread {threads}\n  maxconn 4096\n\
+         defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend bench\n  bind {port}\n  default_backend upstream\n\
+         backend upstream\n  http-reuse always\n  server s1 {upstream}\n"
+    )
+}
+
 /// HAProxy on a free port, in HTTP mode with keep-alive both sides and connection reuse, or
 /// `None` when the binary is not installed.
 async fn spawn_haproxy(
@@ -347,14 +365,8 @@ async fn spawn_haproxy(
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = format!(
-        "global\n  nbthread {threads}\n  maxconn 4096\n\
-         defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend bench\n  bind {port}\n  default_backend upstream\n\
-         backend upstream\n  http-reuse always\n  server s1 {upstream}\n"
-    );
     let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, haproxy_config(port, upstream, threads)).unwrap();
     let child = Command::new("haproxy")
         .arg("-db")
         .arg("-f")
@@ -401,6 +413,9 @@ async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>)
         .header("host", "bench")
         .body(Empty::<Bytes>::new())
         .unwrap();
+    // The connection may not have taken in the previous response's end yet (a slow proxy,
+    // under valgrind say): wait for it rather than fail.
+    sender.ready().await.unwrap();
     let res = sender.send_request(req).await.unwrap();
     assert!(res.status().is_success(), "{}", res.status());
     res.into_body().collect().await.unwrap();
@@ -431,73 +446,114 @@ async fn saturation(addr: SocketAddr, connections: usize, duration: Duration) ->
 struct Latency {
     p50_us: f64,
     p99_us: f64,
-    /// Requests sent more than 1 ms after they were due (the generator fell behind).
+    /// How late requests were handed to a connection after they were due: p50, p99, max (µs).
+    lag_us: [f64; 3],
+    /// Requests sent more than 1 ms after they were due.
     late: u64,
     sent: u64,
 }
 
-/// Latencies (ns) of one fixed-rate phase, and how many requests were sent late.
+/// Latencies and send lags (ns) of one fixed-rate phase.
 #[derive(Default)]
 struct Samples {
     latencies: Vec<u64>,
-    late: u64,
+    lags: Vec<u64>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] as f64 / 1000.0
 }
 
 impl Samples {
     fn extend(&mut self, other: Samples) {
         self.latencies.extend(other.latencies);
-        self.late += other.late;
+        self.lags.extend(other.lags);
     }
 
     fn summary(mut self) -> Latency {
-        let all = &mut self.latencies;
-        all.sort_unstable();
-        let pct =
-            |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+        self.latencies.sort_unstable();
+        self.lags.sort_unstable();
+        let (all, lags) = (&self.latencies, &self.lags);
         Latency {
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
-            late: self.late,
+            p50_us: percentile(all, 0.50),
+            p99_us: percentile(all, 0.99),
+            lag_us: [
+                percentile(lags, 0.50),
+                percentile(lags, 0.99),
+                percentile(lags, 1.0),
+            ],
+            late: lags.iter().filter(|&&l| l > 1_000_000).count() as u64,
             sent: all.len() as u64,
         }
     }
 }
 
-/// Open loop at `rate` req/s on 8 connections: request `i` is due at `start + i/rate` and taken
-/// by whichever connection is free; latency runs from its send to the end of its response.
+/// Waits on this OS thread until `due`: sleeps until shortly before, then spins (a sleep
+/// alone wakes tens of microseconds late).
+fn wait_until(due: Instant) {
+    const SPIN: Duration = Duration::from_micros(100);
+    let now = Instant::now();
+    if due > now + SPIN {
+        std::thread::sleep(due - now - SPIN);
+    }
+    while Instant::now() < due {
+        std::hint::spin_loop();
+    }
+}
+
+/// Open loop at `rate` req/s on 8 connections: a dedicated OS thread paces the schedule
+/// (request `i` is due at `start + i/rate`) and hands each due time to whichever connection
+/// is free, through one channel (no allocation per request). Latency runs from when the
+/// request was due, not from when it was sent, so a generator or connection running late
+/// counts against the target (no coordinated omission); how late each send was is recorded
+/// too.
 async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Samples {
     const CONNECTIONS: usize = 8;
     let total = ((rate as f64 * duration.as_secs_f64()) as u64).max(1);
-    let next = Arc::new(AtomicU64::new(0));
-    let late = Arc::new(AtomicU64::new(0));
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
+    let mut senders = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        let (next, late) = (next.clone(), late.clone());
+        senders.push(connection(addr).await);
+    }
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let due_rx = due_rx.clone();
+        let per_connection = total as usize / CONNECTIONS * 2;
         tasks.push(tokio::spawn(async move {
-            let mut sender = connection(addr).await;
-            let mut latencies = Vec::with_capacity(total as usize);
+            let mut samples = Samples {
+                latencies: Vec::with_capacity(per_connection),
+                lags: Vec::with_capacity(per_connection),
+            };
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return latencies;
-                }
-                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-                tokio::time::sleep_until(due).await;
+                let next = due_rx.lock().await.recv().await;
+                let Some(due) = next else {
+                    return samples;
+                };
                 let sent = Instant::now();
-                if sent.duration_since(due.into_std()) > Duration::from_millis(1) {
-                    late.fetch_add(1, Ordering::Relaxed);
-                }
+                samples
+                    .lags
+                    .push(sent.saturating_duration_since(due).as_nanos() as u64);
                 get(&mut sender).await;
-                latencies.push(sent.elapsed().as_nanos() as u64);
+                samples.latencies.push(due.elapsed().as_nanos() as u64);
             }
         }));
     }
+    let start = Instant::now() + Duration::from_millis(20);
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+            wait_until(due);
+            if due_tx.send(due).is_err() {
+                return;
+            }
+        }
+    });
     let mut samples = Samples::default();
     for t in tasks {
-        samples.latencies.extend(t.await.unwrap());
+        samples.extend(t.await.unwrap());
     }
-    samples.late = late.load(Ordering::Relaxed);
+    pacer.join().unwrap();
     samples
 }
 
@@ -524,9 +580,163 @@ struct Row {
     rss_load: Option<f64>,
 }
 
+// ---- instructions per request (callgrind) -----------------------------------------------------
+
+/// The total instructions a process run under callgrind executed, from its output file.
+fn callgrind_total(out: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("callgrind output {}: {e}", out.display()));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {}", out.display()))
+}
+
+/// Sends `requests` keep-alive requests one after the other on one connection.
+async fn sequential(addr: SocketAddr, requests: u64) {
+    let mut sender = connection(addr).await;
+    for _ in 0..requests {
+        get(&mut sender).await;
+    }
+}
+
+/// Waits until `addr` accepts connections (a proxy starting under valgrind takes seconds).
+async fn wait_listening(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the proxy under valgrind exited ({status}) before listening on {addr}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One run of a proxy under callgrind serving `requests`: its total instructions.
+async fn callgrind_run(
+    kind: &str,
+    requests: u64,
+    upstream: SocketAddr,
+    threads: usize,
+    dir: &std::path::Path,
+) -> u64 {
+    let out = dir.join(format!("{kind}-{requests}.callgrind"));
+    let mut command = Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .stderr(Stdio::null());
+    let (mut child, addr) = match kind {
+        "meridian" => {
+            let mut child = command
+                .arg(std::env::current_exe().unwrap())
+                .env(ROLE, "plain")
+                .env("BENCH_PROXY_THREADS", threads.to_string())
+                .env("BENCH_UPSTREAM", upstream.to_string())
+                .env("BENCH_SINK", upstream.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("valgrind");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let addr: SocketAddr = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_else(|| panic!("proxy child said {line:?}"))
+                .parse()
+                .unwrap();
+            (child, addr)
+        }
+        _ => {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let config = dir.join("haproxy-callgrind.cfg");
+            std::fs::write(&config, haproxy_config(addr, upstream, threads)).unwrap();
+            let child = command
+                .arg("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("valgrind");
+            (child, addr)
+        }
+    };
+    wait_listening(addr, &mut child).await;
+    sequential(addr, requests).await;
+    // A clean exit writes the profile: Meridian's child stops when its stdin closes, HAProxy
+    // on SIGTERM.
+    if kind == "meridian" {
+        drop(child.stdin.take());
+    } else {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        out.exists(),
+        "{kind} under callgrind wrote no profile ({status})"
+    );
+    callgrind_total(&out)
+}
+
+/// `BENCH_CALLGRIND`: user-space instructions per request, Meridian's one hop against
+/// HAProxy's, by the difference of two runs of each.
+async fn instructions_per_request(requests: u64, threads: usize) {
+    const BASE: u64 = 1_000;
+    let upstream = http_upstream().await;
+    let dir = std::env::var_os("BENCH_CALLGRIND_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tempfile::tempdir().unwrap().keep());
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "callgrind: {requests} keep-alive requests on one connection (after {BASE}), each proxy {threads} thread(s); profiles in {}",
+        dir.display()
+    );
+    let mut per_request = Vec::new();
+    for kind in ["meridian", "haproxy"] {
+        let base = callgrind_run(kind, BASE, upstream, threads, &dir).await;
+        let full = callgrind_run(kind, BASE + requests, upstream, threads, &dir).await;
+        let each = full.saturating_sub(base) as f64 / requests as f64;
+        println!(
+            "  {kind:<9} {each:>8.0} instructions/request (totals {base} and {full}; start-up and shutdown about {:.0})",
+            base as f64 - each * BASE as f64
+        );
+        per_request.push(each);
+    }
+    println!(
+        "  meridian / haproxy: {:.2} x (user space only: the kernel's share, most of a request's CPU, is not counted)",
+        per_request[0] / per_request[1]
+    );
+}
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         return child(&role);
+    }
+    if let Some(requests) = std::env::var("BENCH_CALLGRIND")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let threads: usize = env_or("BENCH_PROXY_THREADS", 1);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(env_or("BENCH_WORKERS", 2))
+            .enable_all()
+            .build()
+            .unwrap();
+        return rt.block_on(instructions_per_request(requests, threads));
     }
     let secs: u64 = env_or("BENCH_SECS", 3);
     let duration = Duration::from_secs(secs);
@@ -617,22 +827,28 @@ fn main() {
             .collect();
 
         println!(
-            "{:<40} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
-            "target", "req/s", "p50 us", "p99 us", "late", "RSS idle", "RSS load"
+            "{:<40} {:>9} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
+            "target", "req/s", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
         );
         let mib = |v: Option<f64>| v.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "-".into());
         for r in &rows {
+            let [lag50, lag99, lag_max] = r.latency.lag_us;
             println!(
-                "{:<40} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9} {:>9}",
+                "{:<40} {:>9.0} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
                 r.name,
                 r.rps,
                 r.latency.p50_us,
                 r.latency.p99_us,
+                format!("{lag50:.0}/{lag99:.0}/{lag_max:.0}"),
                 format!("{}/{}", r.latency.late, r.latency.sent),
                 mib(r.rss_idle),
                 mib(r.rss_load)
             );
         }
+        println!(
+            "  (latency from when each request was due; direct is the generator's and upstream's own share, \
+             so 'added' below is target minus direct; lag: how late sends were, us)"
+        );
         let direct = &rows[0];
         let haproxy_row = rows.iter().find(|r| r.name.starts_with("haproxy"));
         for r in rows.iter().skip(1) {

@@ -451,6 +451,13 @@ pub enum HealthCheckKind {
     },
     Http {
         path: String,
+        /// The request's `Host` (`:authority`); empty: the cluster's name, as Envoy does.
+        host: String,
+        /// Headers added to the request (Envoy's `request_headers_to_add`), in order.
+        request_headers: Vec<(String, String)>,
+        /// HTTP/2 with prior knowledge (Envoy's `codec_client_type: HTTP2`, which the zone CP
+        /// sets for `http2` services) instead of HTTP/1.1.
+        http2: bool,
         /// Half-open ranges `[start, end)` of healthy statuses.
         expected_statuses: Vec<(u16, u16)>,
     },

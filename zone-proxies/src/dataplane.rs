@@ -5,7 +5,8 @@
 //! A configuration update never touches established connections: a removed listener only
 //! stops accepting, and its connections finish on the version they started with (HTTP requests
 //! on a kept connection see new routes and clusters). Shutdown stops every accept loop, asks
-//! HTTP connections to finish their in-flight requests and close, and after the drain deadline
+//! HTTP connections to finish their in-flight requests and close, closes the upstream
+//! connection pools (each connection as soon as it is idle), and after the drain deadline
 //! closes whatever is left.
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,6 +121,7 @@ pub async fn run_with(
                 let previous = runtime_tx.borrow().clone();
                 let built = Arc::new(Runtime::build(next, Some(&previous), &stats, &options.access_logs));
                 runtime_tx.send_replace(built.clone());
+                built.clusters.close_departed(&previous.clusters);
                 reconcile(&mut listeners, &built, &ctx, options.bound.as_ref()).await;
             }
         }
@@ -131,6 +133,9 @@ pub async fn run_with(
         let _ = l.task.await;
     }
     drain_tx.send_replace(DrainState::Draining);
+    // Pooled upstream connections close once idle (requests still draining get connections
+    // of their own): the next hop, often a proxy draining too, is not left waiting on them.
+    runtime_tx.borrow().clusters.close_pools();
     drop(ctx);
     if tokio::time::timeout(options.drain_timeout, alive_rx.recv())
         .await

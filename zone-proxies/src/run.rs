@@ -175,12 +175,24 @@ pub struct RunArgs {
     /// private keys filled in) instead of the zone CP.
     #[arg(long = "static", env = "MERIDIAN_STATIC_CONFIG")]
     pub static_file: Option<PathBuf>,
+    /// Worker threads of the data path (Envoy's `--concurrency`); default: one per CPU.
+    #[arg(long, env = "MERIDIAN_PROXY_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
     /// The resource the proxy registers with the zone CP (without it, it must exist there).
     #[command(flatten)]
     pub definition: DefinitionArgs,
 }
 
 impl RunArgs {
+    /// The tokio runtime `--concurrency` asks for: that many worker threads, else one per CPU.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.concurrency {
+            builder.worker_threads(usize::from(threads));
+        }
+        builder.enable_all().build()
+    }
+
     /// The configuration source these flags describe; the proxy's definition, if they give one,
     /// is read and validated now, before anything connects.
     pub fn source(&self) -> Result<ConfigSource, DefinitionError> {

@@ -256,3 +256,92 @@ async fn the_connection_rate_limit_closes_connections_over_the_rate() {
     );
     dp.stop().await.unwrap();
 }
+
+/// An HTTP server answering `name`, and how many connections it has open.
+async fn counting_http_server(
+    name: &'static str,
+) -> (Server, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = open.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let open = counter.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(name)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (Server::new(addr, task), open)
+}
+
+async fn open_until(open: &std::sync::atomic::AtomicUsize, what: &str, wanted: usize) {
+    test_support::eventually(what, Duration::from_secs(5), || async {
+        (open.load(std::sync::atomic::Ordering::SeqCst) == wanted).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Pooled upstream connections do not outlive their endpoint or the proxy: an endpoint gone
+/// from its cluster has its idle connections closed, and so has every endpoint when the proxy
+/// stops (the upstream, often a draining proxy, would otherwise wait on them).
+#[tokio::test]
+async fn pooled_upstream_connections_close_with_their_endpoint_and_the_proxy() {
+    let (a, a_open) = counting_http_server("a").await;
+    let (b, b_open) = counting_http_server("b").await;
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp = RunningDataplane::start_with_drain(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("backend", &[a.addr]))
+            .with_listener(listener(
+                "http",
+                localhost(),
+                vec![http_chain("http", http_manager("http", routes))],
+            )),
+        Duration::from_secs(25),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "a".into()));
+    assert_eq!(a_open.load(std::sync::atomic::Ordering::SeqCst), 1);
+    dp.update(|config| {
+        config.clusters.insert(
+            "backend".into(),
+            static_cluster("backend", &[b.addr]).into(),
+        );
+    });
+    test_support::eventually("b serving", Duration::from_secs(5), || async {
+        (get(&c, addr, "/").await.ok()?.1 == "b").then_some(())
+    })
+    .await
+    .unwrap();
+    open_until(&a_open, "a's pooled connection to close", 0).await;
+    assert_eq!(b_open.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(c);
+    let started = std::time::Instant::now();
+    dp.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the proxy stopped in {:?}",
+        started.elapsed()
+    );
+    open_until(&b_open, "b's pooled connection to close", 0).await;
+}

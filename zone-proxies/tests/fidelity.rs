@@ -43,6 +43,9 @@ async fn a_new_endpoint_waits_for_its_first_health_check() {
         healthy_threshold: 3,
         kind: HealthCheckKind::Http {
             path: "/health".into(),
+            host: String::new(),
+            request_headers: Vec::new(),
+            http2: false,
             expected_statuses: vec![(200, 300)],
         },
     }];

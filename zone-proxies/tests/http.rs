@@ -211,6 +211,9 @@ async fn priority_failover_follows_health_checks_and_comes_back() {
         healthy_threshold: 1,
         kind: HealthCheckKind::Http {
             path: "/health".into(),
+            host: String::new(),
+            request_headers: Vec::new(),
+            http2: false,
             expected_statuses: vec![(200, 300)],
         },
     }];
@@ -778,4 +781,160 @@ async fn a_bandwidth_fault_slows_the_response_to_its_rate() {
     assert_eq!((status, body.len()), (200, big.len()));
     // 32 KiB at 64 KiB/s: the last piece (6.4 KiB each) is due after 25.6 KiB, 0.4 s.
     assert!(took >= Duration::from_millis(390), "took {took:?}");
+}
+
+/// At the cluster's `max_connections`, requests wait as pending requests (bounded by
+/// `max_pending_requests`) for a connection to come back, as in Envoy, instead of getting 503
+/// at once.
+#[tokio::test]
+async fn at_max_connections_requests_wait_for_a_connection() {
+    let (slow, _) = http_server_on(localhost(), "slow", Duration::from_millis(300)).await;
+    let mut cluster = static_cluster("slow", &[slow.addr]);
+    cluster.circuit_breakers.max_connections = 1;
+    let dp = RunningDataplane::start(
+        http_config(http_manager(
+            "http",
+            route_table("r", vec![forward_route("all", "/", &[("slow", 1)])]),
+        ))
+        .with_cluster(cluster),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    let send = || {
+        let c = c.clone();
+        tokio::spawn(async move { get(&c, addr, "/").await })
+    };
+    let mut requests = vec![send()];
+    // The first request holds the one connection; the next ones find the cluster at its limit.
+    let stats = dp.stats.clone();
+    test_support::eventually("the first connection", Duration::from_secs(5), || {
+        let text = stats.render();
+        async move {
+            (stat(
+                &text,
+                "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"slow\"}",
+            ) == 1)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    requests.extend((0..3).map(|_| send()));
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap(), (200, "slow".into()));
+    }
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"slow\"}"
+        ),
+        1,
+        "one upstream connection served them all"
+    );
+    assert!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_cx_overflow{envoy_cluster_name=\"slow\"}"
+        ) > 0,
+        "{stats}"
+    );
+}
+
+/// An HTTP/2-only server: `/health` answers 200 to an HTTP/2 request carrying `x-check: yes`
+/// (503 otherwise) and records each check's `:authority`; other paths answer `h2`.
+async fn h2_health_server() -> (Server, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            conns.spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let mut res = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"h2"),
+                            ));
+                            if req.uri().path() == "/health" {
+                                record.lock().unwrap().push(
+                                    req.uri()
+                                        .authority()
+                                        .map(|a| a.to_string())
+                                        .unwrap_or_default(),
+                                );
+                                let ok = req.version() == http::Version::HTTP_2
+                                    && req.headers().get("x-check").is_some_and(|v| v == "yes");
+                                if !ok {
+                                    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(res)
+                        }
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                        .await;
+            });
+        }
+    });
+    (Server::new(addr, task), seen)
+}
+
+/// HTTP health checks of an `http2` service (the zone CP sets `codec_client_type: HTTP2`) go
+/// out as HTTP/2 with their `request_headers_to_add`, and `:authority` the cluster's name.
+#[tokio::test]
+async fn http2_health_checks_speak_http2_and_send_their_headers() {
+    let (server, seen) = h2_health_server().await;
+    let mut cluster = static_cluster("backend", &[server.addr]);
+    cluster.protocol = UpstreamProtocol::Http2;
+    cluster.health_checks = vec![HealthCheck {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(1),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        kind: HealthCheckKind::Http {
+            path: "/health".into(),
+            host: String::new(),
+            request_headers: vec![("x-check".into(), "yes".into())],
+            http2: true,
+            expected_statuses: vec![(200, 201)],
+        },
+    }];
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp =
+        RunningDataplane::start(http_config(http_manager("http", routes)).with_cluster(cluster));
+    let addr = dp.addr("http").await;
+    let stats = dp.stats.clone();
+    test_support::eventually("a passing health check", Duration::from_secs(5), || {
+        let text = stats.render();
+        async move {
+            (stat(
+                &text,
+                "envoy_cluster_health_check_success{envoy_cluster_name=\"backend\"}",
+            ) >= 2)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let text = dp.stats.render();
+    assert_eq!(
+        stat(
+            &text,
+            "envoy_cluster_health_check_failure{envoy_cluster_name=\"backend\"}"
+        ),
+        0,
+        "{text}"
+    );
+    assert_eq!(seen.lock().unwrap()[0], "backend");
+    assert_eq!(get(&client(), addr, "/").await.unwrap(), (200, "h2".into()));
 }

@@ -2,8 +2,9 @@
 //! (`zone_proxies::run::run`, as the binary runs it) gets a complete configuration for its
 //! Dataplane with mTLS (listeners, routes, clusters, endpoints, secrets) and becomes ready; a
 //! Dataplane created elsewhere reaches it; the zone CP restarted, it keeps its configuration and
-//! reconnects; a policy whose configuration it cannot carry out is NACKed, which the zone CP's
-//! insight shows, and the configuration it had stays.
+//! reconnects; a policy whose configuration it cannot carry out (a MeshRetry back-off ceiling
+//! under its base) is NACKed, which the zone CP's insight shows, and the configuration it had
+//! stays.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 use zone_proxies::config::{ChainHandler, ProxyConfig, RouteSource};
 use zone_proxies::run::{run, ConfigSource, Shutdown};
 use zone_proxies::xds::client::ClientOptions;
-use zone_proxies::xds::LISTENER_TYPE;
+use zone_proxies::xds::{LISTENER_TYPE, ROUTE_TYPE};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -243,45 +244,46 @@ async fn the_proxy_follows_its_zone_cp() {
     )
     .await;
 
-    // A response bandwidth of 0 is something no proxy can carry out (Envoy requires
-    // `limit_kbps` >= 1 too), yet the zone CP passes it on: the listeners are NACKed, the zone
-    // CP records why, and the proxy keeps the listeners it had.
+    // A MeshRetry whose back-off ceiling is under its base is accepted by the zone CP (as by
+    // Kuma's) and passed on, but no proxy can carry it out (Envoy refuses
+    // `max_interval < base_interval` too): the route configuration is NACKed, the zone CP
+    // records why, and the proxy keeps the routes it had.
     let before = config.borrow().clone();
     cp.put(
-        "/meshes/default/meshfaultinjections/slow-responses",
-        json!({"type": "MeshFaultInjection", "mesh": "default", "name": "slow-responses", "spec": {
-            "targetRef": {"kind": "MeshService", "name": "web"},
-            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
-                {"responseBandwidth": {"limit": "0 kbps", "percentage": 100}}]}}]
+        "/meshes/default/meshretries/inverted-backoff",
+        json!({"type": "MeshRetry", "mesh": "default", "name": "inverted-backoff", "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "api"}, "default": {"http": {
+                "numRetries": 2, "backOff": {"baseInterval": "2s", "maxInterval": "1s"}}}}]
         }}),
     )
     .await;
     let insight = cp
-        .insight_until("web-1", "the listener NACK", |i| {
-            i["xds"][LISTENER_TYPE]["lastNack"]["message"].is_string()
+        .insight_until("web-1", "the route NACK", |i| {
+            i["xds"][ROUTE_TYPE]["lastNack"]["message"].is_string()
         })
         .await;
-    let message = insight["xds"][LISTENER_TYPE]["lastNack"]["message"]
+    let message = insight["xds"][ROUTE_TYPE]["lastNack"]["message"]
         .as_str()
         .unwrap();
     assert!(
-        message.contains("listener \"inbound:10.0.0.1:15000\"")
-            && message.contains("response_rate_limit.fixed_limit.limit_kbps: must be positive"),
+        message.contains("route configuration \"outbound:api\"")
+            && message.contains("retry_back_off.max_interval: less than base_interval"),
         "{message}"
     );
     assert_eq!(
-        config.borrow().listeners,
-        before.listeners,
-        "the NACKed listeners are not applied"
+        config.borrow().routes,
+        before.routes,
+        "the NACKed routes are not applied"
     );
-    // Removing the policy makes the listeners acceptable again.
-    cp.delete("/meshes/default/meshfaultinjections/slow-responses")
+    // Removing the policy makes the routes acceptable again.
+    cp.delete("/meshes/default/meshretries/inverted-backoff")
         .await;
-    // (The listeners are what they were before the policy, so their version is too: the ACK
+    // (The routes are what they were before the policy, so their version is too: the ACK
     // shows in its time.)
-    let acked_at = insight["xds"][LISTENER_TYPE]["lastAckedAt"].clone();
-    cp.insight_until("web-1", "listeners ACKed again", |i| {
-        i["xds"][LISTENER_TYPE]["lastAckedAt"] != acked_at
+    let acked_at = insight["xds"][ROUTE_TYPE]["lastAckedAt"].clone();
+    cp.insight_until("web-1", "routes ACKed again", |i| {
+        i["xds"][ROUTE_TYPE]["lastAckedAt"] != acked_at
     })
     .await;
 

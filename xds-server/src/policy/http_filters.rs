@@ -123,7 +123,7 @@ pub fn inbound_http_filters(
         });
     }
     for (index, source) in p.fault_injection.iter().enumerate() {
-        filters.extend(fault_filters(source, index, &p.fault_injection)?);
+        filters.extend(fault_filters(source, index, &p.fault_injection));
     }
     Ok(filters)
 }
@@ -218,7 +218,17 @@ fn bandwidth_kbps(limit: &str, field: &str) -> Result<u64, PolicyError> {
             ))
         }
     };
-    Ok(value.saturating_mul(factor))
+    let kbps = value.saturating_mul(factor);
+    if kbps == 0 {
+        // Envoy refuses `limit_kbps: 0` (its validation wants at least 1), and so does
+        // Meridian's proxy: passing it on would get the whole listener NACKed.
+        return Err(PolicyError::new(
+            FI,
+            field,
+            format!("'{limit}' is no bandwidth: the limit must be at least 1kbps"),
+        ));
+    }
+    Ok(kbps)
 }
 
 fn http_fault(fault: &Fault, field: &str) -> Result<HttpFault, PolicyError> {
@@ -338,16 +348,20 @@ fn source_headers(source: &FaultSource, all: &[FaultSource]) -> Vec<HeaderMatche
     headers
 }
 
-fn fault_filters(
-    source: &FaultSource,
-    index: usize,
-    all: &[FaultSource],
-) -> Result<Vec<HttpFilter>, PolicyError> {
+fn fault_filters(source: &FaultSource, index: usize, all: &[FaultSource]) -> Vec<HttpFilter> {
     let conf: &mesh_fault_injection::Conf = &source.conf;
     let mut filters = Vec::new();
     for (i, fault) in conf.http.iter().flatten().enumerate() {
         let field = format!("source[{index}].default.http[{i}]");
-        let mut config = http_fault(fault, &field)?;
+        // A fault that cannot be carried out is dropped alone (the policy's other faults, and
+        // the listener's other filters, still apply).
+        let mut config = match http_fault(fault, &field) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!(%error, "fault skipped");
+                continue;
+            }
+        };
         let typed = if source.matches.is_empty() {
             config.headers = source_headers(source, all);
             pack_any(config)
@@ -360,7 +374,7 @@ fn fault_filters(
             ..HttpFilter::default()
         });
     }
-    Ok(filters)
+    filters
 }
 
 fn xds_config(name: &str, typed: Any) -> XdsTypedExtensionConfig {
@@ -530,6 +544,29 @@ networking:
     #[test]
     fn no_policies_no_filters() {
         assert!(inbound_http_filters(&inbound(""), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_zero_bandwidth_fault_is_dropped_alone() {
+        let p = inbound(
+            r#"
+type: MeshFaultInjection
+name: fi
+mesh: default
+spec:
+  targetRef: {kind: MeshService, name: web}
+  from:
+    - targetRef: {kind: Mesh}
+      default:
+        http:
+          - abort: {httpStatus: 503, percentage: 10}
+          - responseBandwidth: {limit: 0 kbps, percentage: 100}
+"#,
+        );
+        let filters = inbound_http_filters(&p, None).unwrap();
+        assert_eq!(filters.len(), 1, "{filters:?}");
+        let fault: HttpFault = unpack(typed(&filters[0]));
+        assert!(fault.abort.is_some() && fault.response_rate_limit.is_none());
     }
 
     #[test]
@@ -734,5 +771,15 @@ spec:
         .unwrap_err();
         assert_eq!(e.policy, ResourceType::MeshFaultInjection);
         assert!(e.message.contains("kbps"));
+        let e = bandwidth_kbps(
+            "0 kbps",
+            "source[0].default.http[0].responseBandwidth.limit",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MeshFaultInjection source[0].default.http[0].responseBandwidth.limit: '0 kbps' is \
+             no bandwidth: the limit must be at least 1kbps"
+        );
     }
 }

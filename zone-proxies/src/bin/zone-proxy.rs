@@ -1,6 +1,6 @@
 //! `zone-proxy run ...`: a sidecar, zone ingress or zone egress. Parses the flags, starts
-//! logging, binds the admin listener and hands over to [`zone_proxies::run::run`]; SIGTERM or
-//! SIGINT stops it.
+//! logging and a runtime of `--concurrency` workers, binds the admin listener and hands over to
+//! [`zone_proxies::run::run`]; SIGTERM or SIGINT stops it.
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -13,16 +13,20 @@ enum Command {
     Run(RunArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let Command::Run(args) = Command::parse();
     init_tracing();
+    let runtime = args.runtime().context("starting the runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     // A definition that cannot register fails here, before anything listens or connects.
     let source = args.source()?;
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("--admin {}: cannot listen", args.admin))?;
-    tracing::info!(admin = %admin.local_addr()?, mode = ?args.mode, "zone proxy starting");
+    tracing::info!(admin = %admin.local_addr()?, mode = ?args.mode, concurrency = ?args.concurrency, "zone proxy starting");
     run_proxy(source, admin, shutdown_signal()).await?;
     Ok(())
 }

@@ -18,7 +18,14 @@
 //! go to the oldest waiting request. A failed connect fails the oldest waiting request (as if
 //! each request had made its own connect), and an outlier ejection of the endpoint sends every
 //! waiting request back to load balancing ([`SendError::Ejected`]) instead of leaving it to
-//! wait for a dead host.
+//! wait for a dead host. At the cluster's `max_connections` waiting requests stay queued until
+//! one of the endpoint's connections comes back or closes (see [`start_connects`]).
+//!
+//! A pool is closed ([`EndpointPool::close`]) when its endpoint leaves the cluster and when
+//! the proxy stops: its connections close as soon as they are idle, so the upstream (often
+//! the next proxy, draining) is not left holding them. Each connection's task holds its
+//! endpoint, which holds the pool, so without closing they would live as long as the upstream
+//! kept them open.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -100,6 +107,25 @@ struct PoolState {
     connecting: usize,
     /// Requests waiting for a connection, oldest first (dropped receivers are skipped).
     waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// This endpoint's connections alive (idle, leased or HTTP/2), whatever their settings.
+    open: usize,
+    /// A connect found the cluster at `max_connections`: waiting requests wait for one of
+    /// this pool's connections to come back or close instead of connecting again.
+    at_limit: bool,
+    /// The endpoint left its cluster or the proxy stopped: nothing is pooled any more.
+    closed: bool,
+}
+
+impl PoolState {
+    /// Empties the pool for new settings, keeping what outlives them.
+    fn reset(&mut self, settings: u64) {
+        *self = PoolState {
+            settings,
+            open: self.open,
+            closed: self.closed,
+            ..Default::default()
+        };
+    }
 }
 
 impl PoolState {
@@ -143,7 +169,7 @@ impl EndpointPool {
             return;
         }
         let mut state = self.lock();
-        if state.settings != settings {
+        if state.settings != settings || state.closed {
             return;
         }
         let conn = match state.hand_to_waiter(Handoff::Conn(Checkout::H1(conn))) {
@@ -168,6 +194,29 @@ impl EndpointPool {
     pub fn ejected(&self) {
         let mut state = self.lock();
         while state.hand_to_waiter(Handoff::Ejected).is_none() {}
+    }
+
+    /// Closes the pool: the endpoint left its cluster, or the proxy stopped. Idle connections
+    /// close now, leased ones when their response ends (the upstream is not left holding
+    /// connections nobody will use until its idle timeout); a request still using this
+    /// endpoint gets a connection of its own.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.idle.clear();
+        state.h2 = None;
+        while state.hand_to_waiter(Handoff::Ejected).is_none() {}
+    }
+
+    /// One of this endpoint's connections ended: its place under `max_connections` is free,
+    /// so requests waiting at the limit may connect.
+    fn connection_ended(&self, cluster: &Arc<UpstreamCluster>, host: &Arc<Host>) {
+        let mut state = self.lock();
+        state.open = state.open.saturating_sub(1);
+        state.at_limit = false;
+        if state.settings == cluster.settings_version && !state.closed {
+            start_connects(&mut state, cluster, host);
+        }
     }
 }
 
@@ -216,13 +265,13 @@ pub async fn checkout(
     let idle_limit = idle_limit(cluster);
     let mut pending: Option<PendingRequest<'_>> = None;
     loop {
+        if host.http_pool.lock().closed {
+            return connect(cluster, host, false).await;
+        }
         let next = {
             let mut state = host.http_pool.lock();
             if state.settings != settings {
-                *state = PoolState {
-                    settings,
-                    ..Default::default()
-                };
+                state.reset(settings);
             }
             if let Some(h2) = state.h2.as_ref().filter(|s| !s.is_closed()) {
                 return Ok(Checkout::H2(h2.clone()));
@@ -279,24 +328,43 @@ pub async fn checkout(
 
 /// Starts connects for waiting requests the connects in progress will not serve, up to
 /// [`MAX_CONNECTING_PER_HOST`].
+///
+/// At the cluster's `max_connections` the waiting requests stay queued (bounded by
+/// `max_pending_requests`) until one of this endpoint's connections comes back or closes, as
+/// Envoy's pending requests do; an endpoint with no connection at all gets one even over the
+/// limit (counted in `upstream_cx_overflow`), as in Envoy, or its requests would wait for
+/// connections that other endpoints hold.
 fn start_connects(state: &mut PoolState, cluster: &Arc<UpstreamCluster>, host: &Arc<Host>) {
+    if state.at_limit && state.open == 0 && state.connecting == 0 {
+        state.at_limit = false;
+    }
+    if state.at_limit || state.closed {
+        return;
+    }
     let wanted = state.live_waiters().min(MAX_CONNECTING_PER_HOST);
     while state.connecting < wanted {
+        let over_limit_ok = state.open == 0 && state.connecting == 0;
         state.connecting += 1;
         let (cluster, host) = (cluster.clone(), host.clone());
         tokio::spawn(async move {
-            let result = connect(&cluster, &host).await;
+            let result = connect(&cluster, &host, over_limit_ok).await;
             let mut state = host.http_pool.lock();
             if state.settings != cluster.settings_version {
                 return;
             }
             state.connecting -= 1;
+            if let Err(SendError::Connect(ConnectError::Overflow(_))) = &result {
+                // The waiting requests keep their place in the queue.
+                state.at_limit = true;
+                start_connects(&mut state, &cluster, &host);
+                return;
+            }
             match result {
                 Ok(checkout) => {
                     if let Some(Handoff::Conn(Checkout::H1(conn))) =
                         state.hand_to_waiter(Handoff::Conn(checkout))
                     {
-                        if state.idle.len() < MAX_IDLE_PER_ENDPOINT {
+                        if state.idle.len() < MAX_IDLE_PER_ENDPOINT && !state.closed {
                             state.idle.push((Instant::now(), conn));
                         }
                     }
@@ -322,8 +390,14 @@ fn start_connects(state: &mut PoolState, cluster: &Arc<UpstreamCluster>, host: &
     }
 }
 
-async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout, SendError> {
-    let conn = cluster.connect_host(host).await?;
+/// Makes a connection to `host`, over the cluster's `max_connections` when `over_limit_ok`.
+async fn connect(
+    cluster: &Arc<UpstreamCluster>,
+    host: &Arc<Host>,
+    over_limit_ok: bool,
+) -> Result<Checkout, SendError> {
+    let conn = cluster.connect_host_with(host, over_limit_ok).await?;
+    let open = OpenConnection::new(cluster, host);
     let h2 =
         cluster.config.protocol == UpstreamProtocol::Http2 || conn.alpn.as_deref() == Some(b"h2");
     if h2 {
@@ -336,9 +410,10 @@ async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout
             if let Err(e) = connection.await {
                 tracing::debug!(cluster = %name, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(open);
         });
         let mut state = host.http_pool.lock();
-        if state.settings == cluster.settings_version {
+        if state.settings == cluster.settings_version && !state.closed {
             state.h2 = Some(sender.clone());
         }
         Ok(Checkout::H2(sender))
@@ -349,8 +424,33 @@ async fn connect(cluster: &UpstreamCluster, host: &Arc<Host>) -> Result<Checkout
             if let Err(e) = connection.await {
                 tracing::debug!(cluster = %name, error = %e, "upstream HTTP/1.1 connection ended");
             }
+            drop(open);
         });
         Ok(Checkout::H1(H1Conn { sender }))
+    }
+}
+
+/// One connection counted in its pool's `open` from the connect until its task ends.
+struct OpenConnection {
+    cluster: Arc<UpstreamCluster>,
+    host: Arc<Host>,
+}
+
+impl OpenConnection {
+    fn new(cluster: &Arc<UpstreamCluster>, host: &Arc<Host>) -> OpenConnection {
+        host.http_pool.lock().open += 1;
+        OpenConnection {
+            cluster: cluster.clone(),
+            host: host.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.host
+            .http_pool
+            .connection_ended(&self.cluster, &self.host);
     }
 }
 

@@ -346,6 +346,28 @@ impl Clusters {
     pub fn get(&self, name: &str) -> Option<&Arc<UpstreamCluster>> {
         self.by_name.get(name)
     }
+
+    /// Closes the connection pools of the endpoints `previous` had and this version has not
+    /// (a removed cluster's, a removed endpoint's, one replaced for new metadata).
+    pub fn close_departed(&self, previous: &Clusters) {
+        let kept: std::collections::HashSet<*const Host> = self
+            .by_name
+            .values()
+            .flat_map(|c| c.hosts.iter().map(Arc::as_ptr))
+            .collect();
+        for host in previous.by_name.values().flat_map(|c| c.hosts.iter()) {
+            if !kept.contains(&Arc::as_ptr(host)) {
+                host.http_pool.close();
+            }
+        }
+    }
+
+    /// Closes every endpoint's connection pool: the proxy is stopping.
+    pub fn close_pools(&self) {
+        for host in self.by_name.values().flat_map(|c| c.hosts.iter()) {
+            host.http_pool.close();
+        }
+    }
 }
 
 /// Waits for the cluster's health to be seen by a test or tool: the number of available hosts.

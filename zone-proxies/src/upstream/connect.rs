@@ -66,11 +66,15 @@ pub struct UpstreamConn {
 struct ConnectionSlot(Arc<ClusterStats>);
 
 impl ConnectionSlot {
-    /// Takes a place, or `None` when the cluster is at `max` connections.
-    fn take(stats: &Arc<ClusterStats>, max: i64) -> Option<ConnectionSlot> {
+    /// Takes a place, or `None` when the cluster is at `max` connections (unless
+    /// `over_limit_ok`). Either way, being at the limit counts in `upstream_cx_overflow`.
+    fn take(stats: &Arc<ClusterStats>, max: i64, over_limit_ok: bool) -> Option<ConnectionSlot> {
         if stats.upstream_cx_active.fetch_add(1, Ordering::Relaxed) >= max {
-            stats.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            stats.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+            if !over_limit_ok {
+                stats.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
         }
         Some(ConnectionSlot(stats.clone()))
     }
@@ -102,10 +106,19 @@ async fn tcp(address: &EndpointAddress) -> io::Result<TcpStream> {
 impl UpstreamCluster {
     /// Connects to `host` (one attempt). Failures are recorded for outlier detection.
     pub async fn connect_host(&self, host: &Arc<Host>) -> Result<UpstreamConn, ConnectError> {
+        self.connect_host_with(host, false).await
+    }
+
+    /// [`Self::connect_host`], over the cluster's `max_connections` when `over_limit_ok` (an
+    /// HTTP pool's first connection, as Envoy allows).
+    pub async fn connect_host_with(
+        &self,
+        host: &Arc<Host>,
+        over_limit_ok: bool,
+    ) -> Result<UpstreamConn, ConnectError> {
         let stats = self.shared.stats.clone();
         let max = self.config.circuit_breakers.max_connections as i64;
-        let Some(slot) = ConnectionSlot::take(&stats, max) else {
-            stats.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = ConnectionSlot::take(&stats, max, over_limit_ok) else {
             return Err(ConnectError::Overflow(self.name().to_string()));
         };
         let address = host.address.clone();

@@ -1,5 +1,7 @@
 //! Active health checks: per cluster, one task per host probes it every `interval` (TCP: a
-//! connection opens; HTTP: a GET of `path` answers with an expected status; gRPC: the
+//! connection opens; HTTP: a GET of `path`, HTTP/1.1 or HTTP/2 as the check's codec says, with
+//! its added headers and `Host` (default: the cluster's name), answers with an expected
+//! status; gRPC: the
 //! `grpc.health.v1.Health/Check` call over cleartext HTTP/2 answers SERVING; within `timeout`)
 //! and marks it failed after `unhealthy_threshold` consecutive failures, healthy again after
 //! `healthy_threshold` consecutive successes; a host's very first check, when it passes, makes
@@ -153,32 +155,16 @@ async fn probe(
         }
         HealthCheckKind::Http {
             path,
+            host,
+            request_headers,
+            http2,
             expected_statuses,
         } => {
-            let host = match address {
-                EndpointAddress::Socket(a) => a.to_string(),
-                EndpointAddress::Host(n, p) => format!("{n}:{p}"),
+            let authority = if host.is_empty() { cluster } else { host };
+            let Some(status) = http_status(stream, *http2, authority, path, request_headers).await
+            else {
+                return Ok(false);
             };
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meridian-health-check\r\nConnection: close\r\n\r\n"
-            );
-            stream.write_all(request.as_bytes()).await?;
-            // The status line is all that matters; read until it is complete.
-            let mut buf = Vec::with_capacity(64);
-            let mut chunk = [0u8; 256];
-            while !buf.contains(&b'\n') && buf.len() < 4096 {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let status: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
             let expected = if expected_statuses.is_empty() {
                 &[(200, 201)][..]
             } else {
@@ -205,6 +191,58 @@ fn contains_in_order(buf: &[u8], blocks: &[Vec<u8>]) -> bool {
     }
     true
 }
+
+/// One `GET path` on `stream`, HTTP/1.1 or HTTP/2 with prior knowledge, with the check's
+/// headers: the response's status, `None` when the exchange fails.
+async fn http_status(
+    stream: TcpStream,
+    http2: bool,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Option<u16> {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::client::conn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let uri = if http2 {
+        format!("http://{authority}{path}")
+    } else {
+        path.to_owned()
+    };
+    let mut request = http::Request::get(uri).header(http::header::USER_AGENT, HEALTH_CHECK_AGENT);
+    if !http2 {
+        request = request.header(http::header::HOST, authority);
+    }
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Empty::<Bytes>::new()).ok()?;
+    let io = TokioIo::new(stream);
+    // Each connection is driven here and dropped with the probe (nothing else uses it).
+    let (response, driver) = if http2 {
+        let (mut sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .ok()?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (sender.send_request(request).await, driver)
+    } else {
+        let (mut sender, connection) = conn::http1::handshake(io).await.ok()?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (sender.send_request(request).await, driver)
+    };
+    driver.abort();
+    Some(response.ok()?.status().as_u16())
+}
+
+/// The `User-Agent` of HTTP and gRPC health checks.
+const HEALTH_CHECK_AGENT: &str = "meridian-health-check";
 
 /// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
 const SERVING: u64 = 1;
@@ -234,7 +272,7 @@ async fn grpc_check(stream: TcpStream, authority: &str, service: &str) -> Option
     let request = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
-        .header(http::header::USER_AGENT, "meridian-health-check")
+        .header(http::header::USER_AGENT, HEALTH_CHECK_AGENT)
         .body(Full::new(frame.freeze()))
         .ok()?;
     let result = async {

@@ -30,6 +30,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// A server run by `task`, listening on `addr`.
+    pub fn new(addr: SocketAddr, task: JoinHandle<()>) -> Server {
+        Server { addr, task }
+    }
+
     /// Stops it and waits until its port refuses connections.
     pub async fn stop(self) {
         self.task.abort();

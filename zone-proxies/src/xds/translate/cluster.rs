@@ -11,12 +11,14 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, cluster, Cluster as PbCluster, OutlierDetection as PbOutlier,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    health_check, health_check::HealthChecker, HealthCheck as PbHealthCheck, RoutingPriority,
+    health_check, health_check::HealthChecker, HeaderValueOption, HealthCheck as PbHealthCheck,
+    RoutingPriority,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
     HttpProtocolOptions,
 };
+use envoy_types::pb::envoy::r#type::v3::CodecClientType;
 use prost::Name as _;
 
 use super::endpoint::{load_assignment, struct_value_text};
@@ -268,6 +270,33 @@ fn payload(p: &health_check::Payload) -> FieldResult<Vec<u8>> {
     }
 }
 
+/// One `request_headers_to_add` entry of an HTTP health check: a valid header name and value.
+fn health_check_header(option: &HeaderValueOption) -> FieldResult<(String, String)> {
+    let header = option
+        .header
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("header"))?;
+    let value = if header.raw_value.is_empty() {
+        header.value.clone()
+    } else {
+        String::from_utf8(header.raw_value.clone())
+            .map_err(|_| FieldError::new("not UTF-8").at("raw_value").at("header"))?
+    };
+    if http::HeaderName::from_bytes(header.key.as_bytes()).is_err() || header.key.starts_with(':') {
+        return Err(
+            FieldError::new(format!("{:?} is not a header name", header.key))
+                .at("key")
+                .at("header"),
+        );
+    }
+    if http::HeaderValue::from_str(&value).is_err() {
+        return Err(FieldError::new(format!("{value:?} is not a header value"))
+            .at("value")
+            .at("header"));
+    }
+    Ok((header.key.to_ascii_lowercase(), value))
+}
+
 fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
     let interval = h
         .interval
@@ -316,8 +345,34 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
             } else {
                 http.path.clone()
             };
+            let at = |e: FieldError| e.at("http_health_check");
+            let http2 = match CodecClientType::try_from(http.codec_client_type) {
+                Ok(CodecClientType::Http1) => false,
+                Ok(CodecClientType::Http2) => true,
+                _ => {
+                    return Err(at(FieldError::new(format!(
+                        "codec_client_type {} is not supported (HTTP1 or HTTP2)",
+                        http.codec_client_type
+                    ))
+                    .at("codec_client_type")))
+                }
+            };
+            let request_headers = http
+                .request_headers_to_add
+                .iter()
+                .enumerate()
+                .map(|(i, option)| {
+                    health_check_header(option)
+                        .at(format!("[{i}]"))
+                        .at("request_headers_to_add")
+                })
+                .collect::<FieldResult<Vec<_>>>()
+                .map_err(at)?;
             HealthCheckKind::Http {
                 path,
+                host: http.host.clone(),
+                request_headers,
+                http2,
                 expected_statuses,
             }
         }
@@ -405,4 +460,77 @@ fn http_options(c: &PbCluster) -> FieldResult<(UpstreamProtocol, Option<Duration
         }
     }
     Ok((protocol, idle_timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+
+    use super::*;
+
+    fn http_check(check: health_check::HttpHealthCheck) -> PbHealthCheck {
+        PbHealthCheck {
+            interval: Some(PbDuration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            timeout: Some(PbDuration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            health_checker: Some(HealthChecker::HttpHealthCheck(check)),
+            ..PbHealthCheck::default()
+        }
+    }
+
+    fn header(key: &str, value: &str) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: key.into(),
+                value: value.into(),
+                ..HeaderValue::default()
+            }),
+            ..HeaderValueOption::default()
+        }
+    }
+
+    #[test]
+    fn http_health_checks_keep_their_codec_host_and_headers() {
+        let check = health_check(&http_check(health_check::HttpHealthCheck {
+            path: "/ready".into(),
+            host: "web.internal".into(),
+            request_headers_to_add: vec![header("X-Check", "yes")],
+            codec_client_type: CodecClientType::Http2 as i32,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            check.kind,
+            HealthCheckKind::Http {
+                path: "/ready".into(),
+                host: "web.internal".into(),
+                request_headers: vec![("x-check".into(), "yes".into())],
+                http2: true,
+                expected_statuses: vec![(200, 201)],
+            }
+        );
+        let e = health_check(&http_check(health_check::HttpHealthCheck {
+            path: "/ready".into(),
+            request_headers_to_add: vec![header("bad header", "v")],
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(
+            e.path(),
+            "http_health_check.request_headers_to_add[0].header.key"
+        );
+        let e = health_check(&http_check(health_check::HttpHealthCheck {
+            path: "/ready".into(),
+            codec_client_type: CodecClientType::Http3 as i32,
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.path(), "http_health_check.codec_client_type");
+    }
 }
