@@ -56,6 +56,8 @@ pub struct GlobalCp {
     pub kds_ca: PathBuf,
     /// The REST API with the admin token.
     pub api: ApiClient,
+    /// The Raft node id of a node of a multi-node global ([`GlobalCp::start_cluster`]).
+    pub node_id: Option<u64>,
     runner: GlobalRunner,
 }
 
@@ -96,8 +98,9 @@ impl<R> Runner<R> {
     }
 }
 
-/// A global's runner; a process restarts on its bound addresses.
-type GlobalRunner = Runner<GlobalAddresses>;
+/// A global's runner; a process restarts on its bound addresses with the same extra arguments
+/// (a cluster node's `--node-id`, `--peers`, ...).
+type GlobalRunner = Runner<(GlobalAddresses, Vec<std::ffi::OsString>)>;
 
 /// The addresses a global process listens on (from its ready file).
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +172,7 @@ impl GlobalCp {
             api_url,
             kds_url,
             kds_ca,
+            node_id: None,
             runner: GlobalRunner::Task(running),
         })
     }
@@ -178,13 +182,21 @@ impl GlobalCp {
     /// output goes to `dir/global-cp.log`. Unlike [`GlobalCp::start`], it can be [killed](Self::kill)
     /// and [restarted](Self::restart).
     pub async fn start_process(dir: &Path) -> anyhow::Result<GlobalCp> {
+        GlobalCp::start_process_with(dir, Vec::new()).await
+    }
+
+    /// [`GlobalCp::start_process`] with extra command-line arguments.
+    async fn start_process_with(
+        dir: &Path,
+        extra: Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<GlobalCp> {
         let unbound = "127.0.0.1:0".parse()?;
         let addresses = GlobalAddresses {
             api: unbound,
             diagnostics: unbound,
             kds: unbound,
         };
-        let (child, ready) = spawn_global(dir, addresses).await?;
+        let (child, ready) = spawn_global(dir, addresses, &extra).await?;
         let addresses = GlobalAddresses::from_ready_file(&ready)?;
         let kds_ca = PathBuf::from(
             ready["kdsCa"]
@@ -199,11 +211,108 @@ impl GlobalCp {
             api_url,
             kds_url: format!("https://{}", addresses.kds),
             kds_ca,
+            node_id: ready["nodeId"].as_u64(),
             runner: GlobalRunner::Process {
                 child: Some(Box::new(child)),
-                restart: addresses,
+                restart: (addresses, extra),
             },
         })
+    }
+
+    /// Starts a global of `raft_listen.len()` nodes as `global-cp` child processes, node `i + 1`
+    /// in `dir/node-<i+1>`, listening for its peers on `raft_listen[i]` and known to them at
+    /// `raft_advertised[i]` (the same address, or a relay to it). The nodes share one KDS
+    /// identity (`dir/kds`) and one admin token, as `meshctl up --global-nodes` makes them.
+    /// Returns once every node is ready, a leader is agreed and the default mesh exists.
+    pub async fn start_cluster(
+        dir: &Path,
+        raft_listen: &[std::net::SocketAddr],
+        raft_advertised: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Vec<GlobalCp>> {
+        anyhow::ensure!(
+            raft_listen.len() == raft_advertised.len() && !raft_listen.is_empty(),
+            "one listen and one advertised Raft address per node"
+        );
+        let ids: Vec<u64> = (1..=raft_listen.len() as u64).collect();
+        let certs = dir.join("raft-certs");
+        global_cp::cluster::ensure_certs(&certs, &ids)?;
+        let kds = dir.join("kds");
+        kds::tls::KdsServerTls::load_or_generate(&kds, &[])?;
+        // One admin token for every node (copied with its 0600 mode, which the nodes check).
+        std::fs::create_dir_all(dir.join("token"))?;
+        control_plane::auth::AdminToken::load_or_create(&dir.join("token"))?;
+        let token_file = dir
+            .join("token")
+            .join(control_plane::auth::ADMIN_TOKEN_FILE);
+        let peers = ids
+            .iter()
+            .zip(raft_advertised)
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (id, listen) in ids.iter().zip(raft_listen) {
+            let node_dir = dir.join(format!("node-{id}"));
+            std::fs::create_dir_all(node_dir.join("data"))?;
+            std::fs::copy(
+                &token_file,
+                node_dir
+                    .join("data")
+                    .join(control_plane::auth::ADMIN_TOKEN_FILE),
+            )?;
+            let extra: Vec<std::ffi::OsString> = vec![
+                "--node-id".into(),
+                id.to_string().into(),
+                "--peers".into(),
+                peers.clone().into(),
+                "--raft-listen".into(),
+                listen.to_string().into(),
+                "--raft-tls-dir".into(),
+                certs.clone().into(),
+                "--kds-tls-dir".into(),
+                kds.clone().into(),
+            ];
+            nodes.push(GlobalCp::start_process_with(&node_dir, extra).await?);
+        }
+        test_support::eventually("an agreed leader and the default mesh", STARTUP, || async {
+            leader_of(&nodes).await?;
+            for node in &nodes {
+                node.api
+                    .get(&["meshes".to_string(), "default".to_string()])
+                    .await
+                    .ok()?;
+            }
+            Some(())
+        })
+        .await?;
+        Ok(nodes)
+    }
+
+    /// The leader's id as this node sees it (`GET /`), when it knows one.
+    pub async fn leader_id(&self) -> Option<u64> {
+        let index = tokio::time::timeout(Duration::from_secs(2), self.api.get(&[]))
+            .await
+            .ok()?
+            .ok()?;
+        index["cluster"]["leaderId"].as_u64()
+    }
+
+    /// Stops the global process with SIGTERM (it drains) and waits until it is gone; start it
+    /// again with [`GlobalCp::restart`].
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
+        let GlobalRunner::Process { child, .. } = &mut self.runner else {
+            anyhow::bail!("the global runs in-process: use GlobalCp::start_process");
+        };
+        let mut child = child.take().context("the global is not running")?;
+        if let Some(pid) = child.id() {
+            meshctl::process::send_signal(pid, meshctl::process::Signal::Term)
+                .context("asking the global to stop")?;
+        }
+        let status = tokio::time::timeout(STARTUP, child.wait())
+            .await
+            .context("the global did not stop after SIGTERM")??;
+        anyhow::ensure!(status.success(), "the global exited with {status}");
+        Ok(())
     }
 
     /// Kills the global process with SIGKILL (no shutdown of any kind) and waits until it is
@@ -228,7 +337,7 @@ impl GlobalCp {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let GlobalRunner::Process {
             child,
-            restart: addresses,
+            restart: (addresses, extra),
         } = &mut self.runner
         else {
             anyhow::bail!(
@@ -236,7 +345,7 @@ impl GlobalCp {
             );
         };
         anyhow::ensure!(child.is_none(), "the global is still running");
-        let (started, _) = spawn_global(&self.dir, *addresses).await?;
+        let (started, _) = spawn_global(&self.dir, *addresses, extra).await?;
         *child = Some(Box::new(started));
         Ok(())
     }
@@ -298,12 +407,33 @@ impl GlobalCp {
     }
 }
 
-/// Spawns `global-cp` on `addresses` with its data in `dir/data`, and waits for its ready file.
+/// The leader every node of `nodes` that answers agrees on, as an index into `nodes`.
+pub async fn leader_of(nodes: &[GlobalCp]) -> Option<usize> {
+    let mut seen = None;
+    for node in nodes {
+        if node.pid().is_none() {
+            continue;
+        }
+        let leader = node.leader_id().await?;
+        if seen.is_some_and(|s| s != leader) {
+            return None;
+        }
+        seen = Some(leader);
+    }
+    let leader = seen?;
+    nodes
+        .iter()
+        .position(|n| n.node_id == Some(leader) && n.pid().is_some())
+}
+
+/// Spawns `global-cp` on `addresses` with its data in `dir/data` and `extra` arguments, and
+/// waits for its ready file.
 async fn spawn_global(
     dir: &Path,
     addresses: GlobalAddresses,
+    extra: &[std::ffi::OsString],
 ) -> anyhow::Result<(tokio::process::Child, Value)> {
-    let args: Vec<std::ffi::OsString> = vec![
+    let mut args: Vec<std::ffi::OsString> = vec![
         "--data-dir".into(),
         dir.join("data").into(),
         "--api-addr".into(),
@@ -313,6 +443,7 @@ async fn spawn_global(
         "--kds-addr".into(),
         addresses.kds.to_string().into(),
     ];
+    args.extend_from_slice(extra);
     spawn_ready("global-cp", &args, dir).await
 }
 

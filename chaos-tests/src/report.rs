@@ -91,12 +91,15 @@ pub fn markdown(info: &RunInfo, outcomes: &[Outcome]) -> String {
          services run in-process, every zone -> global KDS link and every zone -> ingress link \
          goes through a fault relay. Topology: zone-1 runs `frontend` (100 requests/s to \
          `backend`, open loop), zone-2 and zone-3 run `backend` behind their ingresses, zone-2 \
-         preferred, MeshRetry and outlier detection on; a writer applies a MeshTimeout at the \
-         global every 250 ms, retrying each until acknowledged. Invariants: success rate >= \
+         preferred, MeshRetry and outlier detection on; the `3-node global` scenarios run the \
+         global as a three-node Raft cluster, each node's Raft peer address behind a relay and \
+         each zone given every node's KDS address; a writer applies a MeshTimeout at the \
+         global every 250 ms, retrying each until acknowledged (on the next node, if several). \
+         Invariants: success rate >= \
          99.9%, failover (fault onset to the last failed request, 50 ms periods) <= 1 s, every \
          zone online and every proxy registered and ready within 30 s of the end of faults, \
-         every acknowledged write at the global and in every zone within 30 s, no process \
-         ended unless killed. Replay a run with `--seed`.\n\n",
+         every acknowledged write at every global node and in every zone within 30 s, no \
+         process ended unless killed. Replay a run with `--seed`.\n\n",
         tier = info.tier,
         outage = info.outage.as_secs(),
         date = info.date,

@@ -27,6 +27,8 @@ pub enum Link {
     Kds(&'static str),
     /// Other zones -> this zone's ingress.
     Ingress(&'static str),
+    /// The other global nodes -> this global node's Raft peer address (a multi-node global).
+    Raft(u64),
 }
 
 impl std::fmt::Display for Link {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Link {
         match self {
             Link::Kds(zone) => write!(f, "{zone} -> global KDS"),
             Link::Ingress(zone) => write!(f, "-> {zone} ingress"),
+            Link::Raft(node) => write!(f, "-> global node {node} Raft"),
         }
     }
 }
@@ -41,7 +44,12 @@ impl std::fmt::Display for Link {
 /// A control plane process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
+    /// The global (node 1 of a multi-node global).
     Global,
+    /// Node `n` of a multi-node global.
+    GlobalNode(u64),
+    /// Whichever global node leads when the step runs (it becomes that `GlobalNode`).
+    GlobalLeader,
     ZoneCp(&'static str),
 }
 
@@ -49,6 +57,8 @@ impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Component::Global => write!(f, "global CP"),
+            Component::GlobalNode(n) => write!(f, "global node {n}"),
+            Component::GlobalLeader => write!(f, "global leader"),
             Component::ZoneCp(zone) => write!(f, "{zone} CP"),
         }
     }
@@ -100,6 +110,8 @@ pub struct Topology {
     pub clients: Vec<&'static str>,
     /// MeshRetry, outlier detection, a 1 s connect timeout and the zone preference.
     pub retries: bool,
+    /// Nodes of the global (1, or 3 for a Raft cluster whose peer links go through relays).
+    pub global_nodes: u64,
 }
 
 impl Default for Topology {
@@ -109,6 +121,7 @@ impl Default for Topology {
             backends: vec!["zone-2", "zone-3"],
             clients: vec!["zone-1"],
             retries: true,
+            global_nodes: 1,
         }
     }
 }
@@ -215,23 +228,15 @@ pub fn process_tier(outage: Duration) -> Vec<Scenario> {
                 step(secs(4.0), Action::Heal),
             ],
         ),
-        Scenario {
-            known_defect: Some(
-                "zone-cp keeps its dataplane-token signing keys in its own data dir \
-                 (<data-dir>/xds/signing-keys): a wiped zone CP makes new ones and refuses every \
-                 running proxy's token (\"token signature is invalid\"), so its proxies never \
-                 reconnect and its Dataplanes and ZoneIngress stay gone",
-            ),
-            ..base(
-                "zone-cp-wiped",
-                "zone-2 CP SIGKILLed, its data dir wiped, restarted 3 s later".to_string(),
-                vec![
-                    step(secs(1.0), Action::Kill(Component::ZoneCp("zone-2"))),
-                    step(secs(1.0), Action::Wipe(Component::ZoneCp("zone-2"))),
-                    step(secs(4.0), Action::Heal),
-                ],
-            )
-        },
+        base(
+            "zone-cp-wiped",
+            "zone-2 CP SIGKILLed, its data dir wiped, restarted 3 s later".to_string(),
+            vec![
+                step(secs(1.0), Action::Kill(Component::ZoneCp("zone-2"))),
+                step(secs(1.0), Action::Wipe(Component::ZoneCp("zone-2"))),
+                step(secs(4.0), Action::Heal),
+            ],
+        ),
         base(
             "ingress-blackhole-reset-flap",
             format!(
@@ -289,7 +294,41 @@ pub fn process_tier(outage: Duration) -> Vec<Scenario> {
                 step(secs(1.0 + o), Action::Heal),
             ],
         ),
+        raft(base(
+            "global-leader-killed",
+            format!("3-node global: the Raft leader SIGKILLed under the writer, restarted {o} s later"),
+            vec![
+                step(secs(1.0), Action::Kill(Component::GlobalLeader)),
+                step(secs(1.0 + o), Action::Heal),
+            ],
+        )),
+        raft(base(
+            "rolling-global-restart",
+            "3-node global: every node restarted in turn (SIGTERM, start), 3 s apart".to_string(),
+            vec![
+                step(secs(1.0), Action::Restart(Component::GlobalNode(1))),
+                step(secs(4.0), Action::Restart(Component::GlobalNode(2))),
+                step(secs(7.0), Action::Restart(Component::GlobalNode(3))),
+                step(secs(10.0), Action::Heal),
+            ],
+        )),
+        raft(base(
+            "raft-minority-partition",
+            format!(
+                "3-node global: node 3's Raft links blackholed for {o} s while writes continue on the majority, then healed"
+            ),
+            vec![
+                step(secs(1.0), Action::Link(Link::Raft(3), Fault::Blackhole)),
+                step(secs(1.0 + o), Action::Heal),
+            ],
+        )),
     ]
+}
+
+/// The scenario on a three-node global.
+fn raft(mut scenario: Scenario) -> Scenario {
+    scenario.topology.global_nodes = 3;
+    scenario
 }
 
 /// What a scenario measured, and the invariants it broke.
@@ -328,8 +367,12 @@ impl Outcome {
 
 /// Everything a scenario runs.
 struct Mesh {
-    global: GlobalCp,
-    kds: BTreeMap<&'static str, FaultRelay>,
+    /// The global's nodes (one unless the topology asks for more); the first takes the setup.
+    globals: Vec<GlobalCp>,
+    /// Each zone's KDS links, one per global node.
+    kds: BTreeMap<&'static str, Vec<FaultRelay>>,
+    /// Each global node's Raft peer address (a multi-node global).
+    raft: BTreeMap<u64, FaultRelay>,
     zones: Vec<ZoneCp>,
     backends: Vec<(&'static str, Instance)>,
     ingresses: Vec<(&'static str, Ingress)>,
@@ -341,28 +384,57 @@ struct Mesh {
 
 impl Mesh {
     async fn start(topology: &Topology, seed: u64, dir: &Path) -> anyhow::Result<Mesh> {
-        let global = GlobalCp::start_process(&dir.join("global")).await?;
+        let mut raft = BTreeMap::new();
+        let globals = if topology.global_nodes > 1 {
+            let mut listen = Vec::new();
+            let mut advertised = Vec::new();
+            for node in 1..=topology.global_nodes {
+                let addr: std::net::SocketAddr =
+                    format!("127.0.0.1:{}", crate::federation::free_port()?).parse()?;
+                let relay = FaultRelay::start_with_seed(addr, seed ^ (0x200 + node)).await?;
+                listen.push(addr);
+                advertised.push(relay.addr());
+                raft.insert(node, relay);
+            }
+            GlobalCp::start_cluster(&dir.join("global"), &listen, &advertised).await?
+        } else {
+            vec![GlobalCp::start_process(&dir.join("global")).await?]
+        };
+        let global = &globals[0];
         global.apply(MTLS_MESH).await?;
         if topology.retries {
             global.apply(RESILIENCE).await?;
         }
-        let kds_target: std::net::SocketAddr = global
-            .kds_url
-            .trim_start_matches("https://")
-            .parse()
-            .context("the global's KDS address")?;
         let mut kds = BTreeMap::new();
         let mut zones = Vec::new();
         for (i, zone) in topology.zones.iter().enumerate() {
-            let relay = FaultRelay::start_with_seed(kds_target, seed ^ (i as u64 + 1)).await?;
-            let url = format!("https://{}", relay.addr());
-            zones.push(ZoneCp::start_process(dir, &global, &url, zone).await?);
-            kds.insert(*zone, relay);
+            let mut relays = Vec::new();
+            for (n, node) in globals.iter().enumerate() {
+                let target: std::net::SocketAddr = node
+                    .kds_url
+                    .trim_start_matches("https://")
+                    .parse()
+                    .context("the global's KDS address")?;
+                let seed = seed ^ (i as u64 + 1) ^ ((n as u64) << 8);
+                relays.push(FaultRelay::start_with_seed(target, seed).await?);
+            }
+            let urls: Vec<String> = relays
+                .iter()
+                .map(|r| format!("https://{}", r.addr()))
+                .collect();
+            zones.push(ZoneCp::start_process(dir, global, &urls.join(","), zone).await?);
+            kds.insert(*zone, relays);
         }
-        global.wait_online(&topology.zones).await?;
+        test_support::eventually(
+            "every zone online at the global",
+            crate::federation::STARTUP,
+            || async { zones_online(&globals, &topology.zones).await.then_some(()) },
+        )
+        .await?;
         let mut mesh = Mesh {
-            global,
+            globals,
             kds,
+            raft,
             zones,
             backends: Vec::new(),
             ingresses: Vec::new(),
@@ -423,30 +495,65 @@ impl Mesh {
             .with_context(|| format!("no zone {name} in the topology"))
     }
 
-    fn link(&self, link: Link) -> anyhow::Result<&FaultRelay> {
-        match link {
-            Link::Kds(zone) => self.kds.get(zone),
+    /// The relays of a link (a zone's KDS link has one per global node).
+    fn link(&self, link: Link) -> anyhow::Result<Vec<&FaultRelay>> {
+        let relays: Vec<&FaultRelay> = match link {
+            Link::Kds(zone) => self.kds.get(zone).map(|r| r.iter().collect()),
             Link::Ingress(zone) => self
                 .ingresses
                 .iter()
                 .find(|(z, _)| *z == zone)
-                .map(|(_, i)| &i.link),
+                .map(|(_, i)| vec![&i.link]),
+            Link::Raft(node) => self.raft.get(&node).map(|r| vec![r]),
         }
-        .with_context(|| format!("no link {link} in the topology"))
+        .unwrap_or_default();
+        anyhow::ensure!(!relays.is_empty(), "no link {link} in the topology");
+        Ok(relays)
+    }
+
+    fn global_node(&self, component: Component) -> anyhow::Result<usize> {
+        let id = match component {
+            Component::Global => return Ok(0),
+            Component::GlobalNode(id) => id,
+            _ => anyhow::bail!("{component} is not a global node"),
+        };
+        self.globals
+            .iter()
+            .position(|g| g.node_id == Some(id))
+            .with_context(|| format!("no {component} in the topology"))
+    }
+
+    /// A `GlobalLeader` resolved to the node leading now; other components as they are.
+    async fn resolve(&self, component: Component) -> anyhow::Result<Component> {
+        if component != Component::GlobalLeader {
+            return Ok(component);
+        }
+        let leader =
+            test_support::eventually("an agreed leader", Duration::from_secs(10), || async {
+                crate::federation::leader_of(&self.globals).await
+            })
+            .await?;
+        let id = self.globals[leader]
+            .node_id
+            .context("the leader has no node id")?;
+        Ok(Component::GlobalNode(id))
     }
 
     fn pid(&self, component: Component) -> anyhow::Result<u32> {
         match component {
-            Component::Global => self.global.pid(),
             Component::ZoneCp(zone) => self.zone(zone)?.pid(),
+            _ => self.globals[self.global_node(component)?].pid(),
         }
         .with_context(|| format!("{component} is not running"))
     }
 
     async fn kill(&mut self, component: Component) -> anyhow::Result<()> {
         match component {
-            Component::Global => self.global.kill().await?,
             Component::ZoneCp(zone) => self.zone_mut(zone)?.kill().await?,
+            _ => {
+                let i = self.global_node(component)?;
+                self.globals[i].kill().await?
+            }
         }
         self.killed.push(component);
         Ok(())
@@ -454,8 +561,11 @@ impl Mesh {
 
     async fn start_again(&mut self, component: Component) -> anyhow::Result<()> {
         match component {
-            Component::Global => self.global.restart().await?,
             Component::ZoneCp(zone) => self.zone_mut(zone)?.restart().await?,
+            _ => {
+                let i = self.global_node(component)?;
+                self.globals[i].restart().await?
+            }
         }
         self.killed.retain(|c| *c != component);
         Ok(())
@@ -463,8 +573,8 @@ impl Mesh {
 
     fn wipe(&self, component: Component) -> anyhow::Result<()> {
         let dir = match component {
-            Component::Global => self.global.dir.join("data"),
             Component::ZoneCp(zone) => self.zone(zone)?.dir.clone(),
+            _ => self.globals[self.global_node(component)?].dir.join("data"),
         };
         anyhow::ensure!(
             self.pid(component).is_err(),
@@ -523,8 +633,30 @@ impl Mesh {
         for zone in self.zones {
             zone.stop().await?;
         }
-        self.global.stop().await
+        for global in self.globals {
+            global.stop().await?;
+        }
+        Ok(())
     }
+}
+
+/// Whether every zone of `zones` is online at the global: reported online by at least one node
+/// (each node knows only the zones connected to it).
+async fn zones_online(globals: &[GlobalCp], zones: &[&str]) -> bool {
+    let mut online = std::collections::BTreeSet::new();
+    for global in globals {
+        let Ok(Ok((_, items))) =
+            tokio::time::timeout(Duration::from_secs(2), global.api.zones_overview()).await
+        else {
+            continue;
+        };
+        for zone in meshctl::inspect::ZoneOverview::from_items(&items).unwrap_or_default() {
+            if zone.is_online() {
+                online.insert(zone.name);
+            }
+        }
+    }
+    zones.iter().all(|z| online.contains(*z))
 }
 
 /// Per-period failures of one client: (end of the period from the scenario's start, failed).
@@ -532,15 +664,16 @@ type Periods = Arc<Mutex<Vec<(Duration, u64)>>>;
 
 /// The policy writer: applies MeshTimeouts `chaos-write-<n>` at the global one after another,
 /// retrying a write until it is acknowledged (as a user with a queue would), and records the
-/// acknowledged ones.
+/// acknowledged ones. With several global nodes, a failed attempt moves to the next node.
 async fn writer(
-    global_api: meshctl::client::ApiClient,
+    global_apis: Vec<meshctl::client::ApiClient>,
     stop: tokio::sync::watch::Receiver<bool>,
     drain_deadline: Duration,
 ) -> (Vec<u64>, u64) {
     let mut acked = Vec::new();
     let mut attempts = 0u64;
     let mut n = 0u64;
+    let mut node = 0usize;
     let mut stopped_at: Option<Instant> = None;
     loop {
         if stopped_at.is_none() && *stop.borrow() {
@@ -553,9 +686,12 @@ async fn writer(
         attempts += 1;
         let applied = tokio::time::timeout(
             Duration::from_secs(2),
-            meshctl::apply::apply_text(&global_api, &yaml, "the chaos writer"),
+            meshctl::apply::apply_text(&global_apis[node], &yaml, "the chaos writer"),
         )
         .await;
+        if !matches!(applied, Ok(Ok(()))) {
+            node = (node + 1) % global_apis.len();
+        }
         if matches!(applied, Ok(Ok(()))) {
             acked.push(n);
             n += 1;
@@ -615,13 +751,17 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     }
     let (stop_writer, stop_rx) = tokio::sync::watch::channel(false);
     let writes = tokio::spawn(writer(
-        mesh.global.api.clone(),
+        mesh.globals.iter().map(|g| g.api.clone()).collect(),
         stop_rx,
         scenario.invariants.settle_within,
     ));
 
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(watch_zones(mesh.global.api.clone(), start, watching));
+    let watcher = tokio::spawn(watch_zones(
+        mesh.globals.iter().map(|g| g.api.clone()).collect(),
+        start,
+        watching,
+    ));
 
     // The timeline: onsets are when a fault begins (what failover is measured from).
     let mut onsets: Vec<Duration> = Vec::new();
@@ -633,13 +773,16 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
                 if *fault != Fault::Pass {
                     onsets.push(now);
                 }
-                mesh.link(*link)?.set(fault.clone());
+                for relay in mesh.link(*link)? {
+                    relay.set(fault.clone());
+                }
             }
             // Expanded into link steps before the timeline runs.
             Action::Flap { .. } => {}
             Action::Kill(c) => {
                 onsets.push(now);
-                mesh.kill(*c).await?;
+                let c = mesh.resolve(*c).await?;
+                mesh.kill(c).await?;
             }
             Action::Pause(c) => {
                 onsets.push(now);
@@ -653,20 +796,22 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
             Action::Start(c) => mesh.start_again(*c).await?,
             Action::Restart(c) => {
                 onsets.push(now);
-                match c {
-                    Component::Global => {
-                        anyhow::bail!("a graceful restart of the global is not in the process tier")
-                    }
+                match mesh.resolve(*c).await? {
                     Component::ZoneCp(zone) => {
                         let zone = mesh.zone_mut(zone)?;
                         zone.terminate().await?;
                         zone.restart().await?;
                     }
+                    node => {
+                        let i = mesh.global_node(node)?;
+                        mesh.globals[i].terminate().await?;
+                        mesh.globals[i].restart().await?;
+                    }
                 }
             }
             Action::Wipe(c) => mesh.wipe(*c)?,
             Action::Heal => {
-                for relay in mesh.kds.values() {
+                for relay in mesh.kds.values().flatten().chain(mesh.raft.values()) {
                     relay.set(Fault::Pass);
                 }
                 for (_, i) in &mesh.ingresses {
@@ -697,10 +842,7 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let zones = scenario.topology.zones.clone();
     let settling =
         test_support::eventually("every zone online, every proxy back", settle, || async {
-            let (_, items) = mesh.global.api.zones_overview().await.ok()?;
-            let overview = meshctl::inspect::ZoneOverview::from_items(&items).ok()?;
-            let expected: Vec<String> = zones.iter().map(|z| z.to_string()).collect();
-            if !meshctl::up::not_online(&expected, &overview).is_empty() {
+            if !zones_online(&mesh.globals, &zones).await {
                 return None;
             }
             for (zone, proxy, path) in mesh.proxies() {
@@ -773,8 +915,13 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let failover = failover(&onsets, &failures, load_for);
 
     // No process crashed unless the timeline killed it.
-    if let Some(status) = mesh.global.exited() {
-        violations.push(format!("the global CP exited on its own: {status}"));
+    for global in &mut mesh.globals {
+        if let Some(status) = global.exited() {
+            let which = global
+                .node_id
+                .map_or("the global CP".to_string(), |n| format!("global node {n}"));
+            violations.push(format!("{which} exited on its own: {status}"));
+        }
     }
     for zone in &mut mesh.zones {
         if let Some(status) = zone.exited() {
@@ -870,11 +1017,21 @@ fn failover(onsets: &[Duration], failures: &[(Duration, u64)], end: Duration) ->
     longest
 }
 
-/// The acknowledged writes missing at the global or a zone, as `chaos-write-<n>@<where>`.
+/// The acknowledged writes missing at a global node or a zone, as `chaos-write-<n>@<where>`.
 async fn missing_writes(mesh: &Mesh, acked: &[u64]) -> anyhow::Result<Vec<String>> {
     let path = ["meshes", "default", "meshtimeouts"].map(String::from);
     let mut missing = Vec::new();
-    let mut apis = vec![("global".to_string(), &mesh.global.api)];
+    let mut apis: Vec<(String, &meshctl::client::ApiClient)> = mesh
+        .globals
+        .iter()
+        .map(|g| {
+            let place = g
+                .node_id
+                .filter(|_| mesh.globals.len() > 1)
+                .map_or("global".to_string(), |n| format!("global-{n}"));
+            (place, &g.api)
+        })
+        .collect();
     apis.extend(mesh.zones.iter().map(|z| (z.name.clone(), &z.api)));
     for (place, api) in apis {
         let (_, items) = api
@@ -929,21 +1086,30 @@ fn stream_open(resource: &serde_json::Value) -> bool {
 }
 
 /// Polls the global's zone overview every 250 ms until told to stop; the first time each zone
-/// was reported offline, from `start`. Polls while the global is down just fail.
+/// was reported offline (by every node that answered: each knows only its own zones), from
+/// `start`. Polls while the global is down just fail.
 async fn watch_zones(
-    api: meshctl::client::ApiClient,
+    apis: Vec<meshctl::client::ApiClient>,
     start: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> BTreeMap<String, Duration> {
     let mut seen = BTreeMap::new();
     while !*stop.borrow() {
-        let polled = tokio::time::timeout(Duration::from_secs(1), api.zones_overview()).await;
-        if let Ok(Ok((_, items))) = polled {
-            for zone in meshctl::inspect::ZoneOverview::from_items(&items).unwrap_or_default() {
-                if !zone.is_online() {
-                    seen.entry(zone.name).or_insert_with(|| start.elapsed());
+        let mut online = std::collections::BTreeSet::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for api in &apis {
+            let polled = tokio::time::timeout(Duration::from_secs(1), api.zones_overview()).await;
+            if let Ok(Ok((_, items))) = polled {
+                for zone in meshctl::inspect::ZoneOverview::from_items(&items).unwrap_or_default() {
+                    if zone.is_online() {
+                        online.insert(zone.name.clone());
+                    }
+                    listed.insert(zone.name);
                 }
             }
+        }
+        for zone in listed.difference(&online) {
+            seen.entry(zone.clone()).or_insert_with(|| start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

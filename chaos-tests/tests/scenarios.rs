@@ -1,8 +1,8 @@
 //! The process tier's scenarios (issue [7]) with short faults, each asserting its invariants:
 //! success rate, failover time, every zone online and every proxy back within 30 s of the end of
 //! faults, every acknowledged write at the global and in every zone, no process ended unless the
-//! scenario killed it. Scenarios exposing a known, unfixed component defect are left to
-//! `chaos-tests run` (and the committed report). Needs `global-cp` and `zone-cp` built
+//! scenario killed it, on a one-node and on a three-node global. Scenarios exposing a known,
+//! unfixed component defect are left to `chaos-tests run` (and the committed report). Needs `global-cp` and `zone-cp` built
 //! (`cargo build --workspace --bins`). `CHAOS_OUTAGE_SECS` (default 5) sets the long faults'
 //! length, `CHAOS_SEED` replays a run.
 

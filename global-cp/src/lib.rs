@@ -268,12 +268,16 @@ pub async fn run(
         (Some(cert), Some(key)) => kds::tls::KdsServerTls::from_files(cert, key)?,
         _ => kds::tls::KdsServerTls::load_or_generate(&kds_dir, &config.kds_hostnames)?,
     };
-    let issuer = Arc::new(kds::auth::ZoneTokenIssuer::open(
-        kds_dir.join("signing-keys"),
-    )?);
+    // Token signing keys are GlobalSecrets/Secrets of the replicated store (kds::token_keys).
+    // Zone-token keys of the directory older versions kept are imported first, keeping their ids,
+    // so zone tokens issued before stay valid; no key is made until that import is done.
+    let (imported_tx, imported_rx) = tokio::sync::watch::channel(false);
+    let zone_keys =
+        kds::token_keys::StoreKeys::new(server.store.clone(), kds::token_keys::KeyOwnership::Owned)
+            .after_import(imported_rx);
     let kds_server = kds::server::KdsServer::new(
         server.store.clone(),
-        Arc::new(kds::auth::TokenAuthenticator::new(issuer.clone())),
+        Arc::new(kds::auth::TokenAuthenticator::new(zone_keys.clone())),
     );
     let janitor = kds::janitor::ZoneJanitor::new(
         server.store.clone(),
@@ -281,7 +285,7 @@ pub async fn run(
         config.zone_grace_period,
     );
     let zones_api = zones::router(zones::ZonesApi {
-        issuer,
+        keys: zone_keys.clone(),
         status: kds_server.status(),
         store: server.store.clone(),
         admin: server.token.clone(),
@@ -316,6 +320,13 @@ pub async fn run(
         server.store.clone(),
         stopped(stop_rx.clone()),
     ));
+    tokio::spawn(import_zone_token_keys(
+        kds_dir.join(OLD_ZONE_TOKEN_KEYS),
+        zone_keys,
+        imported_tx,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(keep_proxy_token_keys(server.store.clone(), stop_rx.clone()));
     let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
     tokio::spawn(async move {
         if let Err(e) = control_plane::ca::run(ca_store, ca_stop).await {
@@ -389,6 +400,119 @@ pub async fn run(
         tracing::error!(error = %e, "stopping the raft node");
     }
     result
+}
+
+/// The directory under the KDS directory where older versions kept the zone-token signing keys
+/// and revocation list; renamed with [`IMPORTED_SUFFIX`] once imported into the store.
+const OLD_ZONE_TOKEN_KEYS: &str = "signing-keys";
+const IMPORTED_SUFFIX: &str = ".imported";
+
+/// How long to wait before trying again to write keys when the store refused (no leader yet).
+const KEY_RETRY: Duration = Duration::from_secs(1);
+
+/// Imports the zone-token keys and revocations of `dir` (older versions' files) into the store,
+/// once the store takes writes, then renames the directory so a key retired later is not
+/// imported again; sets `imported` when done (at once when there is nothing to import).
+async fn import_zone_token_keys(
+    dir: PathBuf,
+    keys: kds::token_keys::StoreKeys,
+    imported: tokio::sync::watch::Sender<bool>,
+    stop: impl Future<Output = ()>,
+) {
+    let family = kds::token_keys::KeyFamily::zone_tokens();
+    let work = async {
+        let old = match kds::auth::load_key_dir(&dir) {
+            Ok(Some(old)) => old,
+            Ok(None) => return,
+            Err(e) => {
+                // Nothing is imported and no key is made: an operator must look.
+                tracing::error!(error = %e, "cannot read the old zone-token keys; zone tokens cannot be issued");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        loop {
+            match keys.import(&family, &old).await {
+                Ok((imported, clashing)) => {
+                    tracing::info!(dir = %dir.display(), ?imported, "imported the old zone-token signing keys into the store");
+                    if !clashing.is_empty() {
+                        tracing::warn!(dir = %dir.display(), ?clashing, "the store already holds different keys with these ids; zone tokens signed with this node's old copies no longer verify");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "importing the old zone-token signing keys; retrying");
+                    tokio::time::sleep(KEY_RETRY).await;
+                }
+            }
+        }
+        let mut done = dir.clone().into_os_string();
+        done.push(IMPORTED_SUFFIX);
+        if let Err(e) = std::fs::rename(&dir, &done) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot rename the imported key directory; it will be imported again at the next start");
+        }
+    };
+    tokio::select! {
+        _ = work => { imported.send_replace(true); }
+        _ = stop => {}
+    }
+}
+
+/// Keeps a dataplane-token signing key for every mesh and a zone ingress/egress token key in the
+/// store (KDS syncs them to the zones, which sign and verify their proxies' tokens with them):
+/// once at start, then after every change to Meshes or Secrets; a failed write (no leader yet)
+/// is tried again shortly.
+async fn keep_proxy_token_keys(
+    store: Arc<dyn ResourceStore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use kds::token_keys::{KeyFamily, KeyOwnership, StoreKeys};
+    use mesh_api::ResourceType;
+    let keys = StoreKeys::new(store.clone(), KeyOwnership::Owned);
+    let watched = [
+        ResourceType::Mesh,
+        ResourceType::Secret,
+        ResourceType::GlobalSecret,
+    ];
+    loop {
+        let keys = keys.clone();
+        let result = control_plane::reconciler::run(store.clone(), stop.clone(), &watched, || {
+            let keys = keys.clone();
+            async move {
+                let io = |e: kds::auth::AuthError| mesh_store::StoreError::Io(e.to_string());
+                keys.ensure_key(&KeyFamily::zone_proxy_tokens())
+                    .await
+                    .map_err(io)?;
+                let meshes = keys
+                    .store()
+                    .list(&mesh_store::ListQuery::all(ResourceType::Mesh))
+                    .await?;
+                for mesh in meshes.items {
+                    match keys
+                        .ensure_key(&KeyFamily::dataplane_tokens(&mesh.meta.name))
+                        .await
+                    {
+                        Ok(_) => {}
+                        // Deleted meanwhile: its keys go with it.
+                        Err(kds::auth::AuthError::Store(mesh_store::StoreError::NotFound(_))) => {}
+                        Err(e) => return Err(io(e)),
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping the dataplane-token signing keys; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(KEY_RETRY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
 }
 
 /// In a cluster: once a leader is elected, creates the default mesh (every node tries; all but

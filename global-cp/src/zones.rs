@@ -1,5 +1,6 @@
 //! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
-//! the signing key and revoking tokens, and the zones overview (`GET /zones/_overview`) that
+//! the signing key and revoking tokens (keys and revocations are GlobalSecrets of the replicated
+//! store, `kds::token_keys`, so they hold on every node), and the zones overview (`GET /zones/_overview`) that
 //! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one.
 //! [`register_connected_zones`] gives every zone that connects a Zone resource.
 
@@ -12,8 +13,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use control_plane::api::{require_admin, ApiError};
 use control_plane::auth::AdminToken;
-use kds::auth::{AuthError, ZoneTokenIssuer};
+use kds::auth::AuthError;
 use kds::status::ZoneStatusRegistry;
+use kds::token_keys::{KeyFamily, StoreKeys};
 use mesh_api::ResourceType;
 use mesh_store::{ListQuery, ResourceStore};
 use serde::Deserialize;
@@ -21,7 +23,8 @@ use serde_json::{json, Value};
 
 /// What the zone endpoints work with.
 pub struct ZonesApi {
-    pub issuer: Arc<ZoneTokenIssuer>,
+    /// The zone-token keys.
+    pub keys: StoreKeys,
     pub status: ZoneStatusRegistry,
     pub store: Arc<dyn ResourceStore>,
     pub admin: AdminToken,
@@ -44,6 +47,14 @@ fn auth_error(e: AuthError) -> ApiError {
         AuthError::InvalidValidity(_) => ApiError::bad_field("validFor", e.to_string()),
         AuthError::InvalidTokenId(_) | AuthError::Malformed(_) => {
             ApiError::bad_field("token", e.to_string())
+        }
+        AuthError::NoKeyYet { .. } => {
+            tracing::warn!(error = %e, "zone token operation refused for now");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                e.to_string(),
+            )
         }
         other => {
             tracing::error!(error = %other, "zone token operation failed");
@@ -81,9 +92,18 @@ async fn issue_token(
     require_admin(&api.admin, &headers)?;
     let request: TokenRequest = json_body(&body)?;
     let validity = kds::auth::parse_validity(&request.valid_for).map_err(auth_error)?;
+    if !kds::auth::is_valid_zone_name(&request.zone) {
+        return Err(auth_error(AuthError::InvalidZone(request.zone)));
+    }
     let (token, claims) = api
-        .issuer
-        .issue_at(&request.zone, validity, chrono::Utc::now())
+        .keys
+        .issue(
+            &KeyFamily::zone_tokens(),
+            &request.zone,
+            validity,
+            chrono::Utc::now(),
+        )
+        .await
         .map_err(auth_error)?;
     tracing::info!(zone = %request.zone, token_id = %claims.jti, "issued a zone token");
     Ok(Json(json!({
@@ -99,10 +119,11 @@ async fn rotate_key(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&api.admin, &headers)?;
-    let key_id = api.issuer.rotate().map_err(auth_error)?;
-    Ok(Json(
-        json!({ "signingKeyId": key_id, "keyIds": api.issuer.key_ids() }),
-    ))
+    let family = KeyFamily::zone_tokens();
+    let key_id = api.keys.rotate(&family).await.map_err(auth_error)?;
+    let key_ids = api.keys.key_ids(&family).await.map_err(auth_error)?;
+    tracing::info!(key_id, "rotated the zone-token signing key");
+    Ok(Json(json!({ "signingKeyId": key_id, "keyIds": key_ids })))
 }
 
 #[derive(Deserialize)]
@@ -130,7 +151,10 @@ async fn revoke_token(
         }
         (None, None) => return Err(ApiError::bad_field("tokenId", "give tokenId or token")),
     };
-    api.issuer.revoke(&token_id).map_err(auth_error)?;
+    api.keys
+        .revoke(&KeyFamily::zone_tokens(), &token_id)
+        .await
+        .map_err(auth_error)?;
     Ok(Json(json!({ "revoked": token_id })))
 }
 

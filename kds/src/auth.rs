@@ -1,21 +1,20 @@
 //! Zone identity: tokens the global signs for each zone, and their verification when a zone opens
 //! a KDS stream. A token is `base64url(claims) "." base64url(HMAC-SHA256(key, claims part))` where
 //! the claims are JSON `{zone, iat, exp, jti, kid}`: `kid` names the signing key, `jti` the token
-//! (for revocation). Signing keys live in a directory the global owns (one `<kid>.key` file per
-//! key, mode 0600), new tokens are signed with the newest key and every key still present verifies,
-//! so keys rotate without dropping connected zones: [`ZoneTokenIssuer::rotate`], then
-//! [`ZoneTokenIssuer::retire`] the old key once zones hold new tokens. Revoked token ids are
-//! appended to `<dir>/revoked` and fsync'd before [`ZoneTokenIssuer::revoke`] returns. Tokens are
-//! secrets: nothing here logs or echoes one, errors say only why a token was refused.
-//! The same machinery signs other identities through [`ZoneTokenIssuer::issue_subject_at`] and
-//! [`ZoneTokenIssuer::verify_subject`] (the zone CP's dataplane tokens, `<mesh>/<name>`, in their
-//! own key directory).
+//! (for revocation). [`KeySet`] signs with its newest key and verifies with every key it holds,
+//! so keys rotate without dropping connected zones. The keys live in the store
+//! ([`crate::token_keys`], Secrets replicated with the rest of the global's state);
+//! [`TokenAuthenticator`] checks KDS streams against them. Tokens are secrets: nothing here logs
+//! or echoes one, errors say only why a token was refused.
+//! [`ZoneTokenIssuer`] is the older home of the keys, a directory (one `<kid>.key` file per key,
+//! mode 0600, revoked ids appended to `<dir>/revoked`): [`load_key_dir`] reads one so its keys
+//! can be imported into the store, and it still serves tests and tools that want keys on disk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -77,6 +76,18 @@ pub enum AuthError {
     /// Retiring this key would leave no key to sign with.
     #[error("cannot retire key {kid:?}: it is the only signing key (rotate first)")]
     LastKey { kid: String },
+    /// Reading or writing the signing keys in the store failed.
+    #[error("token signing keys in the store: {0}")]
+    Store(#[source] mesh_store::StoreError),
+    /// A signing-key resource does not hold a key (its data is not 32 bytes of base64).
+    #[error("{key} is not a token signing key: its data must be 32 bytes, base64-encoded")]
+    BadKeyResource { key: String },
+    /// This side does not own the keys (a zone: they come from the global).
+    #[error("{family} are owned by the global control plane: rotate or retire them there")]
+    NotOwner { family: String },
+    /// No key to sign with yet.
+    #[error("no token signing key yet ({family}): {why}; try again shortly")]
+    NoKeyYet { family: String, why: &'static str },
     /// Reading or writing the key directory failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -111,8 +122,13 @@ impl From<AuthError> for tonic::Status {
             AuthError::InvalidValidity(_)
             | AuthError::InvalidTokenId(_)
             | AuthError::LastKey { .. } => tonic::Status::invalid_argument(err.to_string()),
-            // Do not leak server paths to the peer.
-            AuthError::Io { .. } => tonic::Status::internal("zone token verification failed"),
+            AuthError::NoKeyYet { .. } | AuthError::NotOwner { .. } => {
+                tonic::Status::unavailable(err.to_string())
+            }
+            // Do not leak server paths or store details to the peer.
+            AuthError::Io { .. } | AuthError::Store(_) | AuthError::BadKeyResource { .. } => {
+                tonic::Status::internal("zone token verification failed")
+            }
         }
     }
 }
@@ -260,7 +276,7 @@ fn decode_claims(claims_part: &str) -> Result<ZoneClaims, AuthError> {
     serde_json::from_slice(&json).map_err(|_| AuthError::Malformed("claims are not valid JSON"))
 }
 
-fn is_valid_token_id(id: &str) -> bool {
+pub(crate) fn is_valid_token_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
@@ -275,19 +291,172 @@ impl SigningKey {
         // HMAC accepts keys of any length, so this cannot fail.
         <HmacSha256 as Mac>::new_from_slice(&self.secret).expect("HMAC accepts any key length")
     }
+
+    fn random() -> SigningKey {
+        let mut secret = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        SigningKey { secret }
+    }
 }
 
-/// The in-memory state: keys by numeric id (the newest signs) and revoked token ids.
-#[derive(Default)]
-struct KeySet {
+/// A set of signing keys by numeric id (the newest signs, every one verifies) and the revoked
+/// token ids: what tokens are issued and verified with, wherever the keys are kept (a key
+/// directory here, the store in [`crate::token_keys`]). Never prints key material.
+#[derive(Default, Clone)]
+pub struct KeySet {
     keys: BTreeMap<u64, SigningKey>,
     revoked: HashSet<String>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .field("revoked", &self.revoked.len())
+            .finish()
+    }
 }
 
 impl KeySet {
     fn newest(&self) -> Option<(u64, &SigningKey)> {
         self.keys.iter().next_back().map(|(id, key)| (*id, key))
     }
+
+    /// Whether the set holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Key ids, oldest first.
+    pub fn key_ids(&self) -> Vec<u64> {
+        self.keys.keys().copied().collect()
+    }
+
+    /// The secret of key `id` (to store it elsewhere, e.g. when importing a key directory).
+    pub fn secret(&self, id: u64) -> Option<&[u8]> {
+        self.keys.get(&id).map(|k| k.secret.as_slice())
+    }
+
+    /// Adds key `id` with `secret` (exactly 32 bytes, else `false`).
+    pub fn insert_key(&mut self, id: u64, secret: &[u8]) -> bool {
+        let Ok(secret) = <[u8; KEY_LEN]>::try_from(secret) else {
+            return false;
+        };
+        self.keys.insert(id, SigningKey { secret });
+        true
+    }
+
+    /// Marks a token id as revoked.
+    pub fn insert_revoked(&mut self, token_id: &str) {
+        self.revoked.insert(token_id.to_string());
+    }
+
+    /// The revoked token ids, sorted.
+    pub fn revoked(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.revoked.iter().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A fresh random secret of the right length for a new key.
+    pub fn random_secret() -> Vec<u8> {
+        SigningKey::random().secret.to_vec()
+    }
+
+    /// Signs a token for `subject` (the `zone` claim) valid from `now` for `valid_for` with the
+    /// newest key. The caller validates the subject's shape.
+    pub fn sign(
+        &self,
+        subject: &str,
+        valid_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(String, ZoneClaims), AuthError> {
+        if subject.is_empty() || subject.len() > 512 {
+            return Err(AuthError::Malformed("subject must be 1-512 characters"));
+        }
+        if valid_for.is_zero() || valid_for > MAX_VALIDITY {
+            return Err(AuthError::InvalidValidity(format!(
+                "{}s",
+                valid_for.as_secs()
+            )));
+        }
+        let iat = now.timestamp();
+        // valid_for is at most ten years, so this cannot overflow.
+        let exp = iat.saturating_add(valid_for.as_secs() as i64);
+        let mut jti = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut jti);
+        let (kid, key) = self
+            .newest()
+            .ok_or(AuthError::UnknownKey { kid: String::new() })?;
+        let claims = ZoneClaims {
+            zone: subject.to_string(),
+            iat,
+            exp,
+            jti: hex::encode(jti),
+            kid: kid.to_string(),
+        };
+        let json = serde_json::to_vec(&claims).map_err(|_| AuthError::Malformed("claims"))?;
+        let claims_part = URL_SAFE_NO_PAD.encode(json);
+        let mut mac = key.mac();
+        mac.update(claims_part.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        Ok((format!("{claims_part}.{signature}"), claims))
+    }
+
+    /// Verifies `token` for `subject` at `now`: signature by a key of this set (constant-time
+    /// comparison), not revoked, not expired, bound to that subject (`ZoneMismatch` otherwise).
+    pub fn verify(
+        &self,
+        token: &str,
+        subject: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ZoneClaims, AuthError> {
+        let (claims_part, signature_part) = split_token(token)?;
+        let claims = decode_claims(claims_part)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_part)
+            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+        let key = claims
+            .kid
+            .parse::<u64>()
+            .ok()
+            .filter(|id| id.to_string() == claims.kid)
+            .and_then(|id| self.keys.get(&id))
+            .ok_or_else(|| AuthError::UnknownKey {
+                kid: sanitize(&claims.kid),
+            })?;
+        let mut mac = key.mac();
+        mac.update(claims_part.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
+        if self.revoked.contains(&claims.jti) {
+            return Err(AuthError::Revoked {
+                jti: claims.jti.clone(),
+            });
+        }
+        // Signed by us from here on; the checks below cannot be forged.
+        if now.timestamp() >= claims.exp {
+            return Err(AuthError::Expired {
+                at: claims.expires_at(),
+            });
+        }
+        if claims.zone != subject {
+            return Err(AuthError::ZoneMismatch {
+                token_zone: claims.zone.clone(),
+                claimed: sanitize(subject),
+            });
+        }
+        Ok(claims)
+    }
+}
+
+/// Reads a key directory written by [`ZoneTokenIssuer`] without changing it: `None` when the
+/// directory does not exist (nothing to import).
+pub fn load_key_dir(dir: &Path) -> Result<Option<KeySet>, AuthError> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    load_state(dir).map(Some)
 }
 
 /// Issues and verifies zone tokens with a set of signing keys persisted in one directory.
@@ -390,38 +559,7 @@ impl ZoneTokenIssuer {
         valid_for: Duration,
         now: DateTime<Utc>,
     ) -> Result<(String, ZoneClaims), AuthError> {
-        if subject.is_empty() || subject.len() > 512 {
-            return Err(AuthError::Malformed("subject must be 1-512 characters"));
-        }
-        let zone = subject;
-        if valid_for.is_zero() || valid_for > MAX_VALIDITY {
-            return Err(AuthError::InvalidValidity(format!(
-                "{}s",
-                valid_for.as_secs()
-            )));
-        }
-        let iat = now.timestamp();
-        // valid_for is at most ten years, so this cannot overflow.
-        let exp = iat.saturating_add(valid_for.as_secs() as i64);
-        let mut jti = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut jti);
-        let state = self.read_state();
-        let (kid, key) = state
-            .newest()
-            .ok_or(AuthError::UnknownKey { kid: String::new() })?;
-        let claims = ZoneClaims {
-            zone: zone.to_string(),
-            iat,
-            exp,
-            jti: hex::encode(jti),
-            kid: kid.to_string(),
-        };
-        let json = serde_json::to_vec(&claims).map_err(|_| AuthError::Malformed("claims"))?;
-        let claims_part = URL_SAFE_NO_PAD.encode(json);
-        let mut mac = key.mac();
-        mac.update(claims_part.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        Ok((format!("{claims_part}.{signature}"), claims))
+        self.read_state().sign(subject, valid_for, now)
     }
 
     /// Verifies `token` for a stream claiming to be `claimed_zone` at time `now`: signature by a
@@ -443,45 +581,7 @@ impl ZoneTokenIssuer {
         claimed_zone: &str,
         now: DateTime<Utc>,
     ) -> Result<ZoneClaims, AuthError> {
-        let (claims_part, signature_part) = split_token(token)?;
-        let claims = decode_claims(claims_part)?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_part)
-            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        {
-            let state = self.read_state();
-            let key = claims
-                .kid
-                .parse::<u64>()
-                .ok()
-                .filter(|id| id.to_string() == claims.kid)
-                .and_then(|id| state.keys.get(&id))
-                .ok_or_else(|| AuthError::UnknownKey {
-                    kid: sanitize(&claims.kid),
-                })?;
-            let mut mac = key.mac();
-            mac.update(claims_part.as_bytes());
-            mac.verify_slice(&signature)
-                .map_err(|_| AuthError::BadSignature)?;
-            if state.revoked.contains(&claims.jti) {
-                return Err(AuthError::Revoked {
-                    jti: claims.jti.clone(),
-                });
-            }
-        }
-        // Signed by us from here on; the checks below cannot be forged.
-        if now.timestamp() >= claims.exp {
-            return Err(AuthError::Expired {
-                at: claims.expires_at(),
-            });
-        }
-        if claims.zone != claimed_zone {
-            return Err(AuthError::ZoneMismatch {
-                token_zone: claims.zone.clone(),
-                claimed: sanitize(claimed_zone),
-            });
-        }
-        Ok(claims)
+        self.read_state().verify(token, claimed_zone, now)
     }
 
     /// Adds a new signing key; new tokens are signed with it, tokens signed with older keys keep
@@ -697,34 +797,42 @@ impl OpenOptionsExt0600 for OpenOptions {
 }
 
 /// Authenticates KDS streams with zone tokens: reads `authorization: Bearer <token>` from the
-/// stream's metadata and verifies it against the shared [`ZoneTokenIssuer`] for the zone the
-/// stream claims. Rotation, retirement and revocation through the same issuer take effect for
-/// the next stream. Implements the KDS server's [`crate::server::ZoneAuthenticator`] hook.
+/// stream's metadata and verifies it with the zone-token keys of the store
+/// ([`crate::token_keys`]) for the zone the stream claims. Rotation, retirement and revocation,
+/// through any node of the global, take effect for the next stream. Implements the KDS server's
+/// [`crate::server::ZoneAuthenticator`] hook.
 #[derive(Debug, Clone)]
 pub struct TokenAuthenticator {
-    issuer: Arc<ZoneTokenIssuer>,
+    keys: crate::token_keys::StoreKeys,
 }
 
 impl TokenAuthenticator {
-    /// Wraps a shared issuer.
-    pub fn new(issuer: Arc<ZoneTokenIssuer>) -> Self {
-        TokenAuthenticator { issuer }
+    /// Verifies with the zone-token keys of `keys`' store.
+    pub fn new(keys: crate::token_keys::StoreKeys) -> Self {
+        TokenAuthenticator { keys }
     }
 
-    /// The issuer this authenticator verifies with.
-    pub fn issuer(&self) -> &Arc<ZoneTokenIssuer> {
-        &self.issuer
+    /// The keys this authenticator verifies with.
+    pub fn keys(&self) -> &crate::token_keys::StoreKeys {
+        &self.keys
     }
 
     /// Verifies the stream's token for `claimed_zone` now, returning its claims, or the gRPC
     /// status to refuse the stream with (the message says why, never contains the token).
-    pub fn verify_metadata(
+    pub async fn verify_metadata(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         claimed_zone: &str,
     ) -> Result<ZoneClaims, tonic::Status> {
-        let result = bearer_token(metadata)
-            .and_then(|token| self.issuer.verify(token, claimed_zone, Utc::now()));
+        let family = crate::token_keys::KeyFamily::zone_tokens();
+        let result = match bearer_token(metadata) {
+            Ok(token) => {
+                self.keys
+                    .verify(&family, token, claimed_zone, Utc::now())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(claims) => {
                 tracing::debug!(zone = %claims.zone, jti = %claims.jti, kid = %claims.kid, "zone token accepted");
@@ -738,19 +846,23 @@ impl TokenAuthenticator {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::server::ZoneAuthenticator for TokenAuthenticator {
-    fn authenticate(
+    async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         claimed_zone: &str,
     ) -> Result<(), tonic::Status> {
-        self.verify_metadata(metadata, claimed_zone).map(|_| ())
+        self.verify_metadata(metadata, claimed_zone)
+            .await
+            .map(|_| ())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn issuer() -> (tempfile::TempDir, ZoneTokenIssuer) {
         let dir = tempfile::tempdir().unwrap();
@@ -1074,38 +1186,47 @@ mod tests {
         assert!(!format!("{issuer:?}").contains(&fs::read_to_string(keys.join("1.key")).unwrap()));
     }
 
-    #[test]
-    fn bearer_metadata() {
-        let (_dir, issuer) = issuer();
-        let auth = TokenAuthenticator::new(Arc::new(issuer));
-        let token = auth.issuer().issue("east", DAY).unwrap();
+    #[tokio::test]
+    async fn bearer_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = mesh_store::SledStore::open(dir.path().join("store")).unwrap();
+        let keys = crate::token_keys::StoreKeys::new(
+            Arc::new(store),
+            crate::token_keys::KeyOwnership::Owned,
+        );
+        let family = crate::token_keys::KeyFamily::zone_tokens();
+        let (token, _) = keys.issue(&family, "east", DAY, Utc::now()).await.unwrap();
+        let auth = TokenAuthenticator::new(keys);
         let mut md = tonic::metadata::MetadataMap::new();
-        let status = auth.verify_metadata(&md, "east").unwrap_err();
+        let status = auth.verify_metadata(&md, "east").await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(status.message().contains("no zone token"));
 
         md.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        assert_eq!(auth.verify_metadata(&md, "east").unwrap().zone, "east");
-        let status = auth.verify_metadata(&md, "west").unwrap_err();
+        assert_eq!(
+            auth.verify_metadata(&md, "east").await.unwrap().zone,
+            "east"
+        );
+        let status = auth.verify_metadata(&md, "west").await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert!(!status.message().contains(&token));
 
         // Through the KDS server's hook.
         let hook: &dyn crate::server::ZoneAuthenticator = &auth;
-        assert!(hook.authenticate(&md, "east").is_ok());
+        assert!(hook.authenticate(&md, "east").await.is_ok());
         assert_eq!(
-            hook.authenticate(&md, "west").unwrap_err().code(),
+            hook.authenticate(&md, "west").await.unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
 
         md.insert("authorization", token.parse().unwrap());
         assert_eq!(
-            auth.verify_metadata(&md, "east").unwrap_err().code(),
+            auth.verify_metadata(&md, "east").await.unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         md.insert("authorization", "Bearer ".parse().unwrap());
         assert_eq!(
-            auth.verify_metadata(&md, "east").unwrap_err().code(),
+            auth.verify_metadata(&md, "east").await.unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
     }

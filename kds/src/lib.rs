@@ -6,7 +6,8 @@
 //! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
 //! conversions, [`status`] the per-zone link status, [`janitor`] the removal of inventory of
-//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity.
+//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity, and
+//! [`token_keys`] keeps token signing keys (zone, dataplane, zone proxy) as Secrets of the store.
 //!
 //! Wiring. Global: `serve(listener, Some(tls), KdsServer::new(store, Arc::new(authenticator)),
 //! shutdown)`, with [`KdsServer::status`] feeding diagnostics. Zone: `run(KdsClientConfig { tls,
@@ -23,6 +24,7 @@ pub mod server;
 pub mod status;
 pub mod sync;
 pub mod tls;
+pub mod token_keys;
 pub mod wire;
 
 pub use client::{

@@ -33,16 +33,18 @@ pub const ZONE_METADATA: &str = "x-meridian-zone";
 /// anything is read or written; the claimed name is already checked to be a valid zone name.
 /// Implementations check a credential in `metadata` (a zone token in `authorization`, or the peer
 /// certificate) against `claimed_zone`, and return `unauthenticated`/`permission_denied`.
+#[async_trait::async_trait]
 pub trait ZoneAuthenticator: Send + Sync + 'static {
-    fn authenticate(&self, metadata: &MetadataMap, claimed_zone: &str) -> Result<(), Status>;
+    async fn authenticate(&self, metadata: &MetadataMap, claimed_zone: &str) -> Result<(), Status>;
 }
 
 /// Accepts every zone's claim. For tests only: it trusts the zone's self-declared name.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AllowAllZonesForTests;
 
+#[async_trait::async_trait]
 impl ZoneAuthenticator for AllowAllZonesForTests {
-    fn authenticate(&self, _: &MetadataMap, _: &str) -> Result<(), Status> {
+    async fn authenticate(&self, _: &MetadataMap, _: &str) -> Result<(), Status> {
         Ok(())
     }
 }
@@ -127,7 +129,7 @@ impl KdsServer {
             .max_encoding_message_size(usize::MAX)
     }
 
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
         let zone = metadata
             .get(ZONE_METADATA)
             .ok_or_else(|| Status::unauthenticated(format!("missing {ZONE_METADATA} metadata")))?
@@ -139,7 +141,7 @@ impl KdsServer {
                 "{zone:?} is not a valid zone name (an RFC 1123 label)"
             )));
         }
-        self.inner.auth.authenticate(metadata, &zone)?;
+        self.inner.auth.authenticate(metadata, &zone).await?;
         Ok(zone)
     }
 
@@ -298,7 +300,7 @@ impl KdsSync for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let zone = self.authenticate(request.metadata())?;
+        let zone = self.authenticate(request.metadata()).await?;
         let inbound = request.into_inner().boxed();
         let (tx, rx) = channel();
         let out = Outbound {
@@ -335,7 +337,7 @@ impl KdsSync for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let zone = self.authenticate(request.metadata())?;
+        let zone = self.authenticate(request.metadata()).await?;
         let inbound = request.into_inner().boxed();
         let (tx, rx) = channel();
         let out = Outbound {

@@ -250,12 +250,12 @@ pub fn owning_zone(resource: &Resource) -> Option<&str> {
 }
 
 /// What the global sends to zone `zone` for a stored resource, or `None` when that zone does not
-/// receive it: every global-to-zone type (labelled origin global), and the cross-zone types
-/// (ZoneIngress) of every *other* zone, keeping their zone label.
+/// receive it: every global-to-zone type (labelled origin global) but the zone-token signing keys,
+/// and the cross-zone types (ZoneIngress) of every *other* zone, keeping their zone label.
 pub fn global_to_zone_form(resource: &Resource, zone: &str) -> Option<Resource> {
     let rtype = resource.resource_type();
     let forward = match rtype.sync_direction() {
-        mesh_api::SyncDirection::GlobalToZone => true,
+        mesh_api::SyncDirection::GlobalToZone => !crate::token_keys::is_global_only(resource),
         _ if rtype.relayed_across_zones() => owning_zone(resource).is_some_and(|z| z != zone),
         _ => false,
     };

@@ -1,7 +1,8 @@
 //! Zone tokens end to end over gRPC: a server guarded by `TokenAuthenticator` (the claimed zone
 //! sent as metadata, as the KDS server takes it from the stream) accepts a valid token and refuses
 //! a missing, expired, revoked, retired-key or other-zone token with a status saying why; key
-//! rotation does not disturb zones holding tokens signed with the previous key.
+//! rotation does not disturb zones holding tokens signed with the previous key. The keys live in
+//! the store (`token_keys`), so a restart on the same store keeps them and the revocations.
 
 mod auth_tls_support;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use auth_tls_support::{call_echo, serve_echo};
 use chrono::Utc;
-use kds::auth::{parse_validity, TokenAuthenticator, ZoneTokenIssuer};
+use kds::auth::{parse_validity, TokenAuthenticator};
+use kds::token_keys::{KeyFamily, KeyOwnership, StoreKeys};
+use mesh_store::SledStore;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -25,14 +28,16 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
 #[tokio::test]
 async fn tokens_are_checked_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("kds").join("signing-keys");
-    let issuer = Arc::new(ZoneTokenIssuer::open(&keys).unwrap());
+    let store = Arc::new(SledStore::open(dir.path().join("store")).unwrap());
+    let issuer = StoreKeys::new(store.clone(), KeyOwnership::Owned);
+    let zone = KeyFamily::zone_tokens();
     let auth = Arc::new(TokenAuthenticator::new(issuer.clone()));
     let (addr, shutdown) = serve_echo(None, Some(auth)).await;
     let ch = channel(addr).await;
 
-    let east = issuer
-        .issue("east", parse_validity("24h").unwrap())
+    let (east, _) = issuer
+        .issue(&zone, "east", parse_validity("24h").unwrap(), Utc::now())
+        .await
         .unwrap();
     let bearer = format!("Bearer {east}");
     assert_eq!(
@@ -63,11 +68,13 @@ async fn tokens_are_checked_on_the_wire() {
 
     // Expired (issued two days ago for one day).
     let (expired, _) = issuer
-        .issue_at(
+        .issue(
+            &zone,
             "east",
             Duration::from_secs(86_400),
             Utc::now() - chrono::Duration::days(2),
         )
+        .await
         .unwrap();
     let status = call_echo(
         ch.clone(),
@@ -80,19 +87,20 @@ async fn tokens_are_checked_on_the_wire() {
     assert!(status.message().contains("expired"), "{status:?}");
 
     // Rotation: the old token keeps working, new tokens use the new key.
-    let old_kid = issuer.signing_key_id();
-    let new_kid = issuer.rotate().unwrap();
+    let old_kid = issuer.ensure_key(&zone).await.unwrap();
+    let new_kid = issuer.rotate(&zone).await.unwrap();
     assert!(call_echo(ch.clone(), "hi", Some((&bearer, "east")))
         .await
         .is_ok());
     let (fresh, claims) = issuer
-        .issue_at("east", Duration::from_secs(3600), Utc::now())
+        .issue(&zone, "east", Duration::from_secs(3600), Utc::now())
+        .await
         .unwrap();
     assert_eq!(claims.kid, new_kid);
     let fresh_bearer = format!("Bearer {fresh}");
 
     // Retiring the old key refuses tokens it signed, not the fresh one.
-    issuer.retire(&old_kid).unwrap();
+    issuer.retire(&zone, &old_kid).await.unwrap();
     let status = call_echo(ch.clone(), "hi", Some((&bearer, "east")))
         .await
         .unwrap_err();
@@ -103,7 +111,7 @@ async fn tokens_are_checked_on_the_wire() {
         .is_ok());
 
     // Revocation, also after a restart of the global.
-    issuer.revoke(&claims.jti).unwrap();
+    issuer.revoke(&zone, &claims.jti).await.unwrap();
     let status = call_echo(ch.clone(), "hi", Some((&fresh_bearer, "east")))
         .await
         .unwrap_err();
@@ -111,7 +119,9 @@ async fn tokens_are_checked_on_the_wire() {
     assert!(status.message().contains("revoked"), "{status:?}");
     let _ = shutdown.send(());
 
-    let reopened = Arc::new(ZoneTokenIssuer::open(&keys).unwrap());
+    // A new server over the same store (another node, or the global started again) holds the
+    // same keys and revocations.
+    let reopened = StoreKeys::new(store, KeyOwnership::Owned);
     let (addr, shutdown) = serve_echo(
         None,
         Some(Arc::new(TokenAuthenticator::new(reopened.clone()))),
@@ -122,7 +132,11 @@ async fn tokens_are_checked_on_the_wire() {
         .await
         .unwrap_err();
     assert!(status.message().contains("revoked"), "{status:?}");
-    let west = reopened.issue("west", Duration::from_secs(60)).unwrap();
+    let (west, claims) = reopened
+        .issue(&zone, "west", Duration::from_secs(60), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(claims.kid, new_kid);
     assert!(
         call_echo(ch.clone(), "hi", Some((&format!("Bearer {west}"), "west")))
             .await

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kds::auth::{decode_unverified, TokenAuthenticator, ZoneTokenIssuer};
+use kds::auth::{decode_unverified, TokenAuthenticator};
 use kds::tls::{client_tls_config, KdsServerTls};
+use kds::token_keys::{KeyFamily, KeyOwnership, StoreKeys};
 use kds::{Backoff, KdsClientConfig, KdsServer, KdsTuning, TokenSource, ZoneStatusRegistry};
 use mesh_api::{ResourceKey, ResourceType};
 use mesh_store::{ResourceStore, SledStore};
@@ -43,7 +44,7 @@ struct Global {
 async fn start_global(
     store: Arc<SledStore>,
     tls: &KdsServerTls,
-    issuer: Arc<ZoneTokenIssuer>,
+    issuer: StoreKeys,
     addr: SocketAddr,
 ) -> (Global, SocketAddr) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -85,14 +86,24 @@ async fn tls_and_zone_tokens_end_to_end() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tls = KdsServerTls::load_or_generate(&dir.path().join("tls"), &[])?;
     let ca = tls.ca_pem().expect("generated CA").as_bytes().to_vec();
-    let issuer = Arc::new(ZoneTokenIssuer::open(dir.path().join("keys"))?);
     let store = Arc::new(SledStore::open(dir.path().join("global"))?);
+    let issuer = StoreKeys::new(store.clone(), KeyOwnership::Owned);
+    let zone_tokens = KeyFamily::zone_tokens();
+    // Zone proxies' keys travel to the zones; zone-token keys never leave the global.
+    issuer.ensure_key(&KeyFamily::zone_proxy_tokens()).await?;
     store.create(policy("p1")).await?;
     let (global, addr) =
         start_global(store.clone(), &tls, issuer.clone(), "127.0.0.1:0".parse()?).await;
 
     let token_file = dir.path().join("zone-1.token");
-    let first_token = issuer.issue("zone-1", Duration::from_secs(3600))?;
+    let (first_token, _) = issuer
+        .issue(
+            &zone_tokens,
+            "zone-1",
+            Duration::from_secs(3600),
+            chrono::Utc::now(),
+        )
+        .await?;
     std::fs::write(&token_file, format!("{first_token}\n"))?;
     let zone_store = Arc::new(SledStore::open(dir.path().join("zone-1"))?);
     let mut config = KdsClientConfig::new("zone-1", format!("https://{addr}"), zone_store.clone());
@@ -115,6 +126,21 @@ async fn tls_and_zone_tokens_end_to_end() -> anyhow::Result<()> {
         zone_store.get(&p1).await.ok()?.map(|_| ())
     })
     .await?;
+    let proxy_key = ResourceKey::new(
+        ResourceType::GlobalSecret,
+        None,
+        KeyFamily::zone_proxy_tokens().key_name(1),
+    );
+    test_support::eventually("the zone proxies' key at zone-1", DEADLINE, || async {
+        zone_store.get(&proxy_key).await.ok()?.map(|_| ())
+    })
+    .await?;
+    let zone_key = ResourceKey::new(ResourceType::GlobalSecret, None, zone_tokens.key_name(1));
+    assert!(store.get(&zone_key).await?.is_some());
+    assert!(
+        zone_store.get(&zone_key).await?.is_none(),
+        "zone-token key sent to a zone"
+    );
 
     // zone-1's token does not let a stream act as zone-2.
     let imposter_store = Arc::new(SledStore::open(dir.path().join("zone-2"))?);
@@ -140,9 +166,18 @@ async fn tls_and_zone_tokens_end_to_end() -> anyhow::Result<()> {
 
     // Rotate: a new token in the file, the old one revoked; restart the global so the zone
     // redials. Only the re-read token can get in.
-    let second_token = issuer.issue("zone-1", Duration::from_secs(3600))?;
+    let (second_token, _) = issuer
+        .issue(
+            &zone_tokens,
+            "zone-1",
+            Duration::from_secs(3600),
+            chrono::Utc::now(),
+        )
+        .await?;
     std::fs::write(&token_file, &second_token)?;
-    issuer.revoke(&decode_unverified(&first_token)?.jti)?;
+    issuer
+        .revoke(&zone_tokens, &decode_unverified(&first_token)?.jti)
+        .await?;
     global.stop().await;
     store.create(policy("p2")).await?;
     let (global, _) = start_global(store.clone(), &tls, issuer.clone(), addr).await;

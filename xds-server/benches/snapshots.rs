@@ -319,7 +319,10 @@ async fn ads_phase(
     timeout: &mut Resource,
     connect: &mut u32,
 ) {
-    let auth = DataplaneAuthenticator::open(dir.join("keys")).unwrap();
+    let auth = DataplaneAuthenticator::new(kds::token_keys::StoreKeys::new(
+        store.clone(),
+        kds::token_keys::KeyOwnership::Owned,
+    ));
     let generator = Arc::new(Generator::new(store.clone(), Some(ZONE.to_string())));
     let cache = Arc::new(SnapshotCache::new(generator.clone()));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -359,13 +362,11 @@ async fn ads_phase(
     );
 
     let tokens_path = dir.join("tokens");
-    let tokens: String = connected_ids()
-        .iter()
-        .map(|id| {
-            let token = auth.issue(id, Duration::from_secs(3600)).unwrap();
-            format!("{MESH}/{} {token}\n", id.name)
-        })
-        .collect();
+    let mut tokens = String::new();
+    for id in connected_ids() {
+        let token = auth.issue(&id, Duration::from_secs(3600)).await.unwrap();
+        tokens.push_str(&format!("{MESH}/{} {token}\n", id.name));
+    }
     std::fs::write(&tokens_path, tokens).unwrap();
 
     // What the generator keeps per proxy (its certificate; its bundle, unless shared) is

@@ -1,15 +1,18 @@
 //! Proxy identity. A proxy's node id names its Dataplane, `<mesh>/<name>` (or Kuma's
 //! `<mesh>.<name>`), and it presents a dataplane token as `authorization: Bearer` metadata. Tokens
-//! are signed by the zone CP with `kds::auth`'s HMAC key machinery (subject `<mesh>/<name>`, keys
-//! in their own directory, so a zone token never passes as a dataplane token).
+//! are signed with `kds::auth`'s HMAC key machinery (subject `<mesh>/<name>`) with keys kept in
+//! the store (`kds::token_keys`): the mesh's `dataplane-token-signing-key-<mesh>-<N>` Secrets for a
+//! Dataplane, the `zone-proxy-token-signing-key-<N>` GlobalSecrets for a zone ingress or egress.
+//! In a federation the global makes them and KDS syncs them, so a zone CP that lost its data
+//! directory gets them back and accepts the tokens its proxies hold. A zone token never passes as
+//! a dataplane token (other keys).
 
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kds::auth::{AuthError, ZoneTokenIssuer};
+use kds::auth::AuthError;
+use kds::token_keys::{KeyFamily, StoreKeys};
 
 /// What a proxy runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,8 +104,11 @@ pub enum DataplaneAuthError {
 impl From<DataplaneAuthError> for tonic::Status {
     fn from(err: DataplaneAuthError) -> Self {
         match err {
-            DataplaneAuthError::Token(AuthError::Io { .. }) => {
-                tonic::Status::internal("dataplane token verification failed")
+            DataplaneAuthError::Token(
+                AuthError::Io { .. } | AuthError::Store(_) | AuthError::BadKeyResource { .. },
+            ) => tonic::Status::internal("dataplane token verification failed"),
+            DataplaneAuthError::Token(e @ AuthError::NoKeyYet { .. }) => {
+                tonic::Status::unavailable(e.to_string())
             }
             DataplaneAuthError::Token(e) => tonic::Status::unauthenticated(format!(
                 "dataplane token refused: {}",
@@ -115,36 +121,53 @@ impl From<DataplaneAuthError> for tonic::Status {
     }
 }
 
-/// Issues and verifies dataplane tokens.
+/// Issues and verifies dataplane tokens with the signing keys of the store.
 #[derive(Debug, Clone)]
 pub struct DataplaneAuthenticator {
-    issuer: Arc<ZoneTokenIssuer>,
+    keys: StoreKeys,
 }
 
 impl DataplaneAuthenticator {
-    /// Opens (creating if needed) the signing keys in `dir`.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, AuthError> {
-        Ok(DataplaneAuthenticator {
-            issuer: Arc::new(ZoneTokenIssuer::open(dir)?),
-        })
+    /// Signs and verifies with `keys` (owned by a standalone zone, synced from the global in a
+    /// federation; see [`kds::token_keys::KeyOwnership`]).
+    pub fn new(keys: StoreKeys) -> Self {
+        DataplaneAuthenticator { keys }
+    }
+
+    /// The key family `proxy`'s tokens are signed with.
+    pub fn family(proxy: &ProxyId) -> KeyFamily {
+        match proxy.kind {
+            ProxyKind::Dataplane => KeyFamily::dataplane_tokens(&proxy.mesh),
+            ProxyKind::ZoneIngress | ProxyKind::ZoneEgress => KeyFamily::zone_proxy_tokens(),
+        }
     }
 
     /// A token for `proxy`, valid for `valid_for`.
-    pub fn issue(&self, proxy: &ProxyId, valid_for: Duration) -> Result<String, AuthError> {
-        self.issuer
-            .issue_subject_at(&proxy.to_string(), valid_for, Utc::now())
+    pub async fn issue(&self, proxy: &ProxyId, valid_for: Duration) -> Result<String, AuthError> {
+        self.keys
+            .issue(
+                &Self::family(proxy),
+                &proxy.to_string(),
+                valid_for,
+                Utc::now(),
+            )
+            .await
             .map(|(token, _)| token)
     }
 
     /// Checks the stream's bearer token for `proxy`.
-    pub fn verify_metadata(
+    pub async fn verify_metadata(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         proxy: &ProxyId,
     ) -> Result<(), DataplaneAuthError> {
         let token = kds::auth::bearer_token(metadata)?;
         let claimed = proxy.to_string();
-        match self.issuer.verify_subject(token, &claimed, Utc::now()) {
+        let verified = self
+            .keys
+            .verify(&Self::family(proxy), token, &claimed, Utc::now())
+            .await;
+        match verified {
             Ok(_) => Ok(()),
             Err(AuthError::ZoneMismatch {
                 token_zone,

@@ -106,7 +106,7 @@ impl XdsServer {
 
     /// Verifies the dataplane token for `proxy`: the `authorization` metadata when present,
     /// otherwise the node metadata's [`TOKEN_METADATA_FIELD`]; the same checks either way.
-    fn verify_token(
+    async fn verify_token(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         node: Option<&Node>,
@@ -124,23 +124,27 @@ impl XdsServer {
                 })?;
                 let mut header = tonic::metadata::MetadataMap::new();
                 header.insert("authorization", value);
-                Ok(self.auth.verify_metadata(&header, proxy)?)
+                Ok(self.auth.verify_metadata(&header, proxy).await?)
             }
-            Some(_) => Ok(self.auth.verify_metadata(metadata, proxy)?),
-            None => self.auth.verify_metadata(metadata, proxy).map_err(|e| {
-                let status = tonic::Status::from(e);
-                if metadata.contains_key("authorization") {
-                    return status;
-                }
-                tonic::Status::new(
-                    status.code(),
-                    format!(
-                        "{} (or, for clients that cannot set stream metadata, the string \
+            Some(_) => Ok(self.auth.verify_metadata(metadata, proxy).await?),
+            None => self
+                .auth
+                .verify_metadata(metadata, proxy)
+                .await
+                .map_err(|e| {
+                    let status = tonic::Status::from(e);
+                    if metadata.contains_key("authorization") {
+                        return status;
+                    }
+                    tonic::Status::new(
+                        status.code(),
+                        format!(
+                            "{} (or, for clients that cannot set stream metadata, the string \
                          node.metadata[{TOKEN_METADATA_FIELD:?}])",
-                        status.message()
-                    ),
-                )
-            }),
+                            status.message()
+                        ),
+                    )
+                }),
         }
     }
 
@@ -170,7 +174,7 @@ impl XdsServer {
                 node_id.chars().take(128).collect::<String>()
             ))
         })?;
-        if let Err(status) = self.verify_token(metadata, node, &proxy) {
+        if let Err(status) = self.verify_token(metadata, node, &proxy).await {
             tracing::warn!(%proxy, reason = %status.message(), "xDS stream refused");
             return Err(status);
         }

@@ -57,7 +57,10 @@ async fn zone_with(
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ResourceStore> =
         Arc::new(mesh_store::SledStore::open(dir.path().join("store")).unwrap());
-    let auth = DataplaneAuthenticator::open(dir.path().join("keys")).unwrap();
+    let auth = DataplaneAuthenticator::new(kds::token_keys::StoreKeys::new(
+        store.clone(),
+        kds::token_keys::KeyOwnership::Owned,
+    ));
     let cache = Arc::new(SnapshotCache::new(source(store.clone())));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(cache.clone().run(store.clone(), stop_rx.clone()));
@@ -116,9 +119,12 @@ async fn add_dataplane_with(
     store.create(resource).await.unwrap();
 }
 
-fn token(zone: &Zone, mesh: &str, name: &str) -> String {
+async fn token(zone: &Zone, mesh: &str, name: &str) -> String {
     let id = ProxyId::dataplane(mesh, name);
-    zone.auth.issue(&id, Duration::from_secs(3600)).unwrap()
+    zone.auth
+        .issue(&id, Duration::from_secs(3600))
+        .await
+        .unwrap()
 }
 
 fn node(id: &str) -> Option<Node> {
@@ -281,7 +287,7 @@ async fn a_proxy_gets_its_config_and_follows_its_mesh_only() {
     let mut web = open_sotw(
         &zone.url,
         "default/web-1",
-        Some(&token(&zone, "default", "web-1")),
+        Some(&token(&zone, "default", "web-1").await),
     )
     .await
     .unwrap();
@@ -311,7 +317,7 @@ async fn a_proxy_gets_its_config_and_follows_its_mesh_only() {
     let mut db = open_sotw(
         &zone.url,
         "other.db-1",
-        Some(&token(&zone, "other", "db-1")),
+        Some(&token(&zone, "other", "db-1").await),
     )
     .await
     .unwrap();
@@ -355,7 +361,7 @@ async fn a_proxy_gets_and_is_pushed_only_the_services_it_reaches() {
     let mut web = open_sotw(
         &zone.url,
         "default/web-1",
-        Some(&token(&zone, "default", "web-1")),
+        Some(&token(&zone, "default", "web-1").await),
     )
     .await
     .unwrap();
@@ -389,7 +395,7 @@ async fn a_nack_is_recorded() {
     let mut web = open_sotw(
         &zone.url,
         "default/web-1",
-        Some(&token(&zone, "default", "web-1")),
+        Some(&token(&zone, "default", "web-1").await),
     )
     .await
     .unwrap();
@@ -428,13 +434,13 @@ async fn proxies_without_a_valid_token_are_refused() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
     // A token for another dataplane.
-    let other = token(&zone, "default", "web-2");
+    let other = token(&zone, "default", "web-2").await;
     let status = refused(open_sotw(&zone.url, "default/web-1", Some(&other)).await);
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("default/web-2"), "{status:?}");
 
     // A valid token, but no such Dataplane.
-    let ghost = token(&zone, "default", "ghost");
+    let ghost = token(&zone, "default", "ghost").await;
     let status = refused(open_sotw(&zone.url, "default/ghost", Some(&ghost)).await);
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("does not exist"), "{status:?}");
@@ -470,7 +476,7 @@ async fn delta_sends_only_what_changed() {
     .await
     .unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let bearer = format!("Bearer {}", token(&zone, "default", "web-1"));
+    let bearer = format!("Bearer {}", token(&zone, "default", "web-1").await);
     request
         .metadata_mut()
         .insert("authorization", bearer.parse().unwrap());
@@ -526,7 +532,7 @@ async fn deleting_the_dataplane_ends_its_stream() {
     let mut web = open_sotw(
         &zone.url,
         "default/web-1",
-        Some(&token(&zone, "default", "web-1")),
+        Some(&token(&zone, "default", "web-1").await),
     )
     .await
     .unwrap();
@@ -654,7 +660,7 @@ async fn sotw_serves_five_types_and_named_only_resources_only_by_name() {
     let fixed = Fixed::new();
     let source = fixed.clone();
     let (zone, cache) = zone_with(move |_| Arc::new(source)).await;
-    let t = token(&zone, "default", "web-1");
+    let t = token(&zone, "default", "web-1").await;
 
     // A sidecar: LDS and CDS by wildcard get neither the api listener nor the named-only cluster.
     let mut sidecar = open_sotw(&zone.url, "default/web-1", Some(&t))
@@ -754,7 +760,7 @@ async fn delta_serves_named_only_resources_only_by_name() {
     .await
     .unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let bearer = format!("Bearer {}", token(&zone, "default", "web-1"));
+    let bearer = format!("Bearer {}", token(&zone, "default", "web-1").await);
     request
         .metadata_mut()
         .insert("authorization", bearer.parse().unwrap());
@@ -827,7 +833,7 @@ async fn delta_reconnect_learns_named_only_resources_it_no_longer_gets() {
     .await
     .unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let bearer = format!("Bearer {}", token(&zone, "default", "web-1"));
+    let bearer = format!("Bearer {}", token(&zone, "default", "web-1").await);
     request
         .metadata_mut()
         .insert("authorization", bearer.parse().unwrap());
@@ -868,7 +874,7 @@ async fn the_token_may_come_in_node_metadata() {
     };
 
     // Admitted on the node metadata token, without any authorization header.
-    let t = token(&zone, "default", "web-1");
+    let t = token(&zone, "default", "web-1").await;
     let web = open_sotw_as(
         &zone.url,
         node_with_token("default/web-1", string(&t)),
@@ -883,7 +889,7 @@ async fn the_token_may_come_in_node_metadata() {
     );
 
     // The same refusals as the header's.
-    let other = token(&zone, "default", "web-2");
+    let other = token(&zone, "default", "web-2").await;
     let status = refused(
         open_sotw_as(
             &zone.url,
@@ -926,7 +932,7 @@ async fn the_token_may_come_in_node_metadata() {
     );
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("must be a string"), "{status:?}");
-    let ghost = token(&zone, "default", "ghost");
+    let ghost = token(&zone, "default", "ghost").await;
     let status = refused(
         open_sotw_as(
             &zone.url,

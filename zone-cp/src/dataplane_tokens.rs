@@ -1,6 +1,8 @@
 //! The zone CP's dataplane-token endpoint, `POST /tokens/dataplane {"mesh","name","validFor"}`
 //! (admin token required): a token a proxy presents on its ADS stream for that Dataplane, signed
-//! with the keys under `<data-dir>/xds/signing-keys` ([`xds_server::DataplaneAuthenticator`]).
+//! with the mesh's dataplane-token signing key from the store ([`xds_server::DataplaneAuthenticator`];
+//! in a federation the key comes from the global, and a request made before it arrived waits for
+//! it a few seconds, then gets 503).
 //! `"type": "ingress"` or `"egress"` (no mesh) issues the token of the zone's ZoneIngress or
 //! ZoneEgress `name` instead.
 
@@ -72,14 +74,28 @@ async fn issue(
     })?;
     let validity = kds::auth::parse_validity(&request.valid_for)
         .map_err(|e| ApiError::bad_field("validFor", e.to_string()))?;
-    let token = api.auth.issue(&proxy, validity).map_err(|e: AuthError| {
-        tracing::error!(error = %e, "dataplane token not issued");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            e.to_string(),
-        )
-    })?;
+    let token = api
+        .auth
+        .issue(&proxy, validity)
+        .await
+        .map_err(|e: AuthError| match e {
+            AuthError::NoKeyYet { .. } => {
+                tracing::warn!(%proxy, error = %e, "dataplane token not issued yet");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable",
+                    e.to_string(),
+                )
+            }
+            e => {
+                tracing::error!(%proxy, error = %e, "dataplane token not issued");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                    e.to_string(),
+                )
+            }
+        })?;
     tracing::info!(%proxy, "issued a dataplane token");
     Ok(Json(
         json!({ "token": token, "mesh": proxy.mesh, "name": proxy.name, "proxy": proxy.to_string() }),

@@ -193,8 +193,19 @@ pub async fn run(
     })
     .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let dataplane_auth =
-        xds_server::DataplaneAuthenticator::open(config.data_dir.join("xds").join("signing-keys"))?;
+    // Dataplane-token keys live in the store: in a federation they come from the global over KDS
+    // (so a zone CP that lost its data gets them back), a standalone zone makes its own. Keys of
+    // the directory older versions kept still verify the tokens they signed.
+    let ownership = match config.mode {
+        ZoneMode::Zone => kds::token_keys::KeyOwnership::Synced,
+        ZoneMode::Standalone => kds::token_keys::KeyOwnership::Owned,
+    };
+    let legacy_keys = config.data_dir.join("xds").join("signing-keys");
+    let legacy_keys = kds::auth::load_key_dir(&legacy_keys)
+        .map_err(|e| anyhow::anyhow!("old dataplane-token signing keys: {e}"))?;
+    let dataplane_auth = xds_server::DataplaneAuthenticator::new(
+        kds::token_keys::StoreKeys::new(server.store.clone(), ownership).with_legacy(legacy_keys),
+    );
     let cache = std::sync::Arc::new(xds_server::SnapshotCache::new(std::sync::Arc::new(
         xds_server::generator::Generator::new(server.store.clone(), Some(config.zone.clone())),
     )));

@@ -41,7 +41,7 @@ impl tonic::server::UnaryService<String> for EchoCall {
                     .and_then(|z| z.to_str().ok())
                     .unwrap_or_default()
                     .to_string();
-                let claims = auth.verify_metadata(request.metadata(), &zone)?;
+                let claims = auth.verify_metadata(request.metadata(), &zone).await?;
                 return Ok(tonic::Response::new(format!(
                     "hello {} {}",
                     claims.zone,
