@@ -130,7 +130,8 @@ fn policies_backed_up_and_restored_into_a_new_global_are_served_again() {
         serde_json::from_str(&after).unwrap(),
     );
     assert_eq!(before, after, "the same policies, versions and times");
-    assert_eq!(after["items"].as_array().map(Vec::len), Some(5), "{after}");
+    // Five applied plus the default mesh's own MeshTimeout.
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(6), "{after}");
     // A data dir in use is not overwritten.
     let again = restore(&restored_dir);
     assert!(!again.status.success());
