@@ -46,6 +46,30 @@ pub fn free_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// A loopback listener on a port below Linux's ephemeral range (32768-60999), so that no
+/// `127.0.0.1:0` bind of another process (APIs, relays, parallel tests) takes it between its
+/// release here and the node's own bind.
+fn below_ephemeral() -> std::net::TcpListener {
+    loop {
+        let port = 20_000 + (rand_u16() % 12_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    hasher.finish() as u16
+}
+
 impl ProcCluster {
     /// Starts `n` nodes and waits until they agree on a leader and the default mesh exists.
     pub async fn start(dir: &Path, n: u64, relays: bool, extra: &[&str]) -> ProcCluster {
@@ -54,7 +78,12 @@ impl ProcCluster {
         let kds = dir.join("kds");
         kds::tls::KdsServerTls::load_or_generate(&kds, &[]).unwrap();
         kds::auth::ZoneTokenIssuer::open(kds.join("signing-keys")).unwrap();
-        let real: Vec<String> = ids.iter().map(|_| free_addr()).collect();
+        // Held until the nodes start, so the relays' own ports cannot take them.
+        let held: Vec<std::net::TcpListener> = ids.iter().map(|_| below_ephemeral()).collect();
+        let real: Vec<String> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
         let mut relay_map = BTreeMap::new();
         if relays {
             for &from in &ids {
@@ -102,6 +131,7 @@ impl ProcCluster {
                 .unwrap(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        drop(held);
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i, &[]);
         }
