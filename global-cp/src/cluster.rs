@@ -214,6 +214,49 @@ pub struct NodeSetup {
     pub members: Option<BTreeMap<NodeId, String>>,
     /// Never bootstrap: a fresh node waits to be added by a member.
     pub join: bool,
+    /// Start even if the stored membership is one node and `members` several, or the reverse.
+    pub allow_membership_mismatch: bool,
+    /// How long a member added through this node may take to catch up.
+    pub catch_up_timeout: Duration,
+    /// A snapshot every this many entries, keeping at most this many behind it.
+    pub snapshot_every: u64,
+}
+
+/// Refuses a data dir whose stored membership is one node when `--peers` names several, or the
+/// reverse (a data dir moved between a single-node global and a cluster by mistake); names the
+/// data dir and the stored members. A node that joins (`--join`) is not checked.
+pub fn check_membership(
+    raft_dir: &Path,
+    stored: &BTreeMap<NodeId, String>,
+    wanted: Option<&BTreeMap<NodeId, String>>,
+) -> anyhow::Result<()> {
+    let wanted_cluster = wanted.is_some_and(|w| w.len() > 1);
+    let stored_cluster = stored.len() > 1;
+    if wanted_cluster == stored_cluster {
+        return Ok(());
+    }
+    let listed = stored
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let asked = match wanted {
+        Some(w) if w.len() > 1 => format!("--peers names {} members", w.len()),
+        _ => "no --peers (a single node)".to_owned(),
+    };
+    anyhow::bail!(
+        "{} holds the state of a {} (stored membership: {listed}), but this start has {asked}. \
+         A single-node data dir does not become a cluster by restarting it with --peers, nor a \
+         member of a cluster a single node without them: start it as it was and change the \
+         membership at runtime (POST /global/members with --join nodes), or pass \
+         --allow-membership-mismatch to start with the stored membership anyway",
+        raft_dir.display(),
+        if stored_cluster {
+            format!("{}-member cluster", stored.len())
+        } else {
+            "single-node global".to_owned()
+        },
+    )
 }
 
 /// Starts the node on `listener`. A fresh node bootstraps the cluster: every node of `--peers`
@@ -232,7 +275,16 @@ pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<Ra
             setup.raft_dir.display()
         );
     }
-    let config = RaftNodeConfig::new(setup.id, &setup.raft_dir, setup.tls.clone());
+    let mut config = RaftNodeConfig::new(setup.id, &setup.raft_dir, setup.tls.clone());
+    config.catch_up_timeout = setup.catch_up_timeout;
+    if setup.snapshot_every != 5000 {
+        let every = setup.snapshot_every.max(1);
+        config.raft.snapshot_policy =
+            mesh_store::raft::openraft::SnapshotPolicy::LogsSinceLast(every);
+        config.raft.max_in_snapshot_log_to_keep =
+            config.raft.max_in_snapshot_log_to_keep.min(every);
+        config.raft.purge_batch_size = config.raft.purge_batch_size.min(every);
+    }
     let node = RaftNode::start(config, listener).await?;
     let members = setup
         .members
@@ -270,24 +322,57 @@ pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<Ra
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => anyhow::bail!("raft node {}: cannot bootstrap the cluster: {e}", setup.id),
         }
-    } else if let Some(wanted) = &setup.members {
+    } else {
         let status = node.store().status();
         let stored: BTreeMap<NodeId, String> = status
             .members
             .iter()
             .map(|m| (m.id, m.addr.clone()))
             .collect();
-        if &stored != wanted {
+        if !setup.join && !setup.allow_membership_mismatch {
+            if let Err(e) = check_membership(&setup.raft_dir, &stored, setup.members.as_ref()) {
+                let _ = node.shutdown().await;
+                return Err(e);
+            }
+        }
+        if setup
+            .members
+            .as_ref()
+            .is_some_and(|wanted| &stored != wanted)
+        {
             // The log's membership wins (members change at runtime); say so.
             tracing::warn!(
                 node = setup.id,
                 ?stored,
-                peers = ?wanted,
+                peers = ?setup.members,
                 "--peers differs from the membership in the log, which is used"
             );
         }
     }
     Ok(node)
+}
+
+/// `global-cp restore`: seeds `<data_dir>/raft` from the backup file `input` (see
+/// [`mesh_store::raft::restore`]); the data dir must hold no Raft state. The admin token, the
+/// KDS identity and the zone-token keys are not in a backup (they are files of the data dir).
+pub fn restore(
+    input: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    peer_address: &str,
+) -> anyhow::Result<mesh_store::raft::Restored> {
+    parse_peer(&format!("{id}={peer_address}"))
+        .map_err(|e| anyhow::anyhow!("--peer-address: {e}"))?;
+    let backup = std::fs::read(input)
+        .map_err(|e| anyhow::anyhow!("--input {}: cannot read: {e}", input.display()))?;
+    let raft_dir = data_dir.join("raft");
+    mesh_store::raft::restore(&raft_dir, &backup, id, peer_address).map_err(|e| {
+        anyhow::anyhow!(
+            "restoring {} into {}: {e}",
+            input.display(),
+            raft_dir.display()
+        )
+    })
 }
 
 /// Waits up to `timeout` for a leader; if there is none, the error names the members this node

@@ -118,6 +118,29 @@ pub struct Config {
     /// it was removed from the cluster.
     #[arg(long, env = "MERIDIAN_JOIN")]
     pub join: bool,
+    /// How long a member added through this node (`POST /global/members`) may take to catch up
+    /// with the leader's log before it is removed again and the addition refused: `30s`, `5m`.
+    #[arg(
+        long,
+        env = "MERIDIAN_MEMBER_CATCH_UP_TIMEOUT",
+        default_value = "60s",
+        value_parser = parse_grace_period
+    )]
+    pub member_catch_up_timeout: std::time::Duration,
+    /// Start even though the data dir's stored membership is a single node and --peers names
+    /// several, or the reverse: the stored membership is used (change it at runtime with
+    /// `/global/members`). Without it such a start is refused.
+    #[arg(long, env = "MERIDIAN_ALLOW_MEMBERSHIP_MISMATCH")]
+    pub allow_membership_mismatch: bool,
+    /// Build a Raft snapshot every this many log entries, and keep at most this many entries
+    /// behind it (tests use a small value to make members catch up from a snapshot).
+    #[arg(
+        long,
+        env = "MERIDIAN_RAFT_SNAPSHOT_EVERY",
+        default_value_t = 5000,
+        hide = true
+    )]
+    pub raft_snapshot_every: u64,
 }
 
 /// Commands besides running the global.
@@ -132,6 +155,25 @@ pub enum Command {
         /// The node ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         ids: Vec<NodeId>,
+    },
+    /// Seeds a new node's data dir from a backup (`GET /global/backup`, `meshctl global
+    /// backup`): `global-cp --data-dir DIR` then starts as a one-node cluster holding that
+    /// state (grow it with --join nodes and `/global/members`). Offline; DIR must hold no Raft
+    /// state.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The new node's --data-dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        node_id: NodeId,
+        /// The new node's peer address as other members will dial it (recorded in the
+        /// membership; unused while it runs alone).
+        #[arg(long, default_value = "127.0.0.1:5683")]
+        peer_address: String,
     },
 }
 
@@ -245,6 +287,9 @@ pub async fn run(
             tls: peer_tls,
             members,
             join: config.join,
+            allow_membership_mismatch: config.allow_membership_mismatch,
+            catch_up_timeout: config.member_catch_up_timeout,
+            snapshot_every: config.raft_snapshot_every,
         },
         listeners.raft,
     )

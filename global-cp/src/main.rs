@@ -11,6 +11,25 @@ async fn main() -> anyhow::Result<()> {
         println!("peer TLS material for nodes {ids:?} in {}", out.display());
         return Ok(());
     }
+    if let Some(global_cp::Command::Restore {
+        input,
+        data_dir,
+        node_id,
+        peer_address,
+    }) = &config.command
+    {
+        let restored = global_cp::cluster::restore(input, data_dir, *node_id, peer_address)?;
+        println!(
+            "restored {} resources (revision {}) from {} into {}: start `global-cp --data-dir {}` \
+             (a one-node cluster, node {node_id})",
+            restored.resources,
+            restored.revision,
+            input.display(),
+            data_dir.display(),
+            data_dir.display()
+        );
+        return Ok(());
+    }
     let listeners = GlobalListeners::bind(&config).await?;
     let addresses = listeners.describe()?;
     tracing::info!(%addresses, data_dir = %config.data_dir.display(), "global control plane starting");

@@ -1,8 +1,10 @@
 //! The global cluster's membership over REST (admin token for all three, as they expose the
 //! topology and change it): `GET /global/members` lists the members and this node's view,
 //! `POST /global/members` (`{"id": 4, "address": "global-4:5683"}`) adds a node (a learner until
-//! it has caught up, then a voter), `DELETE /global/members/{id}` removes one. Any node takes
-//! them; they are done by the leader.
+//! it has caught up, then a voter; one that does not catch up in time is removed again and the
+//! request answered 504 naming its address), `DELETE /global/members/{id}` removes one, and
+//! `GET /global/backup` returns a consistent backup of the replicated state. Any node takes
+//! them; membership changes are done by the leader.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub fn router(api: MembersApi) -> Router {
     Router::new()
         .route("/global/members", get(list).post(add))
         .route("/global/members/:id", delete(remove))
+        .route("/global/backup", get(backup))
         .with_state(Arc::new(api))
 }
 
@@ -39,6 +42,11 @@ fn membership_error(e: RaftNodeError) -> ApiError {
         RaftNodeError::Membership { .. } => {
             ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
         }
+        RaftNodeError::NotCaughtUp { .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway Timeout",
+            e.to_string(),
+        ),
         other => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",
@@ -94,4 +102,27 @@ async fn remove(
         .await
         .map_err(membership_error)?;
     Ok(status(&api))
+}
+
+/// `GET /global/backup`: the replicated state (every resource, the revision), linearizable (it
+/// holds every write acknowledged before the call) and taken at one point. `global-cp restore`
+/// seeds a new node with it.
+async fn backup(
+    State(api): State<Shared>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    require_admin(&api.admin, &headers)?;
+    let bytes = api.store.backup().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!("cannot take a consistent backup: {e}"),
+        )
+    })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
 }

@@ -672,6 +672,9 @@ async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
             tls: global_cp::cluster::load_peer_tls(&certs, 1).unwrap(),
             members: Some(members.clone()),
             join: false,
+            allow_membership_mismatch: false,
+            catch_up_timeout: Duration::from_secs(60),
+            snapshot_every: 5000,
         },
         listener,
     )

@@ -22,7 +22,9 @@ pub mod types;
 
 pub use network::{NetworkFactory, PeerTls};
 pub use node::{ClusterStatus, Member, RaftNode, RaftNodeConfig, RaftNodeError, RaftStore};
-pub use storage::{open_storage, LogStore, StateMachine, StorageReleased};
+pub use storage::{
+    backup, open_storage, restore, LogStore, Restored, StateMachine, StorageReleased,
+};
 pub use types::{
     Command, CommandOp, CommandOutcome, CommandRejection, NodeId, TypeConfig, WireKey,
 };

@@ -257,6 +257,56 @@ async fn a_new_member_catches_up_from_a_snapshot_streamed_in_chunks() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_cannot_be_reached_is_refused_naming_it_and_removed_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = cluster(dir.path(), |config| {
+        config.catch_up_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Through a follower: forwarded to the leader, which waits for the learner to catch up.
+    let leader_id = leader(&nodes).expect("a leader").id();
+    let follower = nodes.iter().find(|n| n.id() != leader_id).unwrap();
+    let started = Instant::now();
+    let error = follower
+        .store()
+        .add_member(4, "127.0.0.1:1".into())
+        .await
+        .expect_err("nothing listens at 127.0.0.1:1");
+    let text = error.to_string();
+    assert!(
+        matches!(error, mesh_store::raft::RaftNodeError::NotCaughtUp { .. }),
+        "{error:?}"
+    );
+    assert!(
+        text.contains("node 4 at 127.0.0.1:1 did not catch up within 500ms")
+            && text.contains("removed again"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(
+        "node 4 gone from every node's membership",
+        DEADLINE,
+        || async {
+            nodes
+                .iter()
+                .all(|n| n.store().status().members.len() == 3)
+                .then_some(())
+        },
+    )
+    .await
+    .expect("removed");
+    let status = nodes[0].store().status();
+    assert!(status.members.iter().all(|m| m.voter), "{status:?}");
+    for node in nodes {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
 /// The TLS material of a running cluster (all nodes share it in these tests).
 fn peer_tls_of(nodes: &[RaftNode]) -> mesh_store::raft::PeerTls {
     nodes[0].tls().clone()

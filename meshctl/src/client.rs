@@ -340,6 +340,14 @@ impl ApiClient {
         Self::decode("POST", &url, &text)
     }
 
+    /// `GET /global/backup`: a consistent backup of the global's replicated state (JSON, as
+    /// `global-cp restore` reads it). Needs the admin token.
+    pub async fn global_backup(&self) -> anyhow::Result<String> {
+        let url = self.url(&["global".to_owned(), "backup".to_owned()]);
+        let (_, text) = self.send(Method::GET, url, None).await?;
+        Ok(text)
+    }
+
     /// `DELETE /global/members/{id}`; answers with the cluster view after.
     pub async fn remove_global_member(&self, id: u64) -> anyhow::Result<Value> {
         let url = self.url(&["global".to_owned(), "members".to_owned(), id.to_string()]);

@@ -100,6 +100,29 @@ pub struct ExportArgs {
 pub enum GlobalCommand {
     /// The global's Raft members: list (the default), add or remove. Needs the admin token.
     Members(MembersArgs),
+    /// Save a consistent backup of the global's replicated state (every resource) to a file,
+    /// from any node (`GET /global/backup`). Needs the admin token.
+    Backup {
+        /// Where to write the backup (JSON); `-` for standard output.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Seed a new global node's data dir from a backup, offline (runs `global-cp restore`):
+    /// `global-cp --data-dir DIR` then starts as a one-node cluster holding that state.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The new node's data dir (must hold no Raft state).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+        /// The new node's peer address, as members added later will dial it.
+        #[arg(long, default_value = "127.0.0.1:5683")]
+        peer_address: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -345,6 +368,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(MembersCommand::Remove { id }) => members::remove(&client, *id).await?,
             }
         }
+        Command::Global(GlobalCommand::Backup { output }) => {
+            members::backup(&client(&cli)?, output).await?
+        }
+        Command::Global(GlobalCommand::Restore {
+            input,
+            data_dir,
+            node_id,
+            peer_address,
+        }) => members::restore(input, data_dir, *node_id, peer_address)?,
     }
     Ok(ExitCode::SUCCESS)
 }

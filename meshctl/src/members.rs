@@ -1,5 +1,7 @@
 //! `meshctl global members list|add|remove`: the global's Raft membership over its REST API
 //! (`/global/members`, docs/raft.md). Any node takes the calls; the leader does the change.
+//! `meshctl global backup|restore`: a consistent backup of the replicated state
+//! (`GET /global/backup`), and seeding a new node's data dir from one (`global-cp restore`).
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -127,6 +129,59 @@ pub async fn remove(client: &ApiClient, id: u64) -> anyhow::Result<()> {
     let view = ClusterView::from_value(&value, "DELETE /global/members")?;
     println!("removed node {id}");
     print!("{}", view.table());
+    Ok(())
+}
+
+/// `meshctl global backup --output FILE`: the backup is checked to be JSON before it is written
+/// (atomically: a temporary file, then a rename).
+pub async fn backup(client: &ApiClient, output: &std::path::Path) -> anyhow::Result<()> {
+    let text = client
+        .global_backup()
+        .await
+        .with_context(|| format!("cannot back up the global at {}", client.base()))?;
+    let parsed: Value = serde_json::from_str(&text)
+        .with_context(|| format!("the backup from {} is not JSON", client.base()))?;
+    let count = parsed["resources"].as_array().map_or(0, Vec::len);
+    if output == std::path::Path::new("-") {
+        println!("{text}");
+        return Ok(());
+    }
+    let tmp = output.with_extension("tmp");
+    std::fs::write(&tmp, text.as_bytes())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "backup of {count} resources (revision {}) written to {}",
+        parsed["revision"],
+        output.display()
+    );
+    Ok(())
+}
+
+/// `meshctl global restore --input FILE --data-dir DIR`: runs `global-cp restore` (found next
+/// to meshctl or on PATH), which does the work offline.
+pub fn restore(
+    input: &std::path::Path,
+    data_dir: &std::path::Path,
+    node_id: u64,
+    peer_address: &str,
+) -> anyhow::Result<()> {
+    let own_exe = std::env::current_exe().ok();
+    let path = std::env::var_os("PATH");
+    let global = crate::up::locate_binary("global-cp", own_exe.as_deref(), path.as_ref())?;
+    let status = std::process::Command::new(&global)
+        .arg("restore")
+        .arg("--input")
+        .arg(input)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--node-id", &node_id.to_string()])
+        .args(["--peer-address", peer_address])
+        .status()
+        .with_context(|| format!("cannot run {}", global.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} restore failed ({status})", global.display());
+    }
     Ok(())
 }
 

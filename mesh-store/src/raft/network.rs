@@ -205,8 +205,17 @@ fn peer_client(
 pub(crate) enum Forwarded {
     Write(Command),
     ReadIndex,
-    AddMember { id: NodeId, addr: String },
-    RemoveMember { id: NodeId },
+    /// `catch_up_ms`: how long the new member may take to catch up before it is removed again
+    /// (the asking node's setting; none: the default).
+    AddMember {
+        id: NodeId,
+        addr: String,
+        #[serde(default)]
+        catch_up_ms: Option<u64>,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -233,6 +242,9 @@ pub(crate) enum ForwardRefusal {
     Invalid { reason: String },
     /// Raft failed (stopping, no quorum, a storage error).
     Failed { reason: String },
+    /// A member to add did not catch up in time (unreachable, not started, another cluster's
+    /// certificate) and was removed again.
+    NotCaughtUp { reason: String },
 }
 
 /// Clients of the peer service at leaders' addresses, reused across forwarded requests.

@@ -30,8 +30,11 @@ use crate::{ListPage, ListQuery, ResourceStore, SledStore, SledStoreOptions, Sto
 const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 /// How long one forwarded write or read index may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long adding a member may wait for it to catch up before it is made a voter.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long adding a member may wait for it to catch up before it is made a voter (default of
+/// [`RaftNodeConfig::catch_up_timeout`]).
+pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a membership change may take at the leader beyond the catch-up wait.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to run one node.
 #[derive(Debug, Clone)]
@@ -45,6 +48,9 @@ pub struct RaftNodeConfig {
     /// The state machine's store (its change log serves `watch`).
     pub store: SledStoreOptions,
     pub snapshot_chunk_bytes: usize,
+    /// How long a member added through this node may take to catch up with the leader's log
+    /// before it is removed again and the addition refused.
+    pub catch_up_timeout: Duration,
 }
 
 impl RaftNodeConfig {
@@ -70,6 +76,7 @@ impl RaftNodeConfig {
             },
             store: SledStoreOptions::default(),
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
         }
     }
 }
@@ -93,6 +100,9 @@ pub enum RaftNodeError {
     /// A membership change that cannot be made as asked (the caller's mistake).
     #[error("raft node {id}: membership change refused: {reason}")]
     Membership { id: NodeId, reason: String },
+    /// A member to add did not catch up in time and was removed again.
+    #[error("raft node {id}: member not added: {reason}")]
+    NotCaughtUp { id: NodeId, reason: String },
 }
 
 /// One running node: its storage, its openraft instance and its peer listener (gRPC with mutual
@@ -182,6 +192,7 @@ impl RaftNode {
                 raft: raft.clone(),
                 state,
                 forwarder: Forwarder::new(config.tls.clone()),
+                catch_up_timeout: config.catch_up_timeout,
             },
             raft,
             stop: Some(stop),
@@ -319,7 +330,11 @@ pub(crate) async fn execute(
             }
             Err(e) => Err(failed(&e)),
         },
-        Forwarded::AddMember { id, addr } => {
+        Forwarded::AddMember {
+            id,
+            addr,
+            catch_up_ms,
+        } => {
             let members = raft.metrics().borrow().membership_config.clone();
             if members.voter_ids().any(|voter| voter == id) {
                 return Err(ForwardRefusal::Invalid {
@@ -334,20 +349,35 @@ pub(crate) async fn execute(
                     reason: format!("{} is already the address of another member", node.addr),
                 });
             }
-            // As a learner first, blocking until it has caught up, so that making it a voter
-            // does not leave the cluster waiting for a node that cannot vote on new entries yet.
-            let added = tokio::time::timeout(
-                CATCH_UP_TIMEOUT,
-                raft.add_learner(id, BasicNode { addr: addr.clone() }, true),
-            )
-            .await
-            .map_err(|_| ForwardRefusal::Failed {
-                reason: format!(
-                    "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}; it stays \
-                     a learner (remove it, or add it again once it is reachable)"
-                ),
-            })?;
-            added.map_err(write_error)?;
+            let catch_up = catch_up_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_CATCH_UP_TIMEOUT);
+            // As a learner first, until it has caught up, so that making it a voter does not
+            // leave the cluster waiting for a node that cannot vote on new entries yet.
+            // openraft's own blocking wait counts a learner within `replication_lag_threshold`
+            // (10,000 entries) as caught up, even one that never answered: wait here instead.
+            let added = raft
+                .add_learner(id, BasicNode { addr: addr.clone() }, false)
+                .await
+                .map_err(write_error)?;
+            if let Err(reason) = caught_up(raft, id, added.log_id.index, catch_up).await {
+                let reason = format!("node {id} at {addr} {reason}");
+                let removed = raft
+                    .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                    .await;
+                return Err(ForwardRefusal::NotCaughtUp {
+                    reason: match removed {
+                        Ok(_) => format!(
+                            "{reason}; it was removed again (is it running with --join, \
+                             reachable at that address, with a certificate of the cluster's CA?)"
+                        ),
+                        Err(e) => format!(
+                            "{reason}; removing it again failed ({e}): it stays a learner, \
+                             remove it"
+                        ),
+                    },
+                });
+            }
             let voters: std::collections::BTreeSet<NodeId> = [id].into();
             let changed = raft
                 .change_membership(ChangeMembers::AddVoterIds(voters), false)
@@ -385,6 +415,48 @@ pub(crate) async fn execute(
     }
 }
 
+/// Waits until the leader has replicated to learner `id` at least up to log index `target`
+/// (its own addition) and then up to the leader's last log index as it was then: the learner
+/// holds everything written before it was added. `Err` says how far it got.
+async fn caught_up(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    target: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let target = target.max(raft.metrics().borrow().last_log_index.unwrap_or(0));
+    let matched = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+        m.replication
+            .as_ref()
+            .map(|r| r.get(&id).cloned().flatten().map(|log| log.index))
+    };
+    let waited = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| match matched(m) {
+                // No longer the leader: nothing more to wait for here.
+                None => true,
+                Some(index) => index >= Some(target),
+            },
+            "the new learner to catch up",
+        )
+        .await;
+    match waited {
+        Ok(m) => match matched(&m) {
+            Some(_) => Ok(()),
+            None => Err("was being caught up when this node stopped leading".into()),
+        },
+        Err(_) => {
+            let reached = matched(&raft.metrics().borrow()).flatten();
+            Err(format!(
+                "did not catch up within {timeout:?} (replicated up to log index {}, the leader \
+                 was at {target})",
+                reached.map_or("none".to_owned(), |i| i.to_string())
+            ))
+        }
+    }
+}
+
 /// One node of the cluster as [`RaftStore::status`] shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -406,6 +478,10 @@ pub struct ClusterStatus {
     pub leader_id: Option<NodeId>,
     pub leader_addr: Option<String>,
     pub last_applied_index: Option<u64>,
+    /// The last log index this node's current snapshot holds.
+    pub snapshot_index: Option<u64>,
+    /// The log index up to which this node's log was purged (behind a snapshot).
+    pub purged_index: Option<u64>,
     pub members: Vec<Member>,
 }
 
@@ -433,6 +509,7 @@ pub struct RaftStore {
     raft: Raft<TypeConfig>,
     state: SledStore,
     forwarder: Forwarder,
+    catch_up_timeout: Duration,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -491,6 +568,8 @@ impl RaftStore {
             leader_id: metrics.current_leader,
             leader_addr,
             last_applied_index: metrics.last_applied.map(|log| log.index),
+            snapshot_index: metrics.snapshot.map(|log| log.index),
+            purged_index: metrics.purged.map(|log| log.index),
             members,
         }
     }
@@ -509,10 +588,26 @@ impl RaftStore {
         self.applied(index).await
     }
 
-    /// Adds node `id` at peer address `addr`: as a learner until it has caught up, then as a
-    /// voter. Done by the leader, forwarded to it from any node.
+    /// Adds node `id` at peer address `addr`: as a learner until it has caught up with the
+    /// leader's log, then as a voter. Done by the leader, forwarded to it from any node. A node
+    /// that does not catch up within [`RaftNodeConfig::catch_up_timeout`] (unreachable, not
+    /// started) is removed again and the addition refused ([`RaftNodeError::NotCaughtUp`],
+    /// naming its address).
     pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), RaftNodeError> {
-        self.change_members(Forwarded::AddMember { id, addr }).await
+        let catch_up_ms = Some(self.catch_up_timeout.as_millis() as u64);
+        self.change_members(Forwarded::AddMember {
+            id,
+            addr,
+            catch_up_ms,
+        })
+        .await
+    }
+
+    /// The replicated state as a [`backup`](super::storage::backup) (JSON), consistent and
+    /// linearizable: it holds every write acknowledged before the call, on any node.
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        self.linearizable().await?;
+        super::storage::backup(&self.state)
     }
 
     /// Removes node `id` (voter or learner) from the cluster.
@@ -522,7 +617,8 @@ impl RaftStore {
 
     async fn change_members(&self, request: Forwarded) -> Result<(), RaftNodeError> {
         // Not retried: a change that may have happened is reported, `status` tells the outcome.
-        let answer = match self.attempt(&request, CATCH_UP_TIMEOUT * 2).await {
+        let timeout = self.catch_up_timeout + MEMBERSHIP_CHANGE_TIMEOUT;
+        let answer = match self.attempt(&request, timeout).await {
             Ok(answer) => answer,
             Err(Attempt::NoLeader) => {
                 return Err(RaftNodeError::Raft {
@@ -541,6 +637,12 @@ impl RaftStore {
             }
             Err(Attempt::Refused(ForwardRefusal::Invalid { reason })) => {
                 return Err(RaftNodeError::Membership {
+                    id: self.id,
+                    reason,
+                })
+            }
+            Err(Attempt::Refused(ForwardRefusal::NotCaughtUp { reason })) => {
+                return Err(RaftNodeError::NotCaughtUp {
                     id: self.id,
                     reason,
                 })
@@ -780,7 +882,9 @@ fn describe_refusal(refusal: &ForwardRefusal) -> String {
             leader_id,
             leader_addr,
         } => format!("not the leader (leader: {leader_id:?} at {leader_addr:?})"),
-        ForwardRefusal::Invalid { reason } | ForwardRefusal::Failed { reason } => reason.clone(),
+        ForwardRefusal::Invalid { reason }
+        | ForwardRefusal::Failed { reason }
+        | ForwardRefusal::NotCaughtUp { reason } => reason.clone(),
     }
 }
 

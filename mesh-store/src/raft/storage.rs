@@ -585,6 +585,127 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// What [`backup`] writes: the snapshot data format (`format`, `revision`, `lastApplied`,
+/// `resources`), so a backup is what a node would stream to a peer.
+pub const BACKUP_FORMAT: u32 = SNAPSHOT_FORMAT;
+
+/// The replicated state of `state` (a node's state store) at one point, as JSON: every resource
+/// as stored (versions and times kept), the revision and the last applied log id. Taken under
+/// the store's writer lock, so no write is half in it.
+pub fn backup(state: &SledStore) -> Result<Vec<u8>, StoreError> {
+    let export = state.export(APPLIED_KEY)?;
+    let applied: AppliedState = match export.meta {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            key: "raft.applied".into(),
+            reason: e.to_string(),
+        })?,
+        None => AppliedState::default(),
+    };
+    let data = SnapshotData {
+        format: SNAPSHOT_FORMAT,
+        revision: export.revision,
+        last_applied: applied.last_applied,
+        resources: export.resources,
+    };
+    serde_json::to_vec(&data).map_err(|e| StoreError::Io(format!("cannot encode the backup: {e}")))
+}
+
+/// What [`restore`] put in a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub resources: usize,
+    pub revision: u64,
+}
+
+/// Seeds a new node's Raft data directory `dir` (which must not hold a Raft state yet) with a
+/// [`backup`]: the state store holds its resources and revision, and the log starts as if it
+/// had been purged behind a snapshot of them whose membership is this one node (`id` at peer
+/// address `addr`). The node started on it is a one-member cluster with that state that elects
+/// itself; members added later receive the state as a snapshot (the log before it is gone).
+pub fn restore(dir: &Path, backup: &[u8], id: NodeId, addr: &str) -> Result<Restored, StoreError> {
+    let bad = |reason: String| StoreError::BadDataDir {
+        path: dir.display().to_string(),
+        reason,
+    };
+    for held in ["log", "state"] {
+        let path = dir.join(held);
+        let used = std::fs::read_dir(&path)
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
+        if used {
+            return Err(bad(format!(
+                "{} already holds a Raft state; restore into a new directory",
+                path.display()
+            )));
+        }
+    }
+    let data: SnapshotData = serde_json::from_slice(backup).map_err(|e| StoreError::Corrupt {
+        key: "the backup".into(),
+        reason: format!("not a global backup: {e}"),
+    })?;
+    if data.format != SNAPSHOT_FORMAT {
+        return Err(StoreError::Corrupt {
+            key: "the backup".into(),
+            reason: format!(
+                "format {} is not supported (expected {SNAPSHOT_FORMAT})",
+                data.format
+            ),
+        });
+    }
+    let (log, sm) = open_storage(dir, SledStoreOptions::default())?;
+    // The point a fresh bootstrap would write its membership at (term 0, index 0): the node's
+    // first election then starts term 1 above it.
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(0, id), 0);
+    let nodes = std::collections::BTreeMap::from([(
+        id,
+        openraft::BasicNode {
+            addr: addr.to_owned(),
+        },
+    )]);
+    let membership = openraft::Membership::new(vec![[id].into()], nodes);
+    let applied = AppliedState {
+        last_applied: Some(log_id),
+        membership: StoredMembership::new(Some(log_id), membership),
+    };
+    let applied_bytes = serde_json::to_vec(&applied)
+        .map_err(|e| StoreError::Io(format!("cannot encode the applied state: {e}")))?;
+    sm.state.replace_all(
+        data.revision,
+        &data.resources,
+        (APPLIED_KEY, &applied_bytes),
+    )?;
+    let snapshot = SnapshotData {
+        last_applied: Some(log_id),
+        ..data
+    };
+    let bytes = serde_json::to_vec(&snapshot)
+        .map_err(|e| StoreError::Io(format!("cannot encode the snapshot: {e}")))?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: applied.membership.clone(),
+        snapshot_id: format!("restored-r{}", snapshot.revision),
+    };
+    let io = |e: StorageError<NodeId>| StoreError::Io(e.to_string());
+    sm.save_snapshot(&meta, &bytes).map_err(io)?;
+    let mut batch = sled::Batch::default();
+    batch.insert(
+        LAST_PURGED_KEY,
+        encode(ErrorSubject::Logs, &log_id).map_err(io)?,
+    );
+    batch.insert(
+        COMMITTED_KEY,
+        encode(ErrorSubject::Store, &Some(log_id)).map_err(io)?,
+    );
+    log.raft
+        .apply_batch(batch)
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    log.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
+    Ok(Restored {
+        resources: snapshot.resources.len(),
+        revision: snapshot.revision,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
