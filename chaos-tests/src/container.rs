@@ -23,7 +23,18 @@ use crate::scenario::{Action, Component, Link, Outcome, Scenario, Step};
 use test_support::relay::Fault;
 
 /// Why a scenario cannot run on this tier yet, or `None` when it maps.
-pub fn unsupported(scenario: &Scenario) -> Option<String> {
+pub fn unsupported(scenario: &Scenario, netem: bool) -> Option<String> {
+    let degrades = scenario
+        .timeline
+        .iter()
+        .any(|s| matches!(s.action, Action::Link(_, Fault::Degrade(_))));
+    if degrades && !netem {
+        return Some(
+            "a slow link needs `tc netem` and this kernel has no sch_netem \
+             (\"Specified qdisc kind is unknown\")"
+                .into(),
+        );
+    }
     if scenario.topology.zones.len() != 3
         || scenario.topology.clients != ["zone-1"]
         || scenario.topology.backends != ["zone-2", "zone-3"]
@@ -345,6 +356,15 @@ impl Drop for Federation {
     }
 }
 
+/// Whether this kernel has `tc netem` (tried in a network namespace of its own).
+pub async fn netem_available() -> bool {
+    Command::new("unshare")
+        .args(["-n", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
+}
+
 /// A /16 under 10.231-250 no docker network uses (the project's subnets are fixed).
 async fn free_prefix() -> anyhow::Result<String> {
     let ids = docker(&["network", "ls", "-q"]).await?;
@@ -369,6 +389,18 @@ struct Damage {
     paused: BTreeSet<String>,
     disconnected: BTreeSet<String>,
     netem: BTreeSet<String>,
+    /// Ingresses off the inter-zone network, with their fixed address there.
+    cut_ingresses: BTreeMap<String, String>,
+}
+
+/// Connects a cut ingress to the inter-zone network again, at its fixed address.
+async fn reconnect_ingress(fed: &Federation, service: &str, damage: &mut Damage) -> anyhow::Result<()> {
+    if let Some(ip) = damage.cut_ingresses.remove(service) {
+        let id = fed.container(service).await?;
+        let network = project_network(fed, "_interzone").await?;
+        docker(&["network", "connect", "--ip", &ip, &network, &id]).await?;
+    }
+    Ok(())
 }
 
 /// Applies one action; `Flap`s are expanded before.
@@ -393,9 +425,30 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
         }
         Action::Link(Link::Ingress(zone), fault) => {
             let service = format!("{zone}-ingress");
-            let netem = match fault {
-                Fault::Pass => None,
-                Fault::Blackhole | Fault::Reset => Some(vec!["loss".into(), "100%".into()]),
+            match fault {
+                Fault::Pass => {
+                    reconnect_ingress(fed, &service, damage).await?;
+                    if damage.netem.remove(&service) {
+                        fed.netem(&service, None).await?;
+                    }
+                }
+                // Off the inter-zone network: other zones' packets to it go nowhere (no reset
+                // of connections on this tier).
+                Fault::Blackhole | Fault::Reset => {
+                    if !damage.cut_ingresses.contains_key(&service) {
+                        let id = fed.container(&service).await?;
+                        let network = project_network(fed, "_interzone").await?;
+                        let ip = docker(&[
+                            "inspect",
+                            "-f",
+                            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+                            &id,
+                        ])
+                        .await?;
+                        docker(&["network", "disconnect", &network, &id]).await?;
+                        damage.cut_ingresses.insert(service, ip.trim().to_string());
+                    }
+                }
                 Fault::Degrade(d) => {
                     let mut args = vec![
                         "delay".to_string(),
@@ -405,15 +458,10 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                     if d.loss_percent > 0.0 {
                         args.extend(["loss".to_string(), format!("{}%", d.loss_percent)]);
                     }
-                    Some(args)
+                    damage.netem.insert(service.clone());
+                    fed.netem(&service, Some(args)).await?;
                 }
-            };
-            if netem.is_some() {
-                damage.netem.insert(service.clone());
-            } else {
-                damage.netem.remove(&service);
             }
-            fed.netem(&service, netem).await?;
         }
         Action::Flap { .. } => anyhow::bail!("a flap reached apply unexpanded"),
         Action::Kill(c) => {
@@ -468,6 +516,10 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
             }
         }
         Action::Heal => {
+            let cut: Vec<String> = damage.cut_ingresses.keys().cloned().collect();
+            for s in cut {
+                reconnect_ingress(fed, &s, damage).await?;
+            }
             for s in std::mem::take(&mut damage.netem) {
                 fed.netem(&s, None).await?;
             }
@@ -488,13 +540,18 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
 
 /// The project's control network (its name as compose normalised the project's).
 async fn control_network(fed: &Federation) -> anyhow::Result<String> {
+    project_network(fed, "_control").await
+}
+
+/// The project's network whose name ends with `suffix`.
+async fn project_network(fed: &Federation, suffix: &str) -> anyhow::Result<String> {
     let label = format!("label=com.docker.compose.project={}", fed.project);
     let names = docker(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"]).await?;
     names
         .lines()
-        .find(|n| n.ends_with("_control"))
+        .find(|n| n.ends_with(suffix))
         .map(str::to_string)
-        .with_context(|| format!("no control network of project {}", fed.project))
+        .with_context(|| format!("no network *{suffix} of project {}", fed.project))
 }
 
 /// The timeline with each `Flap` expanded into blackhole/pass steps.
@@ -817,9 +874,10 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          scenario healed before the next. Faults: `Kill`/`Pause`/`Resume`/`Start`/`Restart` are \
          `docker kill`/`pause`/`unpause`/`start`/`restart` (the global is all three nodes); a \
          zone's KDS link is `docker network disconnect`/`connect` of its CP on the control \
-         network; an ingress link is `tc netem` on the ingress's inter-zone interface from the \
-         host (`nsenter -t <pid> -n`): blackhole and reset are `loss 100%` (no reset of \
-         connections on this tier), degradation is `delay`/`loss`. Traffic: `demo-app call` in \
+         network; an ingress link blackholed (or reset) is the ingress disconnected from the \
+         inter-zone network and connected again at its fixed address (no reset of connections \
+         on this tier); a degraded one is `tc netem` `delay`/`loss` on the ingress's inter-zone \
+         interface from the host (`nsenter -t <pid> -n`), skipped where the kernel has no netem. Traffic: `demo-app call` in \
          zone-1's frontend container through its sidecar's outbound, 1 s bursts one after \
          another (about 0.1-0.3 s between bursts for `docker exec`), so failover is measured to \
          the end of the last failed burst: a 1 s granularity. The writer applies MeshTimeouts at \

@@ -166,9 +166,10 @@ async fn run_container(
     let mut skipped = Vec::new();
     let work = async {
         println!("building images and bringing the compose federation up ...");
+        let netem = container::netem_available().await;
         let fed = container::Federation::up(&opts).await?;
         for s in &chosen {
-            if let Some(why) = container::unsupported(s) {
+            if let Some(why) = container::unsupported(s, netem) {
                 println!("skipping {}: {why}", s.name);
                 skipped.push((s.name, why));
                 continue;
