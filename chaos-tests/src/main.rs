@@ -193,8 +193,7 @@ async fn run_container(
     };
     if !no_report {
         let (md, json) = container::report_paths(report_dir);
-        let mut text = report::markdown(&info, &outcomes);
-        text.push_str(&container::report_notes(&skipped));
+        let text = container::markdown(&report::markdown(&info, &outcomes), &skipped);
         std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
         std::fs::write(
             &json,
