@@ -473,7 +473,9 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                 // Off the inter-zone network: other zones' packets to it go nowhere (no reset
                 // of connections on this tier).
                 Fault::Blackhole | Fault::Reset => {
-                    if !damage.cut_ingresses.contains_key(&service) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        damage.cut_ingresses.entry(service.clone())
+                    {
                         let id = fed.container(&service).await?;
                         let network = project_network(fed, "_interzone").await?;
                         let ip = docker(&[
@@ -486,7 +488,7 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                         ])
                         .await?;
                         docker(&["network", "disconnect", &network, &id]).await?;
-                        damage.cut_ingresses.insert(service, ip.trim().to_string());
+                        slot.insert(ip.trim().to_string());
                     }
                 }
                 Fault::Degrade(d) => {
@@ -870,40 +872,6 @@ pub fn report_paths(dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flaps_expand_to_alternating_steps_ending_passing() {
-        let steps = expand(&[Step {
-            at: Duration::from_secs(7),
-            action: Action::Flap {
-                link: Link::Ingress("zone-2"),
-                every: Duration::from_secs(2),
-                until: Duration::from_secs(11),
-            },
-        }]);
-        let kinds: Vec<_> = steps
-            .iter()
-            .map(|s| match &s.action {
-                Action::Link(_, Fault::Blackhole) => "down",
-                Action::Link(_, Fault::Pass) => "up",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(kinds, ["down", "up", "up"]);
-        assert_eq!(steps.last().map(|s| s.at), Some(Duration::from_secs(11)));
-    }
-
-    #[test]
-    fn failover_is_onset_to_last_failed_burst() {
-        let s = Duration::from_secs;
-        assert_eq!(failover(&[s(1)], &[(s(2), 5), (s(4), 1)]), s(3));
-        assert_eq!(failover(&[s(1)], &[]), Duration::ZERO);
-    }
-}
-
 /// The shared Markdown report with the process tier's description of the setup replaced by a
 /// pointer to this tier's (in [`report_notes`]).
 pub fn markdown(shared: &str, skipped: &[(&str, String)]) -> String {
@@ -954,4 +922,38 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flaps_expand_to_alternating_steps_ending_passing() {
+        let steps = expand(&[Step {
+            at: Duration::from_secs(7),
+            action: Action::Flap {
+                link: Link::Ingress("zone-2"),
+                every: Duration::from_secs(2),
+                until: Duration::from_secs(11),
+            },
+        }]);
+        let kinds: Vec<_> = steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Link(_, Fault::Blackhole) => "down",
+                Action::Link(_, Fault::Pass) => "up",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["down", "up", "up"]);
+        assert_eq!(steps.last().map(|s| s.at), Some(Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn failover_is_onset_to_last_failed_burst() {
+        let s = Duration::from_secs;
+        assert_eq!(failover(&[s(1)], &[(s(2), 5), (s(4), 1)]), s(3));
+        assert_eq!(failover(&[s(1)], &[]), Duration::ZERO);
+    }
 }
