@@ -4,8 +4,10 @@
 //! and check what traffic and state do; [`topology`] builds services, sidecars, ingresses and
 //! egresses on it; [`mtls`] probes a sidecar's inbound with certificates of chosen CAs. The
 //! failover scenarios (issue [7]) are written once in [`scenario`]'s language and run on
-//! them; [`report`] renders their outcomes.
+//! them; [`report`] renders their outcomes; [`container`] runs them on the
+//! compose federation (the container tier).
 
+pub mod container;
 pub mod federation;
 pub mod mtls;
 pub mod report;

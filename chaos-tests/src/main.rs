@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Runs scenarios (all of the tier when none is named) and writes the report.
     Run {
-        /// Only `process` exists so far; the container tier is a separate piece of issue [7].
+        /// `process` (child processes, in-process proxies) or `container` (the compose
+        /// federation; needs docker, docker-compose, nsenter and tc, run as root).
         #[arg(long, default_value = "process")]
         tier: String,
         /// How long the long faults (global down, zone cut, slow link, zone absent) last.
@@ -66,10 +67,13 @@ async fn main() -> anyhow::Result<()> {
             scenarios,
         } => {
             anyhow::ensure!(
-                tier == "process",
-                "tier {tier:?}: only the process tier runs here (the container tier is not built yet)"
+                tier == "process" || tier == "container",
+                "tier {tier:?}: the tiers are `process` and `container`"
             );
             let outage = Duration::from_secs(outage);
+            if tier == "container" {
+                return run_container(outage, seed, &report_dir, no_report, scenarios).await;
+            }
             let all = scenario::process_tier(outage);
             for name in &scenarios {
                 anyhow::ensure!(
@@ -127,6 +131,83 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The container tier: one compose federation for the run, each scenario healed before the
+/// next; the project is taken down at the end, on error and on Ctrl-C.
+async fn run_container(
+    outage: Duration,
+    seed: Option<u64>,
+    report_dir: &std::path::Path,
+    no_report: bool,
+    names: Vec<String>,
+) -> anyhow::Result<()> {
+    use chaos_tests::container;
+    let all = scenario::process_tier(outage);
+    for name in &names {
+        anyhow::ensure!(
+            all.iter().any(|s| s.name == name),
+            "no scenario {name:?}; `chaos-tests list` names them"
+        );
+    }
+    // Nothing here is random (netem's loss is the kernel's): the seed is recorded only.
+    let seed = seed.unwrap_or_default();
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .collect();
+    let opts = container::Options {
+        profile: std::env::var("PROFILE").unwrap_or_else(|_| "debug".to_string()),
+        tag: "chaos".to_string(),
+        skip_cargo: std::env::var_os("SKIP_CARGO").is_some(),
+        up_deadline: Duration::from_secs(300),
+    };
+    let mut outcomes = Vec::new();
+    let mut skipped = Vec::new();
+    let work = async {
+        println!("building images and bringing the compose federation up ...");
+        let netem = container::netem_available().await;
+        let fed = container::Federation::up(&opts).await?;
+        for s in &chosen {
+            if let Some(why) = container::unsupported(s, netem) {
+                println!("skipping {}: {why}", s.name);
+                skipped.push((s.name, why));
+                continue;
+            }
+            println!("running {} ...", s.name);
+            let outcome = container::run(&fed, s, seed).await?;
+            print!("{}", report::table(&outcome));
+            outcomes.push(outcome);
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = work => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the compose project was taken down"),
+    }
+    let info = RunInfo {
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        commit: commit(),
+        tier: "container".to_string(),
+        outage,
+    };
+    if !no_report {
+        let (md, json) = container::report_paths(report_dir);
+        let text = container::markdown(&report::markdown(&info, &outcomes), &skipped);
+        std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
+        std::fs::write(
+            &json,
+            serde_json::to_string_pretty(&report::json(&info, &outcomes))?,
+        )
+        .with_context(|| format!("writing {}", json.display()))?;
+        println!("wrote {} and {}", md.display(), json.display());
+    }
+    let failed = outcomes.iter().filter(|o| !o.passed()).count();
+    if failed > 0 {
+        println!("{failed} of {} scenarios failed", outcomes.len());
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// The workspace's commit, `-dirty` when it has changes.
