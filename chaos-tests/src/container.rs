@@ -35,6 +35,17 @@ pub fn unsupported(scenario: &Scenario, netem: bool) -> Option<String> {
                 .into(),
         );
     }
+    let raft_link = scenario
+        .timeline
+        .iter()
+        .any(|s| matches!(s.action, Action::Link(Link::Raft(_), _)));
+    if raft_link {
+        return Some(
+            "a cut of one node's Raft links needs per-peer faults; on this tier a global node's \
+             Raft, KDS and REST share the control network (not mapped yet)"
+                .into(),
+        );
+    }
     if scenario.topology.zones.len() != 3
         || scenario.topology.clients != ["zone-1"]
         || scenario.topology.backends != ["zone-2", "zone-3"]
@@ -288,11 +299,31 @@ impl Federation {
         Ok(missing)
     }
 
-    fn services(&self, c: Component) -> Vec<String> {
-        match c {
+    /// The compose services of `c`; the whole global (every node) for [`Component::Global`],
+    /// the node leading now for [`Component::GlobalLeader`].
+    async fn services(&self, c: Component) -> anyhow::Result<Vec<String>> {
+        Ok(match c {
             Component::Global => self.globals.clone(),
+            Component::GlobalNode(n) => vec![format!("global-{n}")],
+            Component::GlobalLeader => vec![format!("global-{}", self.leader_id().await?)],
             Component::ZoneCp(z) => vec![format!("{z}-cp")],
+        })
+    }
+
+    /// The Raft leader's node id, as the first global node that answers names it.
+    async fn leader_id(&self) -> anyhow::Result<u64> {
+        for g in &self.globals {
+            let Ok(api) = self.api(g, self.global_token()).await else {
+                continue;
+            };
+            if let Ok(Ok(index)) = tokio::time::timeout(Duration::from_secs(2), api.get(&[])).await
+            {
+                if let Some(id) = index["cluster"]["leaderId"].as_u64() {
+                    return Ok(id);
+                }
+            }
         }
+        anyhow::bail!("no global node named a Raft leader")
     }
 
     /// The network namespace's pid and the interface of `service` on the inter-zone network.
@@ -506,41 +537,46 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
             }
         }
         Action::Flap { .. } => anyhow::bail!("a flap reached apply unexpanded"),
+        Action::Link(Link::Raft(node), _) => {
+            anyhow::bail!(
+                "global node {node}'s Raft links: not mapped on this tier (`unsupported`)"
+            )
+        }
         Action::Kill(c) => {
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 docker(&["kill", &fed.container(&s).await?]).await?;
                 damage.stopped.insert(s);
             }
         }
         Action::Pause(c) => {
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 docker(&["pause", &fed.container(&s).await?]).await?;
                 damage.paused.insert(s);
             }
         }
         Action::Resume(c) => {
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 docker(&["unpause", &fed.container(&s).await?]).await?;
                 damage.paused.remove(&s);
             }
         }
         Action::Start(c) => {
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 docker(&["start", &fed.container(&s).await?]).await?;
                 damage.stopped.remove(&s);
             }
         }
         Action::Restart(c) => {
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 docker(&["restart", "-t", "10", &fed.container(&s).await?]).await?;
             }
         }
         Action::Wipe(c) => {
             // The data volume is a bind mount under secrets/ (`./secrets/<zone>`).
-            for s in fed.services(*c) {
+            for s in fed.services(*c).await? {
                 let data = match c {
-                    Component::Global => fed.dir.path().join("secrets").join(&s),
                     Component::ZoneCp(z) => fed.dir.path().join("secrets").join(z),
+                    _ => fed.dir.path().join("secrets").join(&s),
                 };
                 for entry in std::fs::read_dir(&data)
                     .with_context(|| format!("reading {}", data.display()))?
