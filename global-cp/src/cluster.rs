@@ -230,6 +230,11 @@ pub fn check_membership(
     stored: &BTreeMap<NodeId, String>,
     wanted: Option<&BTreeMap<NodeId, String>>,
 ) -> anyhow::Result<()> {
+    // No membership stored yet: a fresh member that has only granted a vote (another member's
+    // bootstrap reached it first) holds no cluster to be mistaken about.
+    if stored.is_empty() {
+        return Ok(());
+    }
     let wanted_cluster = wanted.is_some_and(|w| w.len() > 1);
     let stored_cluster = stored.len() > 1;
     if wanted_cluster == stored_cluster {
@@ -436,6 +441,23 @@ mod tests {
 
     fn peers(text: &str) -> Vec<Peer> {
         text.split(',').map(|p| parse_peer(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn membership_mismatch_is_refused_but_not_a_member_with_no_membership_yet() {
+        let dir = Path::new("/data/raft");
+        let one: BTreeMap<NodeId, String> = [(1, "a:5683".to_owned())].into();
+        let three: BTreeMap<NodeId, String> = [
+            (1, "a:5683".to_owned()),
+            (2, "b:5683".to_owned()),
+            (3, "c:5683".to_owned()),
+        ]
+        .into();
+        assert!(check_membership(dir, &one, Some(&three)).is_err());
+        assert!(check_membership(dir, &three, None).is_err());
+        assert!(check_membership(dir, &three, Some(&three)).is_ok());
+        // A fresh member that granted a vote before its own start finished: nothing stored.
+        assert!(check_membership(dir, &BTreeMap::new(), Some(&three)).is_ok());
     }
 
     #[test]

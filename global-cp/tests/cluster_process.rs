@@ -93,13 +93,12 @@ async fn a_sigkilled_leader_is_replaced_within_a_second_and_catches_up_from_its_
     .unwrap();
 }
 
-// Ignored in CI until its two failures are understood (2 of 6 runs on a quiet machine,
-// 2026-11-30): a node exiting with status 1 and an empty log at the first start, and, after a
-// killed leader's restart, the three nodes not agreeing on (leader, term) within 30 s (a possible
-// liveness defect, see docs/raft.md "Left"). The same oracle runs in CI in-process
+// Ignored in CI until its failure is understood (about 1 run in 3 on a quiet machine,
+// 2026-11-30): after a killed leader's restart, the three nodes do not agree on (leader, term)
+// within 30 s (a possible liveness defect, see docs/raft.md "Left"). The same oracle runs in CI in-process
 // (tests/cluster.rs) and as chaos-tests' 3-node scenarios. Run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails 2 of 6 runs: node exits at start with an empty log; no agreed leader after a restart (docs/raft.md, Left)"]
+#[ignore = "fails about 1 run in 3: no agreed leader after a restart (docs/raft.md, Left)"]
 async fn acknowledged_writes_survive_leader_kills_and_a_partitioned_minority() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ProcCluster::start(dir.path(), 3, true, &[]).await;

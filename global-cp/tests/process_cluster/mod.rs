@@ -165,7 +165,9 @@ impl ProcCluster {
             .arg(self.dir.join("kds"))
             .args(&self.extra)
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            // An error's backtrace would push its message out of the log tail a failure shows.
+            .env("RUST_BACKTRACE", "0");
         if !extra.contains(&"--join") {
             command.args(["--peers", &node.peers]);
         }
