@@ -132,6 +132,17 @@ pub struct Config {
     /// `/global/members`). Without it such a start is refused.
     #[arg(long, env = "MERIDIAN_ALLOW_MEMBERSHIP_MISMATCH")]
     pub allow_membership_mismatch: bool,
+    /// Dial a peer at another address than its member address, `ID=HOST:PORT` (comma-separated
+    /// or repeated): this node's own route to that node (a proxy, a tunnel; tests put a fault
+    /// relay on each link this way). The membership, which every node shares, keeps the member
+    /// addresses; other peers are dialled at those.
+    #[arg(
+        long = "raft-route",
+        env = "MERIDIAN_RAFT_ROUTES",
+        value_delimiter = ',',
+        value_parser = cluster::parse_peer
+    )]
+    pub raft_routes: Vec<cluster::Peer>,
     /// Build a Raft snapshot every this many log entries, and keep at most this many entries
     /// behind it (tests use a small value to make members catch up from a snapshot).
     #[arg(
@@ -290,6 +301,7 @@ pub async fn run(
             allow_membership_mismatch: config.allow_membership_mismatch,
             catch_up_timeout: config.member_catch_up_timeout,
             snapshot_every: config.raft_snapshot_every,
+            routes: cluster::routes(config.node_id, &config.raft_routes)?,
         },
         listeners.raft,
     )
