@@ -418,16 +418,14 @@ pub async fn wait_for_leader(store: &RaftStore, timeout: Duration) -> anyhow::Re
         if tokio::time::Instant::now() >= deadline {
             let mut unreachable = Vec::new();
             for member in status.members.iter().filter(|m| m.id != status.node_id) {
-                let connect = tokio::net::TcpStream::connect(member.addr.as_str());
+                // Where this node dials it (its --raft-route, or the member address).
+                let addr = store.dial_addr(member.id, &member.addr);
+                let connect = tokio::net::TcpStream::connect(addr);
                 match tokio::time::timeout(Duration::from_secs(1), connect).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        unreachable.push(format!("node {} at {}: {e}", member.id, member.addr))
-                    }
-                    Err(_) => unreachable.push(format!(
-                        "node {} at {}: no answer within 1s",
-                        member.id, member.addr
-                    )),
+                    Ok(Err(e)) => unreachable.push(format!("node {} at {addr}: {e}", member.id)),
+                    Err(_) => unreachable
+                        .push(format!("node {} at {addr}: no answer within 1s", member.id)),
                 }
             }
             let members = status.members.len();

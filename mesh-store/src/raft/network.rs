@@ -284,6 +284,10 @@ impl Forwarder {
         }
     }
 
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
     /// Sends `request` to node `id` at member address `addr` (or this node's route to it); `Err`
     /// is a transport failure (the request may or may not have reached the node).
     pub(crate) async fn forward(

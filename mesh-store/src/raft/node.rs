@@ -537,6 +537,12 @@ impl RaftStore {
         self.id
     }
 
+    /// The address this node dials node `id` at, whose member address is `member_addr`: its
+    /// route to it, if it has one (see [`Routes`]).
+    pub fn dial_addr<'a>(&'a self, id: NodeId, member_addr: &'a str) -> &'a str {
+        self.forwarder.routes().dial(id, member_addr)
+    }
+
     /// The node's openraft handle (metrics, waits).
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
