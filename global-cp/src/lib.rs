@@ -377,13 +377,35 @@ pub async fn run(
         server.store.clone(),
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(import_zone_token_keys(
+    // The default mesh is created only in a store that has seen no write, so in a cluster this
+    // node's own writers (token keys) wait until it is there (or found not wanted): the first
+    // write of a new cluster is then always the default mesh, whichever node makes it. A
+    // single node made it before it got here.
+    let (defaults_tx, defaults_rx) = tokio::sync::watch::channel(!clustered);
+    let defaults_done = move || {
+        let mut done = defaults_rx.clone();
+        async move {
+            // Also when bootstrapping ended without it (stopping).
+            let _ = done.wait_for(|done| *done).await;
+        }
+    };
+    let (after_defaults, import_stop) = (defaults_done(), stopped(stop_rx.clone()));
+    let import = import_zone_token_keys(
         kds_dir.join(OLD_ZONE_TOKEN_KEYS),
         zone_keys,
         imported_tx,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(keep_proxy_token_keys(server.store.clone(), stop_rx.clone()));
+        import_stop,
+    );
+    tokio::spawn(async move {
+        after_defaults.await;
+        import.await
+    });
+    let (after_defaults, keys_store, keys_stop) =
+        (defaults_done(), server.store.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        after_defaults.await;
+        keep_proxy_token_keys(keys_store, keys_stop).await
+    });
     let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
     tokio::spawn(async move {
         if let Err(e) = control_plane::ca::run(ca_store, ca_stop).await {
@@ -394,6 +416,7 @@ pub async fn run(
         tokio::spawn(bootstrap_defaults(
             raft_store.clone(),
             server.store.clone(),
+            defaults_tx,
             stopped(stop_rx.clone()),
         ));
         // Each node knows only the zones connected to it, so a node's janitor would take a zone
@@ -573,10 +596,11 @@ async fn keep_proxy_token_keys(
 }
 
 /// In a cluster: once a leader is elected, creates the default mesh (every node tries; all but
-/// one find it there). Until then, says which members are unreachable.
+/// one find it there), then sets `done`. Until then, says which members are unreachable.
 async fn bootstrap_defaults(
     raft: RaftStore,
     store: Arc<dyn ResourceStore>,
+    done: tokio::sync::watch::Sender<bool>,
     stop: impl Future<Output = ()>,
 ) {
     let work = async {
@@ -595,7 +619,7 @@ async fn bootstrap_defaults(
         }
     };
     tokio::select! {
-        _ = work => {}
+        _ = work => { done.send_replace(true); }
         _ = stop => {}
     }
 }

@@ -377,17 +377,21 @@ impl ProcCluster {
         self.leader_among(&running).await
     }
 
+    /// Waits until node `i` serves the default mesh; on timeout, panics with every node's view
+    /// and log tail.
     pub async fn wait_for_default_mesh(&self, i: usize) {
         let url = format!("{}/meshes/default", self.nodes[i].api);
-        test_support::eventually("the default mesh", DEADLINE, || {
+        let found = test_support::eventually("the default mesh", DEADLINE, || {
             let (client, url) = (self.client.clone(), url.clone());
             async move {
                 let response = client.get(url).send().await.ok()?;
                 response.status().is_success().then_some(())
             }
         })
-        .await
-        .unwrap();
+        .await;
+        if let Err(e) = found {
+            panic!("{e} on node {}:\n{}", self.nodes[i].id, self.views().await);
+        }
     }
 
     /// The body of a small policy (a MeshTimeout) named `name`.
