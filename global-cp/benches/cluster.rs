@@ -9,7 +9,9 @@
 //! 2. Fail-over: `BENCH_TRIALS` (default 20) times, SIGKILL the leader, then write through the
 //!    other two nodes in turn (each write started after the kill) until one is acknowledged:
 //!    the time from the kill to that acknowledgement; the killed node is restarted on its data
-//!    and caught up before the next trial. Median and max.
+//!    and caught up before the next trial. Median and max; per trial, also the node that took
+//!    the write (after how many tries) and the leader and term agreed after it (a term more
+//!    than one above the trial before's means an election failed in between).
 //!
 //! `cargo bench -p global-cp --bench cluster` (harness = false; prints its figures).
 
@@ -88,8 +90,19 @@ async fn throughput(cluster: &ProcCluster, through: usize, clients: usize, durat
     );
 }
 
+/// One fail-over trial: who was killed, how long until a write was acknowledged, which node
+/// took it after how many tries, and the leader and term agreed afterwards.
+struct Trial {
+    elapsed: Duration,
+    killed: usize,
+    through: usize,
+    attempts: usize,
+    leader: usize,
+    term: u64,
+}
+
 /// Kills the leader; the time until a write started after the kill is acknowledged.
-async fn fail_over(cluster: &mut ProcCluster, trial: u64) -> (Duration, usize) {
+async fn fail_over(cluster: &mut ProcCluster, trial: u64) -> Trial {
     let leader = cluster.leader().await;
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let killed = Instant::now();
@@ -103,7 +116,21 @@ async fn fail_over(cluster: &mut ProcCluster, trial: u64) -> (Duration, usize) {
             .put(through, &name, "x", Duration::from_millis(1500))
             .await
         {
-            return (killed.elapsed(), leader);
+            let elapsed = killed.elapsed();
+            let new_leader = cluster.leader().await;
+            let term = cluster
+                .index(new_leader)
+                .await
+                .and_then(|v| v["cluster"]["term"].as_u64())
+                .unwrap_or(0);
+            return Trial {
+                elapsed,
+                killed: leader,
+                through,
+                attempts: attempt,
+                leader: new_leader,
+                term,
+            };
         }
         assert!(
             killed.elapsed() < DEADLINE,
@@ -145,9 +172,19 @@ async fn main() {
     );
     let mut times = Vec::new();
     for trial in 0..trials {
-        let (elapsed, killed) = fail_over(&mut cluster, trial).await;
-        println!("trial {trial}: node {} killed, {}", killed + 1, ms(elapsed));
-        times.push(elapsed);
+        let t = fail_over(&mut cluster, trial).await;
+        println!(
+            "trial {trial}: node {} killed, {} (acknowledged through node {} at try {}; then \
+             node {} leads in term {})",
+            t.killed + 1,
+            ms(t.elapsed),
+            t.through + 1,
+            t.attempts,
+            t.leader + 1,
+            t.term
+        );
+        let killed = t.killed;
+        times.push(t.elapsed);
         cluster.restart(killed).await;
         // Caught up (its local state equals a linearizable read) before the next kill.
         let leader = cluster.leader().await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mesh_store::raft::openraft::error::{InitializeError, RaftError};
-use mesh_store::raft::{NodeId, PeerTls, RaftNode, RaftNodeConfig, RaftStore};
+use mesh_store::raft::{NodeId, PeerTls, RaftNode, RaftNodeConfig, RaftStore, Routes};
 use mesh_store::StoreError;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -94,6 +94,29 @@ pub fn members(node_id: NodeId, peers: &[Peer]) -> anyhow::Result<BTreeMap<NodeI
         );
     }
     Ok(members)
+}
+
+/// This node's routes to peers from `--raft-route`, checked: no id twice, not this node.
+pub fn routes(node_id: NodeId, routes: &[Peer]) -> anyhow::Result<Routes> {
+    let mut map = BTreeMap::new();
+    for route in routes {
+        if route.id == node_id {
+            anyhow::bail!(
+                "--raft-route {}={}: that is this node (--node-id {node_id}); a route is how \
+                 this node dials another",
+                route.id,
+                route.addr
+            );
+        }
+        if let Some(addr) = map.insert(route.id, route.addr.clone()) {
+            anyhow::bail!(
+                "--raft-route: node id {} is given twice ({addr} and {})",
+                route.id,
+                route.addr
+            );
+        }
+    }
+    Ok(Routes(map))
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -220,6 +243,8 @@ pub struct NodeSetup {
     pub catch_up_timeout: Duration,
     /// A snapshot every this many entries, keeping at most this many behind it.
     pub snapshot_every: u64,
+    /// Peers this node dials at another address than their member address (`--raft-route`).
+    pub routes: Routes,
 }
 
 /// Refuses a data dir whose stored membership is one node when `--peers` names several, or the
@@ -282,6 +307,7 @@ pub async fn start(setup: NodeSetup, listener: TcpListener) -> anyhow::Result<Ra
     }
     let mut config = RaftNodeConfig::new(setup.id, &setup.raft_dir, setup.tls.clone());
     config.catch_up_timeout = setup.catch_up_timeout;
+    config.routes = setup.routes.clone();
     if setup.snapshot_every != 5000 {
         let every = setup.snapshot_every.max(1);
         config.raft.snapshot_policy =
@@ -392,16 +418,14 @@ pub async fn wait_for_leader(store: &RaftStore, timeout: Duration) -> anyhow::Re
         if tokio::time::Instant::now() >= deadline {
             let mut unreachable = Vec::new();
             for member in status.members.iter().filter(|m| m.id != status.node_id) {
-                let connect = tokio::net::TcpStream::connect(member.addr.as_str());
+                // Where this node dials it (its --raft-route, or the member address).
+                let addr = store.dial_addr(member.id, &member.addr);
+                let connect = tokio::net::TcpStream::connect(addr);
                 match tokio::time::timeout(Duration::from_secs(1), connect).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        unreachable.push(format!("node {} at {}: {e}", member.id, member.addr))
-                    }
-                    Err(_) => unreachable.push(format!(
-                        "node {} at {}: no answer within 1s",
-                        member.id, member.addr
-                    )),
+                    Ok(Err(e)) => unreachable.push(format!("node {} at {addr}: {e}", member.id)),
+                    Err(_) => unreachable
+                        .push(format!("node {} at {addr}: no answer within 1s", member.id)),
                 }
             }
             let members = status.members.len();
@@ -490,6 +514,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("same address a:5683"), "{error}");
+        let table = routes(1, &peers("2=r:1,3=r:2")).unwrap();
+        assert_eq!(table.dial(2, "b:5683"), "r:1");
+        assert_eq!(table.dial(4, "d:5683"), "d:5683");
+        let error = routes(1, &peers("1=r:1")).unwrap_err().to_string();
+        assert!(error.contains("that is this node"), "{error}");
+        let error = routes(1, &peers("2=r:1,2=r:2")).unwrap_err().to_string();
+        assert!(error.contains("node id 2 is given twice"), "{error}");
     }
 
     #[test]

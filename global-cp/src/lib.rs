@@ -132,6 +132,17 @@ pub struct Config {
     /// `/global/members`). Without it such a start is refused.
     #[arg(long, env = "MERIDIAN_ALLOW_MEMBERSHIP_MISMATCH")]
     pub allow_membership_mismatch: bool,
+    /// Dial a peer at another address than its member address, `ID=HOST:PORT` (comma-separated
+    /// or repeated): this node's own route to that node (a proxy, a tunnel; tests put a fault
+    /// relay on each link this way). The membership, which every node shares, keeps the member
+    /// addresses; other peers are dialled at those.
+    #[arg(
+        long = "raft-route",
+        env = "MERIDIAN_RAFT_ROUTES",
+        value_delimiter = ',',
+        value_parser = cluster::parse_peer
+    )]
+    pub raft_routes: Vec<cluster::Peer>,
     /// Build a Raft snapshot every this many log entries, and keep at most this many entries
     /// behind it (tests use a small value to make members catch up from a snapshot).
     #[arg(
@@ -290,6 +301,7 @@ pub async fn run(
             allow_membership_mismatch: config.allow_membership_mismatch,
             catch_up_timeout: config.member_catch_up_timeout,
             snapshot_every: config.raft_snapshot_every,
+            routes: cluster::routes(config.node_id, &config.raft_routes)?,
         },
         listeners.raft,
     )
@@ -365,13 +377,35 @@ pub async fn run(
         server.store.clone(),
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(import_zone_token_keys(
+    // The default mesh is created only in a store that has seen no write, so in a cluster this
+    // node's own writers (token keys) wait until it is there (or found not wanted): the first
+    // write of a new cluster is then always the default mesh, whichever node makes it. A
+    // single node made it before it got here.
+    let (defaults_tx, defaults_rx) = tokio::sync::watch::channel(!clustered);
+    let defaults_done = move || {
+        let mut done = defaults_rx.clone();
+        async move {
+            // Also when bootstrapping ended without it (stopping).
+            let _ = done.wait_for(|done| *done).await;
+        }
+    };
+    let (after_defaults, import_stop) = (defaults_done(), stopped(stop_rx.clone()));
+    let import = import_zone_token_keys(
         kds_dir.join(OLD_ZONE_TOKEN_KEYS),
         zone_keys,
         imported_tx,
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(keep_proxy_token_keys(server.store.clone(), stop_rx.clone()));
+        import_stop,
+    );
+    tokio::spawn(async move {
+        after_defaults.await;
+        import.await
+    });
+    let (after_defaults, keys_store, keys_stop) =
+        (defaults_done(), server.store.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        after_defaults.await;
+        keep_proxy_token_keys(keys_store, keys_stop).await
+    });
     let (ca_store, ca_stop) = (server.store.clone(), stop_rx.clone());
     tokio::spawn(async move {
         if let Err(e) = control_plane::ca::run(ca_store, ca_stop).await {
@@ -382,6 +416,7 @@ pub async fn run(
         tokio::spawn(bootstrap_defaults(
             raft_store.clone(),
             server.store.clone(),
+            defaults_tx,
             stopped(stop_rx.clone()),
         ));
         // Each node knows only the zones connected to it, so a node's janitor would take a zone
@@ -561,10 +596,11 @@ async fn keep_proxy_token_keys(
 }
 
 /// In a cluster: once a leader is elected, creates the default mesh (every node tries; all but
-/// one find it there). Until then, says which members are unreachable.
+/// one find it there), then sets `done`. Until then, says which members are unreachable.
 async fn bootstrap_defaults(
     raft: RaftStore,
     store: Arc<dyn ResourceStore>,
+    done: tokio::sync::watch::Sender<bool>,
     stop: impl Future<Output = ()>,
 ) {
     let work = async {
@@ -583,7 +619,7 @@ async fn bootstrap_defaults(
         }
     };
     tokio::select! {
-        _ = work => {}
+        _ = work => { done.send_replace(true); }
         _ = stop => {}
     }
 }

@@ -675,6 +675,7 @@ async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
             allow_membership_mismatch: false,
             catch_up_timeout: Duration::from_secs(60),
             snapshot_every: 5000,
+            routes: Default::default(),
         },
         listener,
     )

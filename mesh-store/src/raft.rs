@@ -20,7 +20,7 @@ pub(crate) mod proto;
 pub mod storage;
 pub mod types;
 
-pub use network::{NetworkFactory, PeerTls};
+pub use network::{NetworkFactory, PeerTls, Routes};
 pub use node::{ClusterStatus, Member, RaftNode, RaftNodeConfig, RaftNodeError, RaftStore};
 pub use storage::{
     backup, open_storage, restore, LogStore, Restored, StateMachine, StorageReleased,

@@ -1,8 +1,8 @@
 //! A global cluster of real `global-cp` processes on loopback, for the tests that SIGKILL nodes
 //! (`tests/cluster_process.rs`) and the benchmark (`benches/cluster.rs`). Every node's peer
-//! listener is on a port picked before any starts; with `relays`, each node's `--peers` names a
-//! `FaultRelay` per link (node i dials node j through its own relay i->j), so a test can cut
-//! one node off in both directions while the others keep talking. A node's stdout and stderr
+//! listener is on a port picked before any starts; with `relays`, each node dials every other
+//! through a `FaultRelay` of its own (`--raft-route`: node i dials node j through relay i->j),
+//! so a test can cut one node off in both directions while the others keep talking. A node's stdout and stderr
 //! go to `<dir>/node-<id>/global-cp.log`.
 
 #![allow(dead_code)]
@@ -21,8 +21,10 @@ pub struct ProcNode {
     pub id: u64,
     /// The real peer listener.
     pub raft_addr: String,
-    /// This node's `--peers`.
+    /// This node's `--peers` (the real listeners).
     pub peers: String,
+    /// This node's `--raft-route`s (through its relays), or empty.
+    pub routes: String,
     pub data: PathBuf,
     pub child: Option<Child>,
     pub api: String,
@@ -95,24 +97,30 @@ impl ProcCluster {
                 }
             }
         }
+        // Every node's --peers names the real listeners (the membership is the same whichever
+        // node's bootstrap wins, as in a deployment); with relays, each node dials every other
+        // node through its own relay (--raft-route), so its links can be cut one by one.
+        let peers = ids
+            .iter()
+            .map(|&to| format!("{to}={}", real[to as usize - 1]))
+            .collect::<Vec<_>>()
+            .join(",");
         let nodes = ids
             .iter()
             .map(|&id| {
-                let peers = ids
+                let routes = ids
                     .iter()
-                    .map(|&to| {
-                        let addr = match relay_map.get(&(id, to)) {
-                            Some(relay) => relay.addr().to_string(),
-                            None => real[to as usize - 1].clone(),
-                        };
-                        format!("{to}={addr}")
+                    .filter_map(|&to| {
+                        let relay = relay_map.get(&(id, to))?;
+                        Some(format!("{to}={}", relay.addr()))
                     })
                     .collect::<Vec<_>>()
                     .join(",");
                 ProcNode {
                     id,
                     raft_addr: real[id as usize - 1].clone(),
-                    peers,
+                    peers: peers.clone(),
+                    routes,
                     data: dir.join(format!("node-{id}")),
                     child: None,
                     api: String::new(),
@@ -170,6 +178,9 @@ impl ProcCluster {
             .env("RUST_BACKTRACE", "0");
         if !extra.contains(&"--join") {
             command.args(["--peers", &node.peers]);
+        }
+        if !node.routes.is_empty() {
+            command.args(["--raft-route", &node.routes]);
         }
         command
     }
@@ -265,20 +276,33 @@ impl ProcCluster {
     }
 
     pub async fn index(&self, i: usize) -> Option<Value> {
-        self.client
+        self.try_index(i).await.ok()
+    }
+
+    /// Node `i`'s `GET /`, or why it did not answer.
+    pub async fn try_index(&self, i: usize) -> Result<Value, String> {
+        let response = self
+            .client
             .get(format!("{}/", self.nodes[i].api))
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .ok()?
+            .map_err(|e| format!("GET /: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET /: {status}"));
+        }
+        response
             .json()
             .await
-            .ok()
+            .map_err(|e| format!("GET /: the body: {e}"))
     }
 
     /// The index of the node every running node in `among` names as leader in the same term.
+    /// On timeout, panics with every node's view (role, term, leader, last log index, or why it
+    /// did not answer) and the tail of each running node's log.
     pub async fn leader_among(&self, among: &[usize]) -> usize {
-        test_support::eventually("an agreed leader", DEADLINE, || async {
+        let agreed = test_support::eventually("an agreed leader", DEADLINE, || async {
             let mut views = BTreeSet::new();
             for &i in among {
                 let view = self.index(i).await?;
@@ -291,8 +315,60 @@ impl ProcCluster {
             let i = self.nodes.iter().position(|n| n.id == leader)?;
             (views.len() == 1 && among.contains(&i)).then_some(i)
         })
-        .await
-        .unwrap()
+        .await;
+        match agreed {
+            Ok(i) => i,
+            Err(e) => panic!(
+                "{e} among nodes {:?}:\n{}",
+                self.ids(among),
+                self.views().await
+            ),
+        }
+    }
+
+    fn ids(&self, among: &[usize]) -> Vec<u64> {
+        among.iter().map(|&i| self.nodes[i].id).collect()
+    }
+
+    /// Every node's view of the cluster and the tail of its log, for a failure's message.
+    pub async fn views(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            let id = self.nodes[i].id;
+            if !self.running(i) {
+                out.push_str(&format!("node {id}: not running\n"));
+                continue;
+            }
+            let view = match self.try_index(i).await {
+                Ok(view) => {
+                    let c = &view["cluster"];
+                    format!(
+                        "role {}, term {}, leader {}, last log index {}, last applied {}",
+                        c["role"],
+                        c["term"],
+                        c["leaderId"],
+                        c["lastLogIndex"],
+                        c["lastAppliedIndex"]
+                    )
+                }
+                Err(e) => format!("unreachable: {e}"),
+            };
+            out.push_str(&format!(
+                "node {id} (api {}): {view}\n--- node {id} log tail ---\n{}\n",
+                self.nodes[i].api,
+                self.log(i)
+            ));
+        }
+        let cut: Vec<String> = self
+            .relays
+            .iter()
+            .filter(|(_, relay)| !matches!(relay.fault(), Fault::Pass))
+            .map(|((from, to), relay)| format!("{from}->{to}: {:?}", relay.fault()))
+            .collect();
+        if !cut.is_empty() {
+            out.push_str(&format!("relays not passing: {}\n", cut.join(", ")));
+        }
+        out
     }
 
     /// The agreed leader of all running nodes.
@@ -301,17 +377,21 @@ impl ProcCluster {
         self.leader_among(&running).await
     }
 
+    /// Waits until node `i` serves the default mesh; on timeout, panics with every node's view
+    /// and log tail.
     pub async fn wait_for_default_mesh(&self, i: usize) {
         let url = format!("{}/meshes/default", self.nodes[i].api);
-        test_support::eventually("the default mesh", DEADLINE, || {
+        let found = test_support::eventually("the default mesh", DEADLINE, || {
             let (client, url) = (self.client.clone(), url.clone());
             async move {
                 let response = client.get(url).send().await.ok()?;
                 response.status().is_success().then_some(())
             }
         })
-        .await
-        .unwrap();
+        .await;
+        if let Err(e) = found {
+            panic!("{e} on node {}:\n{}", self.nodes[i].id, self.views().await);
+        }
     }
 
     /// The body of a small policy (a MeshTimeout) named `name`.

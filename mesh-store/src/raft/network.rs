@@ -164,6 +164,8 @@ pub struct NetworkFactory {
     pub snapshot_chunk_bytes: usize,
     /// How long establishing a connection may take.
     pub connect_timeout: Duration,
+    /// Where this node dials a peer instead of the address the membership gives it.
+    pub routes: Routes,
 }
 
 impl NetworkFactory {
@@ -172,7 +174,23 @@ impl NetworkFactory {
             tls,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             connect_timeout: Duration::from_secs(1),
+            routes: Routes::default(),
         }
+    }
+}
+
+/// This node's own routes to some peers: node id -> the address (`host:port`) it dials that
+/// node at instead of the one in the membership (which every node shares). For a node that
+/// reaches a peer through a proxy or a tunnel; tests route each link through its own fault
+/// relay this way, so that one node can be cut off in both directions whichever node's
+/// bootstrap wrote the membership. A peer without a route is dialled at its member address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes(pub std::collections::BTreeMap<NodeId, String>);
+
+impl Routes {
+    /// The address to dial `target` at, whose member address is `member_addr`.
+    pub fn dial<'a>(&'a self, target: NodeId, member_addr: &'a str) -> &'a str {
+        self.0.get(&target).map_or(member_addr, String::as_str)
     }
 }
 
@@ -251,27 +269,35 @@ pub(crate) enum ForwardRefusal {
 #[derive(Clone)]
 pub(crate) struct Forwarder {
     tls: PeerTls,
+    routes: Routes,
     clients: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, RaftPeerClient<Channel>>>,
     >,
 }
 
 impl Forwarder {
-    pub(crate) fn new(tls: PeerTls) -> Forwarder {
+    pub(crate) fn new(tls: PeerTls, routes: Routes) -> Forwarder {
         Forwarder {
             tls,
+            routes,
             clients: Default::default(),
         }
     }
 
-    /// Sends `request` to the node at `addr`; `Err` is a transport failure (the request may or
-    /// may not have reached the node).
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Sends `request` to node `id` at member address `addr` (or this node's route to it); `Err`
+    /// is a transport failure (the request may or may not have reached the node).
     pub(crate) async fn forward(
         &self,
+        id: NodeId,
         addr: &str,
         request: &Forwarded,
         timeout: Duration,
     ) -> Result<Result<ForwardAnswer, ForwardRefusal>, String> {
+        let addr = self.routes.dial(id, addr);
         let client = {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
             match clients.get(addr) {
@@ -299,7 +325,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         // Connects lazily: an unreachable peer fails its calls (and openraft backs off), not this.
-        let client = peer_client(&self.tls, &node.addr, self.connect_timeout)
+        let addr = self.routes.dial(target, &node.addr);
+        let client = peer_client(&self.tls, addr, self.connect_timeout)
             .map_err(|e| format!("peer {target} at {e}"));
         PeerClient {
             target,

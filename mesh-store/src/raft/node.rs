@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::network::{
     peer_service, ForwardAnswer, ForwardRefusal, Forwarded, Forwarder, NetworkFactory, PeerTls,
-    DEFAULT_SNAPSHOT_CHUNK_BYTES,
+    Routes, DEFAULT_SNAPSHOT_CHUNK_BYTES,
 };
 use super::storage::{open_storage, StorageReleased};
 use super::types::{Command, CommandOp, CommandOutcome, NodeId, TypeConfig};
@@ -51,6 +51,8 @@ pub struct RaftNodeConfig {
     /// How long a member added through this node may take to catch up with the leader's log
     /// before it is removed again and the addition refused.
     pub catch_up_timeout: Duration,
+    /// Peers this node dials at another address than their member address (see [`Routes`]).
+    pub routes: Routes,
 }
 
 impl RaftNodeConfig {
@@ -77,6 +79,7 @@ impl RaftNodeConfig {
             store: SledStoreOptions::default(),
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
+            routes: Routes::default(),
         }
     }
 }
@@ -162,6 +165,7 @@ impl RaftNode {
             })?;
         let mut network = NetworkFactory::new(config.tls.clone());
         network.snapshot_chunk_bytes = config.snapshot_chunk_bytes;
+        network.routes = config.routes.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| RaftNodeError::Raft {
@@ -191,7 +195,7 @@ impl RaftNode {
                 id,
                 raft: raft.clone(),
                 state,
-                forwarder: Forwarder::new(config.tls.clone()),
+                forwarder: Forwarder::new(config.tls.clone(), config.routes.clone()),
                 catch_up_timeout: config.catch_up_timeout,
             },
             raft,
@@ -477,6 +481,8 @@ pub struct ClusterStatus {
     pub term: u64,
     pub leader_id: Option<NodeId>,
     pub leader_addr: Option<String>,
+    /// The index of the last entry in this node's log (applied or not).
+    pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
     /// The last log index this node's current snapshot holds.
     pub snapshot_index: Option<u64>,
@@ -531,6 +537,12 @@ impl RaftStore {
         self.id
     }
 
+    /// The address this node dials node `id` at, whose member address is `member_addr`: its
+    /// route to it, if it has one (see [`Routes`]).
+    pub fn dial_addr<'a>(&'a self, id: NodeId, member_addr: &'a str) -> &'a str {
+        self.forwarder.routes().dial(id, member_addr)
+    }
+
     /// The node's openraft handle (metrics, waits).
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
@@ -567,6 +579,7 @@ impl RaftStore {
             term: metrics.current_term,
             leader_id: metrics.current_leader,
             leader_addr,
+            last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|log| log.index),
             snapshot_index: metrics.snapshot.map(|log| log.index),
             purged_index: metrics.purged.map(|log| log.index),
@@ -702,7 +715,11 @@ impl RaftStore {
             let Some(addr) = status.leader_addr else {
                 return Err(Attempt::NoLeader);
             };
-            match self.forwarder.forward(&addr, request, timeout).await {
+            match self
+                .forwarder
+                .forward(leader, &addr, request, timeout)
+                .await
+            {
                 Ok(result) => result,
                 Err(e) => {
                     return Err(Attempt::Unanswered(format!(
