@@ -33,10 +33,10 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::pb::kds_sync::kds_sync_client::KdsSyncClient;
 use crate::server::{down_types, ZONE_METADATA};
-use crate::version::{REFUSAL_PREFIX, VERSION_METADATA};
 use crate::sync::{
     self, ApplyError, Backoff, KdsTuning, Outbound, Sink, Source, SyncError, SyncObserver,
 };
+use crate::version::{REFUSAL_PREFIX, VERSION_METADATA};
 use crate::wire;
 
 /// Where the zone token comes from; read again at each dial so that a rotated token is used.

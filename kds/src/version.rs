@@ -84,8 +84,7 @@ impl FromStr for Version {
             if p.len() > 1 && p.starts_with('0') {
                 return Err(fail(&format!("{p:?} has a leading zero")));
             }
-            p.parse()
-                .map_err(|_| fail(&format!("{p:?} is too large")))
+            p.parse().map_err(|_| fail(&format!("{p:?} is too large")))
         };
         Ok(Version {
             major: number(parts[0])?,
@@ -99,7 +98,9 @@ impl FromStr for Version {
 /// Why the global refuses a zone at the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SkewError {
-    #[error("zone version {0} (from the zone's {VERSION_METADATA} metadata or node user_agent_version)")]
+    #[error(
+        "zone version {0} (from the zone's {VERSION_METADATA} metadata or node user_agent_version)"
+    )]
     Unparseable(ParseError),
     #[error("the zone reports no version ({VERSION_METADATA} metadata or node user_agent_version); the global {global} accepts zones {accepted}")]
     Missing { global: String, accepted: String },
@@ -202,7 +203,16 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_version_naming_the_value() {
         for bad in [
-            "", "1", "1.2", "1.2.3.4", "v1.2.3", "1.x.3", "01.2.3", "1.2.3-", "1.2.3-a b", "-1.2.3",
+            "",
+            "1",
+            "1.2",
+            "1.2.3.4",
+            "v1.2.3",
+            "1.x.3",
+            "01.2.3",
+            "1.2.3-",
+            "1.2.3-a b",
+            "-1.2.3",
         ] {
             let e = bad.parse::<Version>().unwrap_err();
             assert_eq!(e.value, bad);
@@ -232,7 +242,10 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         let m = e.to_string();
         assert!(m.contains("0.5.0") && m.contains("0.4.0"), "{m}");
-        assert!(m.contains("0.3.x or 0.4.x") && m.contains("upgrade the global first"), "{m}");
+        assert!(
+            m.contains("0.3.x or 0.4.x") && m.contains("upgrade the global first"),
+            "{m}"
+        );
 
         let e = check_zone(&g, Some("0.2.9")).unwrap_err();
         assert!(matches!(e, SkewError::ZoneTooOld { .. }));
