@@ -92,7 +92,8 @@ pub enum ClientError {
     Connect { address: String, reason: String },
     #[error("opening a stream: {0}")]
     Open(String),
-    #[error("the global (version {}) refused this zone (version {zone_version}): {message}", global_version.as_deref().unwrap_or("unknown"))]
+    /// The global refused the zone's version; `message` names both versions and the rule.
+    #[error("{message}")]
     Refused {
         zone_version: String,
         global_version: Option<String>,
@@ -415,7 +416,7 @@ pub async fn run(
         };
         if let Some(why) = refused {
             tracing::error!(zone = %config.zone, zone_version = %config.version, %address, error = %why,
-                "KDS: the global refused this zone's version (zones may be one minor version behind the global, never ahead: upgrade the global first); retrying with backoff");
+                "KDS: the global refused this zone's version; retrying with backoff");
             config.status.set_refused(Some(why));
         } else {
             tracing::warn!(zone = %config.zone, %address, %error, "KDS: connection lost; redialling");
