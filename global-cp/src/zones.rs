@@ -1,7 +1,9 @@
 //! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
 //! the signing key and revoking tokens (keys and revocations are GlobalSecrets of the replicated
 //! store, `kds::token_keys`, so they hold on every node), and the zones overview (`GET /zones/_overview`) that
-//! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one.
+//! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one,
+//! its version, and, for a zone whose version the KDS handshake refused (`kds::version`), the
+//! status `refused` and the reason in `refused`.
 //! [`register_connected_zones`] gives every zone that connects a Zone resource.
 
 use std::collections::BTreeMap;
@@ -182,7 +184,13 @@ async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
             s.zone.clone(),
             json!({
                 "name": s.zone,
-                "status": if s.online { "online" } else { "offline" },
+                "status": if s.online {
+                    "online"
+                } else if s.refused.is_some() {
+                    "refused"
+                } else {
+                    "offline"
+                },
                 "connectedSince": time(s.connected_since),
                 "lastConnected": time(s.last_connected),
                 "lastDisconnected": time(s.last_disconnected),
@@ -196,6 +204,7 @@ async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
                 "bytesSent": s.bytes_sent,
                 "lastError": s.last_error,
                 "version": s.version,
+                "refused": s.refused,
             }),
         );
     }

@@ -6,6 +6,13 @@
 //! with capped, jittered exponential backoff, until shutdown. The zone keeps serving from its
 //! store while the global is away, and catches up by differences when it returns.
 //! [`ClientStatus`] tells the zone's diagnostics whether it is connected and what failed last.
+//!
+//! Versions: the zone states [`KdsClientConfig::version`] in the `x-meridian-version` metadata of
+//! both streams (and in its node); the global answers with its own, which the zone logs and keeps
+//! in [`ClientStatus`]. A global that refuses the zone's version ([`crate::version`]: a zone newer
+//! than the global, or more than one minor version behind) is logged as an error and recorded in
+//! [`ClientStatusSnapshot::refused`], and the zone keeps redialling with backoff, so a global
+//! upgraded meanwhile lets it in.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +36,7 @@ use crate::server::{down_types, ZONE_METADATA};
 use crate::sync::{
     self, ApplyError, Backoff, KdsTuning, Outbound, Sink, Source, SyncError, SyncObserver,
 };
+use crate::version::{REFUSAL_PREFIX, VERSION_METADATA};
 use crate::wire;
 
 /// Where the zone token comes from; read again at each dial so that a rotated token is used.
@@ -84,6 +92,15 @@ pub enum ClientError {
     Connect { address: String, reason: String },
     #[error("opening a stream: {0}")]
     Open(String),
+    /// The global refused the zone's version; `message` names both versions and the rule.
+    #[error("{message}")]
+    Refused {
+        zone_version: String,
+        global_version: Option<String>,
+        message: String,
+    },
+    #[error("zone version {0:?} cannot be sent as metadata (not header text)")]
+    InvalidVersion(String),
     #[error(transparent)]
     Sync(#[from] SyncError),
 }
@@ -101,7 +118,8 @@ pub struct KdsClientConfig {
     /// Delays between dials.
     pub backoff: Backoff,
     pub tuning: KdsTuning,
-    /// The version reported to the global (node `user_agent_version`).
+    /// The version reported to the global (`x-meridian-version` metadata and node
+    /// `user_agent_version`); this build's by default. Tests of version skew set another.
     pub version: String,
     pub connect_timeout: Duration,
     /// Updated by [`run`]; clone it before handing the config over.
@@ -140,7 +158,7 @@ impl KdsClientConfig {
                 jitter: 0.2,
             },
             tuning: KdsTuning::default(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::version::CURRENT.to_owned(),
             connect_timeout: Duration::from_secs(5),
             status: ClientStatus::default(),
         }
@@ -164,6 +182,8 @@ struct StatusDetail {
     connected_since: Option<DateTime<Utc>>,
     last_error: Option<String>,
     last_error_at: Option<DateTime<Utc>>,
+    global_version: Option<String>,
+    refused: Option<String>,
 }
 
 /// The zone's view of its KDS link. Cloning shares it.
@@ -180,6 +200,11 @@ pub struct ClientStatusSnapshot {
     pub connected_since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// The version the global stated at the latest handshake (also on a refusal).
+    pub global_version: Option<String>,
+    /// Why the global refused this zone's version at the latest handshake; `None` once a
+    /// handshake succeeds.
+    pub refused: Option<String>,
     pub dials: u64,
     pub resources_received: u64,
     pub resources_sent: u64,
@@ -205,6 +230,8 @@ impl ClientStatus {
             connected_since: d.connected_since,
             last_error: d.last_error,
             last_error_at: d.last_error_at,
+            global_version: d.global_version,
+            refused: d.refused,
             dials: i.dials.load(Ordering::Relaxed),
             resources_received: i.resources_received.load(Ordering::Relaxed),
             resources_sent: i.resources_sent.load(Ordering::Relaxed),
@@ -226,6 +253,16 @@ impl ClientStatus {
         let mut d = self.detail();
         d.last_error = Some(message);
         d.last_error_at = Some(Utc::now());
+    }
+
+    fn set_global_version(&self, version: Option<String>) {
+        if version.is_some() {
+            self.detail().global_version = version;
+        }
+    }
+
+    fn set_refused(&self, why: Option<String>) {
+        self.detail().refused = why;
     }
 }
 
@@ -369,11 +406,21 @@ pub async fn run(
             }
         };
         config.status.set_connected(None);
+        let refused = match &result {
+            Err(e) => e.refusal(),
+            Ok(()) => None,
+        };
         let error = match result {
             Ok(()) => "the global ended the connection".to_owned(),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(zone = %config.zone, %address, %error, "KDS: connection lost; redialling");
+        if let Some(why) = refused {
+            tracing::error!(zone = %config.zone, zone_version = %config.version, %address, error = %why,
+                "KDS: the global refused this zone's version; retrying with backoff");
+            config.status.set_refused(Some(why));
+        } else {
+            tracing::warn!(zone = %config.zone, %address, %error, "KDS: connection lost; redialling");
+        }
         config.status.set_error(error);
         // A session that opened both streams resets the backoff.
         if opened {
@@ -397,6 +444,9 @@ fn request<T>(
     let zone = MetadataValue::try_from(config.zone.as_str())
         .map_err(|_| ClientError::InvalidZone(config.zone.clone()))?;
     request.metadata_mut().insert(ZONE_METADATA, zone);
+    let version = MetadataValue::try_from(config.version.as_str())
+        .map_err(|_| ClientError::InvalidVersion(config.version.clone()))?;
+    request.metadata_mut().insert(VERSION_METADATA, version);
     if let Some(token) = token {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| ClientError::Token("the token is not valid header text".into()))?;
@@ -448,11 +498,13 @@ async fn session(
         ReceiverStream::new(down_rx)
             .filter_map(|r: Result<_, tonic::Status>| std::future::ready(r.ok())),
     )?;
-    let down_in = client
+    let down = client
         .global_to_zone_sync(down_req)
         .await
-        .map_err(|s| ClientError::Open(format!("GlobalToZoneSync: {}", s.message())))?
-        .into_inner();
+        .map_err(|s| open_error(config, "GlobalToZoneSync", s))?;
+    let global_version = stated_version(down.metadata());
+    config.status.set_global_version(global_version.clone());
+    let down_in = down.into_inner();
     // Up: the zone serves its inventory.
     let (up_tx, up_rx) = mpsc::channel(16);
     let up_req = request(
@@ -464,11 +516,18 @@ async fn session(
     let up_in = client
         .zone_to_global_sync(up_req)
         .await
-        .map_err(|s| ClientError::Open(format!("ZoneToGlobalSync: {}", s.message())))?
+        .map_err(|s| open_error(config, "ZoneToGlobalSync", s))?
         .into_inner();
     config.status.set_connected(Some(address));
+    config.status.set_refused(None);
     *opened = true;
-    tracing::info!(zone = %config.zone, %address, "KDS: connected to the global");
+    tracing::info!(
+        zone = %config.zone,
+        %address,
+        zone_version = %config.version,
+        global_version = global_version.as_deref().unwrap_or("not stated (a global older than x-meridian-version)"),
+        "KDS: connected to the global"
+    );
 
     let node = envoy_types::pb::envoy::config::core::v3::Node {
         id: config.zone.clone(),
@@ -499,7 +558,7 @@ async fn session(
         &config.status,
         None,
     );
-    let no_node = |_: &envoy_types::pb::envoy::config::core::v3::Node| {};
+    let no_node = |_: &envoy_types::pb::envoy::config::core::v3::Node| Ok(());
     let up = sync::run_sender(
         config.store.as_ref(),
         &source,
@@ -518,6 +577,45 @@ async fn session(
         r = up => r,
     };
     result.map_err(ClientError::from)
+}
+
+/// The version a global states in its response (or refusal) metadata.
+fn stated_version(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get(VERSION_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A stream the global would not open: a version refusal, or any other failure.
+fn open_error(config: &KdsClientConfig, stream: &str, status: tonic::Status) -> ClientError {
+    if status.message().starts_with(REFUSAL_PREFIX) {
+        let global_version = stated_version(status.metadata());
+        config.status.set_global_version(global_version.clone());
+        ClientError::Refused {
+            zone_version: config.version.clone(),
+            global_version,
+            message: status.message().to_owned(),
+        }
+    } else {
+        ClientError::Open(format!("{stream}: {}", status.message()))
+    }
+}
+
+impl ClientError {
+    /// Why the global refused this zone's version, when that is what this error is: a stream
+    /// refused at its open, or ended at its first request (a global checking the node's version).
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            ClientError::Refused { .. } => Some(self.to_string()),
+            ClientError::Sync(SyncError::Transport { message, .. })
+                if message.starts_with(REFUSAL_PREFIX) =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -6,8 +6,10 @@
 //! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
 //! conversions, [`status`] the per-zone link status, [`janitor`] the removal of inventory of
-//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity, and
-//! [`token_keys`] keeps token signing keys (zone, dataplane, zone proxy) as Secrets of the store.
+//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity,
+//! [`token_keys`] keeps token signing keys (zone, dataplane, zone proxy) as Secrets of the store,
+//! and [`version`] is the version-skew rule of the handshake (a zone of the global's minor
+//! version or one behind; the global is upgraded first).
 //!
 //! Wiring. Global: `serve(listener, Some(tls), KdsServer::new(store, Arc::new(authenticator)),
 //! shutdown)`, with [`KdsServer::status`] feeding diagnostics. Zone: `run(KdsClientConfig { tls,
@@ -25,6 +27,7 @@ pub mod status;
 pub mod sync;
 pub mod tls;
 pub mod token_keys;
+pub mod version;
 pub mod wire;
 
 pub use client::{

@@ -4,7 +4,11 @@
 //! renamed `<name>.<zone>` and labelled with the zone, and only ever touches resources labelled
 //! with the zone that stream authenticated as. Zones are authenticated by a [`ZoneAuthenticator`]
 //! (the zone claims its name in the `x-meridian-zone` metadata and in `node.id`); per-zone link
-//! state is in a [`ZoneStatusRegistry`]. [`serve`] runs it on a bound listener with HTTP/2
+//! state is in a [`ZoneStatusRegistry`]. A zone whose version is outside the skew rule
+//! ([`crate::version`]: the global's minor version or one behind) is refused when it opens a
+//! stream (its `x-meridian-version` metadata) or, for a zone that sends no such metadata, at its
+//! first request (its node's `user_agent_version`); the global states its own version in the
+//! response metadata, refusals included. [`serve`] runs it on a bound listener with HTTP/2
 //! keepalives until a shutdown future resolves.
 
 use std::collections::HashMap;
@@ -24,6 +28,7 @@ use crate::pb::kds_sync::kds_sync_server::{KdsSync, KdsSyncServer};
 use crate::pb::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use crate::status::{ZoneEntry, ZoneStatusRegistry};
 use crate::sync::{self, ApplyError, KdsTuning, Outbound, Sink, Source, SyncError, SyncObserver};
+use crate::version::{self, ParseError, SkewError, Version, VERSION_METADATA};
 use crate::wire;
 
 /// The metadata key in which a zone claims its name.
@@ -64,6 +69,8 @@ struct Inner {
     status: ZoneStatusRegistry,
     tuning: KdsTuning,
     identifier: String,
+    /// The global's own version, against which zones are checked.
+    version: Version,
     shutdown: watch::Sender<bool>,
 }
 
@@ -78,6 +85,7 @@ impl std::fmt::Debug for KdsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KdsServer")
             .field("identifier", &self.inner.identifier)
+            .field("version", &self.inner.version.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -102,9 +110,35 @@ impl KdsServer {
                 status,
                 tuning,
                 identifier: "meridian-global".to_owned(),
+                version: version::CURRENT
+                    .parse()
+                    .expect("the crate's own version is a version"),
                 shutdown: watch::channel(false).0,
             }),
         }
+    }
+
+    /// The same server stating (and checking zones against) `version` instead of this build's
+    /// (tests of version skew). Call it before cloning or serving the server.
+    pub fn with_version(self, version: &str) -> Result<KdsServer, ParseError> {
+        let version: Version = version.parse()?;
+        let inner = &self.inner;
+        Ok(KdsServer {
+            inner: Arc::new(Inner {
+                store: inner.store.clone(),
+                auth: inner.auth.clone(),
+                status: inner.status.clone(),
+                tuning: inner.tuning.clone(),
+                identifier: inner.identifier.clone(),
+                version,
+                shutdown: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// The version the global states and checks zones against.
+    pub fn version(&self) -> &str {
+        self.inner.version.as_str()
     }
 
     /// The per-zone link status.
@@ -145,6 +179,55 @@ impl KdsServer {
         Ok(zone)
     }
 
+    /// The global's version as metadata, for responses and refusals.
+    fn version_metadata(&self) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        if let Ok(value) = self.inner.version.as_str().parse() {
+            metadata.insert(VERSION_METADATA, value);
+        }
+        metadata
+    }
+
+    /// The skew rule at a stream's open, on the zone's `x-meridian-version` metadata. `Ok(true)`:
+    /// accepted; `Ok(false)`: no such metadata (a zone older than the rule), its node's version is
+    /// checked at its first request instead.
+    fn check_version(&self, metadata: &MetadataMap, zone: &str) -> Result<bool, Status> {
+        let Some(value) = metadata.get(VERSION_METADATA) else {
+            return Ok(false);
+        };
+        let reported = value.to_str().map(str::to_owned);
+        let result = match &reported {
+            Ok(v) => version::check_zone(&self.inner.version, Some(v)).map(|_| ()),
+            Err(_) => Err(SkewError::Unparseable(ParseError {
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                reason: "it is not text".into(),
+            })),
+        };
+        let entry = self.inner.status.entry(zone);
+        match result {
+            Ok(()) => {
+                entry.accepted(reported.as_deref().unwrap_or_default());
+                Ok(true)
+            }
+            Err(e) => Err(self.refuse(&entry, reported.ok().as_deref(), e)),
+        }
+    }
+
+    /// Records and logs a refusal; the status to answer with, carrying the global's version.
+    fn refuse(&self, entry: &ZoneEntry, reported: Option<&str>, e: SkewError) -> Status {
+        tracing::warn!(zone = %entry.name(), global_version = %self.inner.version, error = %e, "KDS: zone refused");
+        let status = e.to_status();
+        entry.refused(reported, status.message().to_owned());
+        Status::with_metadata(status.code(), status.message(), self.version_metadata())
+    }
+
+    /// A response stream, with the global's version in its metadata.
+    fn respond<T>(&self, rx: T) -> Response<T> {
+        let mut response = Response::new(rx);
+        *response.metadata_mut() = self.version_metadata();
+        response
+    }
+
     /// Runs `work` as one stream of `zone`: online while it runs, offline (with the error) when it
     /// ends; ends it at shutdown.
     fn spawn_stream<T, F>(
@@ -169,7 +252,8 @@ impl KdsServer {
             };
             if let Err(e) = result {
                 tracing::info!(%zone, error = %e, "KDS stream ended");
-                if !matches!(e, SyncError::Closed) {
+                // A refusal was recorded where it was decided.
+                if !matches!(e, SyncError::Closed | SyncError::Refused(_)) {
                     entry.error(e.to_string());
                 }
                 let _ = tx.try_send(Err(e.to_status()));
@@ -301,6 +385,7 @@ impl KdsSync for KdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
         let zone = self.authenticate(request.metadata()).await?;
+        let stated = self.check_version(request.metadata(), &zone)?;
         let inbound = request.into_inner().boxed();
         let (tx, rx) = channel();
         let out = Outbound {
@@ -308,14 +393,27 @@ impl KdsSync for KdsServer {
             stall: self.inner.tuning.watchdog_timeout,
         };
         let inner = self.inner.clone();
+        let server = self.clone();
         self.spawn_stream(zone.clone(), tx, move |entry| async move {
             let source = ToZone { zone: zone.clone() };
+            // The node's version obeys the rule too; it is the only one a zone older than the
+            // metadata states.
             let on_node = |node: &envoy_types::pb::envoy::config::core::v3::Node| {
                 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
-                if let Some(UserAgentVersionType::UserAgentVersion(v)) =
-                    &node.user_agent_version_type
-                {
-                    entry.set_version(v.clone());
+                let reported = match &node.user_agent_version_type {
+                    Some(UserAgentVersionType::UserAgentVersion(v)) if !v.is_empty() => Some(v),
+                    _ if stated => return Ok(()),
+                    _ => None,
+                };
+                match version::check_zone(&inner.version, reported.map(String::as_str)) {
+                    Ok(_) => {
+                        entry.accepted(reported.map(String::as_str).unwrap_or_default());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        server.refuse(&entry, reported.map(String::as_str), e.clone());
+                        Err(SyncError::Refused(e))
+                    }
                 }
             };
             sync::run_sender(
@@ -330,7 +428,7 @@ impl KdsSync for KdsServer {
             )
             .await
         });
-        Ok(Response::new(rx))
+        Ok(self.respond(rx))
     }
 
     async fn zone_to_global_sync(
@@ -338,6 +436,7 @@ impl KdsSync for KdsServer {
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
         let zone = self.authenticate(request.metadata()).await?;
+        self.check_version(request.metadata(), &zone)?;
         let inbound = request.into_inner().boxed();
         let (tx, rx) = channel();
         let out = Outbound {
@@ -352,6 +451,12 @@ impl KdsSync for KdsServer {
             };
             let node = envoy_types::pb::envoy::config::core::v3::Node {
                 id: inner.identifier.clone(),
+                user_agent_name: "meridian-global-cp".to_owned(),
+                user_agent_version_type: Some(
+                    envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+                        inner.version.to_string(),
+                    ),
+                ),
                 ..Default::default()
             };
             sync::run_receiver(
@@ -365,7 +470,7 @@ impl KdsSync for KdsServer {
             )
             .await
         });
-        Ok(Response::new(rx))
+        Ok(self.respond(rx))
     }
 }
 

@@ -1,7 +1,8 @@
 //! What the global knows about each zone's KDS link: online or offline (online while at least
 //! one of its streams is open; a stream ends when the zone disconnects, fails, or its watchdog
 //! fires), when it connected, when it last sent or received anything, resources sent and
-//! received, NACKs and errors, and the version the zone reports. Counters are per-zone atomics;
+//! received, NACKs and errors, the version the zone reports, and why the global refused the zone's
+//! last handshake when it did (a version outside the skew rule, [`crate::version`]). Counters are per-zone atomics;
 //! the registry's map is locked only when a stream opens. A zone going offline (its last stream
 //! ended) or online (its first stream opened) is announced to subscribers ([`ZoneStatusRegistry::subscribe`])
 //! as a [`ZoneTransition`]; only those two edges send anything, never the per-message counters.
@@ -48,8 +49,11 @@ pub struct ZoneStatus {
     pub nacks_sent: u64,
     pub errors: u64,
     pub last_error: Option<String>,
-    /// The version the zone control plane reports (node `user_agent_version`).
+    /// The version the zone control plane reports (`x-meridian-version`, node `user_agent_version`).
     pub version: Option<String>,
+    /// Why the global refused the zone's latest handshake (its version is outside the skew rule);
+    /// `None` once a handshake is accepted.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +64,7 @@ struct Times {
     last_updated: Option<DateTime<Utc>>,
     last_error: Option<String>,
     version: Option<String>,
+    refused: Option<String>,
 }
 
 /// The live counters of one zone, shared by its streams.
@@ -101,6 +106,11 @@ impl ZoneEntry {
             zone: self.zone.clone(),
             online,
         });
+    }
+
+    /// The zone's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.zone
     }
 
     fn online(&self) -> bool {
@@ -165,10 +175,22 @@ impl ZoneEntry {
         self.times().last_error = Some(message);
     }
 
-    pub(crate) fn set_version(&self, version: String) {
-        if !version.is_empty() {
-            self.times().version = Some(version);
+    /// The zone's handshake passed the version rule.
+    pub(crate) fn accepted(&self, version: &str) {
+        let mut t = self.times();
+        t.version = Some(version.to_owned());
+        t.refused = None;
+    }
+
+    /// The zone's handshake was refused: `version` as reported (if any), `why` for the overview.
+    pub(crate) fn refused(&self, version: Option<&str>, why: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.times();
+        if let Some(v) = version.filter(|v| !v.is_empty()) {
+            t.version = Some(v.to_owned());
         }
+        t.last_error = Some(why.clone());
+        t.refused = Some(why);
     }
 
     fn snapshot(&self, zone: &str) -> ZoneStatus {
@@ -189,6 +211,7 @@ impl ZoneEntry {
             errors: self.errors.load(Ordering::Relaxed),
             last_error: t.last_error.clone(),
             version: t.version.clone(),
+            refused: t.refused.clone(),
         }
     }
 }
@@ -312,5 +335,22 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), t(true));
         assert_eq!(rx.try_recv().unwrap(), t(false));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_refusal_is_shown_until_a_handshake_is_accepted() {
+        let reg = ZoneStatusRegistry::new();
+        let e = reg.entry("zone-1");
+        e.refused(Some("0.9.0"), "too new".into());
+        let s = reg.zone("zone-1").unwrap();
+        assert!(!s.online);
+        assert_eq!(
+            (s.version.as_deref(), s.refused.as_deref(), s.errors),
+            (Some("0.9.0"), Some("too new"), 1)
+        );
+        e.accepted("0.1.0");
+        let s = reg.zone("zone-1").unwrap();
+        assert_eq!((s.version.as_deref(), s.refused), (Some("0.1.0"), None));
+        assert_eq!(s.last_error.as_deref(), Some("too new"));
     }
 }

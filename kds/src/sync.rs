@@ -124,6 +124,8 @@ pub enum SyncError {
     StoreClosed,
     #[error("peer identity: {0}")]
     Identity(String),
+    #[error("version skew refused: {0}")]
+    Refused(crate::version::SkewError),
 }
 
 impl From<tonic::Status> for SyncError {
@@ -140,6 +142,7 @@ impl SyncError {
     pub fn to_status(&self) -> tonic::Status {
         match self {
             SyncError::Identity(m) => tonic::Status::permission_denied(m.clone()),
+            SyncError::Refused(e) => e.to_status(),
             SyncError::Watchdog(_) | SyncError::Stalled(_) => {
                 tonic::Status::deadline_exceeded(self.to_string())
             }
@@ -375,7 +378,8 @@ impl SenderState<'_> {
 
 /// Runs the sending half of a stream until it fails (`Ok` never: a stream only ends in error or
 /// by being dropped). `require_node`: every request carrying a node must name this id, and the
-/// first request must carry one (the global checks the zone's claimed name).
+/// first request must carry one (the global checks the zone's claimed name). `on_node` sees every
+/// node the peer sends; an error from it ends the stream.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_sender(
     store: &dyn ResourceStore,
@@ -385,7 +389,9 @@ pub(crate) async fn run_sender(
     tuning: &KdsTuning,
     observer: &dyn SyncObserver,
     require_node: Option<&str>,
-    on_node: &(dyn Fn(&envoy_types::pb::envoy::config::core::v3::Node) + Send + Sync),
+    on_node: &(dyn Fn(&envoy_types::pb::envoy::config::core::v3::Node) -> Result<(), SyncError>
+          + Send
+          + Sync),
 ) -> Result<(), SyncError> {
     let mut state = SenderState {
         source,
@@ -433,7 +439,7 @@ pub(crate) async fn run_sender(
                     }
                 }
                 if let Some(node) = &request.node {
-                    on_node(node);
+                    on_node(node)?;
                 }
                 first = false;
                 if request.type_url == HEARTBEAT_TYPE_URL {

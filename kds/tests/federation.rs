@@ -54,6 +54,16 @@ struct Global {
 
 impl Global {
     async fn start(store: Arc<SledStore>, tuning: KdsTuning, addr: Option<SocketAddr>) -> Global {
+        Global::start_as(store, tuning, addr, kds::version::CURRENT).await
+    }
+
+    /// A global stating (and checking zones against) `version`.
+    async fn start_as(
+        store: Arc<SledStore>,
+        tuning: KdsTuning,
+        addr: Option<SocketAddr>,
+        version: &str,
+    ) -> Global {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
         socket
@@ -67,7 +77,9 @@ impl Global {
             Arc::new(AllowAllZonesForTests),
             tuning,
             status.clone(),
-        );
+        )
+        .with_version(version)
+        .expect("a valid version");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             kds::serve(listener, None, server, async {
@@ -114,8 +126,20 @@ struct Zone {
 
 impl Zone {
     fn start(name: &str, store: Arc<SledStore>, address: String, tuning: KdsTuning) -> Zone {
+        Zone::start_as(name, store, address, tuning, kds::version::CURRENT)
+    }
+
+    /// A zone reporting `version` (the client config's, as a zone of that release would).
+    fn start_as(
+        name: &str,
+        store: Arc<SledStore>,
+        address: String,
+        tuning: KdsTuning,
+        version: &str,
+    ) -> Zone {
         let mut config = KdsClientConfig::new(name, address, store.clone());
         config.tuning = tuning;
+        config.version = version.to_owned();
         config.backoff = Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
@@ -1017,6 +1041,259 @@ async fn a_burst_of_changes_travels_in_few_messages() -> anyhow::Result<()> {
         "coalesced into few messages: {s:?}"
     );
     zone.stop().await;
+    global.stop().await;
+    Ok(())
+}
+
+/// Waits until the zone's latest handshake was refused; the reason.
+async fn refusal(zone: &Zone) -> anyhow::Result<String> {
+    test_support::eventually(&format!("{} refused", zone.name), DEADLINE, || async {
+        zone.status.snapshot().refused
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zone_one_minor_behind_syncs_and_versions_are_reported_both_ways() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let global = Global::start_as(open_store(&dir, "global"), tuning(), None, "0.5.2").await;
+    global.store.create(mesh("default")).await?;
+    global.store.create(timeout_policy("t1", "5s")).await?;
+    let zone = Zone::start_as(
+        "zone-1",
+        open_store(&dir, "zone-1"),
+        global.url(),
+        tuning(),
+        "0.4.7",
+    );
+    wait_for(
+        "the policy at the older zone",
+        &zone.store,
+        &key(ResourceType::MeshTimeout, Some("default"), "t1"),
+        |r| r.is_some(),
+    )
+    .await?;
+    zone.store.create(dataplane("web", "10.0.0.1")).await?;
+    wait_for(
+        "the older zone's inventory at the global",
+        &global.store,
+        &key(ResourceType::Dataplane, Some("default"), "web.zone-1"),
+        |r| r.is_some(),
+    )
+    .await?;
+    let at_global = global.zone("zone-1");
+    assert!(at_global.online, "{at_global:?}");
+    assert_eq!(at_global.version.as_deref(), Some("0.4.7"));
+    assert_eq!(at_global.refused, None);
+    let at_zone = zone.status.snapshot();
+    assert_eq!(at_zone.global_version.as_deref(), Some("0.5.2"));
+    assert_eq!(at_zone.refused, None);
+    zone.stop().await;
+    global.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zones_ahead_or_two_minors_behind_are_refused_until_the_global_is_upgraded(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = open_store(&dir, "global");
+    store.create(mesh("default")).await?;
+    let global = Global::start_as(store.clone(), tuning(), None, "0.5.0").await;
+    let ahead = Zone::start_as(
+        "ahead",
+        open_store(&dir, "a"),
+        global.url(),
+        tuning(),
+        "0.6.0",
+    );
+    let behind = Zone::start_as(
+        "behind",
+        open_store(&dir, "b"),
+        global.url(),
+        tuning(),
+        "0.3.9",
+    );
+    let garbled = Zone::start_as(
+        "garbled",
+        open_store(&dir, "c"),
+        global.url(),
+        tuning(),
+        "latest",
+    );
+
+    let why = refusal(&ahead).await?;
+    assert!(
+        why.contains("0.6.0") && why.contains("0.5.0") && why.contains("upgrade the global first"),
+        "{why}"
+    );
+    let why = refusal(&behind).await?;
+    assert!(
+        why.contains("0.3.9")
+            && why.contains("0.5.0")
+            && why.contains("more than one minor version behind")
+            && why.contains("0.4.x or 0.5.x"),
+        "{why}"
+    );
+    let why = refusal(&garbled).await?;
+    assert!(why.contains("\"latest\" is not a version"), "{why}");
+    for zone in [&ahead, &behind, &garbled] {
+        let s = zone.status.snapshot();
+        assert!(!s.connected, "{s:?}");
+        assert_eq!(s.global_version.as_deref(), Some("0.5.0"), "{s:?}");
+    }
+    // The global's overview says who was refused, with which version, and why.
+    for (name, version, reason) in [
+        ("ahead", "0.6.0", "is newer than the global's 0.5.0"),
+        (
+            "behind",
+            "0.3.9",
+            "more than one minor version behind the global's 0.5.0",
+        ),
+        ("garbled", "latest", "is not a version"),
+    ] {
+        let s = global.zone(name);
+        assert!(!s.online, "{s:?}");
+        assert_eq!(s.version.as_deref(), Some(version), "{s:?}");
+        let refused = s.refused.clone().unwrap_or_default();
+        assert!(refused.contains(reason), "{s:?}");
+        assert_eq!(s.resources_sent + s.resources_received, 0, "{s:?}");
+    }
+    // Nothing reached a refused zone.
+    assert!(ahead
+        .store
+        .get(&key(ResourceType::Mesh, None, "default"))
+        .await?
+        .is_none());
+
+    // The zones keep redialling; the global upgraded to 0.6 on the same address lets the newer
+    // zone in (and still refuses the one now two minors behind).
+    let dials = ahead.status.snapshot().dials;
+    test_support::eventually("the refused zone redials", DEADLINE, || async {
+        (ahead.status.snapshot().dials > dials).then_some(())
+    })
+    .await?;
+    let addr = global.addr;
+    global.stop().await;
+    let global = Global::start_as(store.clone(), tuning(), Some(addr), "0.6.1").await;
+    wait_for(
+        "the mesh at the zone once the global is upgraded",
+        &ahead.store,
+        &key(ResourceType::Mesh, None, "default"),
+        |r| r.is_some(),
+    )
+    .await?;
+    wait_online(&global, "ahead").await?;
+    assert_eq!(global.zone("ahead").refused, None);
+    let s = ahead.status.snapshot();
+    assert_eq!(
+        (s.refused, s.global_version.as_deref()),
+        (None, Some("0.6.1"))
+    );
+    let why = test_support::eventually(
+        "the old zone refused by the new global",
+        DEADLINE,
+        || async { global.status.zone("behind").and_then(|s| s.refused) },
+    )
+    .await?;
+    assert!(why.contains("0.6.1") && why.contains("0.3.9"), "{why}");
+    for zone in [ahead, behind, garbled] {
+        zone.stop().await;
+    }
+    global.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zone_without_version_metadata_is_checked_on_its_node() -> anyhow::Result<()> {
+    // A zone of a release before the x-meridian-version metadata states its version only in its
+    // node's user_agent_version: the global checks that on the first request.
+    use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+    use kds::pb::DeltaDiscoveryRequest;
+    let dir = tempfile::tempdir()?;
+    let global = Global::start_as(open_store(&dir, "global"), tuning(), None, "0.5.0").await;
+    let mut client = KdsSyncClient::new(
+        tonic::transport::Endpoint::from_shared(global.url())?
+            .connect()
+            .await?,
+    );
+    let open = |zone: &str, version: &str| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<DeltaDiscoveryRequest>(8);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(kds::ZONE_METADATA, zone.parse().unwrap());
+        let first = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: zone.to_owned(),
+                user_agent_version_type: (!version.is_empty())
+                    .then(|| UserAgentVersionType::UserAgentVersion(version.to_owned())),
+                ..Default::default()
+            }),
+            type_url: kds::wire::type_url(ResourceType::Mesh),
+            ..Default::default()
+        };
+        tx.try_send(first).unwrap();
+        (tx, request)
+    };
+    for (zone, version, code, reason) in [
+        (
+            "old",
+            "0.3.0",
+            tonic::Code::FailedPrecondition,
+            "more than one minor version behind",
+        ),
+        (
+            "new",
+            "0.6.0",
+            tonic::Code::FailedPrecondition,
+            "is newer than the global's 0.5.0",
+        ),
+        (
+            "none",
+            "",
+            tonic::Code::InvalidArgument,
+            "reports no version",
+        ),
+    ] {
+        let (_tx, request) = open(zone, version);
+        let response = client.global_to_zone_sync(request).await?;
+        assert_eq!(
+            response
+                .metadata()
+                .get(kds::version::VERSION_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("0.5.0")
+        );
+        let mut stream = response.into_inner();
+        let ended = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return Some(status),
+                    None => return None,
+                }
+            }
+        })
+        .await?
+        .context("the stream ends with a status")?;
+        assert_eq!(ended.code(), code, "{zone}: {ended:?}");
+        assert!(
+            ended.message().starts_with(kds::version::REFUSAL_PREFIX),
+            "{ended:?}"
+        );
+        assert!(ended.message().contains(reason), "{zone}: {ended:?}");
+        let s = global.zone(zone);
+        assert!(s.refused.is_some_and(|r| r.contains(reason)), "{zone}");
+    }
+    // One minor behind, by its node only: served.
+    let (_tx, request) = open("older", "0.4.2");
+    let mut stream = client.global_to_zone_sync(request).await?.into_inner();
+    tokio::time::timeout(DEADLINE, stream.next())
+        .await?
+        .context("a response")??;
+    let s = global.zone("older");
+    assert_eq!((s.version.as_deref(), s.refused), (Some("0.4.2"), None));
     global.stop().await;
     Ok(())
 }

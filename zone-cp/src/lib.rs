@@ -74,6 +74,12 @@ pub struct Config {
     /// replaced token is picked up without a restart.
     #[arg(long, env = "MERIDIAN_ZONE_TOKEN_FILE")]
     pub zone_token_file: Option<PathBuf>,
+    /// Test only (hidden): the version this zone states to the global in the KDS handshake instead
+    /// of its own, to try the version-skew rule (docs/rollout.md, "Upgrading with version skew")
+    /// without building another release. Nothing else about the zone changes. No environment
+    /// variable, on purpose.
+    #[arg(long, hide = true, value_name = "VERSION")]
+    pub kds_report_version: Option<String>,
 }
 
 impl Config {
@@ -166,6 +172,10 @@ fn kds_client_config(
     }
     if let Some(token_file) = &config.zone_token_file {
         client.token = kds::client::TokenSource::File(token_file.clone());
+    }
+    if let Some(version) = &config.kds_report_version {
+        tracing::warn!(%version, "--kds-report-version (test only): stating this version to the global instead of {}", kds::version::CURRENT);
+        client.version = version.clone();
     }
     // A global that restarts should see its zones back within seconds, not half a minute.
     client.backoff.max = std::time::Duration::from_secs(5);
@@ -305,4 +315,38 @@ pub async fn run(
         }
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_reported_kds_version_is_a_hidden_test_flag_that_reaches_the_client() {
+        let config = Config::parse_from([
+            "zone-cp",
+            "--zone",
+            "zone-1",
+            "--mode",
+            "zone",
+            "--global-kds-address",
+            "http://127.0.0.1:5685",
+            "--zone-token-file",
+            "/nonexistent/zone.token",
+            "--kds-report-version",
+            "0.0.9",
+        ]);
+        config.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn mesh_store::ResourceStore> =
+            std::sync::Arc::new(mesh_store::SledStore::open(dir.path()).unwrap());
+        assert_eq!(kds_client_config(&config, store).unwrap().version, "0.0.9");
+        let plain = Config::parse_from(["zone-cp", "--zone", "zone-1"]);
+        assert_eq!(plain.kds_report_version, None);
+        assert!(!Config::command()
+            .render_long_help()
+            .to_string()
+            .contains("kds-report-version"));
+    }
 }
