@@ -3,6 +3,7 @@
 //! `--kds-report-version`) against a real global. A zone one minor version behind the global
 //! comes online and `GET /zones/_overview` lists its version; a zone one minor version ahead is
 //! refused at the KDS handshake and the overview shows it `refused`, with its version and why.
+//! Each zone's own `GET /global-link` says the same from its side.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use common::{start_global, Global};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 struct ZoneCp {
+    api: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -22,14 +24,33 @@ async fn start_zone(global: &Global, dir: &std::path::Path, zone: &str, version:
     let mut config = global.zone_config(dir, zone).await;
     config.kds_report_version = Some(version.to_owned());
     let listeners = zone_cp::ZoneListeners::bind(&config).await.unwrap();
+    let api = format!("http://{}", listeners.api.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(zone_cp::run(config, listeners, async {
         let _ = stopped.await;
     }));
-    ZoneCp { stop, task }
+    ZoneCp { api, stop, task }
 }
 
 impl ZoneCp {
+    /// Waits for the zone's `GET /global-link` to satisfy `check`.
+    async fn global_link(&self, check: impl Fn(&Value) -> bool) -> Value {
+        let client = reqwest::Client::new();
+        test_support::eventually("the zone's /global-link", DEADLINE, || async {
+            let link: Value = client
+                .get(format!("{}/global-link", self.api))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            check(&link).then_some(link)
+        })
+        .await
+        .unwrap()
+    }
+
     async fn stop(self) {
         self.stop.send(()).unwrap();
         tokio::time::timeout(DEADLINE, self.task)
@@ -84,6 +105,27 @@ async fn the_overview_lists_zone_versions_and_refused_zones() {
         "{item}"
     );
     assert_eq!(item["resourcesSent"], 0, "{item}");
+
+    // Each zone sees its side of the link: the older one connected, knowing the global's
+    // version; the newer one refused, with the global's reason, still redialling.
+    let link = older.global_link(|l| l["state"] == "connected").await;
+    assert_eq!(link["version"], behind.as_str(), "{link}");
+    assert_eq!(
+        link["global"]["globalVersion"],
+        kds::version::CURRENT,
+        "{link}"
+    );
+    let link = newer
+        .global_link(|l| l["state"] == "refused" && l["global"]["dials"].as_u64() >= Some(2))
+        .await;
+    assert_eq!(link["version"], ahead.as_str(), "{link}");
+    assert_eq!(
+        link["global"]["globalVersion"],
+        kds::version::CURRENT,
+        "{link}"
+    );
+    let why = link["global"]["refused"].as_str().unwrap_or_default();
+    assert!(why.contains("upgrade the global first"), "{link}");
     // No Zone resource is made for a zone that never got in.
     let status = global
         .send(global.client.get(format!("{}/zones/newer", global.api)))

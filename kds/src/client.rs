@@ -194,6 +194,7 @@ pub struct ClientStatus {
 
 /// A copy of [`ClientStatus`] at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientStatusSnapshot {
     pub connected: bool,
     pub address: Option<String>,

@@ -5,12 +5,14 @@
 //! status). In `zone` mode it belongs to a federation: it dials the global
 //! over KDS (`kds::client`, TLS verified with `--kds-ca-file`, authenticated with the zone token),
 //! stores what the global sends, reports its inventory up, and refuses local writes of what the
-//! global owns; in `standalone` mode it owns everything.
+//! global owns, and [`global_link`] shows its side of that link; in `standalone` mode it owns
+//! everything.
 //! In both it keeps its ZoneIngresses' `availableServices` current from its Dataplanes
 //! ([`available_services`]) and its own summary, the ZoneInsight ([`insight`]).
 
 pub mod available_services;
 pub mod dataplane_tokens;
+pub mod global_link;
 pub mod insight;
 pub mod inspect;
 
@@ -256,17 +258,27 @@ pub async fn run(
             }
         });
     }
-    let kds = match &config.mode {
-        ZoneMode::Zone => Some(tokio::spawn(kds::client::run(
-            kds_client_config(&config, server.store.clone())?,
-            {
-                let mut rx = stop_rx.clone();
-                async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                }
-            },
-        ))),
+    let kds_client = match &config.mode {
+        ZoneMode::Zone => Some(kds_client_config(&config, server.store.clone())?),
         ZoneMode::Standalone => None,
+    };
+    let link_api = global_link::router(global_link::GlobalLinkApi {
+        zone: config.zone.clone(),
+        mode: config.mode,
+        version: kds_client.as_ref().map_or_else(
+            || kds::version::CURRENT.to_owned(),
+            |client| client.version.clone(),
+        ),
+        status: kds_client.as_ref().map(|client| client.status.clone()),
+    });
+    let kds = match kds_client {
+        Some(client) => Some(tokio::spawn(kds::client::run(client, {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        }))),
+        None => None,
     };
     let served = server
         .serve_with(
@@ -274,7 +286,7 @@ pub async fn run(
                 api: listeners.api,
                 diagnostics: listeners.diagnostics,
             },
-            tokens_api.merge(inspect_api),
+            tokens_api.merge(inspect_api).merge(link_api),
             async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
