@@ -271,15 +271,12 @@ pub async fn run(
         ),
         status: kds_client.as_ref().map(|client| client.status.clone()),
     });
-    let kds = match kds_client {
-        Some(client) => Some(tokio::spawn(kds::client::run(client, {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        }))),
-        None => None,
-    };
+    let kds = kds_client.map(|client| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(kds::client::run(client, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
     let served = server
         .serve_with(
             Listeners {
