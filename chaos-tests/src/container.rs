@@ -1,9 +1,12 @@
 //! The container tier of the failover scenarios (issue [7]): the same [`Scenario`]s as the
 //! process tier, run on the compose federation of issue [6] (`meshctl generate compose --zones 3
 //! --global-nodes 3`, images from `deploy/build-images.sh`). Faults are docker verbs (`kill`,
-//! `pause`, `unpause`, `start`, `restart`), `docker network disconnect`/`connect` and `tc netem`
+//! `pause`, `unpause`, `start`, `restart`), `docker network disconnect`/`connect`, `tc netem`
 //! applied from the host inside a container's network namespace (`nsenter -t <pid> -n`), so the
-//! images need no tools. Traffic: zone-1's frontend container runs `demo-app call` through its
+//! images need no tools, and faults of the relay container's links ([`Relays`]: a slow ingress
+//! link where the kernel has no netem, the global nodes' Raft links), set on its control port.
+//! The relay container and the links through it are added by the run's override file only when
+//! the chosen scenarios need them. Traffic: zone-1's frontend container runs `demo-app call` through its
 //! sidecar's outbound to `backend` in 1 s bursts one after another, each burst's counts kept;
 //! a writer applies MeshTimeouts at the global's published REST port and records the
 //! acknowledged ones, which must afterwards be at the global and in every zone (the zone CPs'
@@ -78,10 +81,10 @@ impl Relays {
         let mut relays = Relays::default();
         for step in scenarios.iter().flat_map(|s| &s.timeline) {
             match &step.action {
-                Action::Link(Link::Ingress(zone), Fault::Degrade(_)) if !netem => {
-                    if !relays.ingresses.contains(zone) {
-                        relays.ingresses.push(zone);
-                    }
+                Action::Link(Link::Ingress(zone), Fault::Degrade(_))
+                    if !netem && !relays.ingresses.contains(zone) =>
+                {
+                    relays.ingresses.push(zone);
                 }
                 Action::Link(Link::Raft(_), _) => relays.raft = true,
                 _ => {}
@@ -147,20 +150,19 @@ fn command_of(base: &Value, service: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// The override file of the chaos run over the generated project `base` (docker-compose.yaml,
-/// parsed): every zone CP's REST port published; with `relays`, the relay container on the
+/// parsed): every zone CP's REST port published; with `opts.relays`, the relay container on the
 /// control and inter-zone networks at fixed addresses, the relayed ingresses advertising the
 /// relay's address and port, and the global nodes' `--peers` pointing at the relay (each node
-/// still listening on its own port); with `grace`, the global nodes' `--zone-grace-period`.
+/// still listening on its own port); with a zone grace period, the global nodes'
+/// `--zone-grace-period`. The relay's image has `opts.tag`, its seed is `opts.seed`.
 pub fn override_yaml(
     base: &Value,
     zones: &[String],
     globals: &[String],
-    relays: &Relays,
-    grace: Option<Duration>,
+    opts: &Options,
     prefix: &str,
-    tag: &str,
-    seed: u64,
 ) -> anyhow::Result<String> {
+    let (relays, grace, tag, seed) = (&opts.relays, opts.zone_grace_period, &opts.tag, opts.seed);
     let subnets = Subnets(prefix);
     let relay_ip = |subnet: String| format!("{}.{RELAY_HOST}", subnet.trim_end_matches(".0/24"));
     let (control_ip, interzone_ip) = (relay_ip(subnets.control()), relay_ip(subnets.interzone()));
@@ -378,16 +380,7 @@ impl Federation {
                 .with_context(|| format!("reading {}", compose_file.display()))?,
         )
         .with_context(|| format!("parsing {}", compose_file.display()))?;
-        let text = override_yaml(
-            &base,
-            &fed.zones,
-            &fed.globals,
-            &opts.relays,
-            opts.zone_grace_period,
-            &prefix,
-            &opts.tag,
-            opts.seed,
-        )?;
+        let text = override_yaml(&base, &fed.zones, &fed.globals, opts, &prefix)?;
         std::fs::write(fed.dir.path().join("chaos.override.yaml"), text)?;
         if let Err(e) = fed.compose(&["up", "-d"]).await {
             // Seen once under load: a global node unhealthy; its logs say why.
@@ -499,6 +492,21 @@ impl Federation {
             }
         }
         online
+    }
+
+    /// The backend zones with no ZoneIngress at global-1, as `ZoneIngress of <zone>@global-1`.
+    async fn ingresses_missing(&self, zones: &[&str]) -> Vec<String> {
+        let missing = match self.api("global-1", self.global_token()).await {
+            Ok(api) => crate::scenario::zones_without_ingress(&api, zones).await,
+            Err(e) => Err(e),
+        };
+        match missing {
+            Ok(zones) => zones
+                .iter()
+                .map(|z| format!("ZoneIngress of {z}@global-1"))
+                .collect(),
+            Err(e) => vec![format!("{e:#}")],
+        }
     }
 
     /// The acknowledged writes missing at a global node or a zone, as `<name>@<where>`.
@@ -1032,7 +1040,12 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
     let mut last_missing = Vec::new();
     while Instant::now() < settle_deadline {
         let online = fed.online_zones().await.len() == fed.zones.len();
+        let ingresses = fed.ingresses_missing(&scenario.topology.backends).await;
         match fed.missing_writes(&acked).await {
+            Ok(missing) if !ingresses.is_empty() => {
+                last_missing = missing;
+                last_missing.extend(ingresses);
+            }
             Ok(missing) if online && missing.is_empty() => {
                 settled = Some(start.elapsed().saturating_sub(faults_end));
                 last_missing.clear();
@@ -1086,7 +1099,8 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
     let writes_lost = last_missing.len() as u64;
     if settled.is_none() {
         violations.push(format!(
-            "not settled within {:?} of the end of faults (zones online, writes everywhere): {}",
+            "not settled within {:?} of the end of faults (zones online, ingresses at the \
+             global, writes everywhere): {}",
             inv.settle_within,
             last_missing.join(", ")
         ));
@@ -1153,14 +1167,27 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          network; an ingress link blackholed (or reset) is the ingress disconnected from the \
          inter-zone network and connected again at its fixed address (no reset of connections \
          on this tier); a degraded one is `tc netem` `delay`/`loss` on the ingress's inter-zone \
-         interface from the host (`nsenter -t <pid> -n`), skipped where the kernel has no netem. Traffic: `demo-app call` in \
+         interface from the host (`nsenter -t <pid> -n`), or where the kernel has no netem the \
+         relay container's `Degrade` (the process tier's: latency and jitter on each direction, \
+         a lost chunk delivered 200 ms late) on a link zone-2's ingress advertises instead of its \
+         own address (other zones' egresses -> relay -> ingress). A node's Raft links: every \
+         node's `--peers` address is a port of the relay container in front of that node's Raft \
+         listener, so `Link::Raft(n)` faults what the other nodes send to node n while its KDS \
+         and REST stay up (as on the process tier). The relay (image `meridian/fault-relay`) is in \
+         the project only when a chosen scenario needs it; its jitter and loss draw from the \
+         seed. `zone-absent-rejoin` runs the global nodes with `--zone-grace-period` shortened \
+         to the outage (scenario::zone_absent_rejoin: absent for the 15 s KDS watchdog + the \
+         grace + 5 s, standing for the issue's 10-minute absence); a multi-node global runs no \
+         zone janitor, so on this tier the zone is noticed offline and rejoins but its inventory \
+         is not removed meanwhile (the process tier's one-node global removes it). Traffic: \
+         `demo-app call` in \
          zone-1's frontend container through its sidecar's outbound, 1 s bursts one after \
          another (about 0.1-0.3 s between bursts for `docker exec`), so failover is measured to \
          the end of the last failed burst: a 1 s granularity. The writer applies MeshTimeouts at \
          the global nodes' published REST ports; convergence is checked at global-1 and at each \
-         zone CP's REST port (published by an override file). The global's view of offline zones \
-         is not sampled on this tier. The seed is recorded only: nothing on this tier draws \
-         from it.\n",
+         zone CP's REST port (published by an override file), and settling also waits for \
+         every backend zone's ZoneIngress at global-1. The global's view of offline zones \
+         is sampled every 500 ms from the global nodes' REST ports.\n",
     );
     if !skipped.is_empty() {
         md.push_str("\n### Skipped\n\n");
@@ -1195,20 +1222,18 @@ mod tests {
             serde_yaml::from_str(&meshctl::generate::compose_yaml_on(3, 3, "t", "10.240")).unwrap();
         let zones: Vec<String> = (1..=3).map(|k| format!("zone-{k}")).collect();
         let globals: Vec<String> = (1..=3).map(|k| format!("global-{k}")).collect();
-        let plain: Value = serde_yaml::from_str(
-            &override_yaml(
-                &base,
-                &zones,
-                &globals,
-                &Relays::default(),
-                None,
-                "10.240",
-                "t",
-                1,
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let mut opts = Options {
+            profile: "debug".into(),
+            tag: "t".into(),
+            skip_cargo: true,
+            up_deadline: Duration::from_secs(1),
+            relays: Relays::default(),
+            zone_grace_period: None,
+            seed: 7,
+        };
+        let plain: Value =
+            serde_yaml::from_str(&override_yaml(&base, &zones, &globals, &opts, "10.240").unwrap())
+                .unwrap();
         assert!(plain["services"][RELAY].is_null());
         assert!(plain["services"]["global-1"].is_null());
         assert_eq!(
@@ -1216,13 +1241,12 @@ mod tests {
             "127.0.0.1::5681"
         );
 
-        let relays = Relays {
+        opts.relays = Relays {
             ingresses: vec!["zone-2"],
             raft: true,
         };
-        let grace = Some(Duration::from_secs(5));
-        let text =
-            override_yaml(&base, &zones, &globals, &relays, grace, "10.240", "t", 7).unwrap();
+        opts.zone_grace_period = Some(Duration::from_secs(5));
+        let text = override_yaml(&base, &zones, &globals, &opts, "10.240").unwrap();
         let d: Value = serde_yaml::from_str(&text).unwrap();
         let relay = args(&d["services"][RELAY]);
         assert_eq!(after(&relay, "--seed"), "7");

@@ -81,12 +81,7 @@ async fn main() -> anyhow::Result<()> {
                     "no scenario {name:?}; `chaos-tests list` names them"
                 );
             }
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or_default()
-            });
+            let seed = seed_or_clock(seed);
             println!("seed {seed} (replay with --seed {seed})");
             let mut outcomes = Vec::new();
             for s in all
@@ -151,12 +146,7 @@ async fn run_container(
         );
     }
     // The relay container's jitter and loss draw from the seed (netem's loss is the kernel's).
-    let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default()
-    });
+    let seed = seed_or_clock(seed);
     println!("seed {seed} (replay with --seed {seed})");
     let chosen: Vec<_> = all
         .into_iter()
@@ -218,6 +208,16 @@ async fn run_container(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The seed given, or one from the clock.
+fn seed_or_clock(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+    })
 }
 
 /// The workspace's commit, `-dirty` when it has changes.

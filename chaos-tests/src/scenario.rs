@@ -153,7 +153,8 @@ pub struct Invariants {
     pub min_success_rate: f64,
     /// Longest time from a fault's onset to the last request failing because of it.
     pub max_failover: Duration,
-    /// Every zone online, every proxy registered and ready, every acknowledged write everywhere,
+    /// Every zone online, every backend zone's ZoneIngress at the global (a zone's inventory back
+    /// after it rejoins), every proxy registered and ready, every acknowledged write everywhere,
     /// within this long of the end of the faults.
     pub settle_within: Duration,
     /// Zones the global must have reported offline during the run: the fault was long enough to
@@ -206,7 +207,8 @@ pub fn zone_offline_after() -> Duration {
 /// The global runs with `--zone-grace-period` of `outage` (1 h by default), and zone-3 is away for
 /// as long as the global takes to notice (the watchdog, [`zone_offline_after`]) plus that grace
 /// plus 5 s: its inventory is removed at the global while it is away, as after a long absence,
-/// and must come back when it rejoins.
+/// and must come back when it rejoins. (A multi-node global runs no zone janitor, so there the
+/// grace changes nothing and only the offline detection and the rejoin are exercised.)
 fn zone_absent_rejoin(outage: Duration) -> Scenario {
     let grace = outage;
     let absent = zone_offline_after() + grace + Duration::from_secs(5);
@@ -215,7 +217,7 @@ fn zone_absent_rejoin(outage: Duration) -> Scenario {
         fault: format!(
             "zone-3 CP SIGSTOPped for {} s (absent, its streams hung: offline after the {} s \
              KDS watchdog, then its inventory removed after the global's zone grace period, \
-             shortened to {} s), then SIGCONT",
+             shortened to {} s; a multi-node global runs no zone janitor), then SIGCONT",
             absent.as_secs_f64(),
             zone_offline_after().as_secs_f64(),
             grace.as_secs_f64()
@@ -931,9 +933,16 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let mut violations = Vec::new();
     let settle = scenario.invariants.settle_within;
     let zones = scenario.topology.zones.clone();
-    let settling =
-        test_support::eventually("every zone online, every proxy back", settle, || async {
+    let backends = scenario.topology.backends.clone();
+    let settling = test_support::eventually(
+        "every zone online, every ingress at the global, every proxy back",
+        settle,
+        || async {
             if !zones_online(&mesh.globals, &zones).await {
+                return None;
+            }
+            let api = &mesh.globals.first()?.api;
+            if !zones_without_ingress(api, &backends).await.ok()?.is_empty() {
                 return None;
             }
             for (zone, proxy, path) in mesh.proxies() {
@@ -948,7 +957,8 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
                 (status == 200).then_some(())?;
             }
             Some(faults_end.elapsed())
-        });
+        },
+    );
     let converging =
         test_support::eventually("every acknowledged write everywhere", settle, || async {
             let missing = missing_writes(&mesh, &acked).await.ok()?;
@@ -961,7 +971,7 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         Err(e) => {
             violations.push(format!(
                 "not settled within {settle:?} of the end of faults: {e:#}{}",
-                unsettled(&mesh).await
+                unsettled(&mesh, &scenario.topology.backends).await
             ));
             None
         }
@@ -1139,9 +1149,40 @@ async fn missing_writes(mesh: &Mesh, acked: &[String]) -> anyhow::Result<Vec<Str
     Ok(missing)
 }
 
+/// The zones of `zones` with no ZoneIngress at the global (read through `api`): a zone's
+/// inventory is back at the global once it has (re)joined.
+pub async fn zones_without_ingress(
+    api: &meshctl::client::ApiClient,
+    zones: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let (_, items) = api
+        .list_all(&["zoneingresses".to_string()])
+        .await
+        .context("listing ZoneIngresses at the global")?;
+    let present: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| i["labels"][mesh_api::ZONE_LABEL].as_str())
+        .collect();
+    Ok(zones
+        .iter()
+        .filter(|z| !present.contains(**z))
+        .map(|z| z.to_string())
+        .collect())
+}
+
 /// What is not back after the faults, for a violation's message.
-async fn unsettled(mesh: &Mesh) -> String {
+async fn unsettled(mesh: &Mesh, backends: &[&str]) -> String {
     let mut notes = Vec::new();
+    if let Some(global) = mesh.globals.first() {
+        match zones_without_ingress(&global.api, backends).await {
+            Ok(zones) if zones.is_empty() => {}
+            Ok(zones) => notes.push(format!(
+                "no ZoneIngress of {} at the global",
+                zones.join(", ")
+            )),
+            Err(e) => notes.push(format!("{e:#}")),
+        }
+    }
     for (zone, proxy, path) in mesh.proxies() {
         let Ok(z) = mesh.zone(zone) else { continue };
         match z.api.get(&path).await {

@@ -472,11 +472,11 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An echo server on loopback.
-    async fn echo() -> SocketAddr {
+    pub(crate) async fn echo() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -287,21 +287,8 @@ pub async fn set_fault(control: &str, port: u16, fault: &Fault) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::tests::echo;
     use crate::relay::Degradation;
-
-    async fn echo() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = stream.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        addr
-    }
 
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
