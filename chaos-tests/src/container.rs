@@ -1034,7 +1034,8 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
         tokio::join!(writes, timeline, watch_offline(fed, start, stop_rx.clone()));
     let faults_end = steps.last().map(|s| s.at).unwrap_or_default();
     load.await.context("the client panicked")?;
-    // Settling: every zone online and every acknowledged write everywhere.
+    // Settling: every zone online, every backend zone's ingress at the global and every
+    // acknowledged write everywhere.
     let settle_deadline = Instant::now() + scenario.invariants.settle_within;
     let mut settled = None;
     let mut last_missing = Vec::new();
@@ -1141,9 +1142,10 @@ pub fn markdown(shared: &str, skipped: &[(&str, String)]) -> String {
     let mut md = match (intro_start, table_start) {
         (Some(a), Some(b)) if a < b => format!(
             "{}Tier `container`: see \"Container tier\" below. The invariants are the process \
-             tier's (success rate >= 99.9%, failover <= 1 s, every zone online and every \
-             acknowledged write at the global and in every zone within 30 s of the end of \
-             faults).{}",
+             tier's (success rate >= 99.9%, failover <= 1 s, every zone online, every backend \
+             zone's ZoneIngress at the global and every acknowledged write at the global and in \
+             every zone within 30 s of the end of faults, the zones a scenario names seen \
+             offline).{}",
             &shared[..a],
             &shared[b..]
         ),

@@ -385,7 +385,8 @@ pub struct Outcome {
     pub failover: Duration,
     /// End of faults to every acknowledged write at the global and in every zone.
     pub convergence: Option<Duration>,
-    /// End of faults to every zone online and every proxy registered and ready.
+    /// End of faults to every zone online, every backend zone's ZoneIngress at the global and
+    /// every proxy registered and ready.
     pub settled: Option<Duration>,
     pub writes_acknowledged: u64,
     pub writes_lost: u64,
