@@ -103,6 +103,11 @@ const RELAY: &str = "chaos-relay";
 /// Its fixed host number on the control and inter-zone networks (below Docker's dynamic .128+).
 const RELAY_HOST: u8 = 100;
 
+/// The relay's fixed address on the network of `subnet` (`A.B.C.0/24`).
+fn relay_ip(subnet: &str) -> String {
+    format!("{}.{RELAY_HOST}", subnet.trim_end_matches(".0/24"))
+}
+
 /// The relay's port in front of zone-K's ingress.
 fn ingress_relay_port(zone: &str) -> anyhow::Result<u16> {
     let k: u16 = zone
@@ -164,8 +169,7 @@ pub fn override_yaml(
 ) -> anyhow::Result<String> {
     let (relays, grace, tag, seed) = (&opts.relays, opts.zone_grace_period, &opts.tag, opts.seed);
     let subnets = Subnets(prefix);
-    let relay_ip = |subnet: String| format!("{}.{RELAY_HOST}", subnet.trim_end_matches(".0/24"));
-    let (control_ip, interzone_ip) = (relay_ip(subnets.control()), relay_ip(subnets.interzone()));
+    let (control_ip, interzone_ip) = (relay_ip(&subnets.control()), relay_ip(&subnets.interzone()));
     let s = |v: &str| Value::String(v.to_string());
     let list = |items: Vec<String>| Value::Sequence(items.into_iter().map(Value::String).collect());
     let mut services = Mapping::new();
@@ -318,6 +322,8 @@ pub struct Federation {
     globals: Vec<String>,
     zones: Vec<String>,
     relays: Relays,
+    /// The first two octets of the project's subnets.
+    prefix: String,
     /// Container ids by service (a container keeps its id across kill, start and restart).
     ids: Mutex<BTreeMap<String, String>>,
 }
@@ -351,6 +357,7 @@ impl Federation {
             globals: (1..=3).map(|i| format!("global-{i}")).collect(),
             zones: (1..=3).map(|i| format!("zone-{i}")).collect(),
             relays: opts.relays.clone(),
+            prefix: prefix.clone(),
             ids: Mutex::new(BTreeMap::new()),
         };
         let out = fed.dir.path().to_str().context("temp dir is not UTF-8")?;
@@ -509,9 +516,14 @@ impl Federation {
         }
     }
 
-    /// The acknowledged writes missing at a global node or a zone, as `<name>@<where>`.
+    /// The acknowledged writes missing at a global node (every one) or a zone, as
+    /// `<name>@<where>`.
     async fn missing_writes(&self, acked: &[String]) -> anyhow::Result<Vec<String>> {
-        let mut places = vec![("global-1".to_string(), self.global_token())];
+        let mut places: Vec<(String, Option<String>)> = self
+            .globals
+            .iter()
+            .map(|g| (g.clone(), self.global_token()))
+            .collect();
         for z in &self.zones {
             let token =
                 std::fs::read_to_string(self.dir.path().join(format!("secrets/{z}/admin-token")))
@@ -554,10 +566,35 @@ impl Federation {
         anyhow::bail!("no global node named a Raft leader")
     }
 
+    /// The pid whose network namespace is `service`'s.
+    async fn netns_pid(&self, service: &str) -> anyhow::Result<String> {
+        let id = self.container(service).await?;
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).await?;
+        Ok(pid.trim().to_string())
+    }
+
+    /// Adds (`cut`) or deletes a blackhole route to the relay's control-network address in
+    /// `service`'s network namespace: what it sends to the relay (a global node's Raft messages to
+    /// its peers) goes nowhere, its other traffic (KDS, REST) flows. Deleting a route that is not
+    /// there (the container was restarted since) is fine.
+    async fn relay_route(&self, service: &str, cut: bool) -> anyhow::Result<()> {
+        let pid = self.netns_pid(service).await?;
+        let relay = format!("{}/32", relay_ip(&Subnets(&self.prefix).control()));
+        let verb = if cut { "replace" } else { "del" };
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid, "-n", "ip", "route", verb, "blackhole", &relay]);
+        if cut {
+            run_cmd(&mut cmd, "nsenter ip route replace blackhole").await?;
+        } else {
+            let _ = cmd.output().await;
+        }
+        Ok(())
+    }
+
     /// The network namespace's pid and the interface of `service` on the inter-zone network.
     async fn interzone_iface(&self, service: &str) -> anyhow::Result<(String, String)> {
         let id = self.container(service).await?;
-        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).await?;
+        let pid = self.netns_pid(service).await?;
         let ips = docker(&[
             "inspect",
             "-f",
@@ -573,7 +610,6 @@ impl Federation {
             .with_context(|| {
                 format!("{service} has no address on the inter-zone network: {ips}")
             })?;
-        let pid = pid.trim().to_string();
         let addrs = run_cmd(
             Command::new("nsenter").args(["-t", &pid, "-n", "ip", "-o", "-4", "addr", "show"]),
             "nsenter ip addr",
@@ -699,6 +735,8 @@ struct Damage {
     cut_ingresses: BTreeMap<String, String>,
     /// The relay container's links under a fault, by port.
     relayed: BTreeSet<u16>,
+    /// Global nodes whose messages to the relay are blackholed (their Raft links out).
+    raft_cut: BTreeSet<String>,
 }
 
 /// Sets a relay link's fault, recording it for heal.
@@ -804,14 +842,29 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
             }
         }
         Action::Flap { .. } => anyhow::bail!("a flap reached apply unexpanded"),
-        // The other nodes -> this node's Raft listener, through the relay (as on the process
-        // tier); its KDS and REST stay up.
+        // Both directions of the node's Raft links, its KDS and REST up: the other nodes -> its
+        // Raft listener through the relay (as on the process tier), and, for a blackhole or a
+        // reset, what it sends to its peers (all through the relay) routed nowhere in its network
+        // namespace (on the process tier its own messages still go out).
         Action::Link(Link::Raft(node), fault) => {
             anyhow::ensure!(
                 fed.relays.raft,
                 "global node {node}'s Raft links: the federation has no Raft relays"
             );
             relay_fault(fed, raft_relay_port(*node), fault, damage).await?;
+            let service = format!("global-{node}");
+            match fault {
+                Fault::Blackhole | Fault::Reset => {
+                    fed.relay_route(&service, true).await?;
+                    damage.raft_cut.insert(service);
+                }
+                Fault::Pass => {
+                    if damage.raft_cut.remove(&service) {
+                        fed.relay_route(&service, false).await?;
+                    }
+                }
+                Fault::Degrade(_) => {}
+            }
         }
         Action::Kill(c) => {
             for s in fed.services(*c).await? {
@@ -867,6 +920,9 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
         Action::Heal => {
             for port in std::mem::take(&mut damage.relayed) {
                 fed.relay(port, &Fault::Pass).await?;
+            }
+            for service in std::mem::take(&mut damage.raft_cut) {
+                fed.relay_route(&service, false).await?;
             }
             let cut: Vec<String> = damage.cut_ingresses.keys().cloned().collect();
             for s in cut {
@@ -1174,8 +1230,11 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          a lost chunk delivered 200 ms late) on a link zone-2's ingress advertises instead of its \
          own address (other zones' egresses -> relay -> ingress). A node's Raft links: every \
          node's `--peers` address is a port of the relay container in front of that node's Raft \
-         listener, so `Link::Raft(n)` faults what the other nodes send to node n while its KDS \
-         and REST stay up (as on the process tier). The relay (image `meridian/fault-relay`) is in \
+         listener, so `Link::Raft(n)` faults what the other nodes send to node n (as on the \
+         process tier) and, for a blackhole, a blackhole route to the relay in node n's network \
+         namespace drops what it sends to its peers: both directions cut (on the process tier \
+         node n's own messages still go out, so a partitioned leader stays leader), its KDS and \
+         REST up. The relay (image `meridian/fault-relay`) is in \
          the project only when a chosen scenario needs it; its jitter and loss draw from the \
          seed. `zone-absent-rejoin` runs the global nodes with `--zone-grace-period` shortened \
          to the outage (scenario::zone_absent_rejoin: absent for the 15 s KDS watchdog + the \
@@ -1186,7 +1245,7 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          zone-1's frontend container through its sidecar's outbound, 1 s bursts one after \
          another (about 0.1-0.3 s between bursts for `docker exec`), so failover is measured to \
          the end of the last failed burst: a 1 s granularity. The writer applies MeshTimeouts at \
-         the global nodes' published REST ports; convergence is checked at global-1 and at each \
+         the global nodes' published REST ports; convergence is checked at every global node and at each \
          zone CP's REST port (published by an override file), and settling also waits for \
          every backend zone's ZoneIngress at global-1. The global's view of offline zones \
          is sampled every 500 ms from the global nodes' REST ports.\n",
