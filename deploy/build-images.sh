@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the images meridian/global-cp, meridian/zone-cp, meridian/zone-proxy and meridian/demo-app
-# (plus meridian/meshctl) from this repository alone: nothing is pulled (FROM scratch). Reuses the
+# (plus meridian/meshctl, and meridian/fault-relay for the chaos tests' container tier: TCP relays
+# with fault injection on a control port) from this repository alone: nothing is pulled (FROM scratch). Reuses the
 # cargo build (release by default: PROFILE=debug to use the debug one), builds only what is
 # missing, and prints each image's size.
 #
-#   deploy/build-images.sh            # cargo build --release of the five binaries, then images
+#   deploy/build-images.sh            # cargo build --release of the six binaries, then images
 #   PROFILE=debug TAG=dev deploy/build-images.sh
 #   SKIP_CARGO=1 deploy/build-images.sh   # use the binaries as they are
 set -euo pipefail
@@ -14,13 +15,14 @@ repo=$(cd "$here/.." && pwd)
 profile=${PROFILE:-release}
 tag=${TAG:-latest}
 target=${CARGO_TARGET_DIR:-$repo/target}
-bins=(global-cp zone-cp zone-proxy demo-app meshctl)
+bins=(global-cp zone-cp zone-proxy demo-app meshctl fault-relay)
 
 if [[ -z "${SKIP_CARGO:-}" ]]; then
     flag=()
     [[ "$profile" == release ]] && flag=(--release)
     (cd "$repo" && cargo build "${flag[@]}" -p global-cp -p zone-cp -p zone-proxies -p demo-app \
         -p meshctl --bins)
+    (cd "$repo" && cargo build "${flag[@]}" -p test-support --bin fault-relay)
 fi
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/meridian-images.XXXXXX")
@@ -44,6 +46,7 @@ health_url() {
     case $1 in
         global-cp | zone-cp) echo "http://127.0.0.1:5680/ready" ;;
         zone-proxy) echo "http://127.0.0.1:9901/ready" ;;
+        fault-relay) echo "http://127.0.0.1:9900/ready" ;;
         demo-app) echo "http://127.0.0.1:8080/health" ;;
         meshctl) echo "" ;;
     esac

@@ -1,9 +1,12 @@
 //! The container tier of the failover scenarios (issue [7]): the same [`Scenario`]s as the
 //! process tier, run on the compose federation of issue [6] (`meshctl generate compose --zones 3
 //! --global-nodes 3`, images from `deploy/build-images.sh`). Faults are docker verbs (`kill`,
-//! `pause`, `unpause`, `start`, `restart`), `docker network disconnect`/`connect` and `tc netem`
+//! `pause`, `unpause`, `start`, `restart`), `docker network disconnect`/`connect`, `tc netem`
 //! applied from the host inside a container's network namespace (`nsenter -t <pid> -n`), so the
-//! images need no tools. Traffic: zone-1's frontend container runs `demo-app call` through its
+//! images need no tools, and faults of the relay container's links ([`Relays`]: a slow ingress
+//! link where the kernel has no netem, the global nodes' Raft links), set on its control port.
+//! The relay container and the links through it are added by the run's override file only when
+//! the chosen scenarios need them. Traffic: zone-1's frontend container runs `demo-app call` through its
 //! sidecar's outbound to `backend` in 1 s bursts one after another, each burst's counts kept;
 //! a writer applies MeshTimeouts at the global's published REST port and records the
 //! acknowledged ones, which must afterwards be at the global and in every zone (the zone CPs'
@@ -19,32 +22,35 @@ use anyhow::Context as _;
 use meshctl::client::ApiClient;
 use tokio::process::Command;
 
-use crate::scenario::{Action, Component, Link, Outcome, Scenario, Step};
+use crate::scenario::{
+    expand_flaps, failover, missing_at, writer, Action, Component, Link, Outcome, Scenario,
+};
+use meshctl::generate::{Subnets, INGRESS_PORT, RAFT_PORT};
+use serde_yaml::{Mapping, Value};
 use test_support::relay::Fault;
+use test_support::relay_control::DEFAULT_CONTROL_PORT;
 
-/// Why a scenario cannot run on this tier yet, or `None` when it maps.
-pub fn unsupported(scenario: &Scenario, netem: bool) -> Option<String> {
-    let degrades = scenario
-        .timeline
-        .iter()
-        .any(|s| matches!(s.action, Action::Link(_, Fault::Degrade(_))));
-    if degrades && !netem {
-        return Some(
-            "a slow link needs `tc netem` and this kernel has no sch_netem \
-             (\"Specified qdisc kind is unknown\")"
-                .into(),
-        );
-    }
-    let raft_link = scenario
-        .timeline
-        .iter()
-        .any(|s| matches!(s.action, Action::Link(Link::Raft(_), _)));
-    if raft_link {
-        return Some(
-            "a cut of one node's Raft links needs per-peer faults; on this tier a global node's \
-             Raft, KDS and REST share the control network (not mapped yet)"
-                .into(),
-        );
+/// Why a scenario cannot run on a federation with `relays`, or `None` when it maps.
+pub fn unsupported(scenario: &Scenario, relays: &Relays, netem: bool) -> Option<String> {
+    for step in &scenario.timeline {
+        match &step.action {
+            Action::Link(Link::Ingress(zone), Fault::Degrade(_))
+                if !netem && !relays.ingresses.contains(zone) =>
+            {
+                return Some(format!(
+                    "a slow link needs `tc netem` (this kernel has no sch_netem) or {zone}'s \
+                     ingress behind the relay container"
+                ));
+            }
+            Action::Link(Link::Raft(_), _) if !relays.raft => {
+                return Some(
+                    "a cut of one node's Raft links needs the global nodes' peer addresses on \
+                     the relay container"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
     }
     if scenario.topology.zones.len() != 3
         || scenario.topology.clients != ["zone-1"]
@@ -55,6 +61,216 @@ pub fn unsupported(scenario: &Scenario, netem: bool) -> Option<String> {
         );
     }
     None
+}
+
+/// The links of the federation that go through the relay container (`chaos-relay`, image
+/// `meridian/fault-relay`), added by the override file only when a scenario needs them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Relays {
+    /// Zones whose ingress the other zones reach through the relay (its advertised address is
+    /// the relay's): a slow link where the kernel has no netem.
+    pub ingresses: Vec<&'static str>,
+    /// Every global node's Raft peer address is a relay port (`--peers`), so one node's links
+    /// can be cut while its KDS and REST stay up.
+    pub raft: bool,
+}
+
+impl Relays {
+    /// What `scenarios` need: ingresses degraded (when there is no netem) and Raft links.
+    pub fn needed_by(scenarios: &[Scenario], netem: bool) -> Relays {
+        let mut relays = Relays::default();
+        for step in scenarios.iter().flat_map(|s| &s.timeline) {
+            match &step.action {
+                Action::Link(Link::Ingress(zone), Fault::Degrade(_))
+                    if !netem && !relays.ingresses.contains(zone) =>
+                {
+                    relays.ingresses.push(zone);
+                }
+                Action::Link(Link::Raft(_), _) => relays.raft = true,
+                _ => {}
+            }
+        }
+        relays
+    }
+
+    fn any(&self) -> bool {
+        self.raft || !self.ingresses.is_empty()
+    }
+}
+
+/// The relay container's service name.
+const RELAY: &str = "chaos-relay";
+/// Its fixed host number on the control and inter-zone networks (below Docker's dynamic .128+).
+const RELAY_HOST: u8 = 100;
+
+/// The relay's fixed address on the network of `subnet` (`A.B.C.0/24`).
+fn relay_ip(subnet: &str) -> String {
+    format!("{}.{RELAY_HOST}", subnet.trim_end_matches(".0/24"))
+}
+
+/// The relay's port in front of zone-K's ingress.
+fn ingress_relay_port(zone: &str) -> anyhow::Result<u16> {
+    let k: u16 = zone
+        .strip_prefix("zone-")
+        .and_then(|k| k.parse().ok())
+        .with_context(|| format!("{zone:?} is not zone-K"))?;
+    Ok(11000 + k)
+}
+
+/// The relay's port in front of global node `id`'s Raft listener.
+fn raft_relay_port(id: u64) -> u16 {
+    5700 + id as u16
+}
+
+/// The zone grace period the global runs with: the one `scenarios` set (they must agree, as the
+/// whole run shares one federation), or `None` for the default.
+pub fn zone_grace_for(scenarios: &[Scenario]) -> anyhow::Result<Option<Duration>> {
+    let mut grace = None;
+    for s in scenarios {
+        if let Some(g) = s.topology.zone_grace_period {
+            anyhow::ensure!(
+                grace.is_none_or(|other| other == g),
+                "scenarios ask for zone grace periods {:?} and {g:?}: one federation runs them \
+                 all (run them separately)",
+                grace.unwrap_or_default()
+            );
+            grace = Some(g);
+        }
+    }
+    Ok(grace)
+}
+
+/// The command of `service` in the generated project.
+fn command_of(base: &Value, service: &str) -> anyhow::Result<Vec<String>> {
+    base["services"][service]["command"]
+        .as_sequence()
+        .with_context(|| format!("no command of service {service} in docker-compose.yaml"))?
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .map(str::to_string)
+                .with_context(|| format!("a non-string argument of {service}: {a:?}"))
+        })
+        .collect()
+}
+
+/// The override file of the chaos run over the generated project `base` (docker-compose.yaml,
+/// parsed): every zone CP's REST port published; with `opts.relays`, the relay container on the
+/// control and inter-zone networks at fixed addresses, the relayed ingresses advertising the
+/// relay's address and port, and the global nodes' `--peers` pointing at the relay (each node
+/// still listening on its own port); with a zone grace period, the global nodes'
+/// `--zone-grace-period`. The relay's image has `opts.tag`, its seed is `opts.seed`.
+pub fn override_yaml(
+    base: &Value,
+    zones: &[String],
+    globals: &[String],
+    opts: &Options,
+    prefix: &str,
+) -> anyhow::Result<String> {
+    let (relays, grace, tag, seed) = (&opts.relays, opts.zone_grace_period, &opts.tag, opts.seed);
+    let subnets = Subnets(prefix);
+    let (control_ip, interzone_ip) = (relay_ip(&subnets.control()), relay_ip(&subnets.interzone()));
+    let s = |v: &str| Value::String(v.to_string());
+    let list = |items: Vec<String>| Value::Sequence(items.into_iter().map(Value::String).collect());
+    let mut services = Mapping::new();
+    for z in zones {
+        let mut cp = Mapping::new();
+        cp.insert(
+            s("ports"),
+            list(vec![format!("127.0.0.1::{}", meshctl::generate::API_PORT)]),
+        );
+        services.insert(s(&format!("{z}-cp")), Value::Mapping(cp));
+    }
+    let mut links = Vec::new();
+    for zone in &relays.ingresses {
+        let k: u32 = zone
+            .strip_prefix("zone-")
+            .and_then(|k| k.parse().ok())
+            .with_context(|| format!("{zone:?} is not zone-K"))?;
+        let port = ingress_relay_port(zone)?;
+        links.push(format!("{port}={}:{INGRESS_PORT}", subnets.ingress_ip(k)));
+        let service = format!("{zone}-ingress");
+        let mut command = command_of(base, &service)?;
+        command.extend([
+            "--advertised-address".to_string(),
+            interzone_ip.clone(),
+            "--advertised-port".to_string(),
+            port.to_string(),
+        ]);
+        let mut ingress = Mapping::new();
+        ingress.insert(s("command"), list(command));
+        services.insert(s(&service), Value::Mapping(ingress));
+    }
+    let peers = (1..=globals.len() as u64)
+        .map(|id| format!("{id}={control_ip}:{}", raft_relay_port(id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, g) in globals.iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut command = command_of(base, g)?;
+        if relays.raft {
+            links.push(format!(
+                "{}={}:{RAFT_PORT}",
+                raft_relay_port(id),
+                subnets.global_ip(id as u32)
+            ));
+            let at = command
+                .iter()
+                .position(|a| a == "--peers")
+                .with_context(|| format!("{g} has no --peers"))?;
+            anyhow::ensure!(at + 1 < command.len(), "{g}: --peers without a value");
+            command[at + 1] = peers.clone();
+            command.extend(["--raft-listen".to_string(), format!("0.0.0.0:{RAFT_PORT}")]);
+        }
+        if let Some(grace) = grace {
+            command.extend([
+                "--zone-grace-period".to_string(),
+                format!("{}ms", grace.as_millis()),
+            ]);
+        }
+        if relays.raft || grace.is_some() {
+            let mut node = Mapping::new();
+            node.insert(s("command"), list(command));
+            if relays.raft {
+                let mut healthy = Mapping::new();
+                healthy.insert(s("condition"), s("service_healthy"));
+                let mut depends = Mapping::new();
+                depends.insert(s(RELAY), Value::Mapping(healthy));
+                node.insert(s("depends_on"), Value::Mapping(depends));
+            }
+            services.insert(s(g), Value::Mapping(node));
+        }
+    }
+    if relays.any() {
+        let mut command = vec![
+            "--control".to_string(),
+            format!("0.0.0.0:{DEFAULT_CONTROL_PORT}"),
+            "--seed".to_string(),
+            seed.to_string(),
+        ];
+        command.extend(links);
+        let fixed = |ip: &str| {
+            let mut m = Mapping::new();
+            m.insert(s("ipv4_address"), s(ip));
+            Value::Mapping(m)
+        };
+        let mut networks = Mapping::new();
+        networks.insert(s("control"), fixed(&control_ip));
+        networks.insert(s("interzone"), fixed(&interzone_ip));
+        let mut relay = Mapping::new();
+        relay.insert(s("image"), s(&format!("meridian/fault-relay:{tag}")));
+        relay.insert(s("command"), list(command));
+        relay.insert(
+            s("ports"),
+            list(vec![format!("127.0.0.1::{DEFAULT_CONTROL_PORT}")]),
+        );
+        relay.insert(s("networks"), Value::Mapping(networks));
+        services.insert(s(RELAY), Value::Mapping(relay));
+    }
+    let mut top = Mapping::new();
+    top.insert(s("version"), s("2.4"));
+    top.insert(s("services"), Value::Mapping(services));
+    Ok(serde_yaml::to_string(&Value::Mapping(top))?)
 }
 
 /// How the federation is built.
@@ -68,6 +284,12 @@ pub struct Options {
     pub skip_cargo: bool,
     /// Longest wait for the federation to come up.
     pub up_deadline: Duration,
+    /// The links through the relay container.
+    pub relays: Relays,
+    /// The global's `--zone-grace-period` (its default when `None`).
+    pub zone_grace_period: Option<Duration>,
+    /// Seeds the relay's jitter and loss.
+    pub seed: u64,
 }
 
 /// Runs `cmd`, failing with its stderr when it exits non-zero; returns its stdout.
@@ -99,6 +321,9 @@ pub struct Federation {
     project: String,
     globals: Vec<String>,
     zones: Vec<String>,
+    relays: Relays,
+    /// The first two octets of the project's subnets.
+    prefix: String,
     /// Container ids by service (a container keeps its id across kill, start and restart).
     ids: Mutex<BTreeMap<String, String>>,
 }
@@ -131,6 +356,8 @@ impl Federation {
             project,
             globals: (1..=3).map(|i| format!("global-{i}")).collect(),
             zones: (1..=3).map(|i| format!("zone-{i}")).collect(),
+            relays: opts.relays.clone(),
+            prefix: prefix.clone(),
             ids: Mutex::new(BTreeMap::new()),
         };
         let out = fed.dir.path().to_str().context("temp dir is not UTF-8")?;
@@ -152,12 +379,16 @@ impl Federation {
             "meshctl generate compose",
         )
         .await?;
-        // The zone CPs' REST ports, published like the global's, for the convergence oracle.
-        let mut override_yaml = String::from("version: '2.4'\nservices:\n");
-        for z in &fed.zones {
-            override_yaml.push_str(&format!("  {z}-cp:\n    ports:\n    - 127.0.0.1::5681\n"));
-        }
-        std::fs::write(fed.dir.path().join("chaos.override.yaml"), override_yaml)?;
+        // The zone CPs' REST ports, published like the global's, for the convergence oracle; the
+        // relay container and the links through it; the global's zone grace period.
+        let compose_file = fed.dir.path().join("docker-compose.yaml");
+        let base: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(&compose_file)
+                .with_context(|| format!("reading {}", compose_file.display()))?,
+        )
+        .with_context(|| format!("parsing {}", compose_file.display()))?;
+        let text = override_yaml(&base, &fed.zones, &fed.globals, opts, &prefix)?;
+        std::fs::write(fed.dir.path().join("chaos.override.yaml"), text)?;
         if let Err(e) = fed.compose(&["up", "-d"]).await {
             // Seen once under load: a global node unhealthy; its logs say why.
             let logs = fed
@@ -270,10 +501,29 @@ impl Federation {
         online
     }
 
-    /// The acknowledged writes missing at a global node or a zone, as `<name>@<where>`.
+    /// The backend zones with no ZoneIngress at global-1, as `ZoneIngress of <zone>@global-1`.
+    async fn ingresses_missing(&self, zones: &[&str]) -> Vec<String> {
+        let missing = match self.api("global-1", self.global_token()).await {
+            Ok(api) => crate::scenario::zones_without_ingress(&api, zones).await,
+            Err(e) => Err(e),
+        };
+        match missing {
+            Ok(zones) => zones
+                .iter()
+                .map(|z| format!("ZoneIngress of {z}@global-1"))
+                .collect(),
+            Err(e) => vec![format!("{e:#}")],
+        }
+    }
+
+    /// The acknowledged writes missing at a global node (every one) or a zone, as
+    /// `<name>@<where>`.
     async fn missing_writes(&self, acked: &[String]) -> anyhow::Result<Vec<String>> {
-        let path = ["meshes", "default", "meshtimeouts"].map(String::from);
-        let mut places = vec![("global-1".to_string(), self.global_token())];
+        let mut places: Vec<(String, Option<String>)> = self
+            .globals
+            .iter()
+            .map(|g| (g.clone(), self.global_token()))
+            .collect();
         for z in &self.zones {
             let token =
                 std::fs::read_to_string(self.dir.path().join(format!("secrets/{z}/admin-token")))
@@ -284,17 +534,7 @@ impl Federation {
         let mut missing = Vec::new();
         for (service, token) in places {
             let api = self.api(&service, token).await?;
-            let (_, items) = api
-                .list_all(&path)
-                .await
-                .with_context(|| format!("listing MeshTimeouts at {service}"))?;
-            let names: BTreeSet<&str> = items.iter().filter_map(|i| i["name"].as_str()).collect();
-            missing.extend(
-                acked
-                    .iter()
-                    .filter(|n| !names.contains(n.as_str()))
-                    .map(|n| format!("{n}@{service}")),
-            );
+            missing.extend(missing_at(&service, &api, acked).await?);
         }
         Ok(missing)
     }
@@ -326,10 +566,35 @@ impl Federation {
         anyhow::bail!("no global node named a Raft leader")
     }
 
+    /// The pid whose network namespace is `service`'s.
+    async fn netns_pid(&self, service: &str) -> anyhow::Result<String> {
+        let id = self.container(service).await?;
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).await?;
+        Ok(pid.trim().to_string())
+    }
+
+    /// Adds (`cut`) or deletes a blackhole route to the relay's control-network address in
+    /// `service`'s network namespace: what it sends to the relay (a global node's Raft messages to
+    /// its peers) goes nowhere, its other traffic (KDS, REST) flows. Deleting a route that is not
+    /// there (the container was restarted since) is fine.
+    async fn relay_route(&self, service: &str, cut: bool) -> anyhow::Result<()> {
+        let pid = self.netns_pid(service).await?;
+        let relay = format!("{}/32", relay_ip(&Subnets(&self.prefix).control()));
+        let verb = if cut { "replace" } else { "del" };
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid, "-n", "ip", "route", verb, "blackhole", &relay]);
+        if cut {
+            run_cmd(&mut cmd, "nsenter ip route replace blackhole").await?;
+        } else {
+            let _ = cmd.output().await;
+        }
+        Ok(())
+    }
+
     /// The network namespace's pid and the interface of `service` on the inter-zone network.
     async fn interzone_iface(&self, service: &str) -> anyhow::Result<(String, String)> {
         let id = self.container(service).await?;
-        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).await?;
+        let pid = self.netns_pid(service).await?;
         let ips = docker(&[
             "inspect",
             "-f",
@@ -345,7 +610,6 @@ impl Federation {
             .with_context(|| {
                 format!("{service} has no address on the inter-zone network: {ips}")
             })?;
-        let pid = pid.trim().to_string();
         let addrs = run_cmd(
             Command::new("nsenter").args(["-t", &pid, "-n", "ip", "-o", "-4", "addr", "show"]),
             "nsenter ip addr",
@@ -358,6 +622,19 @@ impl Federation {
             .with_context(|| format!("no interface of {service} holds {ip}"))?
             .to_string();
         Ok((pid, iface))
+    }
+
+    /// Sets the fault of the relay container's link on `port` (its control port is published).
+    async fn relay(&self, port: u16, fault: &Fault) -> anyhow::Result<()> {
+        let id = self.container(RELAY).await?;
+        let published = docker(&["port", &id, &format!("{DEFAULT_CONTROL_PORT}/tcp")]).await?;
+        let control = published
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1:"))
+            .with_context(|| {
+                format!("{RELAY} publishes no {DEFAULT_CONTROL_PORT} on 127.0.0.1: {published}")
+            })?;
+        test_support::relay_control::set_fault(control.trim(), port, fault).await
     }
 
     async fn netem(&self, service: &str, args: Option<Vec<String>>) -> anyhow::Result<()> {
@@ -456,6 +733,26 @@ struct Damage {
     netem: BTreeSet<String>,
     /// Ingresses off the inter-zone network, with their fixed address there.
     cut_ingresses: BTreeMap<String, String>,
+    /// The relay container's links under a fault, by port.
+    relayed: BTreeSet<u16>,
+    /// Global nodes whose messages to the relay are blackholed (their Raft links out).
+    raft_cut: BTreeSet<String>,
+}
+
+/// Sets a relay link's fault, recording it for heal.
+async fn relay_fault(
+    fed: &Federation,
+    port: u16,
+    fault: &Fault,
+    damage: &mut Damage,
+) -> anyhow::Result<()> {
+    fed.relay(port, fault).await?;
+    if *fault == Fault::Pass {
+        damage.relayed.remove(&port);
+    } else {
+        damage.relayed.insert(port);
+    }
+    Ok(())
 }
 
 /// Connects a cut ingress to the inter-zone network again, at its fixed address.
@@ -500,6 +797,10 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                     if damage.netem.remove(&service) {
                         fed.netem(&service, None).await?;
                     }
+                    let port = ingress_relay_port(zone)?;
+                    if damage.relayed.contains(&port) {
+                        relay_fault(fed, port, &Fault::Pass, damage).await?;
+                    }
                 }
                 // Off the inter-zone network: other zones' packets to it go nowhere (no reset
                 // of connections on this tier).
@@ -522,6 +823,10 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                         slot.insert(ip.trim().to_string());
                     }
                 }
+                // Through the relay container when the ingress is behind it (no netem).
+                Fault::Degrade(_) if fed.relays.ingresses.contains(zone) => {
+                    relay_fault(fed, ingress_relay_port(zone)?, fault, damage).await?;
+                }
                 Fault::Degrade(d) => {
                     let mut args = vec![
                         "delay".to_string(),
@@ -537,10 +842,29 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
             }
         }
         Action::Flap { .. } => anyhow::bail!("a flap reached apply unexpanded"),
-        Action::Link(Link::Raft(node), _) => {
-            anyhow::bail!(
-                "global node {node}'s Raft links: not mapped on this tier (`unsupported`)"
-            )
+        // Both directions of the node's Raft links, its KDS and REST up: the other nodes -> its
+        // Raft listener through the relay (as on the process tier), and, for a blackhole or a
+        // reset, what it sends to its peers (all through the relay) routed nowhere in its network
+        // namespace (on the process tier its own messages still go out).
+        Action::Link(Link::Raft(node), fault) => {
+            anyhow::ensure!(
+                fed.relays.raft,
+                "global node {node}'s Raft links: the federation has no Raft relays"
+            );
+            relay_fault(fed, raft_relay_port(*node), fault, damage).await?;
+            let service = format!("global-{node}");
+            match fault {
+                Fault::Blackhole | Fault::Reset => {
+                    fed.relay_route(&service, true).await?;
+                    damage.raft_cut.insert(service);
+                }
+                Fault::Pass => {
+                    if damage.raft_cut.remove(&service) {
+                        fed.relay_route(&service, false).await?;
+                    }
+                }
+                Fault::Degrade(_) => {}
+            }
         }
         Action::Kill(c) => {
             for s in fed.services(*c).await? {
@@ -594,6 +918,12 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
             }
         }
         Action::Heal => {
+            for port in std::mem::take(&mut damage.relayed) {
+                fed.relay(port, &Fault::Pass).await?;
+            }
+            for service in std::mem::take(&mut damage.raft_cut) {
+                fed.relay_route(&service, false).await?;
+            }
             let cut: Vec<String> = damage.cut_ingresses.keys().cloned().collect();
             for s in cut {
                 reconnect_ingress(fed, &s, damage).await?;
@@ -630,34 +960,6 @@ async fn project_network(fed: &Federation, suffix: &str) -> anyhow::Result<Strin
         .find(|n| n.ends_with(suffix))
         .map(str::to_string)
         .with_context(|| format!("no network *{suffix} of project {}", fed.project))
-}
-
-/// The timeline with each `Flap` expanded into blackhole/pass steps.
-fn expand(timeline: &[Step]) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for s in timeline {
-        if let Action::Flap { link, every, until } = &s.action {
-            let mut at = s.at;
-            let mut down = true;
-            while at < *until {
-                let fault = if down { Fault::Blackhole } else { Fault::Pass };
-                steps.push(Step {
-                    at,
-                    action: Action::Link(*link, fault),
-                });
-                down = !down;
-                at += *every;
-            }
-            steps.push(Step {
-                at: *until,
-                action: Action::Link(*link, Fault::Pass),
-            });
-        } else {
-            steps.push(s.clone());
-        }
-    }
-    steps.sort_by_key(|s| s.at);
-    steps
 }
 
 /// One burst of the client: its end from the start of the load and its counts.
@@ -715,51 +1017,32 @@ async fn client(
     }
 }
 
-/// Applies MeshTimeouts `<prefix>-<n>` at the global (any node), retrying each until
-/// acknowledged, every 250 ms, until `stop`; returns the acknowledged names.
-async fn writer(
+/// Polls the global nodes' zone overview every 500 ms until `stop`: the first time (from
+/// `start`) each zone was not online at any node that answered. Polls no node answers (the
+/// global down) count for nothing.
+async fn watch_offline(
     fed: &Federation,
-    prefix: String,
+    start: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<String> {
-    let mut acked = Vec::new();
-    let mut node = 0usize;
-    let mut n = 0u64;
+) -> BTreeMap<String, Duration> {
+    let mut seen = BTreeMap::new();
     while !*stop.borrow() {
-        let name = format!("{prefix}-{n}");
-        let yaml = format!(
-            "type: MeshTimeout\nname: {name}\nmesh: default\nspec:\n  targetRef:\n    kind: MeshService\n    name: chaos-writer\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: {}s\n",
-            n + 1
-        );
-        // The node's published port changes when its container restarts: look it up each time.
-        let global = &fed.globals[node % fed.globals.len()];
-        let applied = match fed.api(global, fed.global_token()).await {
-            Ok(api) => matches!(
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    meshctl::apply::apply_text(&api, &yaml, "the chaos writer"),
-                )
-                .await,
-                Ok(Ok(()))
-            ),
-            Err(_) => false,
-        };
-        if applied {
-            acked.push(name);
-            n += 1;
-        } else {
-            node += 1;
+        let online = fed.online_zones().await;
+        if !online.is_empty() {
+            for z in fed.zones.iter().filter(|z| !online.contains(*z)) {
+                seen.entry(z.clone()).or_insert_with(|| start.elapsed());
+            }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    acked
+    seen
 }
 
 /// Runs one scenario on the running federation and heals it after.
 pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     let wall = Instant::now();
     let frontend = fed.container("frontend-zone-1-app").await?;
-    let steps = expand(&scenario.timeline);
+    let steps = expand_flaps(&scenario.timeline);
     let start = Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let bursts = Arc::new(Mutex::new(Vec::new()));
@@ -795,16 +1078,31 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
         tokio::time::sleep(scenario.traffic.tail).await;
         let _ = stop_tx.send(true);
     };
-    let (acked, ()) = tokio::join!(writer(fed, prefix, stop_rx.clone()), timeline);
+    let api_of = |i: usize| async move { fed.api(&fed.globals[i], fed.global_token()).await.ok() };
+    let writes = writer(
+        fed.globals.len(),
+        api_of,
+        &prefix,
+        stop_rx.clone(),
+        scenario.invariants.settle_within,
+    );
+    let ((acked, _attempts), (), offline_seen) =
+        tokio::join!(writes, timeline, watch_offline(fed, start, stop_rx.clone()));
     let faults_end = steps.last().map(|s| s.at).unwrap_or_default();
     load.await.context("the client panicked")?;
-    // Settling: every zone online and every acknowledged write everywhere.
+    // Settling: every zone online, every backend zone's ingress at the global and every
+    // acknowledged write everywhere.
     let settle_deadline = Instant::now() + scenario.invariants.settle_within;
     let mut settled = None;
     let mut last_missing = Vec::new();
     while Instant::now() < settle_deadline {
         let online = fed.online_zones().await.len() == fed.zones.len();
+        let ingresses = fed.ingresses_missing(&scenario.topology.backends).await;
         match fed.missing_writes(&acked).await {
+            Ok(missing) if !ingresses.is_empty() => {
+                last_missing = missing;
+                last_missing.extend(ingresses);
+            }
             Ok(missing) if online && missing.is_empty() => {
                 settled = Some(start.elapsed().saturating_sub(faults_end));
                 last_missing.clear();
@@ -835,7 +1133,7 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
         .filter(|b| b.failed > 0)
         .map(|b| (b.end, b.failed))
         .collect();
-    let failover = failover(&onsets, &failures);
+    let failover = failover(&onsets, &failures, start.elapsed());
     let inv = &scenario.invariants;
     if sent == 0 {
         violations.push("no request completed".into());
@@ -854,10 +1152,12 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
             inv.max_failover.as_secs_f64()
         ));
     }
+    violations.extend(crate::scenario::unseen_offline(inv, &offline_seen));
     let writes_lost = last_missing.len() as u64;
     if settled.is_none() {
         violations.push(format!(
-            "not settled within {:?} of the end of faults (zones online, writes everywhere): {}",
+            "not settled within {:?} of the end of faults (zones online, ingresses at the \
+             global, writes everywhere): {}",
             inv.settle_within,
             last_missing.join(", ")
         ));
@@ -876,28 +1176,10 @@ pub async fn run(fed: &Federation, scenario: &Scenario, seed: u64) -> anyhow::Re
         writes_lost,
         zones,
         violations,
-        offline_seen: BTreeMap::new(),
+        offline_seen,
         known_defect: scenario.known_defect.map(str::to_string),
         wall: wall.elapsed(),
     })
-}
-
-/// Longest time from a fault's onset to the end of the last burst with failures before the
-/// next onset.
-fn failover(onsets: &[Duration], failures: &[(Duration, u64)]) -> Duration {
-    let mut longest = Duration::ZERO;
-    for (i, onset) in onsets.iter().enumerate() {
-        let next = onsets.get(i + 1).copied().unwrap_or(Duration::MAX);
-        if let Some(last) = failures
-            .iter()
-            .filter(|(at, _)| at > onset && *at <= next)
-            .map(|(at, _)| *at)
-            .max()
-        {
-            longest = longest.max(last - *onset);
-        }
-    }
-    longest
 }
 
 /// The report's directory-independent helper: where the reports of this tier go.
@@ -916,9 +1198,10 @@ pub fn markdown(shared: &str, skipped: &[(&str, String)]) -> String {
     let mut md = match (intro_start, table_start) {
         (Some(a), Some(b)) if a < b => format!(
             "{}Tier `container`: see \"Container tier\" below. The invariants are the process \
-             tier's (success rate >= 99.9%, failover <= 1 s, every zone online and every \
-             acknowledged write at the global and in every zone within 30 s of the end of \
-             faults).{}",
+             tier's (success rate >= 99.9%, failover <= 1 s, every zone online, every backend \
+             zone's ZoneIngress at the global and every acknowledged write at the global and in \
+             every zone within 30 s of the end of faults, the zones a scenario names seen \
+             offline).{}",
             &shared[..a],
             &shared[b..]
         ),
@@ -942,14 +1225,30 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          network; an ingress link blackholed (or reset) is the ingress disconnected from the \
          inter-zone network and connected again at its fixed address (no reset of connections \
          on this tier); a degraded one is `tc netem` `delay`/`loss` on the ingress's inter-zone \
-         interface from the host (`nsenter -t <pid> -n`), skipped where the kernel has no netem. Traffic: `demo-app call` in \
+         interface from the host (`nsenter -t <pid> -n`), or where the kernel has no netem the \
+         relay container's `Degrade` (the process tier's: latency and jitter on each direction, \
+         a lost chunk delivered 200 ms late) on a link zone-2's ingress advertises instead of its \
+         own address (other zones' egresses -> relay -> ingress). A node's Raft links: every \
+         node's `--peers` address is a port of the relay container in front of that node's Raft \
+         listener, so `Link::Raft(n)` faults what the other nodes send to node n (as on the \
+         process tier) and, for a blackhole, a blackhole route to the relay in node n's network \
+         namespace drops what it sends to its peers: both directions cut (on the process tier \
+         node n's own messages still go out, so a partitioned leader stays leader), its KDS and \
+         REST up. The relay (image `meridian/fault-relay`) is in \
+         the project only when a chosen scenario needs it; its jitter and loss draw from the \
+         seed. `zone-absent-rejoin` runs the global nodes with `--zone-grace-period` shortened \
+         to the outage (scenario::zone_absent_rejoin: absent for the 15 s KDS watchdog + the \
+         grace + 5 s, standing for the issue's 10-minute absence); a multi-node global runs no \
+         zone janitor, so on this tier the zone is noticed offline and rejoins but its inventory \
+         is not removed meanwhile (the process tier's one-node global removes it). Traffic: \
+         `demo-app call` in \
          zone-1's frontend container through its sidecar's outbound, 1 s bursts one after \
          another (about 0.1-0.3 s between bursts for `docker exec`), so failover is measured to \
          the end of the last failed burst: a 1 s granularity. The writer applies MeshTimeouts at \
-         the global nodes' published REST ports; convergence is checked at global-1 and at each \
-         zone CP's REST port (published by an override file). The global's view of offline zones \
-         is not sampled on this tier. The seed is recorded only: nothing on this tier draws \
-         from it.\n",
+         the global nodes' published REST ports; convergence is checked at every global node and at each \
+         zone CP's REST port (published by an override file), and settling also waits for \
+         every backend zone's ZoneIngress at global-1. The global's view of offline zones \
+         is sampled every 500 ms from the global nodes' REST ports.\n",
     );
     if !skipped.is_empty() {
         md.push_str("\n### Skipped\n\n");
@@ -964,32 +1263,92 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flaps_expand_to_alternating_steps_ending_passing() {
-        let steps = expand(&[Step {
-            at: Duration::from_secs(7),
-            action: Action::Flap {
-                link: Link::Ingress("zone-2"),
-                every: Duration::from_secs(2),
-                until: Duration::from_secs(11),
-            },
-        }]);
-        let kinds: Vec<_> = steps
+    fn args(v: &Value) -> Vec<&str> {
+        v["command"]
+            .as_sequence()
+            .unwrap()
             .iter()
-            .map(|s| match &s.action {
-                Action::Link(_, Fault::Blackhole) => "down",
-                Action::Link(_, Fault::Pass) => "up",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(kinds, ["down", "up", "up"]);
-        assert_eq!(steps.last().map(|s| s.at), Some(Duration::from_secs(11)));
+            .map(|a| a.as_str().unwrap())
+            .collect()
+    }
+
+    fn after<'a>(args: &[&'a str], flag: &str) -> &'a str {
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1]
     }
 
     #[test]
-    fn failover_is_onset_to_last_failed_burst() {
-        let s = Duration::from_secs;
-        assert_eq!(failover(&[s(1)], &[(s(2), 5), (s(4), 1)]), s(3));
-        assert_eq!(failover(&[s(1)], &[]), Duration::ZERO);
+    fn the_override_routes_raft_and_a_slow_ingress_through_the_relay_only_when_asked() {
+        let base: Value =
+            serde_yaml::from_str(&meshctl::generate::compose_yaml_on(3, 3, "t", "10.240")).unwrap();
+        let zones: Vec<String> = (1..=3).map(|k| format!("zone-{k}")).collect();
+        let globals: Vec<String> = (1..=3).map(|k| format!("global-{k}")).collect();
+        let mut opts = Options {
+            profile: "debug".into(),
+            tag: "t".into(),
+            skip_cargo: true,
+            up_deadline: Duration::from_secs(1),
+            relays: Relays::default(),
+            zone_grace_period: None,
+            seed: 7,
+        };
+        let plain: Value =
+            serde_yaml::from_str(&override_yaml(&base, &zones, &globals, &opts, "10.240").unwrap())
+                .unwrap();
+        assert!(plain["services"][RELAY].is_null());
+        assert!(plain["services"]["global-1"].is_null());
+        assert_eq!(
+            plain["services"]["zone-2-cp"]["ports"][0],
+            "127.0.0.1::5681"
+        );
+
+        opts.relays = Relays {
+            ingresses: vec!["zone-2"],
+            raft: true,
+        };
+        opts.zone_grace_period = Some(Duration::from_secs(5));
+        let text = override_yaml(&base, &zones, &globals, &opts, "10.240").unwrap();
+        let d: Value = serde_yaml::from_str(&text).unwrap();
+        let relay = args(&d["services"][RELAY]);
+        assert_eq!(after(&relay, "--seed"), "7");
+        for link in [
+            "11002=10.240.1.12:10001",
+            "5701=10.240.0.11:5683",
+            "5703=10.240.0.13:5683",
+        ] {
+            assert!(relay.contains(&link), "{link} not in {relay:?}");
+        }
+        assert_eq!(
+            d["services"][RELAY]["networks"]["interzone"]["ipv4_address"],
+            "10.240.1.100"
+        );
+        let ingress = args(&d["services"]["zone-2-ingress"]);
+        assert_eq!(after(&ingress, "--advertised-address"), "10.240.1.100");
+        assert_eq!(after(&ingress, "--advertised-port"), "11002");
+        assert_eq!(after(&ingress, "--address"), "10.240.1.12");
+        assert!(d["services"]["zone-3-ingress"].is_null());
+        let node = args(&d["services"]["global-2"]);
+        assert_eq!(
+            after(&node, "--peers"),
+            "1=10.240.0.100:5701,2=10.240.0.100:5702,3=10.240.0.100:5703"
+        );
+        assert_eq!(after(&node, "--raft-listen"), "0.0.0.0:5683");
+        assert_eq!(after(&node, "--zone-grace-period"), "5000ms");
+        assert_eq!(after(&node, "--node-id"), "2");
+    }
+
+    #[test]
+    fn relays_are_needed_by_raft_cuts_and_by_slow_links_without_netem() {
+        let all = crate::scenario::process_tier(Duration::from_secs(5));
+        let without = Relays::needed_by(&all, false);
+        assert_eq!(without.ingresses, ["zone-2"]);
+        assert!(without.raft);
+        assert!(Relays::needed_by(&all, true).ingresses.is_empty());
+        for s in &all {
+            assert_eq!(unsupported(s, &without, false), None, "{}", s.name);
+        }
+        let slow = all.iter().find(|s| s.name == "slow-link").unwrap();
+        assert!(unsupported(slow, &Relays::default(), false).is_some());
+        assert_eq!(unsupported(slow, &Relays::default(), true), None);
     }
 }

@@ -186,7 +186,7 @@ impl GlobalCp {
     }
 
     /// [`GlobalCp::start_process`] with extra command-line arguments.
-    async fn start_process_with(
+    pub async fn start_process_with(
         dir: &Path,
         extra: Vec<std::ffi::OsString>,
     ) -> anyhow::Result<GlobalCp> {
@@ -222,12 +222,13 @@ impl GlobalCp {
     /// Starts a global of `raft_listen.len()` nodes as `global-cp` child processes, node `i + 1`
     /// in `dir/node-<i+1>`, listening for its peers on `raft_listen[i]` and known to them at
     /// `raft_advertised[i]` (the same address, or a relay to it). The nodes share one KDS
-    /// identity (`dir/kds`) and one admin token, as `meshctl up --global-nodes` makes them.
-    /// Returns once every node is ready, a leader is agreed and the default mesh exists.
+    /// identity (`dir/kds`) and one admin token, as `meshctl up --global-nodes` makes them;
+    /// `extra` arguments go to every node. Returns once every node is ready, a leader is agreed and the default mesh exists.
     pub async fn start_cluster(
         dir: &Path,
         raft_listen: &[std::net::SocketAddr],
         raft_advertised: &[std::net::SocketAddr],
+        extra: &[std::ffi::OsString],
     ) -> anyhow::Result<Vec<GlobalCp>> {
         anyhow::ensure!(
             raft_listen.len() == raft_advertised.len() && !raft_listen.is_empty(),
@@ -260,7 +261,7 @@ impl GlobalCp {
                     .join("data")
                     .join(control_plane::auth::ADMIN_TOKEN_FILE),
             )?;
-            let extra: Vec<std::ffi::OsString> = vec![
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "--node-id".into(),
                 id.to_string().into(),
                 "--peers".into(),
@@ -272,7 +273,8 @@ impl GlobalCp {
                 "--kds-tls-dir".into(),
                 kds.clone().into(),
             ];
-            nodes.push(GlobalCp::start_process_with(&node_dir, extra).await?);
+            args.extend_from_slice(extra);
+            nodes.push(GlobalCp::start_process_with(&node_dir, args).await?);
         }
         test_support::eventually("an agreed leader and the default mesh", STARTUP, || async {
             leader_of(&nodes).await?;

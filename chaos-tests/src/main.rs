@@ -81,12 +81,7 @@ async fn main() -> anyhow::Result<()> {
                     "no scenario {name:?}; `chaos-tests list` names them"
                 );
             }
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or_default()
-            });
+            let seed = seed_or_clock(seed);
             println!("seed {seed} (replay with --seed {seed})");
             let mut outcomes = Vec::new();
             for s in all
@@ -150,26 +145,31 @@ async fn run_container(
             "no scenario {name:?}; `chaos-tests list` names them"
         );
     }
-    // Nothing here is random (netem's loss is the kernel's): the seed is recorded only.
-    let seed = seed.unwrap_or_default();
+    // The relay container's jitter and loss draw from the seed (netem's loss is the kernel's).
+    let seed = seed_or_clock(seed);
+    println!("seed {seed} (replay with --seed {seed})");
     let chosen: Vec<_> = all
         .into_iter()
         .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
         .collect();
+    let netem = container::netem_available().await;
+    let relays = container::Relays::needed_by(&chosen, netem);
     let opts = container::Options {
         profile: std::env::var("PROFILE").unwrap_or_else(|_| "debug".to_string()),
         tag: "chaos".to_string(),
         skip_cargo: std::env::var_os("SKIP_CARGO").is_some(),
         up_deadline: Duration::from_secs(300),
+        relays: relays.clone(),
+        zone_grace_period: container::zone_grace_for(&chosen)?,
+        seed,
     };
     let mut outcomes = Vec::new();
     let mut skipped = Vec::new();
     let work = async {
-        println!("building images and bringing the compose federation up ...");
-        let netem = container::netem_available().await;
+        println!("building images and bringing the compose federation up ({relays:?}) ...");
         let fed = container::Federation::up(&opts).await?;
         for s in &chosen {
-            if let Some(why) = container::unsupported(s, netem) {
+            if let Some(why) = container::unsupported(s, &relays, netem) {
                 println!("skipping {}: {why}", s.name);
                 skipped.push((s.name, why));
                 continue;
@@ -208,6 +208,16 @@ async fn run_container(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The seed given, or one from the clock.
+fn seed_or_clock(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+    })
 }
 
 /// The workspace's commit, `-dirty` when it has changes.

@@ -112,6 +112,9 @@ pub struct Topology {
     pub retries: bool,
     /// Nodes of the global (1, or 3 for a Raft cluster whose peer links go through relays).
     pub global_nodes: u64,
+    /// The global's `--zone-grace-period` (how long an offline zone's inventory stays), shortened
+    /// for a scenario that outlasts it; the global's default (1 h) when `None`.
+    pub zone_grace_period: Option<Duration>,
 }
 
 impl Default for Topology {
@@ -122,6 +125,7 @@ impl Default for Topology {
             clients: vec!["zone-1"],
             retries: true,
             global_nodes: 1,
+            zone_grace_period: None,
         }
     }
 }
@@ -149,9 +153,13 @@ pub struct Invariants {
     pub min_success_rate: f64,
     /// Longest time from a fault's onset to the last request failing because of it.
     pub max_failover: Duration,
-    /// Every zone online, every proxy registered and ready, every acknowledged write everywhere,
+    /// Every zone online, every backend zone's ZoneIngress at the global (a zone's inventory back
+    /// after it rejoins), every proxy registered and ready, every acknowledged write everywhere,
     /// within this long of the end of the faults.
     pub settle_within: Duration,
+    /// Zones the global must have reported offline during the run: the fault was long enough to
+    /// be noticed.
+    pub seen_offline: Vec<&'static str>,
 }
 
 impl Default for Invariants {
@@ -160,6 +168,7 @@ impl Default for Invariants {
             min_success_rate: 0.999,
             max_failover: Duration::from_secs(1),
             settle_within: Duration::from_secs(30),
+            seen_offline: Vec::new(),
         }
     }
 }
@@ -186,6 +195,45 @@ fn step(at: Duration, action: Action) -> Step {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
+}
+
+/// How long after a zone's KDS streams hang the global tears them down and reports the zone
+/// offline: KDS's watchdog (a built-in tuning, not a flag).
+pub fn zone_offline_after() -> Duration {
+    kds::sync::KdsTuning::default().watchdog_timeout
+}
+
+/// `zone-absent-rejoin`: the issue's "zone absent for 10 minutes", with shortened grace settings.
+/// The global runs with `--zone-grace-period` of `outage` (1 h by default), and zone-3 is away for
+/// as long as the global takes to notice (the watchdog, [`zone_offline_after`]) plus that grace
+/// plus 5 s: its inventory is removed at the global while it is away, as after a long absence,
+/// and must come back when it rejoins. (A multi-node global runs no zone janitor, so there the
+/// grace changes nothing and only the offline detection and the rejoin are exercised.)
+fn zone_absent_rejoin(outage: Duration) -> Scenario {
+    let grace = outage;
+    let absent = zone_offline_after() + grace + Duration::from_secs(5);
+    let mut s = Scenario {
+        name: "zone-absent-rejoin",
+        fault: format!(
+            "zone-3 CP SIGSTOPped for {} s (absent, its streams hung: offline after the {} s \
+             KDS watchdog, then its inventory removed after the global's zone grace period, \
+             shortened to {} s; a multi-node global runs no zone janitor), then SIGCONT",
+            absent.as_secs_f64(),
+            zone_offline_after().as_secs_f64(),
+            grace.as_secs_f64()
+        ),
+        topology: Topology::default(),
+        traffic: Traffic::default(),
+        timeline: vec![
+            step(secs(1.0), Action::Pause(Component::ZoneCp("zone-3"))),
+            step(secs(1.0) + absent, Action::Heal),
+        ],
+        invariants: Invariants::default(),
+        known_defect: None,
+    };
+    s.topology.zone_grace_period = Some(grace);
+    s.invariants.seen_offline = vec!["zone-3"];
+    s
 }
 
 /// The process tier's scenarios; `outage` is how long the long faults last (60 s in the issue,
@@ -286,14 +334,7 @@ pub fn process_tier(outage: Duration) -> Vec<Scenario> {
                 step(secs(7.0), Action::Heal),
             ],
         ),
-        base(
-            "zone-absent-rejoin",
-            format!("zone-3 CP SIGSTOPped for {o} s (absent, its streams hung), then SIGCONT"),
-            vec![
-                step(secs(1.0), Action::Pause(Component::ZoneCp("zone-3"))),
-                step(secs(1.0 + o), Action::Heal),
-            ],
-        ),
+        zone_absent_rejoin(outage),
         raft(base(
             "global-leader-killed",
             format!("3-node global: the Raft leader SIGKILLed under the writer, restarted {o} s later"),
@@ -344,7 +385,8 @@ pub struct Outcome {
     pub failover: Duration,
     /// End of faults to every acknowledged write at the global and in every zone.
     pub convergence: Option<Duration>,
-    /// End of faults to every zone online and every proxy registered and ready.
+    /// End of faults to every zone online, every backend zone's ZoneIngress at the global and
+    /// every proxy registered and ready.
     pub settled: Option<Duration>,
     pub writes_acknowledged: u64,
     pub writes_lost: u64,
@@ -385,6 +427,13 @@ struct Mesh {
 impl Mesh {
     async fn start(topology: &Topology, seed: u64, dir: &Path) -> anyhow::Result<Mesh> {
         let mut raft = BTreeMap::new();
+        let extra: Vec<std::ffi::OsString> = match topology.zone_grace_period {
+            Some(grace) => vec![
+                "--zone-grace-period".into(),
+                format!("{}ms", grace.as_millis()).into(),
+            ],
+            None => Vec::new(),
+        };
         let globals = if topology.global_nodes > 1 {
             let mut listen = Vec::new();
             let mut advertised = Vec::new();
@@ -396,9 +445,9 @@ impl Mesh {
                 advertised.push(relay.addr());
                 raft.insert(node, relay);
             }
-            GlobalCp::start_cluster(&dir.join("global"), &listen, &advertised).await?
+            GlobalCp::start_cluster(&dir.join("global"), &listen, &advertised, &extra).await?
         } else {
-            vec![GlobalCp::start_process(&dir.join("global")).await?]
+            vec![GlobalCp::start_process_with(&dir.join("global"), extra).await?]
         };
         let global = &globals[0];
         global.apply(MTLS_MESH).await?;
@@ -662,14 +711,23 @@ async fn zones_online(globals: &[GlobalCp], zones: &[&str]) -> bool {
 /// Per-period failures of one client: (end of the period from the scenario's start, failed).
 type Periods = Arc<Mutex<Vec<(Duration, u64)>>>;
 
-/// The policy writer: applies MeshTimeouts `chaos-write-<n>` at the global one after another,
-/// retrying a write until it is acknowledged (as a user with a queue would), and records the
-/// acknowledged ones. With several global nodes, a failed attempt moves to the next node.
-async fn writer(
-    global_apis: Vec<meshctl::client::ApiClient>,
+/// The policy writer of both tiers: applies MeshTimeouts `<prefix>-<n>` at the global one after
+/// another, retrying a write until it is acknowledged (as a user with a queue would), and records
+/// the acknowledged names. `api_of(i)` is a client of global node `i` of `nodes` (`None` while it
+/// cannot be reached); a failed attempt moves to the next node. Once `stop` is set, the write in
+/// hand is still retried until acknowledged or `drain_deadline` has passed. Returns the
+/// acknowledged names and the attempts.
+pub async fn writer<F, Fut>(
+    nodes: usize,
+    mut api_of: F,
+    prefix: &str,
     stop: tokio::sync::watch::Receiver<bool>,
     drain_deadline: Duration,
-) -> (Vec<u64>, u64) {
+) -> (Vec<String>, u64)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Option<meshctl::client::ApiClient>>,
+{
     let mut acked = Vec::new();
     let mut attempts = 0u64;
     let mut n = 0u64;
@@ -679,31 +737,59 @@ async fn writer(
         if stopped_at.is_none() && *stop.borrow() {
             stopped_at = Some(Instant::now());
         }
+        let name = format!("{prefix}-{n}");
         let yaml = format!(
-            "type: MeshTimeout\nname: chaos-write-{n}\nmesh: default\nspec:\n  targetRef:\n    kind: MeshService\n    name: chaos-writer\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: {}s\n",
+            "type: MeshTimeout\nname: {name}\nmesh: default\nspec:\n  targetRef:\n    kind: MeshService\n    name: chaos-writer\n  to:\n  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: {}s\n",
             n + 1
         );
         attempts += 1;
-        let applied = tokio::time::timeout(
-            Duration::from_secs(2),
-            meshctl::apply::apply_text(&global_apis[node], &yaml, "the chaos writer"),
-        )
-        .await;
-        if !matches!(applied, Ok(Ok(()))) {
-            node = (node + 1) % global_apis.len();
-        }
-        if matches!(applied, Ok(Ok(()))) {
-            acked.push(n);
+        let applied = match api_of(node % nodes.max(1)).await {
+            Some(api) => matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    meshctl::apply::apply_text(&api, &yaml, "the chaos writer"),
+                )
+                .await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        if applied {
+            acked.push(name);
             n += 1;
             if stopped_at.is_some() {
                 return (acked, attempts);
             }
-        } else if stopped_at.is_some_and(|at| at.elapsed() > drain_deadline) {
-            return (acked, attempts);
+        } else {
+            node += 1;
+            if stopped_at.is_some_and(|at| at.elapsed() > drain_deadline) {
+                return (acked, attempts);
+            }
         }
         // The writer's pace: a write (or a retry) every 250 ms.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The acknowledged writes missing at `place` (a global node or a zone, read through `api`), as
+/// `<name>@<place>`.
+pub async fn missing_at(
+    place: &str,
+    api: &meshctl::client::ApiClient,
+    acked: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let path = ["meshes", "default", "meshtimeouts"].map(String::from);
+    let (_, items) = api
+        .list_all(&path)
+        .await
+        .with_context(|| format!("listing MeshTimeouts at {place}"))?;
+    let names: std::collections::BTreeSet<&str> =
+        items.iter().filter_map(|i| i["name"].as_str()).collect();
+    Ok(acked
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .map(|n| format!("{n}@{place}"))
+        .collect())
 }
 
 /// Runs `scenario` with its data under `dir`; `seed` seeds every relay's jitter and loss.
@@ -750,11 +836,19 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         loads.push((*zone, task, periods));
     }
     let (stop_writer, stop_rx) = tokio::sync::watch::channel(false);
-    let writes = tokio::spawn(writer(
-        mesh.globals.iter().map(|g| g.api.clone()).collect(),
-        stop_rx,
-        scenario.invariants.settle_within,
-    ));
+    let apis: Vec<meshctl::client::ApiClient> =
+        mesh.globals.iter().map(|g| g.api.clone()).collect();
+    let settle_within = scenario.invariants.settle_within;
+    let writes = tokio::spawn(async move {
+        writer(
+            apis.len(),
+            |i| std::future::ready(Some(apis[i].clone())),
+            "chaos-write",
+            stop_rx,
+            settle_within,
+        )
+        .await
+    });
 
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(watch_zones(
@@ -840,9 +934,16 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     let mut violations = Vec::new();
     let settle = scenario.invariants.settle_within;
     let zones = scenario.topology.zones.clone();
-    let settling =
-        test_support::eventually("every zone online, every proxy back", settle, || async {
+    let backends = scenario.topology.backends.clone();
+    let settling = test_support::eventually(
+        "every zone online, every ingress at the global, every proxy back",
+        settle,
+        || async {
             if !zones_online(&mesh.globals, &zones).await {
+                return None;
+            }
+            let api = &mesh.globals.first()?.api;
+            if !zones_without_ingress(api, &backends).await.ok()?.is_empty() {
                 return None;
             }
             for (zone, proxy, path) in mesh.proxies() {
@@ -857,7 +958,8 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
                 (status == 200).then_some(())?;
             }
             Some(faults_end.elapsed())
-        });
+        },
+    );
     let converging =
         test_support::eventually("every acknowledged write everywhere", settle, || async {
             let missing = missing_writes(&mesh, &acked).await.ok()?;
@@ -870,7 +972,7 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
         Err(e) => {
             violations.push(format!(
                 "not settled within {settle:?} of the end of faults: {e:#}{}",
-                unsettled(&mesh).await
+                unsettled(&mesh, &scenario.topology.backends).await
             ));
             None
         }
@@ -948,6 +1050,7 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
             inv.max_failover.as_secs_f64()
         ));
     }
+    violations.extend(unseen_offline(inv, &offline_seen));
     if let Err(e) = mesh.stop().await {
         eprintln!("{}: stopping the federation: {e:#}", scenario.name);
     }
@@ -971,9 +1074,18 @@ pub async fn run(scenario: &Scenario, seed: u64, dir: &Path) -> anyhow::Result<O
     })
 }
 
+/// A violation for each zone of [`Invariants::seen_offline`] the global never reported offline.
+pub fn unseen_offline(inv: &Invariants, offline_seen: &BTreeMap<String, Duration>) -> Vec<String> {
+    inv.seen_offline
+        .iter()
+        .filter(|z| !offline_seen.contains_key(**z))
+        .map(|z| format!("the global never reported {z} offline: the absence went unnoticed"))
+        .collect()
+}
+
 /// The timeline with each [`Action::Flap`] replaced by the link steps it stands for, in time
 /// order (steps at the same time keep their order).
-fn expand_flaps(timeline: &[Step]) -> Vec<Step> {
+pub fn expand_flaps(timeline: &[Step]) -> Vec<Step> {
     let mut steps = Vec::new();
     for s in timeline {
         match &s.action {
@@ -996,7 +1108,7 @@ fn expand_flaps(timeline: &[Step]) -> Vec<Step> {
 
 /// Failover: for each onset, the time from it to the end of the last period with a failed
 /// request before the next onset (or the end of the load); the longest of them.
-fn failover(onsets: &[Duration], failures: &[(Duration, u64)], end: Duration) -> Duration {
+pub fn failover(onsets: &[Duration], failures: &[(Duration, u64)], end: Duration) -> Duration {
     let mut onsets = onsets.to_vec();
     onsets.sort();
     let mut longest = Duration::ZERO;
@@ -1017,9 +1129,8 @@ fn failover(onsets: &[Duration], failures: &[(Duration, u64)], end: Duration) ->
     longest
 }
 
-/// The acknowledged writes missing at a global node or a zone, as `chaos-write-<n>@<where>`.
-async fn missing_writes(mesh: &Mesh, acked: &[u64]) -> anyhow::Result<Vec<String>> {
-    let path = ["meshes", "default", "meshtimeouts"].map(String::from);
+/// The acknowledged writes missing at a global node or a zone, as `<name>@<where>`.
+async fn missing_writes(mesh: &Mesh, acked: &[String]) -> anyhow::Result<Vec<String>> {
     let mut missing = Vec::new();
     let mut apis: Vec<(String, &meshctl::client::ApiClient)> = mesh
         .globals
@@ -1034,25 +1145,45 @@ async fn missing_writes(mesh: &Mesh, acked: &[u64]) -> anyhow::Result<Vec<String
         .collect();
     apis.extend(mesh.zones.iter().map(|z| (z.name.clone(), &z.api)));
     for (place, api) in apis {
-        let (_, items) = api
-            .list_all(&path)
-            .await
-            .with_context(|| format!("listing MeshTimeouts at {place}"))?;
-        let names: std::collections::BTreeSet<&str> =
-            items.iter().filter_map(|i| i["name"].as_str()).collect();
-        for n in acked {
-            let name = format!("chaos-write-{n}");
-            if !names.contains(name.as_str()) {
-                missing.push(format!("{name}@{place}"));
-            }
-        }
+        missing.extend(missing_at(&place, api, acked).await?);
     }
     Ok(missing)
 }
 
+/// The zones of `zones` with no ZoneIngress at the global (read through `api`): a zone's
+/// inventory is back at the global once it has (re)joined.
+pub async fn zones_without_ingress(
+    api: &meshctl::client::ApiClient,
+    zones: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let (_, items) = api
+        .list_all(&["zoneingresses".to_string()])
+        .await
+        .context("listing ZoneIngresses at the global")?;
+    let present: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| i["labels"][mesh_api::ZONE_LABEL].as_str())
+        .collect();
+    Ok(zones
+        .iter()
+        .filter(|z| !present.contains(**z))
+        .map(|z| z.to_string())
+        .collect())
+}
+
 /// What is not back after the faults, for a violation's message.
-async fn unsettled(mesh: &Mesh) -> String {
+async fn unsettled(mesh: &Mesh, backends: &[&str]) -> String {
     let mut notes = Vec::new();
+    if let Some(global) = mesh.globals.first() {
+        match zones_without_ingress(&global.api, backends).await {
+            Ok(zones) if zones.is_empty() => {}
+            Ok(zones) => notes.push(format!(
+                "no ZoneIngress of {} at the global",
+                zones.join(", ")
+            )),
+            Err(e) => notes.push(format!("{e:#}")),
+        }
+    }
     for (zone, proxy, path) in mesh.proxies() {
         let Ok(z) = mesh.zone(zone) else { continue };
         match z.api.get(&path).await {

@@ -1,9 +1,11 @@
 //! Helpers for Meridian's tests: waiting for a condition with a deadline (never a fixed sleep),
 //! locating the workspace's binaries and the shared fixtures, and a Python with grpcio for the
-//! gRPC proxyless tests, and [`relay::FaultRelay`], a TCP relay that injects link faults.
-//! Dev-only: nothing ships with it.
+//! gRPC proxyless tests, and [`relay::FaultRelay`], a TCP relay that injects link faults
+//! ([`relay_control`] runs a set of them behind a control port: the `fault-relay` binary, the
+//! container tier's relay image). Dev-only: nothing ships with it.
 
 pub mod relay;
+pub mod relay_control;
 
 use std::future::Future;
 use std::path::PathBuf;

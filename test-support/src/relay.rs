@@ -75,6 +75,100 @@ impl Degradation {
     }
 }
 
+/// The text form of a fault (the relay's control port, `fault-relay`): `pass`, `blackhole`,
+/// `reset`, or `degrade` followed by any of `latency=DUR`, `jitter=DUR` (DUR as `300ms` or `2s`),
+/// `loss=PERCENT` and `rate=BYTES_PER_SECOND`.
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Pass => write!(f, "pass"),
+            Fault::Blackhole => write!(f, "blackhole"),
+            Fault::Reset => write!(f, "reset"),
+            Fault::Degrade(d) => {
+                write!(
+                    f,
+                    "degrade latency={}ms jitter={}ms loss={}",
+                    d.latency.as_millis(),
+                    d.jitter.as_millis(),
+                    d.loss_percent
+                )?;
+                if let Some(rate) = d.bytes_per_second {
+                    write!(f, " rate={rate}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Fault, String> {
+        let mut words = text.split_whitespace();
+        let fault = match words.next() {
+            Some("pass") => Fault::Pass,
+            Some("blackhole") => Fault::Blackhole,
+            Some("reset") => Fault::Reset,
+            Some("degrade") => {
+                let mut d = Degradation::default();
+                for word in words.by_ref() {
+                    let (key, value) = word
+                        .split_once('=')
+                        .ok_or_else(|| format!("fault {text:?}: {word:?} is not KEY=VALUE"))?;
+                    let bad = || format!("fault {text:?}: bad {key} {value:?}");
+                    match key {
+                        "latency" => d.latency = parse_duration(value).ok_or_else(bad)?,
+                        "jitter" => d.jitter = parse_duration(value).ok_or_else(bad)?,
+                        "loss" => {
+                            d.loss_percent = value
+                                .parse::<f64>()
+                                .ok()
+                                .filter(|p| (0.0..=100.0).contains(p))
+                                .ok_or_else(bad)?
+                        }
+                        "rate" => {
+                            d.bytes_per_second = Some(
+                                value
+                                    .parse::<u64>()
+                                    .ok()
+                                    .filter(|r| *r > 0)
+                                    .ok_or_else(bad)?,
+                            )
+                        }
+                        _ => {
+                            return Err(format!(
+                                "fault {text:?}: unknown {key:?} (latency, jitter, loss, rate)"
+                            ))
+                        }
+                    }
+                }
+                Fault::Degrade(d)
+            }
+            _ => {
+                return Err(format!(
+                    "fault {text:?}: expected pass, blackhole, reset or degrade KEY=VALUE..."
+                ))
+            }
+        };
+        match words.next() {
+            Some(extra) => Err(format!("fault {text:?}: unexpected {extra:?}")),
+            None => Ok(fault),
+        }
+    }
+}
+
+/// `300ms` or `2s` (whole numbers).
+fn parse_duration(text: &str) -> Option<Duration> {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    text.strip_suffix('s')?
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     accepted: AtomicU64,
@@ -378,11 +472,11 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An echo server on loopback.
-    async fn echo() -> SocketAddr {
+    pub(crate) async fn echo() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -405,6 +499,38 @@ mod tests {
 
     const SHORT: Duration = Duration::from_millis(300);
     const LONG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn faults_round_trip_through_their_text_and_bad_text_is_named() {
+        let slow = Fault::Degrade(Degradation {
+            latency: Duration::from_millis(300),
+            jitter: Duration::from_millis(20),
+            loss_percent: 5.0,
+            bytes_per_second: Some(1000),
+        });
+        for fault in [Fault::Pass, Fault::Blackhole, Fault::Reset, slow.clone()] {
+            assert_eq!(fault.to_string().parse::<Fault>(), Ok(fault));
+        }
+        assert_eq!(
+            "degrade latency=300ms jitter=20ms loss=5 rate=1000".parse::<Fault>(),
+            Ok(slow)
+        );
+        assert_eq!(
+            "degrade latency=2s".parse::<Fault>().map(|f| f.to_string()),
+            Ok("degrade latency=2000ms jitter=0ms loss=0".to_string())
+        );
+        for bad in [
+            "",
+            "slow",
+            "pass now",
+            "degrade loss=500",
+            "degrade latency=3",
+            "degrade x=1",
+        ] {
+            let error = bad.parse::<Fault>().unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{bad}: {error}");
+        }
+    }
 
     #[tokio::test]
     async fn passes_bytes_both_ways() {
