@@ -220,19 +220,21 @@ impl GlobalCp {
     }
 
     /// Starts a global of `raft_listen.len()` nodes as `global-cp` child processes, node `i + 1`
-    /// in `dir/node-<i+1>`, listening for its peers on `raft_listen[i]` and known to them at
-    /// `raft_advertised[i]` (the same address, or a relay to it). The nodes share one KDS
-    /// identity (`dir/kds`) and one admin token, as `meshctl up --global-nodes` makes them;
-    /// `extra` arguments go to every node. Returns once every node is ready, a leader is agreed and the default mesh exists.
+    /// in `dir/node-<i+1>`, listening for its peers on `raft_listen[i]` (every node's `--peers`
+    /// names those addresses) and dialling peer `j` at `routes[i][j]` when given (`--raft-route`:
+    /// a relay of that one direction, so a node can be cut off both ways). The nodes share one
+    /// KDS identity (`dir/kds`) and one admin token, as `meshctl up --global-nodes` makes them;
+    /// `extra` arguments go to every node. Returns once every node is ready, a leader is agreed
+    /// and the default mesh exists.
     pub async fn start_cluster(
         dir: &Path,
         raft_listen: &[std::net::SocketAddr],
-        raft_advertised: &[std::net::SocketAddr],
+        routes: &[std::collections::BTreeMap<u64, std::net::SocketAddr>],
         extra: &[std::ffi::OsString],
     ) -> anyhow::Result<Vec<GlobalCp>> {
         anyhow::ensure!(
-            raft_listen.len() == raft_advertised.len() && !raft_listen.is_empty(),
-            "one listen and one advertised Raft address per node"
+            raft_listen.len() == routes.len() && !raft_listen.is_empty(),
+            "one listen address and one route table per node"
         );
         let ids: Vec<u64> = (1..=raft_listen.len() as u64).collect();
         let certs = dir.join("raft-certs");
@@ -247,12 +249,12 @@ impl GlobalCp {
             .join(control_plane::auth::ADMIN_TOKEN_FILE);
         let peers = ids
             .iter()
-            .zip(raft_advertised)
+            .zip(raft_listen)
             .map(|(id, addr)| format!("{id}={addr}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (id, listen) in ids.iter().zip(raft_listen) {
+        for ((id, listen), routes) in ids.iter().zip(raft_listen).zip(routes) {
             let node_dir = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(node_dir.join("data"))?;
             std::fs::copy(
@@ -273,6 +275,11 @@ impl GlobalCp {
                 "--kds-tls-dir".into(),
                 kds.clone().into(),
             ];
+            if !routes.is_empty() {
+                let routes: Vec<String> =
+                    routes.iter().map(|(to, a)| format!("{to}={a}")).collect();
+                args.extend(["--raft-route".into(), routes.join(",").into()]);
+            }
             args.extend_from_slice(extra);
             nodes.push(GlobalCp::start_process_with(&node_dir, args).await?);
         }

@@ -413,8 +413,10 @@ struct Mesh {
     globals: Vec<GlobalCp>,
     /// Each zone's KDS links, one per global node.
     kds: BTreeMap<&'static str, Vec<FaultRelay>>,
-    /// Each global node's Raft peer address (a multi-node global).
-    raft: BTreeMap<u64, FaultRelay>,
+    /// A multi-node global's Raft links, one relay per direction: (from, to) -> the relay node
+    /// `from` dials `to` through (`--raft-route`), so cutting a node cuts what it sends and
+    /// what it receives.
+    raft: BTreeMap<(u64, u64), FaultRelay>,
     zones: Vec<ZoneCp>,
     backends: Vec<(&'static str, Instance)>,
     ingresses: Vec<(&'static str, Ingress)>,
@@ -435,17 +437,27 @@ impl Mesh {
             None => Vec::new(),
         };
         let globals = if topology.global_nodes > 1 {
+            let nodes = 1..=topology.global_nodes;
             let mut listen = Vec::new();
-            let mut advertised = Vec::new();
-            for node in 1..=topology.global_nodes {
+            for _ in nodes.clone() {
                 let addr: std::net::SocketAddr =
                     format!("127.0.0.1:{}", crate::federation::free_port()?).parse()?;
-                let relay = FaultRelay::start_with_seed(addr, seed ^ (0x200 + node)).await?;
                 listen.push(addr);
-                advertised.push(relay.addr());
-                raft.insert(node, relay);
             }
-            GlobalCp::start_cluster(&dir.join("global"), &listen, &advertised, &extra).await?
+            let mut routes = Vec::new();
+            for from in nodes.clone() {
+                let mut table = BTreeMap::new();
+                for to in nodes.clone().filter(|to| *to != from) {
+                    let target = listen[(to - 1) as usize];
+                    let relay =
+                        FaultRelay::start_with_seed(target, seed ^ (0x200 + (from << 4) + to))
+                            .await?;
+                    table.insert(to, relay.addr());
+                    raft.insert((from, to), relay);
+                }
+                routes.push(table);
+            }
+            GlobalCp::start_cluster(&dir.join("global"), &listen, &routes, &extra).await?
         } else {
             vec![GlobalCp::start_process_with(&dir.join("global"), extra).await?]
         };
@@ -553,7 +565,13 @@ impl Mesh {
                 .iter()
                 .find(|(z, _)| *z == zone)
                 .map(|(_, i)| vec![&i.link]),
-            Link::Raft(node) => self.raft.get(&node).map(|r| vec![r]),
+            Link::Raft(node) => Some(
+                self.raft
+                    .iter()
+                    .filter(|((from, to), _)| *from == node || *to == node)
+                    .map(|(_, relay)| relay)
+                    .collect(),
+            ),
         }
         .unwrap_or_default();
         anyhow::ensure!(!relays.is_empty(), "no link {link} in the topology");
