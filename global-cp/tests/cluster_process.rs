@@ -188,6 +188,34 @@ async fn acknowledged_writes_survive_leader_kills_and_a_partitioned_minority() {
         "the cut node applied {on_cut:?}, the majority's leader {on_leader:?}:\n{}",
         cluster.views().await
     );
+    // The cut node led: it still says so (openraft 0.9 has no step-down) but shows that no
+    // quorum acknowledges it, and refuses a write it could not commit rather than holding it.
+    let lost = eventually(
+        "the cut leader reports its lost quorum",
+        DEADLINE,
+        || async {
+            let view = cluster.index(cut).await?;
+            (view["cluster"]["quorumLost"] == true).then_some(view)
+        },
+    )
+    .await;
+    let view = match lost {
+        Ok(view) => view,
+        Err(e) => panic!("{e}:\n{}", cluster.views().await),
+    };
+    assert_eq!(view["cluster"]["role"], "leader", "{view}");
+    let asked = std::time::Instant::now();
+    let refused = cluster
+        .put(cut, "on-the-cut-leader", "v", Duration::from_secs(20))
+        .await;
+    println!(
+        "a write to the cut leader: {refused:?} after {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        matches!(refused, Ok(503)),
+        "a write to the cut leader: {refused:?}"
+    );
     cluster.partition(cut_id, false);
     let node = &cluster.nodes[cut];
     endpoints.lock().unwrap()[cut] = Some((node.api.clone(), node.token.clone()));

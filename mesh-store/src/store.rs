@@ -43,6 +43,11 @@ pub enum StoreError {
         leader_id: Option<u64>,
         leader_addr: Option<String>,
     },
+    /// A replicated store could not reach a leader able to commit (an election that did not
+    /// end in time, or this node leads but has lost its quorum); nothing was sent, so retrying
+    /// later is safe.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("storage I/O error: {0}")]
     Io(String),
 }

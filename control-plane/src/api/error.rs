@@ -83,7 +83,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
             // A cluster node without a leader to take the write or confirm the read.
-            StoreError::ForwardToLeader { .. } => ApiError::new(
+            StoreError::ForwardToLeader { .. } | StoreError::Unavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
                 e.to_string(),

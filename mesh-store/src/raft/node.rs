@@ -488,6 +488,15 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// The log index up to which this node's log was purged (behind a snapshot).
     pub purged_index: Option<u64>,
+    /// On the leader: how long ago a quorum last acknowledged it (openraft's metrics, refreshed
+    /// at least every tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millis_since_quorum_ack: Option<u64>,
+    /// On the leader: no quorum has acknowledged it for longer than the leader lease
+    /// (`election_timeout_max`), so the majority may have elected another leader. openraft 0.9
+    /// does not step such a leader down; until it hears the new term it still calls itself
+    /// leader, and this node refuses to take writes it could not commit.
+    pub quorum_lost: bool,
     pub members: Vec<Member>,
 }
 
@@ -495,6 +504,9 @@ pub struct ClusterStatus {
 enum Attempt {
     /// No leader is known (an election is under way).
     NoLeader,
+    /// This node leads but has heard from no quorum for longer than the leader lease: the
+    /// request was not submitted (it could not commit here). Why, for the final error.
+    NoQuorum(String),
     /// The request may have reached a leader that did not answer (stepped down, died, timed
     /// out): a write may still commit.
     Unanswered(String),
@@ -583,6 +595,13 @@ impl RaftStore {
             last_applied_index: metrics.last_applied.map(|log| log.index),
             snapshot_index: metrics.snapshot.map(|log| log.index),
             purged_index: metrics.purged.map(|log| log.index),
+            millis_since_quorum_ack: metrics
+                .millis_since_quorum_ack
+                .filter(|_| metrics.state == ServerState::Leader),
+            quorum_lost: metrics.state == ServerState::Leader
+                && metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms > self.raft.config().election_timeout_max),
             members,
         }
     }
@@ -637,6 +656,12 @@ impl RaftStore {
                 return Err(RaftNodeError::Raft {
                     id: self.id,
                     reason: "no leader is known (an election is under way); try again".into(),
+                })
+            }
+            Err(Attempt::NoQuorum(reason)) => {
+                return Err(RaftNodeError::Raft {
+                    id: self.id,
+                    reason: format!("{reason}; the change was not made"),
                 })
             }
             Err(Attempt::Unanswered(reason)) => {
@@ -701,8 +726,17 @@ impl RaftStore {
         let Some(leader) = status.leader_id else {
             return Err(Attempt::NoLeader);
         };
+        if leader == self.id && status.quorum_lost {
+            return Err(Attempt::NoQuorum(format!(
+                "this node leads term {} but no quorum has acknowledged it for {} ms (cut off \
+                 from the majority?)",
+                status.term,
+                status.millis_since_quorum_ack.unwrap_or_default()
+            )));
+        }
         let result = if leader == self.id {
-            // A leader cut off from the majority does not know it yet; its write would wait.
+            // A leader cut off from the majority only just now does not know it yet; its write
+            // would wait.
             match tokio::time::timeout(timeout, execute(&self.raft, request.clone())).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -756,6 +790,7 @@ impl RaftStore {
             match self.attempt(&request, FORWARD_TIMEOUT).await {
                 Ok(answer) => return Ok(answer),
                 Err(Attempt::NoLeader) => last = "no leader is known".into(),
+                Err(Attempt::NoQuorum(reason)) => last = reason,
                 Err(Attempt::Unanswered(reason)) => {
                     *unanswered = true;
                     last = reason;
@@ -769,7 +804,15 @@ impl RaftStore {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let outcome = if *unanswered && matches!(request, Forwarded::Write(_)) {
+                if !*unanswered {
+                    // No leader was reached that could have taken it: safe to retry.
+                    return Err(StoreError::Unavailable(format!(
+                        "raft node {}: no leader answered within {CLIENT_DEADLINE:?} (last: \
+                         {last}); nothing was submitted",
+                        self.id
+                    )));
+                }
+                let outcome = if matches!(request, Forwarded::Write(_)) {
                     "; the write may or may not have been applied"
                 } else {
                     ""
