@@ -384,6 +384,22 @@ async fn route_request(
         log.flags = "NR";
         return local_reply(404, "");
     };
+    let mut response = act(route, parts, body, ctx, handler, rt, log).await;
+    route.change_response_headers(response.headers_mut());
+    response
+}
+
+/// Carries out the matched route's action: a direct response, a redirect, or forwarding.
+async fn act(
+    route: route::MatchedRoute<'_>,
+    parts: http::request::Parts,
+    body: Incoming,
+    ctx: &ConnContext,
+    handler: &HttpHandler,
+    rt: &Arc<Runtime>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let stats = &handler.stats;
     match &route.action {
         RouteAction::DirectResponse { status, body } => {
             let mut response = local_reply(*status, "");
@@ -581,6 +597,7 @@ impl UpstreamRequest {
                 headers.insert(header::HOST, v);
             }
         }
+        route.change_request_headers(&mut headers);
         let original = parts
             .uri
             .path_and_query()
