@@ -322,7 +322,8 @@ async fn most_specific_header_mutations_win_when_asked() {
 
 #[test]
 fn unmodifiable_headers_and_formatters_are_refused_with_the_field() {
-    let cases: [(fn(&mut RouteConfiguration), &str); 5] = [
+    type Change = fn(&mut RouteConfiguration);
+    let cases: [(Change, &str); 5] = [
         (
             |c| {
                 c.virtual_hosts[0].routes[0].request_headers_to_add[0] =

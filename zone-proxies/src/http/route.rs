@@ -86,7 +86,7 @@ pub struct HeaderChanges {
 impl HeaderChanges {
     /// `None` when `m` changes nothing. Names and values were validated by the translation
     /// (or by whoever built the configuration): an invalid one is refused here too.
-    fn compile(m: &HeaderMutations) -> Result<Option<Arc<HeaderChanges>>, PatternError> {
+    fn compile(m: &HeaderMutations) -> Result<LevelChanges, PatternError> {
         let invalid = |what: &str, text: &str| PatternError {
             pattern: text.to_owned(),
             reason: format!("not a valid header {what}"),
@@ -156,7 +156,7 @@ impl HeaderChanges {
 }
 
 /// The header changes of a route at `route`, `host` and `table` level, in the order they apply.
-type Levels = [Option<Arc<HeaderChanges>>; 3];
+type Levels = [LevelChanges; 3];
 
 fn ordered(levels: &Levels, most_specific_wins: bool) -> Vec<Arc<HeaderChanges>> {
     let mut ordered: Vec<Arc<HeaderChanges>> = levels.iter().flatten().cloned().collect();
@@ -167,9 +167,10 @@ fn ordered(levels: &Levels, most_specific_wins: bool) -> Vec<Arc<HeaderChanges>>
     ordered
 }
 
-fn compile_rules(
-    rules: &HeaderRules,
-) -> Result<(Option<Arc<HeaderChanges>>, Option<Arc<HeaderChanges>>), PatternError> {
+/// One level's compiled request or response header changes (`None`: none).
+type LevelChanges = Option<Arc<HeaderChanges>>;
+
+fn compile_rules(rules: &HeaderRules) -> Result<(LevelChanges, LevelChanges), PatternError> {
     Ok((
         HeaderChanges::compile(&rules.request)?,
         HeaderChanges::compile(&rules.response)?,
