@@ -125,6 +125,9 @@ struct ConnView {
     rx: watch::Receiver<Arc<Runtime>>,
     runtime: Arc<Runtime>,
     handler: Arc<HttpHandler>,
+    /// The route timeout timer of the connection's last request, kept registered for the next
+    /// one (see [`ConnShared::within_route_timeout`]).
+    route_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What every request of one downstream connection shares (one `Arc` clone per request).
@@ -140,7 +143,7 @@ impl ConnShared {
     /// The current runtime and this chain's current handler: a configuration update applies
     /// to kept-alive connections too. The lock is this connection's own (uncontended).
     fn current(&self) -> (Arc<Runtime>, Arc<HttpHandler>) {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut view = self.lock_view();
         if view.rx.has_changed().unwrap_or(false) {
             let runtime = view.rx.borrow_and_update().clone();
             view.handler = runtime
@@ -151,6 +154,35 @@ impl ConnShared {
             view.runtime = runtime;
         }
         (view.runtime.clone(), view.handler.clone())
+    }
+
+    /// `work` within the route timeout `limit` (`None` when it expired first), on a timer the
+    /// connection reuses from request to request: moving a registered tokio timer's deadline
+    /// later is one atomic update, where a timer per request is registered in and removed from
+    /// the timer wheel under the driver's lock every time. HTTP/2 requests running at once
+    /// each get their own. A timer left registered after the last request wakes the idle
+    /// connection once when it fires, to no effect.
+    async fn within_route_timeout<F: Future>(&self, limit: Duration, work: F) -> Option<F::Output> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let kept = self.lock_view().route_timer.take();
+        let mut timer = match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let out = tokio::select! {
+            biased;
+            out = work => Some(out),
+            () = timer.as_mut() => None,
+        };
+        self.lock_view().route_timer = Some(timer);
+        out
+    }
+
+    fn lock_view(&self) -> std::sync::MutexGuard<'_, ConnView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -172,6 +204,7 @@ pub async fn serve(
             rx: runtime,
             runtime: current,
             handler,
+            route_timer: None,
         }),
         activity: ConnActivity {
             active: AtomicU32::new(0),
@@ -270,6 +303,7 @@ struct RequestLog {
 /// The request line as the access log shows it, captured only when a log is configured.
 struct RequestLine {
     start_time: SystemTime,
+    started: Instant,
     method: http::Method,
     path: Option<String>,
     authority: Option<String>,
@@ -280,6 +314,7 @@ impl RequestLine {
     fn of(req: &Request<Incoming>) -> RequestLine {
         RequestLine {
             start_time: SystemTime::now(),
+            started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path_and_query().map(|p| p.to_string()),
             authority: req.uri().authority().map(|a| a.to_string()).or_else(|| {
@@ -294,7 +329,6 @@ impl RequestLine {
 }
 
 async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
-    let started = Instant::now();
     let (rt, handler) = conn.current();
     let ctx = &*conn.ctx;
     let stats = &handler.stats;
@@ -305,7 +339,7 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
         flags: "-",
         ..Default::default()
     };
-    let mut response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    let mut response = route_request(req, conn, &handler, &rt, &mut log).await;
     if let Some(kbps) = log.throttle_kbps {
         response = response.map(|body| filters::Throttled::new(body, kbps).boxed_unsync());
     }
@@ -321,7 +355,7 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
             "protocol": format!("{:?}", line.version),
             "response_code": response.status().as_u16(),
             "response_flags": log.flags,
-            "duration_ms": started.elapsed().as_millis() as u64,
+            "duration_ms": line.started.elapsed().as_millis() as u64,
             "upstream_cluster": log.cluster.as_ref().map(|c| c.name()),
             "upstream_host": log.host.as_ref().map(|h| client::authority(&h.address)),
             "attempts": log.attempts,
@@ -337,11 +371,12 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
 
 async fn route_request(
     req: Request<Incoming>,
-    ctx: &ConnContext,
+    conn: &ConnShared,
     handler: &HttpHandler,
     rt: &Arc<Runtime>,
     log: &mut RequestLog,
 ) -> Response<Body> {
+    let ctx = &*conn.ctx;
     let stats = &handler.stats;
     if let Some(rbac) = &handler.rbac {
         if let Verdict::Denied { .. } = rbac.check(&ctx.identity) {
@@ -384,7 +419,7 @@ async fn route_request(
         log.flags = "NR";
         return local_reply(404, "");
     };
-    let mut response = act(route, parts, body, ctx, handler, rt, log).await;
+    let mut response = act(route, parts, body, conn, handler, rt, log).await;
     route.change_response_headers(response.headers_mut());
     response
 }
@@ -394,11 +429,12 @@ async fn act(
     route: route::MatchedRoute<'_>,
     parts: http::request::Parts,
     body: Incoming,
-    ctx: &ConnContext,
+    conn: &ConnShared,
     handler: &HttpHandler,
     rt: &Arc<Runtime>,
     log: &mut RequestLog,
 ) -> Response<Body> {
+    let ctx = &*conn.ctx;
     let stats = &handler.stats;
     match &route.action {
         RouteAction::DirectResponse { status, body } => {
@@ -435,9 +471,10 @@ async fn act(
                 let work = forward_with_retries(request, &cluster, forward, log);
                 match route_timeout {
                     None => Ok(work.await),
-                    Some(t) => tokio::time::timeout(t, work)
+                    Some(t) => conn
+                        .within_route_timeout(t, work)
                         .await
-                        .map_err(|_| Expired::Route),
+                        .ok_or(Expired::Route),
                 }
             };
             // Until response headers arrive nothing flows back: all of it is idle time.
