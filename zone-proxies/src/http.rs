@@ -764,6 +764,10 @@ impl UpstreamRequest {
                 .map_err(|e| match e {})
                 .boxed_unsync(),
             Err(incoming) => match incoming.take() {
+                // No body (a GET, say): an empty body boxes without allocating.
+                Some(b) if hyper::body::Body::is_end_stream(&b) => http_body_util::Empty::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
                 Some(b) => b.map_err(BoxError::from).boxed_unsync(),
                 None => Full::new(Bytes::new())
                     .map_err(|e| match e {})
@@ -914,7 +918,11 @@ async fn forward_with_retries(
             .and_then(|p| p.per_try_timeout)
             .filter(|t| !t.is_zero());
         let sent = match checkout {
-            Ok(conn) => client::send(conn, cluster, &host, request.build(last), per_try).await,
+            // The response body holds the in-flight count until it ends or is dropped.
+            Ok(conn) => {
+                let request = request.build(last);
+                client::send(conn, cluster, &host, request, per_try, in_flight).await
+            }
             Err(e) => Err(e),
         };
         let (outcome, response) = match sent {
@@ -962,7 +970,6 @@ async fn forward_with_retries(
                 retry_slot = Some(Slot(&shared.retries));
                 stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
                 drop(response);
-                drop(in_flight);
                 tried.push(host);
                 tokio::time::sleep(backoff(policy, attempt)).await;
                 continue;
@@ -974,13 +981,9 @@ async fn forward_with_retries(
         }
         return match (outcome, response) {
             (_, Some(response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(BoxError::from).map_frame(move |frame| {
-                    let _held = &in_flight;
-                    frame
-                });
-                Response::from_parts(parts, body.boxed_unsync())
+                let mut response = response;
+                strip_hop_by_hop(response.headers_mut());
+                response
             }
             (Outcome::Timeout, None) => {
                 log.flags = "UT";
