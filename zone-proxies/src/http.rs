@@ -525,22 +525,27 @@ async fn act(
             let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
             let route_timeout = forward.timeout.filter(|t| !t.is_zero());
             let idle = forward.idle_timeout.filter(|t| !t.is_zero());
-            let work = async {
-                let work = forward_with_retries(request, &cluster, forward, log);
-                match route_timeout {
-                    None => Ok(work.await),
-                    Some(t) => conn
-                        .within_route_timeout(t, work)
+            let result = {
+                // Pinned where it is made, so the timeout layers around it hold a pointer
+                // instead of moving the large future into each of their own (memcpy).
+                let mut forwarding =
+                    std::pin::pin!(forward_with_retries(request, &cluster, forward, log));
+                let work = async {
+                    match route_timeout {
+                        None => Ok(forwarding.as_mut().await),
+                        Some(t) => conn
+                            .within_route_timeout(t, forwarding.as_mut())
+                            .await
+                            .ok_or(Expired::Route),
+                    }
+                };
+                // Until response headers arrive nothing flows back: all of it is idle time.
+                match idle {
+                    None => work.await,
+                    Some(t) => tokio::time::timeout(t, work)
                         .await
-                        .ok_or(Expired::Route),
+                        .unwrap_or(Err(Expired::Idle)),
                 }
-            };
-            // Until response headers arrive nothing flows back: all of it is idle time.
-            let result = match idle {
-                None => work.await,
-                Some(t) => tokio::time::timeout(t, work)
-                    .await
-                    .unwrap_or(Err(Expired::Idle)),
             };
             match (result, idle) {
                 (Ok(response), None) => response,
