@@ -93,6 +93,11 @@ pub enum RouteSource {
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Header changes for every route of the table.
+    pub headers: HeaderRules,
+    /// Apply the header changes of the route configuration, then the virtual host's, then the
+    /// route's (the most specific last, so it wins) instead of the other way round.
+    pub most_specific_header_mutations_wins: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -102,6 +107,8 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// The first route whose match holds handles the request.
     pub routes: Vec<Route>,
+    /// Header changes for every route of the virtual host.
+    pub headers: HeaderRules,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +116,59 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: RouteAction,
+    /// Header changes of this route's requests and responses.
+    pub headers: HeaderRules,
+}
+
+/// Header changes one level of a route table makes (Envoy's `request_headers_to_add` and
+/// `request_headers_to_remove`, or their `response_` pair): the removals first, then the
+/// additions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderMutations {
+    /// Lower-case names of headers removed.
+    pub remove: Vec<String>,
+    /// Headers added, in order.
+    pub add: Vec<HeaderAdd>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.add.is_empty()
+    }
+}
+
+/// One header added (Envoy's `HeaderValueOption`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderAdd {
+    /// Lower-case, valid header name (not `:`-prefixed, not `host`).
+    pub name: String,
+    /// A valid header value, literal.
+    pub value: String,
+    pub action: HeaderAction,
+    /// Add it even when the value is empty (else an empty value adds nothing).
+    pub keep_empty: bool,
+}
+
+/// Envoy's `HeaderValueOption.append_action`. Within one level, whether a header exists is
+/// judged on the headers before that level's additions; overwrites are applied before appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderAction {
+    /// Another value after any existing ones.
+    #[default]
+    Append,
+    /// Only when the header is absent.
+    AddIfAbsent,
+    /// Replaces any existing values.
+    Overwrite,
+    /// Replaces the existing values; nothing when the header is absent.
+    OverwriteIfExists,
+}
+
+/// The header changes of one level, for requests and responses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderRules {
+    pub request: HeaderMutations,
+    pub response: HeaderMutations,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

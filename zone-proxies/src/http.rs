@@ -13,12 +13,13 @@ pub mod route;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -125,6 +126,9 @@ struct ConnView {
     rx: watch::Receiver<Arc<Runtime>>,
     runtime: Arc<Runtime>,
     handler: Arc<HttpHandler>,
+    /// The route timeout timer of the connection's last request, kept registered for the next
+    /// one (see [`ConnShared::within_route_timeout`]).
+    route_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What every request of one downstream connection shares (one `Arc` clone per request).
@@ -140,7 +144,7 @@ impl ConnShared {
     /// The current runtime and this chain's current handler: a configuration update applies
     /// to kept-alive connections too. The lock is this connection's own (uncontended).
     fn current(&self) -> (Arc<Runtime>, Arc<HttpHandler>) {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut view = self.lock_view();
         if view.rx.has_changed().unwrap_or(false) {
             let runtime = view.rx.borrow_and_update().clone();
             view.handler = runtime
@@ -151,6 +155,35 @@ impl ConnShared {
             view.runtime = runtime;
         }
         (view.runtime.clone(), view.handler.clone())
+    }
+
+    /// `work` within the route timeout `limit` (`None` when it expired first), on a timer the
+    /// connection reuses from request to request: moving a registered tokio timer's deadline
+    /// later is one atomic update, where a timer per request is registered in and removed from
+    /// the timer wheel under the driver's lock every time. HTTP/2 requests running at once
+    /// each get their own. A timer left registered after the last request wakes the idle
+    /// connection once when it fires, to no effect.
+    async fn within_route_timeout<F: Future>(&self, limit: Duration, work: F) -> Option<F::Output> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let kept = self.lock_view().route_timer.take();
+        let mut timer = match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let out = tokio::select! {
+            biased;
+            out = work => Some(out),
+            () = timer.as_mut() => None,
+        };
+        self.lock_view().route_timer = Some(timer);
+        out
+    }
+
+    fn lock_view(&self) -> std::sync::MutexGuard<'_, ConnView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -172,6 +205,7 @@ pub async fn serve(
             rx: runtime,
             runtime: current,
             handler,
+            route_timer: None,
         }),
         activity: ConnActivity {
             active: AtomicU32::new(0),
@@ -206,6 +240,10 @@ pub async fn serve(
     tokio::pin!(conn);
     let activity = &shared.activity;
     let mut draining = false;
+    // Polled only when the drain state changed, not at every wake-up of the connection.
+    let mut drained = WokenOnly::new(async move {
+        let _ = drain.wait_for(|s| *s != DrainState::Serving).await;
+    });
     loop {
         let wake = match idle {
             Some(idle) if activity.active.load(Ordering::Relaxed) == 0 && !draining => {
@@ -222,18 +260,71 @@ pub async fn serve(
             None => Duration::from_secs(3600),
         };
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
                 return;
             }
-            _ = async { let _ = drain.wait_for(|s| *s != DrainState::Serving).await; }, if !draining => {
+            () = &mut drained, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(wake) => {}
         }
+    }
+}
+
+/// A future polled only after it woke itself (its first poll included), however often the
+/// task running it is woken for other reasons: the connection task is woken several times per
+/// request by its sockets, and polling the drain `watch` each time (a mutex lock in tokio's
+/// `Notify`) is wasted work. Its own wake-ups set a flag and wake the task.
+struct WokenOnly<F> {
+    inner: Pin<Box<F>>,
+    wake: Arc<WakeFlag>,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WokenOnly<F> {
+    fn new(inner: F) -> WokenOnly<F> {
+        WokenOnly {
+            inner: Box::pin(inner),
+            wake: Arc::new(WakeFlag {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for WokenOnly<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the flag is read, so a wake-up in between is not lost.
+        this.wake.task.register(cx.waker());
+        if !this.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(this.wake.clone());
+        this.inner.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -270,6 +361,7 @@ struct RequestLog {
 /// The request line as the access log shows it, captured only when a log is configured.
 struct RequestLine {
     start_time: SystemTime,
+    started: Instant,
     method: http::Method,
     path: Option<String>,
     authority: Option<String>,
@@ -280,6 +372,7 @@ impl RequestLine {
     fn of(req: &Request<Incoming>) -> RequestLine {
         RequestLine {
             start_time: SystemTime::now(),
+            started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path_and_query().map(|p| p.to_string()),
             authority: req.uri().authority().map(|a| a.to_string()).or_else(|| {
@@ -294,7 +387,6 @@ impl RequestLine {
 }
 
 async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
-    let started = Instant::now();
     let (rt, handler) = conn.current();
     let ctx = &*conn.ctx;
     let stats = &handler.stats;
@@ -305,7 +397,7 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
         flags: "-",
         ..Default::default()
     };
-    let mut response = route_request(req, ctx, &handler, &rt, &mut log).await;
+    let mut response = route_request(req, conn, &handler, &rt, &mut log).await;
     if let Some(kbps) = log.throttle_kbps {
         response = response.map(|body| filters::Throttled::new(body, kbps).boxed_unsync());
     }
@@ -321,7 +413,7 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
             "protocol": format!("{:?}", line.version),
             "response_code": response.status().as_u16(),
             "response_flags": log.flags,
-            "duration_ms": started.elapsed().as_millis() as u64,
+            "duration_ms": line.started.elapsed().as_millis() as u64,
             "upstream_cluster": log.cluster.as_ref().map(|c| c.name()),
             "upstream_host": log.host.as_ref().map(|h| client::authority(&h.address)),
             "attempts": log.attempts,
@@ -337,11 +429,12 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
 
 async fn route_request(
     req: Request<Incoming>,
-    ctx: &ConnContext,
+    conn: &ConnShared,
     handler: &HttpHandler,
     rt: &Arc<Runtime>,
     log: &mut RequestLog,
 ) -> Response<Body> {
+    let ctx = &*conn.ctx;
     let stats = &handler.stats;
     if let Some(rbac) = &handler.rbac {
         if let Verdict::Denied { .. } = rbac.check(&ctx.identity) {
@@ -384,6 +477,23 @@ async fn route_request(
         log.flags = "NR";
         return local_reply(404, "");
     };
+    let mut response = act(route, parts, body, conn, handler, rt, log).await;
+    route.change_response_headers(response.headers_mut());
+    response
+}
+
+/// Carries out the matched route's action: a direct response, a redirect, or forwarding.
+async fn act(
+    route: route::MatchedRoute<'_>,
+    parts: http::request::Parts,
+    body: Incoming,
+    conn: &ConnShared,
+    handler: &HttpHandler,
+    rt: &Arc<Runtime>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let ctx = &*conn.ctx;
+    let stats = &handler.stats;
     match &route.action {
         RouteAction::DirectResponse { status, body } => {
             let mut response = local_reply(*status, "");
@@ -415,21 +525,27 @@ async fn route_request(
             let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
             let route_timeout = forward.timeout.filter(|t| !t.is_zero());
             let idle = forward.idle_timeout.filter(|t| !t.is_zero());
-            let work = async {
-                let work = forward_with_retries(request, &cluster, forward, log);
-                match route_timeout {
-                    None => Ok(work.await),
+            let result = {
+                // Pinned where it is made, so the timeout layers around it hold a pointer
+                // instead of moving the large future into each of their own (memcpy).
+                let mut forwarding =
+                    std::pin::pin!(forward_with_retries(request, &cluster, forward, log));
+                let work = async {
+                    match route_timeout {
+                        None => Ok(forwarding.as_mut().await),
+                        Some(t) => conn
+                            .within_route_timeout(t, forwarding.as_mut())
+                            .await
+                            .ok_or(Expired::Route),
+                    }
+                };
+                // Until response headers arrive nothing flows back: all of it is idle time.
+                match idle {
+                    None => work.await,
                     Some(t) => tokio::time::timeout(t, work)
                         .await
-                        .map_err(|_| Expired::Route),
+                        .unwrap_or(Err(Expired::Idle)),
                 }
-            };
-            // Until response headers arrive nothing flows back: all of it is idle time.
-            let result = match idle {
-                None => work.await,
-                Some(t) => tokio::time::timeout(t, work)
-                    .await
-                    .unwrap_or(Err(Expired::Idle)),
             };
             match (result, idle) {
                 (Ok(response), None) => response,
@@ -523,8 +639,12 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Most messages carry none: one pass over the few names present (compared, not hashed)
+    // decides, instead of six hashed removals every time.
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
 }
 
@@ -581,6 +701,7 @@ impl UpstreamRequest {
                 headers.insert(header::HOST, v);
             }
         }
+        route.change_request_headers(&mut headers);
         let original = parts
             .uri
             .path_and_query()
@@ -648,6 +769,10 @@ impl UpstreamRequest {
                 .map_err(|e| match e {})
                 .boxed_unsync(),
             Err(incoming) => match incoming.take() {
+                // No body (a GET, say): an empty body boxes without allocating.
+                Some(b) if hyper::body::Body::is_end_stream(&b) => http_body_util::Empty::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
                 Some(b) => b.map_err(BoxError::from).boxed_unsync(),
                 None => Full::new(Bytes::new())
                     .map_err(|e| match e {})
@@ -798,7 +923,11 @@ async fn forward_with_retries(
             .and_then(|p| p.per_try_timeout)
             .filter(|t| !t.is_zero());
         let sent = match checkout {
-            Ok(conn) => client::send(conn, cluster, &host, request.build(last), per_try).await,
+            // The response body holds the in-flight count until it ends or is dropped.
+            Ok(conn) => {
+                let request = request.build(last);
+                client::send(conn, cluster, &host, request, per_try, in_flight).await
+            }
             Err(e) => Err(e),
         };
         let (outcome, response) = match sent {
@@ -846,7 +975,6 @@ async fn forward_with_retries(
                 retry_slot = Some(Slot(&shared.retries));
                 stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
                 drop(response);
-                drop(in_flight);
                 tried.push(host);
                 tokio::time::sleep(backoff(policy, attempt)).await;
                 continue;
@@ -858,13 +986,9 @@ async fn forward_with_retries(
         }
         return match (outcome, response) {
             (_, Some(response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(BoxError::from).map_frame(move |frame| {
-                    let _held = &in_flight;
-                    frame
-                });
-                Response::from_parts(parts, body.boxed_unsync())
+                let mut response = response;
+                strip_hop_by_hop(response.headers_mut());
+                response
             }
             (Outcome::Timeout, None) => {
                 log.flags = "UT";
@@ -886,6 +1010,64 @@ async fn forward_with_retries(
 mod tests {
     use super::*;
     use crate::config::RetryOn;
+
+    /// An inner future that counts its polls and keeps the waker it was given.
+    struct Probe {
+        polls: Arc<AtomicU32>,
+        waker: Arc<Mutex<Option<std::task::Waker>>>,
+        ready: Arc<AtomicBool>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.ready.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn woken_only_polls_its_future_after_its_own_wake_ups() {
+        let (polls, inner_waker, ready) = Default::default();
+        let probe = Probe {
+            polls: Arc::clone(&polls),
+            waker: Arc::clone(&inner_waker),
+            ready: Arc::clone(&ready),
+        };
+        let mut future = WokenOnly::new(probe);
+        let task_woken = Arc::new(WakeFlag {
+            woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        });
+        let task_waker = std::task::Waker::from(task_woken.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        let mut poll = || Pin::new(&mut future).poll(&mut cx);
+        assert!(poll().is_pending());
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            1,
+            "the first poll reaches the future"
+        );
+        // The task woken for other reasons: the future is not polled again.
+        for _ in 0..5 {
+            assert!(poll().is_pending());
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        // The future's own wake-up wakes the task and lets the next poll through.
+        ready.store(true, Ordering::Relaxed);
+        inner_waker.lock().unwrap().take().unwrap().wake();
+        assert!(
+            task_woken.woken.load(Ordering::Relaxed),
+            "the task was woken"
+        );
+        assert!(poll().is_ready());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn retry_conditions_and_backoff() {

@@ -118,6 +118,7 @@ pub fn forward_route(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Rout
             regex_rewrite: None,
             host_rewrite: None,
         }),
+        headers: HeaderRules::default(),
     }
 }
 
@@ -129,7 +130,9 @@ pub fn route_table(name: &str, routes: Vec<Route>) -> RouteTable {
             name: "any".to_string(),
             domains: vec!["*".to_string()],
             routes,
+            ..Default::default()
         }],
+        ..Default::default()
     }
 }
 

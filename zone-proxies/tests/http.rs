@@ -89,6 +89,7 @@ async fn routes_match_paths_headers_and_rewrite() {
             status: 418,
             body: "teapot".into(),
         },
+        headers: Default::default(),
     };
     let routes = route_table(
         "r",

@@ -489,19 +489,22 @@ impl Drop for PendingRequest<'_> {
 /// A response whose body keeps its connection leased until finished or dropped.
 pub type Upstream = Response<Body>;
 
-/// An HTTP/1.1 response body that gives its connection back to the pool when dropped after its
-/// end (a body dropped half-read closes the connection).
-struct H1Body {
+/// An upstream response body holding the caller's `guard` until it is dropped; over HTTP/1.1 it
+/// also gives its connection back to the pool when dropped after its end (a body dropped
+/// half-read closes the connection).
+struct UpstreamBody<G> {
     body: Incoming,
     /// The body was read to its end (a chunked body says so only by ending).
     done: bool,
+    /// The HTTP/1.1 connection (`None` over HTTP/2).
     conn: Option<H1Conn>,
     host: Arc<Host>,
     settings: u64,
     idle_limit: Duration,
+    _guard: G,
 }
 
-impl hyper::body::Body for H1Body {
+impl<G: Unpin> hyper::body::Body for UpstreamBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -526,7 +529,7 @@ impl hyper::body::Body for H1Body {
     }
 }
 
-impl Drop for H1Body {
+impl<G> Drop for UpstreamBody<G> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.done || self.body.is_end_stream() {
@@ -539,13 +542,15 @@ impl Drop for H1Body {
 }
 
 /// Sends `request` (origin-form URI, `Host` header set) on `conn`, a connection to `host`
-/// from [`checkout`], waiting at most `per_try` for the response once it is sent.
-pub async fn send(
+/// from [`checkout`], waiting at most `per_try` for the response once it is sent. The
+/// response body holds `guard` until it is finished or dropped (one boxed body, no wrapper).
+pub async fn send<G: Send + Unpin + 'static>(
     conn: Checkout,
     cluster: &UpstreamCluster,
     host: &Arc<Host>,
     mut request: Request<Body>,
     per_try: Option<Duration>,
+    guard: G,
 ) -> Result<Upstream, SendError> {
     use http_body_util::BodyExt;
     match conn {
@@ -566,7 +571,20 @@ pub async fn send(
                 .unwrap_or_default();
             *request.version_mut() = http::Version::HTTP_2;
             let response = within(per_try, sender.send_request(request)).await?;
-            Ok(response.map(|b: Incoming| b.map_err(BoxError::from).boxed_unsync()))
+            let settings = cluster.settings_version;
+            let host = host.clone();
+            Ok(response.map(move |body| {
+                UpstreamBody {
+                    body,
+                    done: false,
+                    conn: None,
+                    host,
+                    settings,
+                    idle_limit: DEFAULT_IDLE,
+                    _guard: guard,
+                }
+                .boxed_unsync()
+            }))
         }
         Checkout::H1(mut conn) => {
             *request.version_mut() = http::Version::HTTP_11;
@@ -575,13 +593,14 @@ pub async fn send(
             let idle_limit = idle_limit(cluster);
             let host = host.clone();
             Ok(response.map(move |body| {
-                H1Body {
+                UpstreamBody {
                     body,
                     done: false,
                     conn: Some(conn),
                     host,
                     settings,
                     idle_limit,
+                    _guard: guard,
                 }
                 .boxed_unsync()
             }))

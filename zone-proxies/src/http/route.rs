@@ -1,12 +1,18 @@
 //! Route tables compiled for matching: virtual host by the request's host (exact, then the
 //! longest `*.suffix`, then the longest `prefix.*`, then `*`, as Envoy orders them), then the
-//! first route whose path, header and query matchers all hold.
+//! first route whose path, header and query matchers all hold. The matched route carries the
+//! header changes of its route, virtual host and table, compiled and in the order they apply.
 
 use std::sync::Arc;
 
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
+use http::HeaderMap;
 
-use crate::config::{HeaderMatch, PathMatch, QueryMatch, Route, RouteTable};
+use crate::config::{
+    HeaderAction, HeaderMatch, HeaderMutations, HeaderRules, PathMatch, QueryMatch, Route,
+    RouteTable,
+};
 use crate::matcher::{compile_regex, full_match, PatternError, StringMatcher};
 
 #[derive(Debug)]
@@ -30,14 +36,145 @@ struct CompiledRoute {
     query: Vec<(String, StringMatcher)>,
     /// The forward action's `regex_rewrite` pattern.
     rewrite: Option<regex_automata::meta::Regex>,
+    /// The header changes of the route, its virtual host and the table that change anything,
+    /// in the order they apply.
+    request_headers: Vec<Arc<HeaderChanges>>,
+    response_headers: Vec<Arc<HeaderChanges>>,
     route: Route,
 }
 
-/// The route a request matched, with what its rewrite needs compiled.
+/// The route a request matched, with what its rewrite and header changes need compiled.
 #[derive(Debug, Clone, Copy)]
 pub struct MatchedRoute<'a> {
     pub route: &'a Route,
     pub path_rewrite: Option<&'a regex_automata::meta::Regex>,
+    /// Request header changes, level by level in the order they apply (empty: none).
+    pub request_headers: &'a [Arc<HeaderChanges>],
+    /// Response header changes, likewise.
+    pub response_headers: &'a [Arc<HeaderChanges>],
+}
+
+impl MatchedRoute<'_> {
+    /// Applies the route's request header changes to `headers`.
+    pub fn change_request_headers(&self, headers: &mut HeaderMap) {
+        for level in self.request_headers {
+            level.apply(headers);
+        }
+    }
+
+    /// Applies the route's response header changes to `headers`.
+    pub fn change_response_headers(&self, headers: &mut HeaderMap) {
+        for level in self.response_headers {
+            level.apply(headers);
+        }
+    }
+}
+
+/// One level's header changes (a route's, a virtual host's or a table's), with names and
+/// values parsed once. Applied as Envoy's header parser does: the removals, then the additions,
+/// where whether a header exists (for add-if-absent and overwrite-if-exists) is judged on the
+/// headers before this level's additions, and overwrites go before appends.
+#[derive(Debug)]
+pub struct HeaderChanges {
+    remove: Vec<HeaderName>,
+    /// Additions with a value or `keep_empty` (an empty value otherwise adds nothing).
+    add: Vec<(HeaderName, HeaderValue, HeaderAction)>,
+    /// Some addition depends on whether its header exists.
+    conditional: bool,
+}
+
+impl HeaderChanges {
+    /// `None` when `m` changes nothing. Names and values were validated by the translation
+    /// (or by whoever built the configuration): an invalid one is refused here too.
+    fn compile(m: &HeaderMutations) -> Result<LevelChanges, PatternError> {
+        let invalid = |what: &str, text: &str| PatternError {
+            pattern: text.to_owned(),
+            reason: format!("not a valid header {what}"),
+        };
+        let name =
+            |text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|_| invalid("name", text));
+        let remove = m
+            .remove
+            .iter()
+            .map(|n| name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut add = Vec::new();
+        for a in m.add.iter().filter(|a| !a.value.is_empty() || a.keep_empty) {
+            let value = HeaderValue::from_str(&a.value).map_err(|_| invalid("value", &a.value))?;
+            add.push((name(&a.name)?, value, a.action));
+        }
+        if remove.is_empty() && add.is_empty() {
+            return Ok(None);
+        }
+        let conditional = add.iter().any(|(_, _, action)| {
+            matches!(
+                action,
+                HeaderAction::AddIfAbsent | HeaderAction::OverwriteIfExists
+            )
+        });
+        Ok(Some(Arc::new(HeaderChanges {
+            remove,
+            add,
+            conditional,
+        })))
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        // Presence as it was before this level added anything (only looked up when needed).
+        let present: Vec<bool> = if self.conditional {
+            self.add
+                .iter()
+                .map(|(name, _, _)| headers.contains_key(name))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let applies = |i: usize, action: HeaderAction| match action {
+            HeaderAction::Append | HeaderAction::Overwrite => true,
+            HeaderAction::AddIfAbsent => !present[i],
+            HeaderAction::OverwriteIfExists => present[i],
+        };
+        for (i, (name, value, action)) in self.add.iter().enumerate() {
+            let overwrite = matches!(
+                action,
+                HeaderAction::Overwrite | HeaderAction::OverwriteIfExists
+            );
+            if overwrite && applies(i, *action) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        for (i, (name, value, action)) in self.add.iter().enumerate() {
+            let append = matches!(action, HeaderAction::Append | HeaderAction::AddIfAbsent);
+            if append && applies(i, *action) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The header changes of a route at `route`, `host` and `table` level, in the order they apply.
+type Levels = [LevelChanges; 3];
+
+fn ordered(levels: &Levels, most_specific_wins: bool) -> Vec<Arc<HeaderChanges>> {
+    let mut ordered: Vec<Arc<HeaderChanges>> = levels.iter().flatten().cloned().collect();
+    // Least specific last (it wins) by default; the route's last when asked.
+    if most_specific_wins {
+        ordered.reverse();
+    }
+    ordered
+}
+
+/// One level's compiled request or response header changes (`None`: none).
+type LevelChanges = Option<Arc<HeaderChanges>>;
+
+fn compile_rules(rules: &HeaderRules) -> Result<(LevelChanges, LevelChanges), PatternError> {
+    Ok((
+        HeaderChanges::compile(&rules.request)?,
+        HeaderChanges::compile(&rules.response)?,
+    ))
 }
 
 impl std::ops::Deref for MatchedRoute<'_> {
@@ -105,15 +242,21 @@ pub struct RouteError {
 impl RouteTableRuntime {
     pub fn compile(config: Arc<RouteTable>) -> Result<RouteTableRuntime, RouteError> {
         let mut hosts = Vec::new();
+        let at = |host: &str, route: &str, source| RouteError {
+            table: config.name.clone(),
+            host: host.to_owned(),
+            route: route.to_owned(),
+            source,
+        };
+        let (table_request, table_response) =
+            compile_rules(&config.headers).map_err(|e| at("", "", e))?;
+        let most_specific_wins = config.most_specific_header_mutations_wins;
         for vh in &config.virtual_hosts {
+            let (host_request, host_response) =
+                compile_rules(&vh.headers).map_err(|e| at(&vh.name, "", e))?;
             let mut routes = Vec::new();
             for route in &vh.routes {
-                let err = |source| RouteError {
-                    table: config.name.clone(),
-                    host: vh.name.clone(),
-                    route: route.name.clone(),
-                    source,
-                };
+                let err = |source| at(&vh.name, &route.name, source);
                 let m = &route.matcher;
                 let path = match &m.path {
                     PathMatch::Prefix(p) => PathMatcher::Prefix(p.clone()),
@@ -149,11 +292,22 @@ impl RouteTableRuntime {
                         .map_err(err)?,
                     _ => None,
                 };
+                let (request, response) = compile_rules(&route.headers).map_err(err)?;
+                let request_headers = ordered(
+                    &[request, host_request.clone(), table_request.clone()],
+                    most_specific_wins,
+                );
+                let response_headers = ordered(
+                    &[response, host_response.clone(), table_response.clone()],
+                    most_specific_wins,
+                );
                 routes.push(CompiledRoute {
                     path,
                     headers,
                     query,
                     rewrite,
+                    request_headers,
+                    response_headers,
                     route: route.clone(),
                 });
             }
@@ -196,6 +350,8 @@ impl RouteTableRuntime {
             .map(|r| MatchedRoute {
                 route: &r.route,
                 path_rewrite: r.rewrite.as_ref(),
+                request_headers: &r.request_headers,
+                response_headers: &r.response_headers,
             })
     }
 
@@ -324,6 +480,7 @@ mod tests {
                 regex_rewrite: None,
                 host_rewrite: None,
             }),
+            headers: Default::default(),
         }
     }
 
@@ -344,6 +501,7 @@ mod tests {
                     name: "any".into(),
                     domains: vec!["*".into()],
                     routes: vec![route("any", RouteMatch::default())],
+                    ..Default::default()
                 },
                 VirtualHost {
                     name: "api".into(),
@@ -385,8 +543,10 @@ mod tests {
                             },
                         ),
                     ],
+                    ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         let t = RouteTableRuntime::compile(Arc::new(table)).unwrap();
         let name = |p: &Parts| t.find(p).map(|r| r.name.clone());

@@ -233,16 +233,20 @@ impl UpstreamCluster {
     /// A priority level by priority load, and whether it is in panic.
     fn pick_priority(&self, now: u64) -> Option<(&Priority, bool)> {
         let of = self.overprovisioning_factor();
+        if let [p] = self.priorities.as_slice() {
+            // One level (the usual case): its hosts counted once, no spill to work out.
+            let available = Self::available_at(p, now);
+            let normalized = health_percent(available, p.host_count, of);
+            return Some((p, in_panic(available, p.host_count, normalized)));
+        }
         let health = self
             .priorities
             .iter()
             .map(|p| health_percent(Self::available_at(p, now), p.host_count, of));
         let normalized = health.clone().sum::<f64>().min(100.0);
         let panic = |p: &Priority| in_panic(Self::available_at(p, now), p.host_count, normalized);
-        match self.priorities.len() {
-            0 => return None,
-            1 => return self.priorities.first().map(|p| (p, panic(p))),
-            _ => {}
+        if self.priorities.is_empty() {
+            return None;
         }
         let total_panic = self
             .priorities

@@ -6,12 +6,13 @@
 //! What is refused (the client NACKs it) is what would make the proxy behave differently from
 //! what the zone CP asked: an unknown filter, a redirect, a conditional (matcher-wrapped) filter,
 //! a gRPC health check, a network rate limit, RBAC permissions other than "any", response
-//! bandwidth faults. What is accepted and not carried out, because it does not change where
-//! traffic goes or who may send it:
+//! bandwidth faults, route header changes the proxy cannot make as asked (formatter commands in
+//! values, `:`-prefixed or `host` names, changes per weighted cluster). What is accepted and not
+//! carried out, because it does not change where traffic goes or who may send it:
 //! - statistics, tracing and naming fields (`stat_prefix`, `alt_stat_name`, ...);
 //! - access loggers other than files (fluentd, OpenTelemetry, gRPC), and access log formats
 //!   (the proxy writes its own JSON lines);
-//! - header additions and removals on routes and rate-limited responses, request mirroring, hash
+//! - header additions and removals on rate-limited responses, request mirroring, hash
 //!   policies (ring hash then spreads requests as random would), `max_stream_duration`;
 //! - retry conditions other than the six [`crate::config::RetryOn`] holds, retry host and
 //!   priority predicates;

@@ -1,10 +1,15 @@
 //! RDS: a `RouteConfiguration` -> [`RouteTable`] (also used for an HTTP connection manager's
-//! inline `route_config`): virtual hosts, route matches on path, headers and query, and actions
-//! (forward to one or weighted clusters with timeouts, retries and rewrites, or a direct
-//! response). Redirects and regex rewrites are refused.
+//! inline `route_config`): virtual hosts, route matches on path, headers and query, actions
+//! (forward to one or weighted clusters with timeouts, retries and rewrites, a redirect, or a
+//! direct response), and the request and response header changes of the route, the virtual
+//! host and the configuration. Regex redirects, header changes per weighted cluster and header
+//! values with formatter commands (`%REQ(...)%` and the like) are refused.
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, HeaderValueOption,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action, route, route_action, route_match::PathSpecifier,
@@ -18,9 +23,9 @@ use super::{
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
-    Forward, HeaderMatch, PathMatch, QueryMatch, Redirect, RedirectPath, RegexRewrite, RetryOn,
-    RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, ValueMatch, VirtualHost,
-    WeightedCluster,
+    Forward, HeaderAction, HeaderAdd, HeaderMatch, HeaderMutations, HeaderRules, PathMatch,
+    QueryMatch, Redirect, RedirectPath, RegexRewrite, RetryOn, RetryPolicy, Route, RouteAction,
+    RouteMatch, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
 };
 
 /// Envoy's default route timeout.
@@ -61,7 +66,144 @@ pub fn route_table(r: &RouteConfiguration) -> FieldResult<RouteTable> {
     Ok(RouteTable {
         name: r.name.clone(),
         virtual_hosts,
+        headers: header_rules(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+        )?,
+        most_specific_header_mutations_wins: r.most_specific_header_mutations_wins,
     })
+}
+
+/// The header changes of one level (route configuration, virtual host or route).
+fn header_rules(
+    request_add: &[HeaderValueOption],
+    request_remove: &[String],
+    response_add: &[HeaderValueOption],
+    response_remove: &[String],
+) -> FieldResult<HeaderRules> {
+    Ok(HeaderRules {
+        request: header_mutations(request_add, request_remove, "request")?,
+        response: header_mutations(response_add, response_remove, "response")?,
+    })
+}
+
+fn header_mutations(
+    add: &[HeaderValueOption],
+    remove: &[String],
+    side: &str,
+) -> FieldResult<HeaderMutations> {
+    let remove = remove
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            modifiable_name(name)
+                .at(format!("[{i}]"))
+                .at(format!("{side}_headers_to_remove"))
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    let add = add
+        .iter()
+        .enumerate()
+        .map(|(i, option)| {
+            header_add(option)
+                .at(format!("[{i}]"))
+                .at(format!("{side}_headers_to_add"))
+        })
+        .collect::<FieldResult<Vec<_>>>()?;
+    Ok(HeaderMutations { remove, add })
+}
+
+/// A header name a route may add or remove, lower-cased: a valid name, neither a pseudo-header
+/// (`:path`, ...) nor `host`, which Envoy refuses too (rewrites have fields of their own).
+fn modifiable_name(name: &str) -> FieldResult<String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with(':') || lower == "host" {
+        return Err(FieldError::new(format!(
+            "{name:?}: `:`-prefixed and host headers may not be added or removed"
+        )));
+    }
+    if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        return Err(FieldError::new(format!("{name:?} is not a header name")));
+    }
+    Ok(lower)
+}
+
+// `append` is deprecated in favour of `append_action`, and still what older control planes send.
+#[allow(deprecated)]
+fn header_add(option: &HeaderValueOption) -> FieldResult<HeaderAdd> {
+    let header = option
+        .header
+        .as_ref()
+        .ok_or_else(|| FieldError::new("missing").at("header"))?;
+    let name = modifiable_name(&header.key).at("key").at("header")?;
+    let value = if header.raw_value.is_empty() {
+        literal_value(&header.value).at("value")
+    } else {
+        std::str::from_utf8(&header.raw_value)
+            .map_err(|_| FieldError::new("not UTF-8"))
+            .and_then(literal_value)
+            .at("raw_value")
+    }
+    .at("header")?;
+    let action = match (
+        &option.append,
+        HeaderAppendAction::try_from(option.append_action),
+    ) {
+        (_, Err(_)) => {
+            return Err(
+                FieldError::new(format!("unknown append action {}", option.append_action))
+                    .at("append_action"),
+            )
+        }
+        (Some(append), Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => match append.value {
+            true => HeaderAction::Append,
+            false => HeaderAction::Overwrite,
+        },
+        (Some(_), Ok(_)) => {
+            return Err(
+                FieldError::new("append and append_action may not both be set").at("append"),
+            )
+        }
+        (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => HeaderAction::Append,
+        (None, Ok(HeaderAppendAction::AddIfAbsent)) => HeaderAction::AddIfAbsent,
+        (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => HeaderAction::Overwrite,
+        (None, Ok(HeaderAppendAction::OverwriteIfExists)) => HeaderAction::OverwriteIfExists,
+    };
+    Ok(HeaderAdd {
+        name,
+        value,
+        action,
+        keep_empty: option.keep_empty_value,
+    })
+}
+
+/// A header value in Envoy's formatter syntax, where `%%` is a literal `%`: commands
+/// (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(x)%`, ...) are refused, as the proxy does not
+/// evaluate them.
+fn literal_value(format: &str) -> FieldResult<String> {
+    let mut value = String::with_capacity(format.len());
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        value.push_str(&rest[..i]);
+        match rest[i + 1..].strip_prefix('%') {
+            Some(after) => {
+                value.push('%');
+                rest = after;
+            }
+            None => {
+                return Err(FieldError::new(format!(
+                    "{format:?}: formatter commands (%...%) are not supported (a literal % is %%)"
+                )))
+            }
+        }
+    }
+    value.push_str(rest);
+    if http::HeaderValue::from_str(&value).is_err() {
+        return Err(FieldError::new(format!("{value:?} is not a header value")));
+    }
+    Ok(value)
 }
 
 fn virtual_host(v: &PbVirtualHost) -> FieldResult<VirtualHost> {
@@ -83,6 +225,12 @@ fn virtual_host(v: &PbVirtualHost) -> FieldResult<VirtualHost> {
         name: v.name.clone(),
         domains: v.domains.clone(),
         routes,
+        headers: header_rules(
+            &v.request_headers_to_add,
+            &v.request_headers_to_remove,
+            &v.response_headers_to_add,
+            &v.response_headers_to_remove,
+        )?,
     })
 }
 
@@ -119,6 +267,12 @@ fn route(r: &PbRoute) -> FieldResult<Route> {
         name: r.name.clone(),
         matcher,
         action,
+        headers: header_rules(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+        )?,
     })
 }
 
@@ -291,6 +445,17 @@ fn forward(a: &PbRouteAction) -> FieldResult<Forward> {
                         return Err(FieldError::new("cluster_header is not supported")
                             .at(format!("[{i}]"))
                             .at("clusters"));
+                    }
+                    if !(c.request_headers_to_add.is_empty()
+                        && c.request_headers_to_remove.is_empty()
+                        && c.response_headers_to_add.is_empty()
+                        && c.response_headers_to_remove.is_empty())
+                    {
+                        return Err(FieldError::new(
+                            "header changes per weighted cluster are not supported",
+                        )
+                        .at(format!("[{i}]"))
+                        .at("clusters"));
                     }
                     Ok(WeightedCluster {
                         name: c.name.clone(),
