@@ -133,7 +133,8 @@ pub async fn remove(client: &ApiClient, id: u64) -> anyhow::Result<()> {
 }
 
 /// `meshctl global backup --output FILE`: the backup is checked to be JSON before it is written
-/// (atomically: a temporary file, then a rename).
+/// (atomically: a temporary file, then a rename), readable by its owner only: it holds the
+/// meshes' CA keys and the token signing keys.
 pub async fn backup(client: &ApiClient, output: &std::path::Path) -> anyhow::Result<()> {
     let text = client
         .global_backup()
@@ -146,10 +147,7 @@ pub async fn backup(client: &ApiClient, output: &std::path::Path) -> anyhow::Res
         println!("{text}");
         return Ok(());
     }
-    let tmp = output.with_extension("tmp");
-    std::fs::write(&tmp, text.as_bytes())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;
+    crate::fsutil::write_atomic(output, text.as_bytes(), Some(0o600))?;
     println!(
         "backup of {count} resources (revision {}) written to {}",
         parsed["revision"],

@@ -103,6 +103,10 @@ fn policies_backed_up_and_restored_into_a_new_global_are_served_again() {
         &["global", "backup", "--output", backup.to_str().unwrap()],
     ));
     assert!(said.contains("written to"), "{said}");
+    // It holds the meshes' CA keys and the signing keys: owner-only, as `meshctl export` writes.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // A wrong token is refused, naming the API's answer.
     let refused = Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args(["--api-url", &original.api, "--token", "wrong"])
