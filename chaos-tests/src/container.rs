@@ -802,6 +802,13 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                         relay_fault(fed, port, &Fault::Pass, damage).await?;
                     }
                 }
+                // Behind the relay container, every fault is the relay's, as on the process
+                // tier: cutting the ingress off the network instead would leave the relay
+                // accepting the egresses' connections and then failing them upstream, which a
+                // proxy sees as slow requests rather than failed connects.
+                fault if fed.relays.ingresses.contains(zone) => {
+                    relay_fault(fed, ingress_relay_port(zone)?, fault, damage).await?;
+                }
                 // Off the inter-zone network: other zones' packets to it go nowhere (no reset
                 // of connections on this tier).
                 Fault::Blackhole | Fault::Reset => {
@@ -822,10 +829,6 @@ async fn apply(fed: &Federation, action: &Action, damage: &mut Damage) -> anyhow
                         docker(&["network", "disconnect", &network, &id]).await?;
                         slot.insert(ip.trim().to_string());
                     }
-                }
-                // Through the relay container when the ingress is behind it (no netem).
-                Fault::Degrade(_) if fed.relays.ingresses.contains(zone) => {
-                    relay_fault(fed, ingress_relay_port(zone)?, fault, damage).await?;
                 }
                 Fault::Degrade(d) => {
                     let mut args = vec![
