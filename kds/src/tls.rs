@@ -118,6 +118,21 @@ impl KdsServerTls {
     /// requested name or expires within [`RENEW_BEFORE_DAYS`] days.
     pub fn load_or_generate(dir: &Path, hostnames: &[String]) -> Result<Self, TlsError> {
         let names = server_names(hostnames)?;
+        // What an existing certificate must cover: everything but this machine's own hostname.
+        // Nodes of a Raft global share one KDS directory, and each has its own hostname (a
+        // container's is its id): requiring it made every node reissue the shared certificate
+        // at start, racing each other's writes. Zones dial the names given with
+        // `--kds-hostname`; the machine's name is only added when a certificate is issued.
+        let machine = machine_hostname().filter(|host| {
+            !hostnames
+                .iter()
+                .any(|h| h.trim().eq_ignore_ascii_case(host))
+        });
+        let required: Vec<String> = names
+            .iter()
+            .filter(|name| Some(*name) != machine.as_ref())
+            .cloned()
+            .collect();
         create_private_dir(dir)?;
         let ca_cert_path = dir.join(CA_CERT_FILE);
         let ca_key_path = dir.join(CA_KEY_FILE);
@@ -157,7 +172,7 @@ impl KdsServerTls {
             let certs = certs_from_pem(&cert_path, cert_pem.as_bytes())?;
             parse_private_key(&key_path, key_pem.as_bytes())?;
             let renew_at = SystemTime::now() + Duration::from_secs(RENEW_BEFORE_DAYS * 86_400);
-            match check_covers(&ca_certs, &certs, &names, renew_at) {
+            match check_covers(&ca_certs, &certs, &required, renew_at) {
                 Ok(()) => {
                     return Ok(KdsServerTls {
                         cert_pem,
@@ -447,7 +462,14 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    // One per write: nodes (or threads) sharing a directory must not rename each other's
+    // half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = path.with_file_name(format!(
+        ".{file_name}.{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -526,6 +548,46 @@ mod tests {
         assert!(matches!(err, TlsError::CannotReissue { .. }), "{err}");
         // A name already covered still loads.
         KdsServerTls::load_or_generate(dir.path(), &["10.1.2.3".into()]).unwrap();
+    }
+
+    #[test]
+    fn a_shared_directory_is_not_reissued_for_this_machine_and_concurrent_starts_are_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = ["global-1".to_string(), "global-2".into(), "global-3".into()];
+        let first = KdsServerTls::load_or_generate(dir.path(), &nodes).unwrap();
+        // A certificate issued elsewhere (another node or `meshctl generate compose`): it covers
+        // the requested names but not this machine's hostname. It is used as it is.
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.path().join(CA_KEY_FILE)).unwrap())
+                .unwrap();
+        let names: Vec<String> = nodes
+            .iter()
+            .cloned()
+            .chain(["localhost".into(), "127.0.0.1".into(), "::1".into()])
+            .collect();
+        let (cert_pem, key_pem) = issue_server(&ca_key, &names).unwrap();
+        write_file(&dir.path().join(SERVER_KEY_FILE), key_pem.as_bytes(), true).unwrap();
+        write_file(
+            &dir.path().join(SERVER_CERT_FILE),
+            cert_pem.as_bytes(),
+            false,
+        )
+        .unwrap();
+        let loaded = KdsServerTls::load_or_generate(dir.path(), &nodes).unwrap();
+        assert_eq!(loaded.cert_pem(), cert_pem);
+        assert_eq!(loaded.ca_pem(), first.ca_pem());
+        // Three nodes starting at once, all reissuing for a new name: none fails.
+        let starts: Vec<_> = (0..3)
+            .map(|_| {
+                let dir = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    KdsServerTls::load_or_generate(&dir, &["kds.example.com".into()])
+                })
+            })
+            .collect();
+        for start in starts {
+            start.join().unwrap().unwrap();
+        }
     }
 
     #[test]
