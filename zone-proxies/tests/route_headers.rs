@@ -22,59 +22,40 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prost::Message;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use zone_proxies::config::{HttpManager, ProxyConfig, RouteSource, RouteTable};
 use zone_proxies::testing::*;
 use zone_proxies::xds::resources::Resources;
 use zone_proxies::xds::ROUTE_TYPE;
 
-use common::{localhost, Server};
+use common::{localhost, serve_http, Server};
 
 /// An upstream answering with the `x-` request headers it received, one `name=value` line per
 /// value in order, and with response headers the proxy is to remove or overwrite.
 async fn header_echo_server() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            conns.spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut names: Vec<&str> = req
-                            .headers()
-                            .keys()
-                            .map(|k| k.as_str())
-                            .filter(|k| k.starts_with("x-"))
-                            .collect();
-                        names.sort_unstable();
-                        let mut lines = String::new();
-                        for name in names {
-                            for value in req.headers().get_all(name) {
-                                lines += &format!("{name}={}\n", value.to_str().unwrap());
-                            }
-                        }
-                        let mut res = http::Response::new(Full::new(Bytes::from(lines)));
-                        let headers = res.headers_mut();
-                        headers.insert("x-upstream-drop", "1".parse().unwrap());
-                        headers.insert("x-upstream-keep", "1".parse().unwrap());
-                        headers.insert("x-resp-level", "upstream".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(res)
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), service)
-                    .await;
-            });
+    serve_http("127.0.0.1:0".parse().unwrap(), |req| async move {
+        let mut names: Vec<&str> = req
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-"))
+            .collect();
+        names.sort_unstable();
+        let mut lines = String::new();
+        for name in names {
+            for value in req.headers().get_all(name) {
+                lines += &format!("{name}={}\n", value.to_str().unwrap());
+            }
         }
-    });
-    Server::new(addr, task)
+        let mut res = http::Response::new(Full::new(Bytes::from(lines)));
+        let headers = res.headers_mut();
+        headers.insert("x-upstream-drop", "1".parse().unwrap());
+        headers.insert("x-upstream-keep", "1".parse().unwrap());
+        headers.insert("x-resp-level", "upstream".parse().unwrap());
+        res
+    })
+    .await
 }
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
@@ -235,6 +216,17 @@ fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The header echo upstream behind a proxy running [`route_configuration`]; the proxy's address.
+async fn proxy_to_header_echo(
+    most_specific_wins: bool,
+) -> (Server, RunningDataplane, std::net::SocketAddr) {
+    let backend = header_echo_server().await;
+    let table = translate(&route_configuration(most_specific_wins)).unwrap();
+    let dp = RunningDataplane::start(proxy_config(table, backend.addr));
+    let addr = dp.addr("http").await;
+    (backend, dp, addr)
+}
+
 const CLIENT_HEADERS: [(&str, &str); 6] = [
     ("x-drop-route", "1"),
     ("x-drop-config", "1"),
@@ -246,10 +238,7 @@ const CLIENT_HEADERS: [(&str, &str); 6] = [
 
 #[tokio::test]
 async fn route_virtual_host_and_configuration_levels_apply_least_specific_last() {
-    let backend = header_echo_server().await;
-    let table = translate(&route_configuration(false)).unwrap();
-    let dp = RunningDataplane::start(proxy_config(table, backend.addr));
-    let addr = dp.addr("http").await;
+    let (_backend, dp, addr) = proxy_to_header_echo(false).await;
 
     // The route's own mutations, then the virtual host's, then the configuration's.
     let (status, headers, body) = get(addr, "/h", &CLIENT_HEADERS).await;
@@ -299,10 +288,7 @@ async fn route_virtual_host_and_configuration_levels_apply_least_specific_last()
 
 #[tokio::test]
 async fn most_specific_header_mutations_win_when_asked() {
-    let backend = header_echo_server().await;
-    let table = translate(&route_configuration(true)).unwrap();
-    let dp = RunningDataplane::start(proxy_config(table, backend.addr));
-    let addr = dp.addr("http").await;
+    let (_backend, dp, addr) = proxy_to_header_echo(true).await;
     let (status, headers, body) = get(addr, "/h", &CLIENT_HEADERS).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

@@ -124,6 +124,21 @@ impl<T> At<T> for FieldResult<T> {
     }
 }
 
+/// Translates every item of the repeated field `field` with `item`; an error names the item's
+/// index (`field[i]`).
+pub fn each<T, U>(
+    items: &[T],
+    field: impl fmt::Display,
+    mut item: impl FnMut(&T) -> FieldResult<U>,
+) -> FieldResult<Vec<U>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| item(x).at(format!("[{i}]")))
+        .collect::<FieldResult<Vec<U>>>()
+        .at(field)
+}
+
 /// What translating one resource gives: the model, and any secrets it carried inline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translated<T> {

@@ -80,107 +80,32 @@ pub async fn http_server_on(
     name: &str,
     delay: Duration,
 ) -> (Server, Arc<AtomicU16>) {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let status = Arc::new(AtomicU16::new(200));
     let name: Arc<str> = name.into();
     let cell = status.clone();
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let (name, status) = (name.clone(), cell.clone());
-            conns.spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (name, status) = (name.clone(), status.clone());
-                        async move {
-                            let _ = req.into_body().collect().await;
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
-                            }
-                            let mut res =
-                                http::Response::new(Full::new(Bytes::from(name.to_string())));
-                            *res.status_mut() =
-                                http::StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), service)
-                    .await;
-            });
+    let server = serve_http(addr, move |req| {
+        let (name, status) = (name.clone(), cell.clone());
+        async move {
+            let _ = req.into_body().collect().await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let mut res = http::Response::new(Full::new(Bytes::from(name.to_string())));
+            *res.status_mut() = http::StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
+            res
         }
-    });
-    (Server { addr, task }, status)
+    })
+    .await;
+    (server, status)
 }
 
-/// An HTTP/1.1 and HTTP/2 server answering its `name` to every request, except
-/// `grpc.health.v1.Health/Check`, answered with the serving status held in the returned cell
-/// (1 SERVING, 2 NOT_SERVING), `grpc-status: 0` in the trailers. The status is the same for
-/// every `service` asked about.
-pub async fn grpc_health_server(name: &str) -> (Server, Arc<AtomicU16>) {
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serving = Arc::new(AtomicU16::new(1));
-    let name: Arc<str> = name.into();
-    let cell = serving.clone();
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let (name, serving) = (name.clone(), cell.clone());
-            conns.spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (name, serving) = (name.clone(), serving.clone());
-                        async move {
-                            let health = req.uri().path() == "/grpc.health.v1.Health/Check";
-                            let _ = req.into_body().collect().await;
-                            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-                                if health {
-                                    // HealthCheckResponse { status = 1 } in a gRPC frame.
-                                    let status = serving.load(Ordering::Relaxed) as u8;
-                                    let mut trailers = http::HeaderMap::new();
-                                    trailers.insert("grpc-status", "0".parse().unwrap());
-                                    vec![
-                                        Ok(Frame::data(Bytes::from(vec![
-                                            0, 0, 0, 0, 2, 8, status,
-                                        ]))),
-                                        Ok(Frame::trailers(trailers)),
-                                    ]
-                                } else {
-                                    vec![Ok(Frame::data(Bytes::from(name.to_string())))]
-                                };
-                            let mut res =
-                                http::Response::new(StreamBody::new(futures::stream::iter(frames)));
-                            if health {
-                                res.headers_mut().insert(
-                                    http::header::CONTENT_TYPE,
-                                    "application/grpc".parse().unwrap(),
-                                );
-                            }
-                            Ok::<_, std::convert::Infallible>(res)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), service)
-                    .await;
-            });
-        }
-    });
-    (Server { addr, task }, serving)
-}
-
-/// An HTTP server answering every request with the path and query it received.
-pub async fn path_server() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// An HTTP/1.1 and HTTP/2 server on `addr` answering every request with `handler`.
+pub async fn serve_http<F, Fut>(addr: SocketAddr, handler: F) -> Server
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
@@ -188,15 +113,12 @@ pub async fn path_server() -> Server {
             let Ok((s, _)) = listener.accept().await else {
                 return;
             };
+            let handler = handler.clone();
             conns.spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let path = req.uri().path_and_query().map(|p| p.to_string());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(path.unwrap_or_default()),
-                        )))
-                    },
-                );
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), service)
                     .await;

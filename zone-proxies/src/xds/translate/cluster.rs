@@ -23,7 +23,7 @@ use prost::Name as _;
 
 use super::endpoint::{load_assignment, struct_value_text};
 use super::{
-    duration, optional_timeout, tls, unpack, At, FieldError, FieldResult, InlineSecrets,
+    duration, each, optional_timeout, tls, unpack, At, FieldError, FieldResult, InlineSecrets,
     ResourceHandler,
 };
 use crate::config::{
@@ -117,12 +117,7 @@ fn cluster(c: &PbCluster, secrets: &mut InlineSecrets) -> FieldResult<Cluster> {
         .as_ref()
         .map(|o| outlier(o).at("outlier_detection"))
         .transpose()?;
-    let health_checks = c
-        .health_checks
-        .iter()
-        .enumerate()
-        .map(|(i, h)| health_check(h).at(format!("[{i}]")).at("health_checks"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let health_checks = each(&c.health_checks, "health_checks", health_check)?;
     let tls = c
         .transport_socket
         .as_ref()
@@ -357,17 +352,12 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
                     .at("codec_client_type")))
                 }
             };
-            let request_headers = http
-                .request_headers_to_add
-                .iter()
-                .enumerate()
-                .map(|(i, option)| {
-                    health_check_header(option)
-                        .at(format!("[{i}]"))
-                        .at("request_headers_to_add")
-                })
-                .collect::<FieldResult<Vec<_>>>()
-                .map_err(at)?;
+            let request_headers = each(
+                &http.request_headers_to_add,
+                "request_headers_to_add",
+                health_check_header,
+            )
+            .map_err(at)?;
             HealthCheckKind::Http {
                 path,
                 host: http.host.clone(),
@@ -389,13 +379,7 @@ fn health_check(h: &PbHealthCheck) -> FieldResult<HealthCheck> {
                         .transpose()
                         .map_err(at)?
                         .unwrap_or_default(),
-                    receive: tcp
-                        .receive
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| payload(p).at(format!("[{i}]")).at("receive"))
-                        .collect::<FieldResult<_>>()
-                        .map_err(at)?,
+                    receive: each(&tcp.receive, "receive", payload).map_err(at)?,
                 }
             }
         }

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 
-use super::{At, FieldError, FieldResult, InlineSecrets, ResourceHandler};
+use super::{each, FieldError, FieldResult, InlineSecrets, ResourceHandler};
 use crate::config::{Endpoint, EndpointAddress, EndpointHealth, LoadAssignment, LocalityEndpoints};
 
 /// Envoy's default overprovisioning factor (percent).
@@ -63,12 +63,7 @@ pub fn load_assignment(c: &ClusterLoadAssignment) -> FieldResult<LoadAssignment>
     if !c.named_endpoints.is_empty() {
         return Err(FieldError::new("named endpoints are not supported").at("named_endpoints"));
     }
-    let localities = c
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, l)| locality(l).at(format!("[{i}]")).at("endpoints"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let localities = each(&c.endpoints, "endpoints", locality)?;
     Ok(LoadAssignment {
         cluster_name: c.cluster_name.clone(),
         localities,
@@ -80,12 +75,7 @@ fn locality(l: &LocalityLbEndpoints) -> FieldResult<LocalityEndpoints> {
     if l.lb_config.is_some() {
         return Err(FieldError::new("endpoint lists and LEDS are not supported").at("lb_config"));
     }
-    let endpoints = l
-        .lb_endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| endpoint(e).at(format!("[{i}]")).at("lb_endpoints"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let endpoints = each(&l.lb_endpoints, "lb_endpoints", endpoint)?;
     Ok(LocalityEndpoints {
         zone: l
             .locality

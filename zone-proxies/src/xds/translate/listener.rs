@@ -43,8 +43,8 @@ use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 
 use super::route::{header_match, route_table};
 use super::{
-    duration, optional_timeout, tls, type_name, unpack, value_match, At, FieldError, FieldResult,
-    InlineSecrets, ResourceHandler,
+    duration, each, optional_timeout, tls, type_name, unpack, value_match, At, FieldError,
+    FieldResult, InlineSecrets, ResourceHandler,
 };
 use crate::config::{
     AccessLog, CallerMatch, ChainHandler, FaultAbort, FaultBandwidth, FaultDelay, FaultInjection,
@@ -565,12 +565,7 @@ fn fault(f: &HttpFault) -> FieldResult<FaultInjection> {
             _ => Err(FieldError::new("only fixed delays are supported").at("delay")),
         })
         .transpose()?;
-    let headers = f
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let headers = each(&f.headers, "headers", header_match)?;
     let response_bandwidth = f
         .response_rate_limit
         .as_ref()

@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 
 use super::{
-    data_source_text, duration, optional_timeout, value_match, At, FieldError, FieldResult,
+    data_source_text, duration, each, optional_timeout, value_match, At, FieldError, FieldResult,
     InlineSecrets, ResourceHandler,
 };
 use crate::config::{
@@ -54,12 +54,7 @@ impl ResourceHandler for RouteHandler {
 
 /// A route configuration, from RDS or inline.
 pub fn route_table(r: &RouteConfiguration) -> FieldResult<RouteTable> {
-    let virtual_hosts = r
-        .virtual_hosts
-        .iter()
-        .enumerate()
-        .map(|(i, v)| virtual_host(v).at(format!("[{i}]")).at("virtual_hosts"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let virtual_hosts = each(&r.virtual_hosts, "virtual_hosts", virtual_host)?;
     if r.vhds.is_some() {
         return Err(FieldError::new("VHDS is not supported").at("vhds"));
     }
@@ -94,24 +89,10 @@ fn header_mutations(
     remove: &[String],
     side: &str,
 ) -> FieldResult<HeaderMutations> {
-    let remove = remove
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            modifiable_name(name)
-                .at(format!("[{i}]"))
-                .at(format!("{side}_headers_to_remove"))
-        })
-        .collect::<FieldResult<Vec<_>>>()?;
-    let add = add
-        .iter()
-        .enumerate()
-        .map(|(i, option)| {
-            header_add(option)
-                .at(format!("[{i}]"))
-                .at(format!("{side}_headers_to_add"))
-        })
-        .collect::<FieldResult<Vec<_>>>()?;
+    let remove = each(remove, format!("{side}_headers_to_remove"), |name| {
+        modifiable_name(name)
+    })?;
+    let add = each(add, format!("{side}_headers_to_add"), header_add)?;
     Ok(HeaderMutations { remove, add })
 }
 
@@ -215,12 +196,7 @@ fn virtual_host(v: &PbVirtualHost) -> FieldResult<VirtualHost> {
     if v.require_tls != 0 {
         return Err(FieldError::new("require_tls is not supported").at("require_tls"));
     }
-    let routes = v
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| route(r).at(format!("[{i}]")).at("routes"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let routes = each(&v.routes, "routes", route)?;
     Ok(VirtualHost {
         name: v.name.clone(),
         domains: v.domains.clone(),
@@ -365,12 +341,7 @@ fn route_match(
         }
         None => return Err(FieldError::new("no path match")),
     };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| header_match(h).at(format!("[{i}]")).at("headers"))
-        .collect::<FieldResult<Vec<_>>>()?;
+    let headers = each(&m.headers, "headers", header_match)?;
     let query = m
         .query_parameters
         .iter()
