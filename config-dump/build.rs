@@ -140,26 +140,44 @@ fn envoy_types_proto_dir() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest_dir =
         std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?;
-    let mut command = Command::new(&cargo);
-    command
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(&manifest_dir);
-    // Only this target's packages: without the filter cargo wants every platform's
-    // dependencies (android, windows...) downloaded, which a fresh machine has not done.
-    if let Some(target) = std::env::var_os("TARGET") {
-        command.arg("--filter-platform").arg(target);
-    }
-    let output = command.output().map_err(|e| {
-        format!("cannot run `cargo metadata` to find envoy-types: {e}; set {OVERRIDE}")
-    })?;
-    if !output.status.success() {
-        return Err(format!(
-            "`cargo metadata --offline` failed ({}): {}; set {OVERRIDE} to envoy-types' proto/ \
-             directory",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+    // Offline first: a build normally has every package already. A build of one package on a
+    // fresh machine (`cargo build -p zone-proxies`) has only its own dependencies downloaded,
+    // and `cargo metadata` wants the whole workspace's: then it may download the rest.
+    let mut failures = Vec::new();
+    let mut output = None;
+    for offline in [true, false] {
+        let mut command = Command::new(&cargo);
+        command
+            .args(["metadata", "--format-version", "1"])
+            .current_dir(&manifest_dir);
+        if offline {
+            command.arg("--offline");
+        }
+        // Only this target's packages: without the filter cargo wants every platform's
+        // dependencies (android, windows...) downloaded, which a fresh machine has not done.
+        if let Some(target) = std::env::var_os("TARGET") {
+            command.arg("--filter-platform").arg(target);
+        }
+        let run = command.output().map_err(|e| {
+            format!("cannot run `cargo metadata` to find envoy-types: {e}; set {OVERRIDE}")
+        })?;
+        if run.status.success() {
+            output = Some(run);
+            break;
+        }
+        failures.push(format!(
+            "`cargo metadata{}` failed ({}): {}",
+            if offline { " --offline" } else { "" },
+            run.status,
+            String::from_utf8_lossy(&run.stderr).trim()
         ));
     }
+    let Some(output) = output else {
+        return Err(format!(
+            "{}; set {OVERRIDE} to envoy-types' proto/ directory",
+            failures.join("; then ")
+        ));
+    };
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("`cargo metadata` printed no JSON: {e}"))?;
     // A change of envoy-types' version changes Cargo.lock: compile the new protos then.
