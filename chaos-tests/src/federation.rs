@@ -986,6 +986,7 @@ impl ZoneCp {
         let task = tokio::spawn(zone_proxies::run::run_proxy(
             zone_proxies::run::ConfigSource::Ads(options),
             admin_listener,
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -27,9 +27,11 @@
 //! `cargo bench -p zone-proxies --bench proxy`; `BENCH_SECS` sets each phase's length (default
 //! 3), `BENCH_PROXY_THREADS` the proxies' threads (Meridian's tokio workers and HAProxy's
 //! `nbthread`, default 1), `BENCH_WORKERS` the load generator's and upstream's tokio workers
-//! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME=current` a
-//! current-thread tokio runtime in Meridian's proxies instead of a multi-thread one with
-//! `BENCH_PROXY_THREADS` workers (as `zone-proxy run --concurrency N`), and
+//! (default 2), `BENCH_RATE` the fixed rate (default 1000), `BENCH_PROXY_RUNTIME` how
+//! Meridian's proxies run: `workers` (default) as `zone-proxy run --concurrency N` does, a
+//! control runtime plus `BENCH_PROXY_THREADS` single-threaded worker runtimes that accept and
+//! serve the connections; `multi`, one multi-threaded tokio runtime with that many workers
+//! (what `zone-proxy` did before); `current`, everything on one single-threaded runtime; and
 //! `BENCH_BASELINE_EXE` another build of this bench whose
 //! one-hop proxy is measured in the same run (a before/after comparison on a shared machine),
 //! with `BENCH_BASELINE_RUNTIME` as its `BENCH_PROXY_RUNTIME`.
@@ -47,6 +49,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zone_proxies::config::{DownstreamTls, ProxyConfig, Secret, UpstreamTls, ValueMatch};
 use zone_proxies::testing::*;
+use zone_proxies::workers::Workers;
+
+/// The allocator the `zone-proxy` binary uses (the proxy children are this binary).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The environment variable that makes this binary a proxy child: `plain`, or `mtls`.
 const ROLE: &str = "ZONE_PROXY_BENCH_ROLE";
@@ -177,7 +184,7 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
         require_client_certificate: true,
         match_san: vec![ValueMatch::Prefix("spiffe://default/".into())],
     });
-    let inbound = RunningDataplane::start(
+    let inbound = start_dataplane(
         ProxyConfig::default()
             .with_secret(CERT, pki.backend.clone())
             .with_secret(CA, ca.clone())
@@ -190,7 +197,7 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
     ingress_chain.server_names = vec![SNI.into()];
     let mut ingress_listener = listener("ingress", localhost(), vec![ingress_chain]);
     ingress_listener.inspect_tls = true;
-    let ingress = RunningDataplane::start(
+    let ingress = start_dataplane(
         ProxyConfig::default()
             .with_cluster(static_cluster("backend-local", &[inbound_addr]))
             .with_listener(ingress_listener),
@@ -205,7 +212,7 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
         match_san: vec![ValueMatch::Exact("spiffe://default/backend".into())],
         alpn: Vec::new(),
     });
-    let outbound = RunningDataplane::start(
+    let outbound = start_dataplane(
         ProxyConfig::default()
             .with_secret(CERT, pki.frontend.clone())
             .with_secret(CA, ca)
@@ -220,27 +227,47 @@ async fn start_mtls_path(app: SocketAddr) -> (Vec<RunningDataplane>, SocketAddr)
     (vec![inbound, ingress, outbound], outbound_addr)
 }
 
+/// The proxy child's worker threads, when it runs as `zone-proxy run` does.
+static WORKERS: std::sync::OnceLock<Arc<Workers>> = std::sync::OnceLock::new();
+
+/// A data plane of the proxy child, on its worker threads if it has them.
+fn start_dataplane(config: ProxyConfig) -> RunningDataplane {
+    match WORKERS.get() {
+        Some(workers) => RunningDataplane::start_on_workers(config, workers.clone()),
+        None => RunningDataplane::start(config),
+    }
+}
+
 /// Runs as a proxy child: `ready <http addr> <tcp addr or ->` on stdout, then serves until
 /// stdin closes (the parent went away or is done).
 fn child(role: &str) {
     let threads = env_or("BENCH_PROXY_THREADS", 1usize);
     let rt = match std::env::var("BENCH_PROXY_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        _ => tokio::runtime::Builder::new_multi_thread()
+        Ok("multi") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
             .build()
             .unwrap(),
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        Ok("workers") | Err(_) => {
+            let workers = Workers::start(threads).unwrap();
+            WORKERS.set(Arc::new(workers)).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        }
+        Ok(other) => panic!("BENCH_PROXY_RUNTIME={other}: expected workers, multi or current"),
     };
     let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
     rt.block_on(async move {
         let (_dataplanes, http, tcp) = match role {
             "plain" => {
                 let sink: SocketAddr = std::env::var("BENCH_SINK").unwrap().parse().unwrap();
-                let dp = RunningDataplane::start(
+                let dp = start_dataplane(
                     ProxyConfig::default()
                         .with_cluster(static_cluster("http", &[upstream]))
                         .with_cluster(static_cluster("sink", &[sink]))
@@ -276,6 +303,95 @@ fn child(role: &str) {
     });
 }
 
+/// Which CPUs the proxies and the load generator run on during the saturation phase: with
+/// `BENCH_PIN=1` (the default on a machine of two or more CPUs) every proxy process,
+/// Meridian's and HAProxy's, is confined to the last `BENCH_PROXY_THREADS` CPUs and the load
+/// generator and upstream to the others, so a proxy at saturation is limited by its own CPUs
+/// rather than by where the scheduler put the generator's threads that moment, and its CPU
+/// time per request is its own. `BENCH_PIN=0` leaves scheduling to the kernel.
+#[derive(Clone, Debug)]
+struct Pinning {
+    proxies: Vec<usize>,
+    generator: Vec<usize>,
+}
+
+impl Pinning {
+    fn from_env(proxy_threads: usize) -> Option<Pinning> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let wanted = std::env::var("BENCH_PIN").map_or(cpus >= 2, |v| v == "1");
+        if !wanted || proxy_threads >= cpus {
+            return None;
+        }
+        Some(Pinning {
+            proxies: (cpus - proxy_threads..cpus).collect(),
+            generator: (0..cpus - proxy_threads).collect(),
+        })
+    }
+
+    fn describe(pinning: Option<&Pinning>) -> String {
+        match pinning {
+            Some(p) => format!(
+                "proxies on CPUs {:?}, generator on {:?}",
+                p.proxies, p.generator
+            ),
+            None => "no CPU pinning".into(),
+        }
+    }
+}
+
+/// `cpus` as `taskset -c` takes them.
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Confines this process's main thread, and so the threads it starts afterwards, to `cpus`
+/// (util-linux's `taskset`, so the bench needs no unsafe code).
+fn pin_this_thread(cpus: &[usize]) {
+    let status = Command::new("taskset")
+        .args(["-p", "-c", &cpu_list(cpus), &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "taskset -p failed ({status:?}); BENCH_PIN=0 runs without pinning"
+    );
+}
+
+/// Lets every thread of process `pid` run on any CPU again.
+fn unpin(pid: u32) {
+    let cpus: Vec<usize> =
+        (0..std::thread::available_parallelism().map_or(1, usize::from)).collect();
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu_list(&cpus), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+/// `program` as a command, under `taskset` on the proxies' CPUs when pinning.
+fn proxy_command(program: impl AsRef<std::ffi::OsStr>, pinning: Option<&Pinning>) -> Command {
+    match pinning {
+        Some(p) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu_list(&p.proxies)).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The unit of `/proc/<pid>/stat`'s CPU times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// A proxy process of the bench: killed when dropped.
 struct ProxyProcess {
     child: Child,
@@ -291,6 +407,22 @@ impl Drop for ProxyProcess {
 }
 
 impl ProxyProcess {
+    /// CPU time the process has used, user and system, in clock ticks (`/proc/<pid>/stat`).
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the
+        // 13th.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        fields.iter().sum()
+    }
+
     /// Resident memory in MiB (`VmRSS`).
     fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -310,8 +442,9 @@ fn spawn_meridian(
     upstream: SocketAddr,
     sink: SocketAddr,
     runtime: Option<String>,
+    pinning: Option<&Pinning>,
 ) -> ProxyProcess {
-    let mut command = Command::new(exe);
+    let mut command = proxy_command(exe, pinning);
     if let Some(runtime) = runtime {
         command.env("BENCH_PROXY_RUNTIME", runtime);
     }
@@ -350,6 +483,7 @@ async fn spawn_haproxy(
     upstream: SocketAddr,
     threads: usize,
     dir: &std::path::Path,
+    pinning: Option<&Pinning>,
 ) -> Option<ProxyProcess> {
     let found = Command::new("haproxy")
         .arg("-v")
@@ -367,7 +501,8 @@ async fn spawn_haproxy(
         .unwrap();
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, haproxy_config(port, upstream, threads)).unwrap();
-    let child = Command::new("haproxy")
+    let mut command = proxy_command("haproxy", pinning);
+    let child = command
         .arg("-db")
         .arg("-f")
         .arg(&path)
@@ -575,6 +710,8 @@ async fn tcp_throughput(addr: SocketAddr, bytes: usize) -> f64 {
 struct Row {
     name: &'static str,
     rps: f64,
+    /// The proxy process's CPU time (user and system) per request at saturation.
+    cpu_us_per_request: Option<f64>,
     latency: Latency,
     rss_idle: Option<f64>,
     rss_load: Option<f64>,
@@ -745,6 +882,11 @@ fn main() {
     let connections: usize = env_or("BENCH_CONNS", 16);
     let rate: u64 = env_or("BENCH_RATE", 1000);
     let rounds: u32 = env_or("BENCH_ROUNDS", 3u32).max(1);
+    let pinning = Pinning::from_env(proxy_threads);
+    if let Some(p) = &pinning {
+        // Before the runtime starts: its threads inherit the main thread's CPUs.
+        pin_this_thread(&p.generator);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -756,20 +898,22 @@ fn main() {
         let sink = sink_upstream().await;
         let dir = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
-        let plain = spawn_meridian(&exe, "plain", upstream, sink, None);
-        let mtls = spawn_meridian(&exe, "mtls", upstream, sink, None);
+        let pinned = pinning.as_ref();
+        let plain = spawn_meridian(&exe, "plain", upstream, sink, None, pinned);
+        let mtls = spawn_meridian(&exe, "mtls", upstream, sink, None, pinned);
         // Another build of this bench (e.g. the previous commit's) measured in the same run.
         // `BENCH_BASELINE_RUNTIME` gives it another runtime (the same build twice compares
         // runtimes).
         let baseline = std::env::var_os("BENCH_BASELINE_EXE").map(|path| {
             let runtime = std::env::var("BENCH_BASELINE_RUNTIME").ok();
-            spawn_meridian(std::path::Path::new(&path), "plain", upstream, sink, runtime)
+            spawn_meridian(std::path::Path::new(&path), "plain", upstream, sink, runtime, pinned)
         });
-        let haproxy = spawn_haproxy(upstream, proxy_threads, dir.path()).await;
+        let haproxy = spawn_haproxy(upstream, proxy_threads, dir.path(), pinned).await;
         println!(
             "zone-proxies bench: {secs} s per phase in {rounds} rounds, saturation {connections} connections, fixed rate {rate} req/s; \
-             load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s), Meridian's runtime {}; loadavg {}",
-            std::env::var("BENCH_PROXY_RUNTIME").unwrap_or_else(|_| "multi".into()),
+             load generator + upstream {workers} tokio workers, each proxy {proxy_threads} thread(s), Meridian's runtime {}; {}; loadavg {}",
+            std::env::var("BENCH_PROXY_RUNTIME").unwrap_or_else(|_| "workers".into()),
+            Pinning::describe(pinned),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
 
@@ -778,7 +922,7 @@ fn main() {
             ("meridian 1 hop", plain.http, Some(&plain)),
         ];
         if let Some(b) = &baseline {
-            targets.push(("meridian 1 hop, baseline build", b.http, Some(b)));
+            targets.push(("meridian 1 hop, baseline", b.http, Some(b)));
         }
         targets.extend([
             ("meridian sidecar>ingress>sidecar mTLS", mtls.http, Some(&mtls)),
@@ -798,16 +942,31 @@ fn main() {
         }
         let slice = duration / rounds;
         let mut rps = vec![0.0; targets.len()];
+        // The proxy process's CPU time over its saturation phases, and the requests it served.
+        let mut cpu_ticks = vec![0u64; targets.len()];
         let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
         for _ in 0..rounds {
-            for (i, (_, addr, _)) in targets.iter().enumerate() {
+            for (i, (_, addr, process)) in targets.iter().enumerate() {
+                let before = process.map(ProxyProcess::cpu_ticks);
                 rps[i] += saturation(*addr, connections, slice).await / rounds as f64;
+                if let (Some(p), Some(before)) = (process, before) {
+                    cpu_ticks[i] += p.cpu_ticks().saturating_sub(before);
+                }
             }
         }
+        let ticks_per_s = clock_ticks_per_second();
         let rss_load: Vec<Option<f64>> = targets
             .iter()
             .map(|(_, _, p)| p.map(ProxyProcess::rss_mib))
             .collect();
+        if pinning.is_some() {
+            // Latency at a fixed rate is measured unpinned: each hop would otherwise cross
+            // CPUs, and the wake-up across them is what would be measured.
+            for process in targets.iter().filter_map(|(_, _, p)| *p) {
+                unpin(process.child.id());
+            }
+            unpin(std::process::id());
+        }
         for _ in 0..rounds {
             for (i, (_, addr, _)) in targets.iter().enumerate() {
                 samples[i].extend(fixed_rate(*addr, rate, slice).await);
@@ -820,6 +979,9 @@ fn main() {
             .map(|(i, ((name, _, _), samples))| Row {
                 name,
                 rps: rps[i],
+                cpu_us_per_request: targets[i].2.map(|_| {
+                    cpu_ticks[i] as f64 / ticks_per_s * 1e6 / (rps[i] * duration.as_secs_f64())
+                }),
                 latency: samples.summary(),
                 rss_idle: rss_idle[i],
                 rss_load: rss_load[i],
@@ -827,16 +989,17 @@ fn main() {
             .collect();
 
         println!(
-            "{:<40} {:>9} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
-            "target", "req/s", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
+            "{:<40} {:>9} {:>8} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
+            "target", "req/s", "CPU us/rq", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
         );
         let mib = |v: Option<f64>| v.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "-".into());
         for r in &rows {
             let [lag50, lag99, lag_max] = r.latency.lag_us;
             println!(
-                "{:<40} {:>9.0} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
+                "{:<40} {:>9.0} {:>8} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
                 r.name,
                 r.rps,
+                r.cpu_us_per_request.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
                 r.latency.p50_us,
                 r.latency.p99_us,
                 format!("{lag50:.0}/{lag99:.0}/{lag_max:.0}"),
@@ -863,8 +1026,9 @@ fn main() {
                 let h50 = h.latency.p50_us - direct.latency.p50_us;
                 let h99 = h.latency.p99_us - direct.latency.p99_us;
                 line += &format!(
-                    "; vs haproxy: throughput {:.2} x, added p50 {:.2} x, added p99 {:.2} x",
+                    "; vs haproxy: throughput {:.2} x, CPU per request {:.2} x, added p50 {:.2} x, added p99 {:.2} x",
                     r.rps / h.rps,
+                    r.cpu_us_per_request.unwrap_or(f64::NAN) / h.cpu_us_per_request.unwrap_or(f64::NAN),
                     added_p50 / h50,
                     added_p99 / h99
                 );

@@ -23,6 +23,7 @@ use crate::access_log::AccessLogs;
 use crate::config::ProxyConfig;
 use crate::runtime::Runtime;
 use crate::stats::Stats;
+use crate::workers::Workers;
 
 /// Where the data plane is in its life; connections watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,9 @@ pub struct DataplaneOptions {
     pub bound: Option<watch::Sender<BTreeMap<String, SocketAddr>>>,
     /// Access log writers (shared with whoever else writes the same paths).
     pub access_logs: Arc<AccessLogs>,
+    /// Worker threads that accept and serve the connections; without them, connections are
+    /// served on the runtime that runs [`run_with`].
+    pub workers: Option<Arc<Workers>>,
 }
 
 impl Default for DataplaneOptions {
@@ -59,6 +63,7 @@ impl Default for DataplaneOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             bound: None,
             access_logs: Arc::default(),
+            workers: None,
         }
     }
 }
@@ -80,7 +85,18 @@ struct RunningListener {
     configured: SocketAddr,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The accept loops: one per worker.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningListener {
+    /// Stops accepting (established connections carry on).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// [`run`] with explicit options.
@@ -101,6 +117,7 @@ pub async fn run_with(
         runtime: runtime_rx,
         drain: drain_rx,
         alive: alive_tx,
+        workers: options.workers.clone(),
     };
     let initial = runtime_tx.borrow().clone();
     reconcile(&mut listeners, &initial, &ctx, options.bound.as_ref()).await;
@@ -129,8 +146,7 @@ pub async fn run_with(
 
     tracing::info!(drain_timeout = ?options.drain_timeout, "draining");
     for (_, l) in listeners.drain() {
-        let _ = l.stop.send(true);
-        let _ = l.task.await;
+        l.stop().await;
     }
     drain_tx.send_replace(DrainState::Draining);
     // Pooled upstream connections close once idle (requests still draining get connections
@@ -154,6 +170,40 @@ struct AcceptContext {
     runtime: watch::Receiver<Arc<Runtime>>,
     drain: watch::Receiver<DrainState>,
     alive: mpsc::Sender<()>,
+    workers: Option<Arc<Workers>>,
+}
+
+/// Starts accepting on `socket`: on every worker when there are workers (each registers a
+/// duplicate of the socket in its own event loop; the kernel hands each connection to one of
+/// them), else on the current runtime.
+fn spawn_accept_loops(
+    socket: TcpListener,
+    name: &Arc<str>,
+    stop: &watch::Receiver<bool>,
+    ctx: &AcceptContext,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let Some(workers) = &ctx.workers else {
+        return Ok(vec![tokio::spawn(accept_loop(
+            name.clone(),
+            socket,
+            stop.clone(),
+            ctx.clone(),
+        ))]);
+    };
+    let shared = socket.into_std()?;
+    let mut tasks = Vec::new();
+    for worker in workers.handles() {
+        let duplicate = shared.try_clone()?;
+        let (name, stop, ctx) = (name.clone(), stop.clone(), ctx.clone());
+        tasks.push(worker.spawn(async move {
+            // Registered with the worker's own event loop (it runs this task).
+            match TcpListener::from_std(duplicate) {
+                Ok(socket) => accept_loop(name, socket, stop, ctx).await,
+                Err(e) => tracing::error!(listener = %name, error = %e, "worker cannot accept"),
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 async fn reconcile(
@@ -176,8 +226,7 @@ async fn reconcile(
         .collect();
     for name in gone {
         if let Some(l) = running.remove(&name) {
-            let _ = l.stop.send(true);
-            let _ = l.task.await;
+            l.stop().await;
             tracing::info!(listener = %name, "listener stopped");
         }
     }
@@ -185,31 +234,33 @@ async fn reconcile(
         if running.contains_key(name) {
             continue;
         }
-        match TcpListener::bind(listener.address).await {
-            Ok(socket) => {
-                let bound_addr = socket.local_addr().unwrap_or(listener.address);
-                let (stop, stop_rx) = watch::channel(false);
-                let task = tokio::spawn(accept_loop(
-                    name.as_str().into(),
-                    socket,
-                    stop_rx,
-                    ctx.clone(),
-                ));
-                tracing::info!(listener = %name, address = %bound_addr, "listening");
-                running.insert(
-                    name.clone(),
-                    RunningListener {
-                        configured: listener.address,
-                        bound: bound_addr,
-                        stop,
-                        task,
-                    },
-                );
-            }
+        let socket = match TcpListener::bind(listener.address).await {
+            Ok(socket) => socket,
             Err(e) => {
                 tracing::error!(listener = %name, address = %listener.address, error = %e, "cannot bind listener; retried on the next update");
+                continue;
             }
-        }
+        };
+        let bound_addr = socket.local_addr().unwrap_or(listener.address);
+        let (stop, stop_rx) = watch::channel(false);
+        let name_arc: Arc<str> = name.as_str().into();
+        let tasks = match spawn_accept_loops(socket, &name_arc, &stop_rx, ctx) {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::error!(listener = %name, address = %bound_addr, error = %e, "cannot share the listening socket with the workers; retried on the next update");
+                continue;
+            }
+        };
+        tracing::info!(listener = %name, address = %bound_addr, "listening");
+        running.insert(
+            name.clone(),
+            RunningListener {
+                configured: listener.address,
+                bound: bound_addr,
+                stop,
+                tasks,
+            },
+        );
     }
     if let Some(bound) = bound {
         bound.send_replace(running.iter().map(|(n, l)| (n.clone(), l.bound)).collect());

@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, StatsSource};
 use crate::config::ProxyConfig;
+use crate::dataplane::DataplaneOptions;
 use crate::registration::{DefinitionArgs, DefinitionError};
+use crate::workers::Workers;
 use crate::xds::client::{AdsClient, ClientOptions, Publisher, Refused, Subscriptions};
 use crate::xds::static_file::{self, StaticError};
 
@@ -122,20 +124,26 @@ where
     result
 }
 
-/// Runs a zone proxy with Meridian's data path ([`crate::dataplane::run`]) and its statistics
-/// on the admin server: what `zone-proxy run` does, callable in-process.
+/// Runs a zone proxy with Meridian's data path ([`crate::dataplane::run_with`]) and its
+/// statistics on the admin server: what `zone-proxy run` does, callable in-process. Connections
+/// are served on `workers` when given, else on the calling runtime.
 pub async fn run_proxy(
     source: ConfigSource,
     admin_listener: TcpListener,
+    workers: Option<Arc<Workers>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stats = crate::stats::Stats::new();
     let rendered = stats.clone();
+    let options = DataplaneOptions {
+        workers,
+        ..DataplaneOptions::default()
+    };
     run(
         source,
         admin_listener,
         Arc::new(move || rendered.render()),
-        move |config, stop| crate::dataplane::run(config, stats, stop),
+        move |config, stop| crate::dataplane::run_with(config, stats, stop, options),
         shutdown,
     )
     .await
@@ -184,13 +192,20 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The tokio runtime `--concurrency` asks for: that many worker threads, else one per CPU.
+    /// The runtime of the control side (xDS, SDS, the admin server, health checks): one thread;
+    /// the traffic runs on [`RunArgs::workers`].
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(threads) = self.concurrency {
-            builder.worker_threads(usize::from(threads));
-        }
-        builder.enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+
+    /// The data path's workers: `--concurrency` of them, else one per CPU.
+    pub fn workers(&self) -> std::io::Result<Workers> {
+        Workers::start(
+            self.concurrency
+                .map_or_else(Workers::default_count, usize::from),
+        )
     }
 
     /// The configuration source these flags describe; the proxy's definition, if they give one,

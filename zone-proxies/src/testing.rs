@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::*;
 use crate::dataplane::{run_with, DataplaneError, DataplaneOptions};
 use crate::stats::Stats;
+use crate::workers::Workers;
 
 /// A healthy endpoint of weight 1.
 pub fn endpoint(address: SocketAddr) -> Endpoint {
@@ -209,6 +210,19 @@ impl RunningDataplane {
     }
 
     pub fn start_with_drain(config: ProxyConfig, drain_timeout: Duration) -> RunningDataplane {
+        RunningDataplane::start_with(config, drain_timeout, None)
+    }
+
+    /// Connections served on `workers`' threads, as `zone-proxy run` serves them.
+    pub fn start_on_workers(config: ProxyConfig, workers: Arc<Workers>) -> RunningDataplane {
+        RunningDataplane::start_with(config, Duration::from_secs(5), Some(workers))
+    }
+
+    fn start_with(
+        config: ProxyConfig,
+        drain_timeout: Duration,
+        workers: Option<Arc<Workers>>,
+    ) -> RunningDataplane {
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let (bound_tx, bound) = watch::channel(BTreeMap::new());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -216,6 +230,7 @@ impl RunningDataplane {
         let options = DataplaneOptions {
             drain_timeout,
             bound: Some(bound_tx),
+            workers,
             ..Default::default()
         };
         let task = tokio::spawn(run_with(

@@ -345,3 +345,80 @@ async fn pooled_upstream_connections_close_with_their_endpoint_and_the_proxy() {
     );
     open_until(&b_open, "b's pooled connection to close", 0).await;
 }
+
+#[tokio::test]
+async fn worker_threads_serve_follow_updates_stop_accepting_and_drain() {
+    let (first, _) = http_server("first").await;
+    let (second, _) = http_server("second").await;
+    let (slow, _) = http_server_on(localhost(), "slow", Duration::from_millis(300)).await;
+    let routes = route_table(
+        "r",
+        vec![
+            forward_route("slow", "/slow", &[("slow", 1)]),
+            forward_route("all", "/", &[("app", 1)]),
+        ],
+    );
+    let workers = std::sync::Arc::new(zone_proxies::workers::Workers::start(2).unwrap());
+    let mut dp = RunningDataplane::start_on_workers(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("app", &[first.addr]))
+            .with_cluster(static_cluster("slow", &[slow.addr]))
+            .with_listener(listener(
+                "http",
+                localhost(),
+                vec![http_chain("http", http_manager("http", routes))],
+            )),
+        workers,
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    // Concurrent requests open several connections, accepted by either worker.
+    let answers = futures::future::join_all((0..40).map(|_| get(&c, addr, "/"))).await;
+    for answer in answers {
+        assert_eq!(answer.unwrap(), (200, "first".to_string()));
+    }
+
+    // An update reaches the connections the workers hold.
+    dp.update(|c| {
+        *c = c
+            .clone()
+            .with_cluster(static_cluster("app", &[second.addr]))
+    });
+    test_support::eventually(
+        "kept connections to see the new endpoint",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move { (get(&c, addr, "/").await.ok()?.1 == "second").then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Shutdown: every worker stops accepting, an in-flight request finishes.
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, addr, "/slow").await }
+    });
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the slow request to reach the upstream",
+        Duration::from_secs(5),
+        || {
+            let text = stats.render();
+            async move {
+                text.contains("envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"} 1")
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    dp.begin_shutdown();
+    assert_eq!(in_flight.await.unwrap().unwrap(), (200, "slow".to_string()));
+    dp.join().await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no worker accepts after shutdown"
+    );
+}

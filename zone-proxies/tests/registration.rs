@@ -9,6 +9,7 @@
 mod zone_cp;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -22,6 +23,7 @@ use test_support::relay::{Fault, FaultRelay};
 use tokio::sync::oneshot;
 use zone_cp::{ZoneCp, WAIT};
 use zone_proxies::run::{run_proxy, ConfigSource, RunArgs, RunError};
+use zone_proxies::workers::Workers;
 use zone_proxies::xds::client::ClientOptions;
 
 /// `zone-proxy run`'s flags.
@@ -43,7 +45,9 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_proxy(source, listener, async {
+        // Served on worker threads of its own, as `zone-proxy run` does.
+        let workers = Arc::new(Workers::start(2).unwrap());
+        let task = tokio::spawn(run_proxy(source, listener, Some(workers), async {
             let _ = stopped.await;
         }));
         Proxy { admin, stop, task }
