@@ -23,6 +23,7 @@ use crate::access_log::AccessLogs;
 use crate::config::ProxyConfig;
 use crate::runtime::Runtime;
 use crate::stats::Stats;
+use crate::woken_only::WokenOnly;
 use crate::workers::Workers;
 
 /// Where the data plane is in its life; connections watch it.
@@ -283,9 +284,15 @@ async fn accept_loop(
                     tokio::spawn(async move {
                         let _alive = ctx.alive;
                         let mut closed = ctx.drain.clone();
+                        // Polled only when the drain state changes, not at every wake-up of
+                        // the connection's task (several per request).
+                        let closed = WokenOnly::new(async move {
+                            let _ = closed.wait_for(|s| *s == DrainState::Closed).await;
+                        });
                         tokio::select! {
+                            biased;
                             _ = crate::downstream::serve_connection(name, stream, peer, ctx.runtime, ctx.drain) => {}
-                            _ = async { let _ = closed.wait_for(|s| *s == DrainState::Closed).await; } => {}
+                            _ = closed => {}
                         }
                     });
                 }

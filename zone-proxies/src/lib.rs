@@ -22,6 +22,7 @@ pub mod stats;
 pub mod testing;
 pub mod tls;
 pub mod upstream;
+pub mod woken_only;
 pub mod workers;
 pub mod xds;
 

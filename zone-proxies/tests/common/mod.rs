@@ -100,10 +100,12 @@ pub async fn http_server_on(
 }
 
 /// An HTTP/1.1 and HTTP/2 server on `addr` answering every request with `handler`.
-pub async fn serve_http<F, Fut>(addr: SocketAddr, handler: F) -> Server
+pub async fn serve_http<F, Fut, B>(addr: SocketAddr, handler: F) -> Server
 where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+    Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -126,6 +128,56 @@ where
         }
     });
     Server { addr, task }
+}
+
+/// An HTTP/1.1 and HTTP/2 server answering its `name` to every request, except
+/// `grpc.health.v1.Health/Check`, answered with the serving status held in the returned cell
+/// (1 SERVING, 2 NOT_SERVING), `grpc-status: 0` in the trailers. The status is the same for
+/// every `service` asked about.
+pub async fn grpc_health_server(name: &str) -> (Server, Arc<AtomicU16>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let serving = Arc::new(AtomicU16::new(1));
+    let name: Arc<str> = name.into();
+    let cell = serving.clone();
+    let server = serve_http(localhost(), move |req| {
+        let (name, serving) = (name.clone(), cell.clone());
+        async move {
+            let health = req.uri().path() == "/grpc.health.v1.Health/Check";
+            let _ = req.into_body().collect().await;
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = if health {
+                // HealthCheckResponse { status = 1 } in a gRPC frame.
+                let status = serving.load(Ordering::Relaxed) as u8;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                vec![
+                    Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 8, status]))),
+                    Ok(Frame::trailers(trailers)),
+                ]
+            } else {
+                vec![Ok(Frame::data(Bytes::from(name.to_string())))]
+            };
+            let mut res = http::Response::new(StreamBody::new(futures::stream::iter(frames)));
+            if health {
+                res.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    "application/grpc".parse().unwrap(),
+                );
+            }
+            res
+        }
+    })
+    .await;
+    (server, serving)
+}
+
+/// An HTTP server answering every request with the path and query it received.
+pub async fn path_server() -> Server {
+    serve_http("127.0.0.1:0".parse().unwrap(), |req| async move {
+        let path = req.uri().path_and_query().map(|p| p.to_string());
+        http::Response::new(Full::new(Bytes::from(path.unwrap_or_default())))
+    })
+    .await
 }
 
 pub async fn http_server(name: &str) -> (Server, Arc<AtomicU16>) {
