@@ -118,10 +118,19 @@ pub async fn run_with(
         runtime: runtime_rx,
         drain: drain_rx,
         alive: alive_tx,
-        workers: options.workers.clone(),
     };
+    // Not in the context every connection clones: the last holder drops the workers, which
+    // must not be one of their own tasks.
+    let workers = options.workers.as_deref();
     let initial = runtime_tx.borrow().clone();
-    reconcile(&mut listeners, &initial, &ctx, options.bound.as_ref()).await;
+    reconcile(
+        &mut listeners,
+        &initial,
+        &ctx,
+        workers,
+        options.bound.as_ref(),
+    )
+    .await;
     drop(initial);
 
     tokio::pin!(shutdown);
@@ -140,7 +149,7 @@ pub async fn run_with(
                 let built = Arc::new(Runtime::build(next, Some(&previous), &stats, &options.access_logs));
                 runtime_tx.send_replace(built.clone());
                 built.clusters.close_departed(&previous.clusters);
-                reconcile(&mut listeners, &built, &ctx, options.bound.as_ref()).await;
+                reconcile(&mut listeners, &built, &ctx, workers, options.bound.as_ref()).await;
             }
         }
     }
@@ -171,7 +180,6 @@ struct AcceptContext {
     runtime: watch::Receiver<Arc<Runtime>>,
     drain: watch::Receiver<DrainState>,
     alive: mpsc::Sender<()>,
-    workers: Option<Arc<Workers>>,
 }
 
 /// Starts accepting on `socket`: on every worker when there are workers (each registers a
@@ -182,8 +190,9 @@ fn spawn_accept_loops(
     name: &Arc<str>,
     stop: &watch::Receiver<bool>,
     ctx: &AcceptContext,
+    workers: Option<&Workers>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let Some(workers) = &ctx.workers else {
+    let Some(workers) = workers else {
         return Ok(vec![tokio::spawn(accept_loop(
             name.clone(),
             socket,
@@ -211,6 +220,7 @@ async fn reconcile(
     running: &mut HashMap<String, RunningListener>,
     runtime: &Runtime,
     ctx: &AcceptContext,
+    workers: Option<&Workers>,
     bound: Option<&watch::Sender<BTreeMap<String, SocketAddr>>>,
 ) {
     // Stop listeners that went away or moved (their connections carry on).
@@ -245,7 +255,7 @@ async fn reconcile(
         let bound_addr = socket.local_addr().unwrap_or(listener.address);
         let (stop, stop_rx) = watch::channel(false);
         let name_arc: Arc<str> = name.as_str().into();
-        let tasks = match spawn_accept_loops(socket, &name_arc, &stop_rx, ctx) {
+        let tasks = match spawn_accept_loops(socket, &name_arc, &stop_rx, ctx, workers) {
             Ok(tasks) => tasks,
             Err(e) => {
                 tracing::error!(listener = %name, address = %bound_addr, error = %e, "cannot share the listening socket with the workers; retried on the next update");
