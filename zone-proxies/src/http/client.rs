@@ -418,7 +418,11 @@ async fn connect(
         }
         Ok(Checkout::H2(sender))
     } else {
-        let (sender, connection) = http1::handshake(TokioIo::new(conn)).await?;
+        // One `write` per request from one buffer, as on the downstream side (see `http::serve`).
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(conn))
+            .await?;
         let name = cluster.name().to_string();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
