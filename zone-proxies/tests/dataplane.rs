@@ -69,6 +69,22 @@ async fn a_connect_failure_moves_on_to_the_next_endpoint() {
     assert!(failed >= 1, "the dead endpoint was tried: {failed}");
 }
 
+/// Waits until `cluster` has exactly one request with its upstream (5 s at most).
+async fn one_request_active(dp: &RunningDataplane, cluster: &str) {
+    let wanted = format!("envoy_cluster_upstream_rq_active{{envoy_cluster_name=\"{cluster}\"}} 1");
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || {
+            let found = stats.render().contains(&wanted);
+            async move { found.then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn config_updates_keep_established_connections() {
     let first = echo_server().await;
@@ -148,20 +164,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let c = client();
     let in_flight = tokio::spawn(async move { get(&c, addr, "/").await });
     // Shut down once the request is with the upstream.
-    let stats = dp.stats.clone();
-    test_support::eventually(
-        "the request to reach the upstream",
-        Duration::from_secs(5),
-        || {
-            let text = stats.render();
-            async move {
-                text.contains("envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"} 1")
-                    .then_some(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    one_request_active(&dp, "slow").await;
     dp.begin_shutdown();
     let (status, body) = in_flight.await.unwrap().unwrap();
     assert_eq!((status, body.as_str()), (200, "slow"));
@@ -400,20 +403,7 @@ async fn worker_threads_serve_follow_updates_stop_accepting_and_drain() {
         let c = c.clone();
         async move { get(&c, addr, "/slow").await }
     });
-    let stats = dp.stats.clone();
-    test_support::eventually(
-        "the slow request to reach the upstream",
-        Duration::from_secs(5),
-        || {
-            let text = stats.render();
-            async move {
-                text.contains("envoy_cluster_upstream_rq_active{envoy_cluster_name=\"slow\"} 1")
-                    .then_some(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    one_request_active(&dp, "slow").await;
     dp.begin_shutdown();
     assert_eq!(in_flight.await.unwrap().unwrap(), (200, "slow".to_string()));
     dp.join().await.unwrap();
