@@ -331,11 +331,7 @@ async fn pooled_upstream_connections_close_with_their_endpoint_and_the_proxy() {
             static_cluster("backend", &[b.addr]).into(),
         );
     });
-    test_support::eventually("b serving", Duration::from_secs(5), || async {
-        (get(&c, addr, "/").await.ok()?.1 == "b").then_some(())
-    })
-    .await
-    .unwrap();
+    until_answered_by(&c, addr, "b", "b serving").await;
     open_until(&a_open, "a's pooled connection to close", 0).await;
     assert_eq!(b_open.load(std::sync::atomic::Ordering::SeqCst), 1);
     drop(c);
@@ -387,16 +383,13 @@ async fn worker_threads_serve_follow_updates_stop_accepting_and_drain() {
             .clone()
             .with_cluster(static_cluster("app", &[second.addr]))
     });
-    test_support::eventually(
+    until_answered_by(
+        &c,
+        addr,
+        "second",
         "kept connections to see the new endpoint",
-        Duration::from_secs(5),
-        || {
-            let c = c.clone();
-            async move { (get(&c, addr, "/").await.ok()?.1 == "second").then_some(()) }
-        },
     )
-    .await
-    .unwrap();
+    .await;
 
     // Shutdown: every worker stops accepting, an in-flight request finishes.
     let in_flight = tokio::spawn({

@@ -254,30 +254,12 @@ async fn priority_failover_follows_health_checks_and_comes_back() {
         assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "preferred".into()));
     }
     preferred.stop().await;
-    test_support::eventually(
-        "traffic to move to priority 1",
-        Duration::from_secs(5),
-        || {
-            let c = c.clone();
-            async move { (get(&c, addr, "/").await.ok()?.1 == "fallback").then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
+    until_answered_by(&c, addr, "fallback", "traffic to move to priority 1").await;
     for _ in 0..20 {
         assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "fallback".into()));
     }
     let (_back, _) = http_server_on(preferred_addr, "preferred", Duration::ZERO).await;
-    test_support::eventually(
-        "traffic to return to priority 0",
-        Duration::from_secs(5),
-        || {
-            let c = c.clone();
-            async move { (get(&c, addr, "/").await.ok()?.1 == "preferred").then_some(()) }
-        },
-    )
-    .await
-    .unwrap();
+    until_answered_by(&c, addr, "preferred", "traffic to return to priority 0").await;
     for _ in 0..20 {
         assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "preferred".into()));
     }

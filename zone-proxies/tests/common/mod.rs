@@ -203,6 +203,16 @@ pub async fn get(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Waits (5 s at most) until a GET of `/` at `addr` is answered with `body`; panics naming
+/// `what` otherwise.
+pub async fn until_answered_by(client: &TestClient, addr: SocketAddr, body: &str, what: &str) {
+    test_support::eventually(what, Duration::from_secs(5), || async {
+        (get(client, addr, "/").await.ok()?.1 == body).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Sends `msg` on `stream` and reads the echo.
 pub async fn echo(
     stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin),
