@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod filters;
+pub mod h1;
 pub mod redirect;
 pub mod route;
 
@@ -900,7 +901,7 @@ async fn forward_with_retries(
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream connect failed");
                 (Outcome::ConnectFailure, None)
             }
-            Err(SendError::Http(e)) => {
+            Err(e @ (SendError::Http(_) | SendError::H1(_))) => {
                 tracing::debug!(cluster = %cluster.name(), error = %e, "upstream request failed");
                 cluster.record_outcome(&host, Outcome::Reset);
                 (Outcome::Reset, None)

@@ -345,6 +345,72 @@ async fn pooled_upstream_connections_close_with_their_endpoint_and_the_proxy() {
     open_until(&b_open, "b's pooled connection to close", 0).await;
 }
 
+/// An upstream that closes a keep-alive connection after answering on it (a server's short
+/// keep-alive timeout): the proxy notices while the connection is idle in its pool and closes
+/// its side at once, rather than keep it (CLOSE_WAIT, counted active) until the next request
+/// finds it; the next request gets a new connection.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closes_while_idle_is_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let accepting = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let upstream = accepting.local_addr().unwrap();
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut s, _)) = accepting.accept().await else {
+                return;
+            };
+            let mut closing = closing.clone();
+            conns.spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbye!")
+                    .await;
+                let _ = closing.wait_for(|close| *close).await;
+            });
+        }
+    });
+    let _upstream = Server::new(upstream, task);
+    let routes = route_table("r", vec![forward_route("all", "/", &[("backend", 1)])]);
+    let dp = RunningDataplane::start(
+        ProxyConfig::default()
+            .with_cluster(static_cluster("backend", &[upstream]))
+            .with_listener(listener(
+                "http",
+                localhost(),
+                vec![http_chain("http", http_manager("http", routes))],
+            )),
+    );
+    let addr = dp.addr("http").await;
+    let c = client();
+    assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "bye!".into()));
+    let active = "envoy_cluster_upstream_cx_active{envoy_cluster_name=\"backend\"}";
+    assert_eq!(stat(&dp.stats.render(), active), 1);
+    close.send_replace(true);
+    let stats = dp.stats.clone();
+    test_support::eventually(
+        "the proxy to close the connection the upstream closed",
+        Duration::from_secs(5),
+        || {
+            let open = stat(&stats.render(), active);
+            async move { (open == 0).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    close.send_replace(false);
+    assert_eq!(get(&c, addr, "/").await.unwrap(), (200, "bye!".into()));
+    dp.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn worker_threads_serve_follow_updates_stop_accepting_and_drain() {
     let (first, _) = http_server("first").await;

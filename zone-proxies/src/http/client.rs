@@ -1,14 +1,11 @@
 //! Upstream HTTP: connections pooled per endpoint (on the endpoint's [`Host`], so a pool lives
 //! as long as the endpoint stays in its cluster), made with the cluster's TCP/TLS connect from
-//! [`crate::upstream`] and hyper's connection API. A change of the cluster's TLS or protocol
-//! settings empties the pool.
+//! [`crate::upstream`]. A change of the cluster's TLS or protocol settings empties the pool.
 //!
-//! HTTP/1.1 connections are used one request at a time and come back to the pool when the
-//! response body is finished (one dropped half-read is closed); HTTP/2 (the cluster says so,
-//! or the TLS peer chose `h2` by ALPN) shares one connection per endpoint. Each connection
-//! runs in a task of its own: driving an HTTP/1.1 connection from the request's task instead
-//! (no task per connection) was measured slower, 0.84 to 0.93 x the requests/s
-//! (docs/benchmarks.md).
+//! HTTP/1.1 connections ([`super::h1`]) are used one request at a time, from the request's
+//! own task, and come back to the pool when the response body is finished (one dropped
+//! half-read is closed). HTTP/2 (the cluster says so, or the TLS peer chose `h2` by ALPN)
+//! shares one hyper connection per endpoint, which runs in a task of its own.
 //!
 //! When no idle connection is at hand the request joins the endpoint's pending queue (over the
 //! cluster's `max_pending_requests` it is refused: 503, `upstream_rq_pending_overflow`) and the
@@ -23,28 +20,34 @@
 //!
 //! A pool is closed ([`EndpointPool::close`]) when its endpoint leaves the cluster and when
 //! the proxy stops: its connections close as soon as they are idle, so the upstream (often
-//! the next proxy, draining) is not left holding them. Each connection's task holds its
-//! endpoint, which holds the pool, so without closing they would live as long as the upstream
-//! kept them open.
+//! the next proxy, draining) is not left holding them. Each connection holds its endpoint,
+//! which holds the pool, so without closing they would live as long as the upstream kept them
+//! open.
+//!
+//! Dropping an HTTP/1.1 connection takes its pool's lock (to count it out, see
+//! [`OpenConnection`]), so no connection is dropped while that lock is held: what the pool
+//! lets go of under the lock is kept in a local declared before the guard, and dropped after
+//! it.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
+use super::h1::{self, H1Error};
 use crate::config::{EndpointAddress, UpstreamProtocol};
-use crate::upstream::{ConnectError, Host, UpstreamCluster};
+use crate::upstream::{ConnectError, Host, UpstreamCluster, UpstreamConn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -77,16 +80,16 @@ pub fn authority(address: &EndpointAddress) -> String {
     }
 }
 
-/// An HTTP/1.1 upstream connection: the request side of it (the connection runs in a task of
-/// its own).
+/// An HTTP/1.1 upstream connection, counted in its pool's `open` while it lives.
 pub struct H1Conn {
-    sender: http1::SendRequest<Body>,
+    conn: h1::Connection<UpstreamConn>,
+    open: OpenConnection,
 }
 
 impl H1Conn {
     /// Ready for a request, or `None` when the connection is unusable (closed while idle).
-    async fn ready(mut self) -> Option<H1Conn> {
-        self.sender.ready().await.ok().map(|()| self)
+    fn ready(mut self) -> Option<H1Conn> {
+        self.conn.is_usable().then_some(self)
     }
 }
 
@@ -114,17 +117,26 @@ struct PoolState {
     at_limit: bool,
     /// The endpoint left its cluster or the proxy stopped: nothing is pooled any more.
     closed: bool,
+    /// The waker of the task watching the idle connections ([`watch_idle`]), once it ran.
+    idle_watcher: Option<Waker>,
+    /// A [`watch_idle`] task runs.
+    watching: bool,
 }
 
 impl PoolState {
-    /// Empties the pool for new settings, keeping what outlives them.
-    fn reset(&mut self, settings: u64) {
+    /// Empties the pool for new settings, keeping what outlives them; returns the idle
+    /// connections, to be dropped once the lock is released.
+    fn reset(&mut self, settings: u64) -> Vec<(Instant, H1Conn)> {
+        let idle = std::mem::take(&mut self.idle);
         *self = PoolState {
             settings,
             open: self.open,
             closed: self.closed,
+            idle_watcher: self.idle_watcher.take(),
+            watching: self.watching,
             ..Default::default()
         };
+        idle
     }
 }
 
@@ -138,6 +150,32 @@ impl PoolState {
             }
         }
         Some(handoff)
+    }
+
+    /// Keeps `conn` among the idle connections, watched for the upstream closing it (see
+    /// [`watch_idle`]); gives it back, to be closed, when the pool is full or closed.
+    fn keep_idle(&mut self, host: &Arc<Host>, mut conn: H1Conn) -> Option<H1Conn> {
+        if self.idle.len() >= MAX_IDLE_PER_ENDPOINT || self.closed {
+            return Some(conn);
+        }
+        match &self.idle_watcher {
+            // The watcher is woken if the upstream closes it.
+            Some(watcher) => {
+                if conn.conn.poll_unusable(&mut Context::from_waker(watcher)) {
+                    return Some(conn);
+                }
+            }
+            // The watcher's first run looks at every idle connection, this one too.
+            None if self.watching => {}
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    self.watching = true;
+                    runtime.spawn(watch_idle(host.clone()));
+                }
+            }
+        }
+        self.idle.push((Instant::now(), conn));
+        None
     }
 
     fn live_waiters(&mut self) -> usize {
@@ -164,12 +202,12 @@ impl EndpointPool {
     }
 
     /// A connection whose response is finished: to the oldest waiting request, else idle.
-    fn give_back(&self, settings: u64, idle_limit: Duration, conn: H1Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, host: &Arc<Host>, settings: u64, idle_limit: Duration, conn: H1Conn) {
+        // Dropped after the guard (see the module doc).
+        let mut closing: Vec<H1Conn> = Vec::new();
         let mut state = self.lock();
         if state.settings != settings || state.closed {
+            closing.push(conn);
             return;
         }
         let conn = match state.hand_to_waiter(Handoff::Conn(Checkout::H1(conn))) {
@@ -178,15 +216,13 @@ impl EndpointPool {
         };
         // The newest idle connection is used first, so the oldest may sit past its idle
         // timeout: each give-back looks at the oldest one and closes it when its idle timeout
-        // has passed or its connection has ended.
-        if let Some((since, oldest)) = state.idle.first() {
-            if since.elapsed() > idle_limit || oldest.sender.is_closed() {
-                state.idle.remove(0);
+        // has passed.
+        if let Some((since, _)) = state.idle.first() {
+            if since.elapsed() > idle_limit {
+                closing.push(state.idle.remove(0).1);
             }
         }
-        if state.idle.len() < MAX_IDLE_PER_ENDPOINT {
-            state.idle.push((Instant::now(), conn));
-        }
+        closing.extend(state.keep_idle(host, conn));
     }
 
     /// The endpoint was ejected by outlier detection: requests waiting for a connection to it
@@ -201,9 +237,14 @@ impl EndpointPool {
     /// connections nobody will use until its idle timeout); a request still using this
     /// endpoint gets a connection of its own.
     pub fn close(&self) {
+        // Dropped after the guard (see the module doc).
+        let mut closing = Vec::new();
         let mut state = self.lock();
         state.closed = true;
-        state.idle.clear();
+        std::mem::swap(&mut closing, &mut state.idle);
+        if let Some(watcher) = state.idle_watcher.take() {
+            watcher.wake();
+        }
         state.h2 = None;
         while state.hand_to_waiter(Handoff::Ejected).is_none() {}
     }
@@ -220,6 +261,50 @@ impl EndpointPool {
     }
 }
 
+/// Watches `host`'s idle HTTP/1.1 connections: woken when one of them may have become
+/// unusable (the upstream closed it, or sent something unasked), it closes those, so that a
+/// connection the upstream closed is not kept open on this side (CLOSE_WAIT, counted in
+/// `upstream_cx_active`) until the next request finds it. A connection taken for a request
+/// is watched by that request instead. Ends when the pool is closed (or its runtime stops:
+/// the next connection to go idle starts another).
+async fn watch_idle(host: Arc<Host>) {
+    /// Marks the pool unwatched when the watcher ends, however it ends.
+    struct Watching(Arc<Host>);
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            let mut state = self.0.http_pool.lock();
+            state.watching = false;
+            state.idle_watcher = None;
+        }
+    }
+    let watching = Watching(host);
+    std::future::poll_fn(|cx| {
+        // Dropped after the guard (see the module doc).
+        let mut closing = Vec::new();
+        let mut state = watching.0.http_pool.lock();
+        if state.closed {
+            return Poll::Ready(());
+        }
+        let mut i = 0;
+        while i < state.idle.len() {
+            if state.idle[i].1.conn.poll_unusable(cx) {
+                closing.push(state.idle.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        if !state
+            .idle_watcher
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.idle_watcher = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Why a request got no response from upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -227,6 +312,8 @@ pub enum SendError {
     Connect(#[from] ConnectError),
     #[error("upstream request: {0}")]
     Http(#[from] hyper::Error),
+    #[error("upstream request: {0}")]
+    H1(#[from] H1Error),
     /// No response headers within the per-try timeout, counted from when the request was sent
     /// on a connection (as Envoy does: connecting is bounded by the connect timeout instead).
     #[error("upstream request: per-try timeout")]
@@ -237,10 +324,13 @@ pub enum SendError {
 }
 
 /// Waits for `response` (a request already handed to a connection) for at most `per_try`.
-async fn within<T>(
+async fn within<T, E>(
     per_try: Option<Duration>,
-    response: impl Future<Output = Result<T, hyper::Error>>,
-) -> Result<T, SendError> {
+    response: impl Future<Output = Result<T, E>>,
+) -> Result<T, SendError>
+where
+    SendError: From<E>,
+{
     match per_try {
         Some(limit) => tokio::time::timeout(limit, response)
             .await
@@ -268,10 +358,12 @@ pub async fn checkout(
         if host.http_pool.lock().closed {
             return connect(cluster, host, false).await;
         }
+        // Dropped after the guard (see the module doc).
+        let mut closing = Vec::new();
         let next = {
             let mut state = host.http_pool.lock();
             if state.settings != settings {
-                state.reset(settings);
+                closing = state.reset(settings);
             }
             if let Some(h2) = state.h2.as_ref().filter(|s| !s.is_closed()) {
                 return Ok(Checkout::H2(h2.clone()));
@@ -298,12 +390,13 @@ pub async fn checkout(
                 }
             }
         };
+        drop(closing);
         let waiting = match next {
             Ok((since, conn)) => {
-                // A connection given back as its response ended may need a moment to be
-                // ready again; one closed meanwhile is dropped and the next one tried.
+                // One closed or past its idle timeout meanwhile is dropped and the next one
+                // tried.
                 if since.elapsed() <= idle_limit {
-                    if let Some(conn) = conn.ready().await {
+                    if let Some(conn) = conn.ready() {
                         return Ok(Checkout::H1(conn));
                     }
                 }
@@ -313,7 +406,7 @@ pub async fn checkout(
         };
         match waiting.await {
             Ok(Handoff::Conn(Checkout::H1(conn))) => {
-                if let Some(conn) = conn.ready().await {
+                if let Some(conn) = conn.ready() {
                     return Ok(Checkout::H1(conn));
                 }
             }
@@ -348,6 +441,8 @@ fn start_connects(state: &mut PoolState, cluster: &Arc<UpstreamCluster>, host: &
         let (cluster, host) = (cluster.clone(), host.clone());
         tokio::spawn(async move {
             let result = connect(&cluster, &host, over_limit_ok).await;
+            // Dropped after the guard (see the module doc).
+            let mut closing = Vec::new();
             let mut state = host.http_pool.lock();
             if state.settings != cluster.settings_version {
                 return;
@@ -364,9 +459,7 @@ fn start_connects(state: &mut PoolState, cluster: &Arc<UpstreamCluster>, host: &
                     if let Some(Handoff::Conn(Checkout::H1(conn))) =
                         state.hand_to_waiter(Handoff::Conn(checkout))
                     {
-                        if state.idle.len() < MAX_IDLE_PER_ENDPOINT && !state.closed {
-                            state.idle.push((Instant::now(), conn));
-                        }
+                        closing.extend(state.keep_idle(&host, conn));
                     }
                     // HTTP/2: one connection serves every waiting request.
                     if let Some(h2) = state.h2.clone() {
@@ -418,19 +511,10 @@ async fn connect(
         }
         Ok(Checkout::H2(sender))
     } else {
-        // One `write` per request from one buffer, as on the downstream side (see `http::serve`).
-        let (sender, connection) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(conn))
-            .await?;
-        let name = cluster.name().to_string();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(cluster = %name, error = %e, "upstream HTTP/1.1 connection ended");
-            }
-            drop(open);
-        });
-        Ok(Checkout::H1(H1Conn { sender }))
+        Ok(Checkout::H1(H1Conn {
+            conn: h1::Connection::new(conn),
+            open,
+        }))
     }
 }
 
@@ -493,22 +577,13 @@ impl Drop for PendingRequest<'_> {
 /// A response whose body keeps its connection leased until finished or dropped.
 pub type Upstream = Response<Body>;
 
-/// An upstream response body holding the caller's `guard` until it is dropped; over HTTP/1.1 it
-/// also gives its connection back to the pool when dropped after its end (a body dropped
-/// half-read closes the connection).
-struct UpstreamBody<G> {
+/// An HTTP/2 response body holding the caller's `guard` until it is dropped.
+struct H2Body<G> {
     body: Incoming,
-    /// The body was read to its end (a chunked body says so only by ending).
-    done: bool,
-    /// The HTTP/1.1 connection (`None` over HTTP/2).
-    conn: Option<H1Conn>,
-    host: Arc<Host>,
-    settings: u64,
-    idle_limit: Duration,
     _guard: G,
 }
 
-impl<G: Unpin> hyper::body::Body for UpstreamBody<G> {
+impl<G: Unpin> hyper::body::Body for H2Body<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -516,12 +591,9 @@ impl<G: Unpin> hyper::body::Body for UpstreamBody<G> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.done = true;
-        }
-        frame.map(|f| f.map(|r| r.map_err(BoxError::from)))
+        Pin::new(&mut self.body)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -533,20 +605,87 @@ impl<G: Unpin> hyper::body::Body for UpstreamBody<G> {
     }
 }
 
-impl<G> Drop for UpstreamBody<G> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.done || self.body.is_end_stream() {
-                self.host
-                    .http_pool
-                    .give_back(self.settings, self.idle_limit, conn);
+/// An HTTP/1.1 response body read from its connection, holding the caller's `guard` until it
+/// is dropped. The connection goes back to the pool as soon as the body has ended (also when
+/// a body that has none is dropped unread); a body dropped half-read closes it.
+struct H1Body<G> {
+    /// `None` once the connection went back to the pool.
+    reading: Option<(h1::ResponseBody<UpstreamConn>, OpenConnection)>,
+    host: Arc<Host>,
+    settings: u64,
+    idle_limit: Duration,
+    _guard: G,
+}
+
+impl<G> H1Body<G> {
+    fn give_back(&mut self) {
+        if let Some((body, open)) = self.reading.take() {
+            if let Some(conn) = body.into_reusable() {
+                self.host.http_pool.give_back(
+                    &self.host,
+                    self.settings,
+                    self.idle_limit,
+                    H1Conn { conn, open },
+                );
             }
         }
     }
 }
 
+impl<G: Unpin> hyper::body::Body for H1Body<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some((body, _)) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(body.poll_data(cx)) {
+            Some(Ok(data)) => {
+                if body.is_end() {
+                    this.give_back();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                // The connection is not reused after a broken body.
+                this.reading = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                this.give_back();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reading.as_ref().is_none_or(|(body, _)| body.is_end())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reading.as_ref() {
+            None => SizeHint::with_exact(0),
+            Some((body, _)) => body
+                .remaining()
+                .map(SizeHint::with_exact)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl<G> Drop for H1Body<G> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// Sends `request` (origin-form URI, `Host` header set) on `conn`, a connection to `host`
-/// from [`checkout`], waiting at most `per_try` for the response once it is sent. The
+/// from [`checkout`], waiting at most `per_try` for the response head once it is sent. The
 /// response body holds `guard` until it is finished or dropped (one boxed body, no wrapper).
 pub async fn send<G: Send + Unpin + 'static>(
     conn: Checkout,
@@ -575,39 +714,24 @@ pub async fn send<G: Send + Unpin + 'static>(
                 .unwrap_or_default();
             *request.version_mut() = http::Version::HTTP_2;
             let response = within(per_try, sender.send_request(request)).await?;
-            let settings = cluster.settings_version;
-            let host = host.clone();
             Ok(response.map(move |body| {
-                UpstreamBody {
+                H2Body {
                     body,
-                    done: false,
-                    conn: None,
-                    host,
-                    settings,
-                    idle_limit: DEFAULT_IDLE,
                     _guard: guard,
                 }
                 .boxed_unsync()
             }))
         }
-        Checkout::H1(mut conn) => {
-            *request.version_mut() = http::Version::HTTP_11;
-            let response = within(per_try, conn.sender.send_request(request)).await?;
-            let settings = cluster.settings_version;
-            let idle_limit = idle_limit(cluster);
-            let host = host.clone();
-            Ok(response.map(move |body| {
-                UpstreamBody {
-                    body,
-                    done: false,
-                    conn: Some(conn),
-                    host,
-                    settings,
-                    idle_limit,
-                    _guard: guard,
-                }
-                .boxed_unsync()
-            }))
+        Checkout::H1(H1Conn { conn, open }) => {
+            let (parts, body) = within(per_try, conn.send(request)).await?;
+            let body = H1Body {
+                reading: Some((body, open)),
+                host: host.clone(),
+                settings: cluster.settings_version,
+                idle_limit: idle_limit(cluster),
+                _guard: guard,
+            };
+            Ok(Response::from_parts(parts, body.boxed_unsync()))
         }
     }
 }
