@@ -76,7 +76,7 @@ cleanup() {
     fi
     rm -rf "$dir"
     if [[ -n "${REMOVE_IMAGES:-}" ]]; then
-        for bin in global-cp zone-cp zone-proxy demo-app meshctl; do
+        for bin in global-cp zone-cp zone-proxy demo-app meshctl fault-relay; do
             docker rmi "meridian/$bin:$tag" >/dev/null 2>&1 || true
         done
     fi
