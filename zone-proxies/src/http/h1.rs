@@ -3,8 +3,9 @@
 //! parsed with `httparse` from the connection's read buffer, and the response body is read
 //! by the body itself as the downstream connection polls it, framed by content-length,
 //! chunked encoding or the connection's end (RFC 9112 section 6). There is no task per
-//! connection and no channel between the request and its connection, which is where most
-//! of a proxied request's cost went with hyper's client connection (docs/benchmarks.md).
+//! connection and no channel between the request and its connection: 4,500 fewer
+//! instructions per proxied request than with hyper's client connection, 0.95-0.98 x its CPU
+//! per request (docs/benchmarks.md).
 //!
 //! Interim (1xx) responses are skipped; `101 Switching Protocols` is refused, as upgrades are
 //! not proxied (`Upgrade` is a hop-by-hop header). A connection is reusable after a response
