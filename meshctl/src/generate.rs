@@ -455,67 +455,58 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
             ]),
         );
 
-        // The ingress listens on the interzone network, where other zones' egresses reach it.
-        let ingress = format!("{zone}-ingress");
-        let mut args = proxy_base(&zone, "ingress", &ingress);
-        args.extend([
-            "--address".to_owned(),
-            subnets.ingress_ip(k),
-            "--port".to_owned(),
-            INGRESS_PORT.to_string(),
-        ]);
-        services.insert(
-            s(ingress.clone()),
-            map([
-                ("image", image(tag, "zone-proxy")),
-                ("user", user()),
-                ("command", list(args)),
-                ("volumes", list([token_volume(&ingress)])),
-                (
-                    "networks",
-                    map([
-                        (zone.as_str(), Value::Null),
-                        (
-                            "interzone",
-                            map([("ipv4_address", s(subnets.ingress_ip(k)))]),
-                        ),
-                    ]),
-                ),
-                ("depends_on", healthy(&cp)),
-                ("stop_grace_period", s(PROXY_STOP_GRACE)),
-            ]),
-        );
-
-        // The egress listens on the zone's network, where its sidecars reach it.
-        let egress = format!("{zone}-egress");
-        let mut args = proxy_base(&zone, "egress", &egress);
-        args.extend([
-            "--address".to_owned(),
-            subnets.zone_ip(k, 4),
-            "--port".to_owned(),
-            EGRESS_PORT.to_string(),
-        ]);
-        services.insert(
-            s(egress.clone()),
-            map([
-                ("image", image(tag, "zone-proxy")),
-                ("user", user()),
-                ("command", list(args)),
-                ("volumes", list([token_volume(&egress)])),
-                (
-                    "networks",
-                    map([
-                        (
-                            zone.as_str(),
-                            map([("ipv4_address", s(subnets.zone_ip(k, 4)))]),
-                        ),
-                        ("interzone", Value::Null),
-                    ]),
-                ),
-                ("depends_on", healthy(&cp)),
-                ("stop_grace_period", s(PROXY_STOP_GRACE)),
-            ]),
-        );
+        // The zone's ingress and egress: one proxy image and set of settings, each listening
+        // where its traffic comes from. The ingress is on the interzone network, where other
+        // zones' egresses reach it; the egress is on the zone's network, where its sidecars
+        // reach it.
+        let edges = [
+            (
+                "ingress",
+                subnets.ingress_ip(k),
+                INGRESS_PORT,
+                map([
+                    (zone.as_str(), Value::Null),
+                    (
+                        "interzone",
+                        map([("ipv4_address", s(subnets.ingress_ip(k)))]),
+                    ),
+                ]),
+            ),
+            (
+                "egress",
+                subnets.zone_ip(k, 4),
+                EGRESS_PORT,
+                map([
+                    (
+                        zone.as_str(),
+                        map([("ipv4_address", s(subnets.zone_ip(k, 4)))]),
+                    ),
+                    ("interzone", Value::Null),
+                ]),
+            ),
+        ];
+        for (mode, address, port, networks) in edges {
+            let name = format!("{zone}-{mode}");
+            let mut args = proxy_base(&zone, mode, &name);
+            args.extend([
+                "--address".to_owned(),
+                address,
+                "--port".to_owned(),
+                port.to_string(),
+            ]);
+            services.insert(
+                s(name.clone()),
+                map([
+                    ("image", image(tag, "zone-proxy")),
+                    ("user", user()),
+                    ("command", list(args)),
+                    ("volumes", list([token_volume(&name)])),
+                    ("networks", networks),
+                    ("depends_on", healthy(&cp)),
+                    ("stop_grace_period", s(PROXY_STOP_GRACE)),
+                ]),
+            );
+        }
 
         for (i, service) in demo_services(k, zones).into_iter().enumerate() {
             let name = format!("{service}-{zone}");
