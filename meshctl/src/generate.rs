@@ -29,6 +29,7 @@ use crate::config::Settings;
 use crate::endpoints::Endpoints;
 use crate::fsutil::write_atomic;
 use crate::process::{self, Signal};
+use crate::yaml_value::{map, s, strings};
 
 /// Arguments of `meshctl generate compose`.
 #[derive(Debug, Clone, clap::Args)]
@@ -183,22 +184,6 @@ pub fn proxies(zones: u32) -> Vec<(u32, String, &'static str)> {
     out
 }
 
-fn s(v: impl Into<String>) -> Value {
-    Value::String(v.into())
-}
-
-fn list<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Value {
-    Value::Sequence(items.into_iter().map(|i| s(i)).collect())
-}
-
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    let mut m = Mapping::new();
-    for (k, v) in entries {
-        m.insert(s(k), v);
-    }
-    Value::Mapping(m)
-}
-
 fn image(tag: &str, bin: &str) -> Value {
     s(format!("meridian/{bin}:{tag}"))
 }
@@ -279,7 +264,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                     "command",
                     // Zones dial `global`: the KDS certificate must name it (the CA stays the one
                     // made at generation time; only the server certificate is reissued if needed).
-                    list([
+                    strings([
                         "--data-dir",
                         "/var/lib/meridian/global",
                         "--kds-hostname",
@@ -288,11 +273,11 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 ),
                 (
                     "volumes",
-                    list(["./secrets/global:/var/lib/meridian/global"]),
+                    strings(["./secrets/global:/var/lib/meridian/global"]),
                 ),
                 // The API on an ephemeral host port (`docker-compose port global 5681`).
-                ("ports", list([format!("127.0.0.1::{API_PORT}")])),
-                ("networks", list(["control"])),
+                ("ports", strings([format!("127.0.0.1::{API_PORT}")])),
+                ("networks", strings(["control"])),
             ]),
         );
         healthy("global")
@@ -310,7 +295,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                     ("user", user()),
                     (
                         "command",
-                        list([
+                        strings([
                             "--data-dir",
                             "/var/lib/meridian/global",
                             "--node-id",
@@ -327,13 +312,13 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                     ),
                     (
                         "volumes",
-                        list([
+                        strings([
                             format!("./secrets/{name}:/var/lib/meridian/global"),
                             "./secrets/global-kds:/var/lib/meridian/kds".to_owned(),
                             "./secrets/global-raft-certs:/etc/meridian/raft:ro".to_owned(),
                         ]),
                     ),
-                    ("ports", list([format!("127.0.0.1::{API_PORT}")])),
+                    ("ports", strings([format!("127.0.0.1::{API_PORT}")])),
                     (
                         "networks",
                         map([(
@@ -357,7 +342,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 ("user", user()),
                 (
                     "command",
-                    list([
+                    strings([
                         "--config".to_owned(),
                         format!("/etc/meridian/{GLOBAL_INIT_CONFIG}"),
                         "apply".to_owned(),
@@ -367,14 +352,14 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 ),
                 (
                     "volumes",
-                    list([
+                    strings([
                         format!(
                             "./secrets/{GLOBAL_INIT_CONFIG}:/etc/meridian/{GLOBAL_INIT_CONFIG}:ro"
                         ),
                         format!("./secrets/{GLOBAL_RESOURCES}:/etc/meridian/{GLOBAL_RESOURCES}:ro"),
                     ]),
                 ),
-                ("networks", list(["control"])),
+                ("networks", strings(["control"])),
                 // Healthy nodes elect a leader within a second; a write waits up to 10 s for one.
                 ("depends_on", Value::Mapping(ready)),
             ]),
@@ -414,7 +399,24 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
         .map(|a| a.to_string())
         .collect()
     };
-    let token_volume = |name: &str| format!("./secrets/tokens/{name}.token:/etc/meridian/token:ro");
+    // Every zone proxy (ingress, egress, sidecar) is the same image, token mount, dependency on
+    // its zone CP and stop grace; they differ in their arguments and networks.
+    let proxy_service = |zone: &str, name: &str, args: Vec<String>, networks: Value| {
+        map([
+            ("image", image(tag, "zone-proxy")),
+            ("user", user()),
+            ("command", strings(args)),
+            (
+                "volumes",
+                strings([format!(
+                    "./secrets/tokens/{name}.token:/etc/meridian/token:ro"
+                )]),
+            ),
+            ("networks", networks),
+            ("depends_on", healthy(&format!("{zone}-cp"))),
+            ("stop_grace_period", s(PROXY_STOP_GRACE)),
+        ])
+    };
 
     for k in 1..=zones {
         let zone = zone_name(k);
@@ -427,7 +429,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 ("user", user()),
                 (
                     "command",
-                    list([
+                    strings([
                         "--zone",
                         &zone,
                         "--mode",
@@ -444,13 +446,13 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 ),
                 (
                     "volumes",
-                    list([
+                    strings([
                         format!("./secrets/{zone}:/var/lib/meridian/zone"),
                         format!("{kds_ca}:/etc/meridian/kds-ca.crt:ro"),
                         format!("./secrets/tokens/{zone}.token:/etc/meridian/zone.token:ro"),
                     ]),
                 ),
-                ("networks", list(["control".to_owned(), zone.clone()])),
+                ("networks", strings(["control".to_owned(), zone.clone()])),
                 ("depends_on", zone_cp_depends.clone()),
             ]),
         );
@@ -494,18 +496,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                 "--port".to_owned(),
                 port.to_string(),
             ]);
-            services.insert(
-                s(name.clone()),
-                map([
-                    ("image", image(tag, "zone-proxy")),
-                    ("user", user()),
-                    ("command", list(args)),
-                    ("volumes", list([token_volume(&name)])),
-                    ("networks", networks),
-                    ("depends_on", healthy(&cp)),
-                    ("stop_grace_period", s(PROXY_STOP_GRACE)),
-                ]),
-            );
+            services.insert(s(name.clone()), proxy_service(&zone, &name, args, networks));
         }
 
         for (i, service) in demo_services(k, zones).into_iter().enumerate() {
@@ -527,21 +518,8 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
             if service == "frontend" {
                 args.extend(["--outbound".to_owned(), format!("backend={OUTBOUND_PORT}")]);
             }
-            services.insert(
-                s(name.clone()),
-                map([
-                    ("image", image(tag, "zone-proxy")),
-                    ("user", user()),
-                    ("command", list(args)),
-                    ("volumes", list([token_volume(&name)])),
-                    (
-                        "networks",
-                        map([(zone.as_str(), map([("ipv4_address", s(address))]))]),
-                    ),
-                    ("depends_on", healthy(&cp)),
-                    ("stop_grace_period", s(PROXY_STOP_GRACE)),
-                ]),
-            );
+            let networks = map([(zone.as_str(), map([("ipv4_address", s(address))]))]);
+            services.insert(s(name.clone()), proxy_service(&zone, &name, args, networks));
             // The app shares its sidecar's network namespace: the sidecar's inbound forwards to
             // 127.0.0.1:8080 and the app reaches its outbounds on 127.0.0.1.
             services.insert(
@@ -551,7 +529,7 @@ pub fn compose_yaml_on(zones: u32, global_nodes: u32, tag: &str, prefix: &str) -
                     ("user", user()),
                     (
                         "command",
-                        list([
+                        strings([
                             "serve",
                             "--listen",
                             &format!("127.0.0.1:{APP_PORT}"),

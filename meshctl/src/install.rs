@@ -16,6 +16,8 @@
 
 use serde_yaml::{Mapping, Value};
 
+use crate::yaml_value::{list, map, n, s};
+
 /// Arguments of `meshctl install control-plane`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlPlaneArgs {
@@ -85,26 +87,6 @@ pub const GLOBAL_KDS_SECRET: &str = "meridian-global-kds";
 pub const GLOBAL_RAFT_SECRET: &str = "meridian-global-raft-tls";
 pub const ZONE_TOKEN_SECRET: &str = "meridian-zone-token";
 pub const KDS_CA_SECRET: &str = "meridian-kds-ca";
-
-fn s(v: impl Into<String>) -> Value {
-    Value::String(v.into())
-}
-
-fn n(v: u64) -> Value {
-    Value::Number(v.into())
-}
-
-fn list(items: impl IntoIterator<Item = Value>) -> Value {
-    Value::Sequence(items.into_iter().collect())
-}
-
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    let mut m = Mapping::new();
-    for (k, v) in entries {
-        m.insert(s(k), v);
-    }
-    Value::Mapping(m)
-}
 
 fn is_dns_label(text: &str) -> bool {
     !text.is_empty()

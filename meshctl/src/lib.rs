@@ -21,6 +21,7 @@ pub mod output;
 pub mod process;
 pub mod types;
 pub mod up;
+mod yaml_value;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

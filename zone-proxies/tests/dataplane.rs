@@ -351,7 +351,7 @@ async fn pooled_upstream_connections_close_with_their_endpoint_and_the_proxy() {
 /// finds it; the next request gets a new connection.
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closes_while_idle_is_closed_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let accepting = tokio::net::TcpListener::bind(localhost()).await.unwrap();
     let upstream = accepting.local_addr().unwrap();
     let (close, closing) = tokio::sync::watch::channel(false);
@@ -363,13 +363,8 @@ async fn a_pooled_connection_the_upstream_closes_while_idle_is_closed_at_once() 
             };
             let mut closing = closing.clone();
             conns.spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbye!")

@@ -203,19 +203,14 @@ async fn stalling_server() -> std::net::SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\nfirst bytes")
                     .await;
                 // Hold the connection until the peer closes it.
-                let _ = s.read(&mut buf).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });

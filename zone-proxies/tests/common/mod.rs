@@ -224,6 +224,20 @@ pub async fn echo(
     Ok(buf)
 }
 
+/// Reads from `stream` until the end of an HTTP/1.1 request head (`\r\n\r\n`); false if the
+/// peer closed or failed first. Bytes past the head are read and discarded.
+pub async fn read_request_head(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// Whether the peer closed `stream` (EOF or reset) within 5 s.
 pub async fn closed(stream: &mut (impl AsyncReadExt + Unpin)) -> bool {
     let mut buf = [0u8; 16];
