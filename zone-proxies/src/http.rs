@@ -473,7 +473,10 @@ async fn act(
                 return local_reply(503, "no cluster");
             };
             log.cluster = Some(cluster.clone());
-            let request = UpstreamRequest::new(parts, body, route, forward, &cluster).await;
+            let mut request = UpstreamRequest::new(parts, body, route, forward, &cluster);
+            if forward.retry.as_ref().is_some_and(|r| r.num_retries > 0) {
+                request.buffer_for_retries().await;
+            }
             let route_timeout = forward.timeout.filter(|t| !t.is_zero());
             let idle = forward.idle_timeout.filter(|t| !t.is_zero());
             let result = {
@@ -616,7 +619,9 @@ struct UpstreamRequest {
 const RETRY_BUFFER_LIMIT: usize = 1 << 20;
 
 impl UpstreamRequest {
-    async fn new(
+    /// Not async, so the (rare) body buffering's future is not part of every request's: it
+    /// would be held, and copied, in each of the request's enclosing futures.
+    fn new(
         parts: http::request::Parts,
         body: Incoming,
         route: route::MatchedRoute<'_>,
@@ -686,25 +691,37 @@ impl UpstreamRequest {
             UpstreamProtocol::Http2 => Version::HTTP_2,
             UpstreamProtocol::Downstream => Version::HTTP_11,
         };
-        let retries = forward.retry.as_ref().is_some_and(|r| r.num_retries > 0);
-        let small = hyper::body::Body::size_hint(&body)
-            .upper()
-            .is_some_and(|n| n as usize <= RETRY_BUFFER_LIMIT);
-        let body = if retries && small {
-            match body.collect().await {
-                Ok(collected) => Ok(collected.to_bytes()),
-                Err(_) => Ok(Bytes::new()),
-            }
-        } else {
-            Err(Some(body))
-        };
         UpstreamRequest {
             method: parts.method,
             uri,
             version,
             headers,
             hash,
-            body,
+            body: Err(Some(body)),
+        }
+    }
+
+    /// Reads a body of at most [`RETRY_BUFFER_LIMIT`] bytes into memory so that the request
+    /// can be sent again; a larger (or unknown-length) body stays streamed, sent once.
+    async fn buffer_for_retries(&mut self) {
+        let Err(Some(body)) = &self.body else {
+            return;
+        };
+        let small = hyper::body::Body::size_hint(body)
+            .upper()
+            .is_some_and(|n| n as usize <= RETRY_BUFFER_LIMIT);
+        if !small {
+            return;
+        }
+        // A body that failed to arrive is sent empty (the request then fails upstream).
+        let Err(Some(body)) = std::mem::replace(&mut self.body, Ok(Bytes::new())) else {
+            return;
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            return;
+        }
+        if let Ok(collected) = body.collect().await {
+            self.body = Ok(collected.to_bytes());
         }
     }
 

@@ -324,11 +324,12 @@ pub enum SendError {
 }
 
 /// Waits for `response` (a request already handed to a connection) for at most `per_try`.
-async fn within<T, E>(
-    per_try: Option<Duration>,
-    response: impl Future<Output = Result<T, E>>,
-) -> Result<T, SendError>
+/// `response` is pinned where the caller made it: an async fn that took the future by value
+/// would hold it twice (as its argument and as what it awaits), and every future it is nested
+/// in, up to the connection's, would be that much larger and copied whole when made.
+async fn within<T, E, F>(per_try: Option<Duration>, response: Pin<&mut F>) -> Result<T, SendError>
 where
+    F: Future<Output = Result<T, E>>,
     SendError: From<E>,
 {
     match per_try {
@@ -713,7 +714,7 @@ pub async fn send<G: Send + Unpin + 'static>(
                 .parse()
                 .unwrap_or_default();
             *request.version_mut() = http::Version::HTTP_2;
-            let response = within(per_try, sender.send_request(request)).await?;
+            let response = within(per_try, std::pin::pin!(sender.send_request(request))).await?;
             Ok(response.map(move |body| {
                 H2Body {
                     body,
@@ -723,7 +724,7 @@ pub async fn send<G: Send + Unpin + 'static>(
             }))
         }
         Checkout::H1(H1Conn { conn, open }) => {
-            let (parts, body) = within(per_try, conn.send(request)).await?;
+            let (parts, body) = within(per_try, std::pin::pin!(conn.send(request))).await?;
             let body = H1Body {
                 reading: Some((body, open)),
                 host: host.clone(),

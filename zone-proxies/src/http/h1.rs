@@ -11,6 +11,7 @@
 //! not proxied (`Upgrade` is a hop-by-hop header). A connection is reusable after a response
 //! whose body ended by its framing, unless either side said `Connection: close`.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -117,13 +118,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Sends `request` (origin-form target; `Host` among its headers) and reads the response
     /// head. The response body is read through the returned [`ResponseBody`], which owns the
     /// connection until the body ends.
-    pub async fn send(
+    ///
+    /// The head is encoded before the returned future is made, so that future holds only the
+    /// connection and the body, not the request's parts: it is nested in each of the request's
+    /// futures, which are copied whole when made (docs/data-path.md).
+    pub fn send(
         mut self,
         request: Request<Body>,
+    ) -> impl Future<Output = Result<(http::response::Parts, ResponseBody<T>), H1Error>> {
+        let (parts, body) = request.into_parts();
+        let framing = request_framing(&parts, &body).inspect(|&framing| {
+            encode_head(&mut self.write, &parts, framing);
+        });
+        self.exchange(body, framing, parts.method == Method::HEAD)
+    }
+
+    /// [`Connection::send`] once the head is in the write buffer: writes it with the body and
+    /// reads the response head.
+    async fn exchange(
+        mut self,
+        mut body: Body,
+        framing: Result<RequestFraming, H1Error>,
+        head_request: bool,
     ) -> Result<(http::response::Parts, ResponseBody<T>), H1Error> {
-        let (parts, mut body) = request.into_parts();
-        let framing = request_framing(&parts, &body)?;
-        encode_head(&mut self.write, &parts, framing);
+        let framing = framing?;
         let chunked = matches!(framing, RequestFraming::Chunked);
         let mut sent: u64 = 0;
         if !body.is_end_stream() {
@@ -185,7 +203,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             _ => {}
         }
         self.flush_write().await?;
-        let head_request = parts.method == Method::HEAD;
         loop {
             if let Some(head) = self.parse_head(head_request)? {
                 let (parts, state, keep_alive) = head;
