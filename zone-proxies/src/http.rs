@@ -713,7 +713,7 @@ impl UpstreamRequest {
         if !small {
             return;
         }
-        // A body that failed to arrive is sent empty (the request then fails upstream).
+        // A body that could not be read (the client reset mid-body) goes upstream empty.
         let Err(Some(body)) = std::mem::replace(&mut self.body, Ok(Bytes::new())) else {
             return;
         };
