@@ -8,7 +8,8 @@
 //! `dataplane::run` via `zone_proxies::testing::RunningDataplane`), so its CPU is its own, as
 //! HAProxy's is, and its resident memory (VmRSS) is a process figure, idle and right after the
 //! saturation phase. Per target: requests/s at saturation (closed loop, `BENCH_CONNS`
-//! connections, default 16), then latency at a fixed 1,000 req/s (open loop: a dedicated OS
+//! connections, default 16) with the proxy's CPU per request and this process's (the
+//! generator's and the upstream's: what the proxy costs its peers), then latency at a fixed 1,000 req/s (open loop: a dedicated OS
 //! thread paces request `i` to `start + i/rate` and hands it to the first free connection of
 //! 8; latency from when it was due, p50/p99 over all requests, and how late sends were). Ratios
 //! to direct and to HAProxy follow, then TCP throughput (256 MiB one way) direct and through
@@ -406,21 +407,26 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// CPU time process `pid` has used, all its threads, user and system, in clock ticks
+/// (`/proc/<pid>/stat`).
+fn cpu_ticks_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the
+    // 13th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum()
+}
+
 impl ProxyProcess {
-    /// CPU time the process has used, user and system, in clock ticks (`/proc/<pid>/stat`).
+    /// CPU time the process has used, user and system, in clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is the 12th, stime the
-        // 13th.
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<u64> = after_name
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        fields.iter().sum()
+        cpu_ticks_of(self.child.id())
     }
 
     /// Resident memory in MiB (`VmRSS`).
@@ -712,6 +718,9 @@ struct Row {
     rps: f64,
     /// The proxy process's CPU time (user and system) per request at saturation.
     cpu_us_per_request: Option<f64>,
+    /// This process's (the load generator's and the upstream's) CPU time per request at
+    /// saturation: with both CPUs busy, what a proxy costs its peers shows here.
+    generator_us_per_request: f64,
     latency: Latency,
     rss_idle: Option<f64>,
     rss_load: Option<f64>,
@@ -944,11 +953,15 @@ fn main() {
         let mut rps = vec![0.0; targets.len()];
         // The proxy process's CPU time over its saturation phases, and the requests it served.
         let mut cpu_ticks = vec![0u64; targets.len()];
+        let mut generator_ticks = vec![0u64; targets.len()];
         let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
         for _ in 0..rounds {
             for (i, (_, addr, process)) in targets.iter().enumerate() {
                 let before = process.map(ProxyProcess::cpu_ticks);
+                let generator_before = cpu_ticks_of(std::process::id());
                 rps[i] += saturation(*addr, connections, slice).await / rounds as f64;
+                generator_ticks[i] +=
+                    cpu_ticks_of(std::process::id()).saturating_sub(generator_before);
                 if let (Some(p), Some(before)) = (process, before) {
                     cpu_ticks[i] += p.cpu_ticks().saturating_sub(before);
                 }
@@ -982,6 +995,8 @@ fn main() {
                 cpu_us_per_request: targets[i].2.map(|_| {
                     cpu_ticks[i] as f64 / ticks_per_s * 1e6 / (rps[i] * duration.as_secs_f64())
                 }),
+                generator_us_per_request: generator_ticks[i] as f64 / ticks_per_s * 1e6
+                    / (rps[i] * duration.as_secs_f64()),
                 latency: samples.summary(),
                 rss_idle: rss_idle[i],
                 rss_load: rss_load[i],
@@ -989,17 +1004,18 @@ fn main() {
             .collect();
 
         println!(
-            "{:<40} {:>9} {:>8} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
-            "target", "req/s", "CPU us/rq", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
+            "{:<40} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
+            "target", "req/s", "CPU us/rq", "gen us/rq", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
         );
         let mib = |v: Option<f64>| v.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "-".into());
         for r in &rows {
             let [lag50, lag99, lag_max] = r.latency.lag_us;
             println!(
-                "{:<40} {:>9.0} {:>8} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
+                "{:<40} {:>9.0} {:>8} {:>9.1} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
                 r.name,
                 r.rps,
                 r.cpu_us_per_request.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+                r.generator_us_per_request,
                 r.latency.p50_us,
                 r.latency.p99_us,
                 format!("{lag50:.0}/{lag99:.0}/{lag_max:.0}"),
@@ -1009,8 +1025,9 @@ fn main() {
             );
         }
         println!(
-            "  (latency from when each request was due; direct is the generator's and upstream's own share, \
-             so 'added' below is target minus direct; lag: how late sends were, us)"
+            "  (gen: the load generator's and upstream's CPU per request at saturation; latency from when each \
+             request was due; direct is the generator's and upstream's own share, so 'added' below is target \
+             minus direct; lag: how late sends were, us)"
         );
         let direct = &rows[0];
         let haproxy_row = rows.iter().find(|r| r.name.starts_with("haproxy"));
@@ -1026,9 +1043,11 @@ fn main() {
                 let h50 = h.latency.p50_us - direct.latency.p50_us;
                 let h99 = h.latency.p99_us - direct.latency.p99_us;
                 line += &format!(
-                    "; vs haproxy: throughput {:.2} x, CPU per request {:.2} x, added p50 {:.2} x, added p99 {:.2} x",
+                    "; vs haproxy: throughput {:.2} x, CPU per request {:.2} x, generator CPU per request {:.2} x, \
+                     added p50 {:.2} x, added p99 {:.2} x",
                     r.rps / h.rps,
                     r.cpu_us_per_request.unwrap_or(f64::NAN) / h.cpu_us_per_request.unwrap_or(f64::NAN),
+                    r.generator_us_per_request / h.generator_us_per_request,
                     added_p50 / h50,
                     added_p99 / h99
                 );
