@@ -16,6 +16,15 @@ use crate::{ChangeEvent, ChangeKind, ListQuery, ResourceStore, StoreError, Watch
 /// How long any single awaited condition may take before the check fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The sled database of a store's directory, opened directly (a test that damages it). Waits
+/// as [`crate::SledStore::open`] does for the lock that a store just closed still holds for a
+/// moment from sled's background threads, which a plain `sled::open` would fail on.
+pub fn open_sled_db(path: &std::path::Path) -> sled::Db {
+    let capacity = crate::SledStoreOptions::default().cache_capacity;
+    crate::sled_store::open_sled(path, capacity, "a test's sled database")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A mesh-scoped test resource (a MeshTimeout) with labels.
 pub fn resource(name: &str, mesh: &str, labels: &[(&str, &str)]) -> Resource {
     let mut r = Resource::new(name, Some(mesh), Spec::empty(ResourceType::MeshTimeout));

@@ -73,7 +73,7 @@ fn a_directory_with_foreign_files_is_refused() {
 fn another_sled_database_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let db = sled::open(dir.path()).expect("sled");
+        let db = testing::open_sled_db(dir.path());
         db.insert("someone", "else").expect("insert");
         db.flush().expect("flush");
     }
@@ -85,7 +85,7 @@ async fn a_newer_format_version_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     populated(dir.path(), 2).await;
     {
-        let db = sled::open(dir.path()).expect("sled");
+        let db = testing::open_sled_db(dir.path());
         let meta = db.open_tree("meta").expect("meta tree");
         meta.insert("format_version", &(FORMAT_VERSION + 1).to_be_bytes())
             .expect("insert");
@@ -157,7 +157,7 @@ async fn a_corrupt_record_is_reported_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     populated(dir.path(), 3).await;
     {
-        let db = sled::open(dir.path()).expect("sled");
+        let db = testing::open_sled_db(dir.path());
         let resources = db.open_tree("resources").expect("resources tree");
         let (key, _) = resources
             .iter()
