@@ -24,7 +24,6 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Versio
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -188,7 +187,8 @@ impl ConnShared {
 }
 
 /// Serves HTTP on `io` until the client closes, the idle timeout passes, or the dataplane
-/// drains (in-flight requests finish first).
+/// drains (in-flight requests finish first). HTTP/1.1 is served by [`h1::server`]; a
+/// connection that negotiated `h2` by ALPN, or opens with HTTP/2's preface, by hyper.
 pub async fn serve(
     io: Box<dyn IoObj>,
     ctx: Arc<ConnContext>,
@@ -198,6 +198,7 @@ pub async fn serve(
 ) {
     let idle = handler_idle(&handler);
     let current = runtime.borrow_and_update().clone();
+    let h2_by_alpn = ctx.alpn.as_deref() == Some(b"h2".as_slice());
     let shared = Arc::new(ConnShared {
         ctx,
         initial: handler.clone(),
@@ -212,6 +213,31 @@ pub async fn serve(
             last_ms: AtomicU64::new(now_ms()),
         },
     });
+    // Polled only when the drain state changed, not at every wake-up of the connection.
+    let mut drained = crate::woken_only::WokenOnly::new(async move {
+        let _ = drain.wait_for(|s| *s != DrainState::Serving).await;
+    });
+    let io = if h2_by_alpn {
+        io
+    } else {
+        let conn = &*shared;
+        match h1::server::serve(io, |req| handle(req, conn), idle, &mut drained).await {
+            h1::server::Served::Closed => return,
+            h1::server::Served::Http2(io, read) => {
+                Box::new(crate::downstream::Prefixed::new(read, io)) as Box<dyn IoObj>
+            }
+        }
+    };
+    serve_h2(io, shared, idle, drained).await;
+}
+
+/// Serves HTTP/2 on `io` with hyper.
+async fn serve_h2<D: Future<Output = ()> + Unpin>(
+    io: Box<dyn IoObj>,
+    shared: Arc<ConnShared>,
+    idle: Option<Duration>,
+    mut drained: D,
+) {
     let service = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -219,6 +245,13 @@ pub async fn serve(
             async move {
                 let activity = &shared.activity;
                 activity.active.fetch_add(1, Ordering::Relaxed);
+                let req = req.map(|body| {
+                    if hyper::body::Body::is_end_stream(&body) {
+                        Body::default()
+                    } else {
+                        body.map_err(BoxError::from).boxed_unsync()
+                    }
+                });
                 let response = handle(req, &shared).await;
                 activity.active.fetch_sub(1, Ordering::Relaxed);
                 activity.last_ms.store(now_ms(), Ordering::Relaxed);
@@ -226,27 +259,12 @@ pub async fn serve(
             }
         })
     };
-    // The auto builder detects HTTP/2 by its connection preface (ALPN `h2` clients send it).
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No header read timeout (hyper's default is 30 s once a timer is set): it arms a timer
-    // per request. Envoy's `request_headers_timeout` is off by default too; the connection's
-    // idle timeout still closes connections that send nothing. Head and body are written with
-    // one `write` from one buffer rather than a `writev` of several: measured 0.91 x the CPU
-    // per request at saturation (docs/benchmarks.md).
-    builder
-        .http1()
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .writev(false);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let activity = &shared.activity;
     let mut draining = false;
-    // Polled only when the drain state changed, not at every wake-up of the connection.
-    let mut drained = crate::woken_only::WokenOnly::new(async move {
-        let _ = drain.wait_for(|s| *s != DrainState::Serving).await;
-    });
     loop {
         let wake = match idle {
             Some(idle) if activity.active.load(Ordering::Relaxed) == 0 && !draining => {
@@ -320,7 +338,7 @@ struct RequestLine {
 }
 
 impl RequestLine {
-    fn of(req: &Request<Incoming>) -> RequestLine {
+    fn of(req: &Request<Body>) -> RequestLine {
         RequestLine {
             start_time: SystemTime::now(),
             started: Instant::now(),
@@ -337,7 +355,7 @@ impl RequestLine {
     }
 }
 
-async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
+async fn handle(req: Request<Body>, conn: &ConnShared) -> Response<Body> {
     let (rt, handler) = conn.current();
     let ctx = &*conn.ctx;
     let stats = &handler.stats;
@@ -379,7 +397,7 @@ async fn handle(req: Request<Incoming>, conn: &ConnShared) -> Response<Body> {
 }
 
 async fn route_request(
-    req: Request<Incoming>,
+    req: Request<Body>,
     conn: &ConnShared,
     handler: &HttpHandler,
     rt: &Arc<Runtime>,
@@ -437,7 +455,7 @@ async fn route_request(
 async fn act(
     route: route::MatchedRoute<'_>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: Body,
     conn: &ConnShared,
     handler: &HttpHandler,
     rt: &Arc<Runtime>,
@@ -612,7 +630,7 @@ struct UpstreamRequest {
     /// The request's place on a hash ring (ring hash clusters only, else random).
     hash: Option<u64>,
     /// `Ok` buffered (retries possible), `Err` streamed once.
-    body: Result<Bytes, Option<Incoming>>,
+    body: Result<Bytes, Option<Body>>,
 }
 
 /// Bodies are buffered for retries up to this size (Envoy's default buffer limit is 1 MiB).
@@ -623,7 +641,7 @@ impl UpstreamRequest {
     /// would be held, and copied, in each of the request's enclosing futures.
     fn new(
         parts: http::request::Parts,
-        body: Incoming,
+        body: Body,
         route: route::MatchedRoute<'_>,
         forward: &Forward,
         cluster: &UpstreamCluster,
@@ -736,16 +754,7 @@ impl UpstreamRequest {
             Ok(bytes) => Full::new(bytes.clone())
                 .map_err(|e| match e {})
                 .boxed_unsync(),
-            Err(incoming) => match incoming.take() {
-                // No body (a GET, say): an empty body boxes without allocating.
-                Some(b) if hyper::body::Body::is_end_stream(&b) => http_body_util::Empty::new()
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-                Some(b) => b.map_err(BoxError::from).boxed_unsync(),
-                None => Full::new(Bytes::new())
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            },
+            Err(streamed) => streamed.take().unwrap_or_default(),
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();

@@ -921,3 +921,152 @@ async fn http2_health_checks_speak_http2_and_send_their_headers() {
     assert_eq!(seen.lock().unwrap()[0], "backend");
     assert_eq!(get(&client(), addr, "/").await.unwrap(), (200, "h2".into()));
 }
+
+/// Reads one HTTP/1.1 response with a content-length body from `stream`: its head (status
+/// line and headers, lower-cased names) and its body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before a response head: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&seen[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut body = seen[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, String::from_utf8_lossy(&body).to_string())
+}
+
+/// The downstream HTTP/1.1 server: request bodies framed by content-length and by chunked
+/// encoding reach the upstream whole on one kept-alive connection (also through a route with
+/// retries, which buffers them), `Expect: 100-continue` is answered by the proxy, a bad head
+/// gets 400 naming what is wrong, and a client speaking HTTP/2 with prior knowledge is served
+/// on the same listener.
+#[tokio::test]
+async fn downstream_request_bodies_expect_continue_bad_heads_and_http2() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = serve_http(
+        localhost(),
+        |req: http::Request<hyper::body::Incoming>| async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let text = format!(
+                "{} {} {:?} expect={:?} {}",
+                parts.method,
+                parts.uri.path(),
+                parts.version,
+                parts.headers.get("expect"),
+                String::from_utf8_lossy(&body)
+            );
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)))
+        },
+    )
+    .await;
+    let mut retried = forward_route("retried", "/retried", &[("echo", 1)]);
+    if let RouteAction::Forward(f) = &mut retried.action {
+        f.retry = Some(RetryPolicy {
+            retry_on: RetryOn {
+                five_xx: true,
+                ..Default::default()
+            },
+            num_retries: 2,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            retriable_status_codes: Vec::new(),
+        });
+    }
+    let routes = route_table(
+        "r",
+        vec![retried, forward_route("all", "/", &[("echo", 1)])],
+    );
+    let dp = RunningDataplane::start(
+        http_config(http_manager("http", routes))
+            .with_cluster(static_cluster("echo", &[upstream.addr])),
+    );
+    let addr = dp.addr("http").await;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, "POST /a HTTP/1.1 expect=None hello");
+
+    stream
+        .write_all(b"PUT /retried HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (interim, rest) = read_response(&mut stream).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(rest, "");
+    stream
+        .write_all(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, "PUT /retried HTTP/1.1 expect=None Wikipedia");
+
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.starts_with("invalid request head"), "{body}");
+    assert!(closed(&mut stream).await);
+
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        h2.request(
+            http::Request::post(format!("http://{addr}/h2"))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"over h2",
+                )))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = {
+        use http_body_util::BodyExt;
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert_eq!(body, "POST /h2 HTTP/1.1 expect=None over h2");
+    let stats = dp.stats.render();
+    assert_eq!(
+        stat(
+            &stats,
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"echo\"}"
+        ),
+        3,
+        "{stats}"
+    );
+}

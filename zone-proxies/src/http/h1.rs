@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::client::{Body, BoxError};
 
+pub mod server;
+
 /// The largest response head accepted (Envoy's default header limit is 60 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
 
@@ -70,6 +72,149 @@ pub struct Connection<T> {
     write: Vec<u8>,
 }
 
+/// Reads more into `read`: `Ready(Ok(0))` at the end of the stream.
+fn poll_fill<T: AsyncRead + Unpin>(
+    io: &mut T,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < READ_RESERVE / 4 {
+        read.reserve(READ_RESERVE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
+}
+
+/// Writes what `write` holds, then flushes (TLS keeps what the socket did not take yet).
+async fn flush_write<T: AsyncWrite + Unpin>(io: &mut T, write: &mut Vec<u8>) -> io::Result<()> {
+    if !write.is_empty() {
+        io.write_all(write).await?;
+        write.clear();
+    }
+    io.flush().await
+}
+
+/// Why a message body could not be written whole.
+#[derive(Debug)]
+enum WriteBodyError {
+    Write(io::Error),
+    /// The body itself failed (its sender reset, say).
+    Body(BoxError),
+    /// More than the content-length.
+    Longer,
+    /// Less than the content-length.
+    Shorter,
+}
+
+/// Writes `body` after the head already in `write`, framed as `framing` says, and flushes.
+/// What the body has ready joins the buffer; the buffer is written before waiting for more,
+/// so a slow body still streams, and a small message goes out in one `write`.
+async fn write_body<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    write: &mut Vec<u8>,
+    body: &mut Body,
+    framing: Framing,
+) -> Result<(), WriteBodyError> {
+    let chunked = matches!(framing, Framing::Chunked);
+    let mut sent: u64 = 0;
+    if !body.is_end_stream() {
+        loop {
+            let frame =
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
+                    .await
+                {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        flush_write(io, write)
+                            .await
+                            .map_err(WriteBodyError::Write)?;
+                        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                    }
+                };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => return Err(WriteBodyError::Body(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers are not forwarded over HTTP/1.1.
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if let Framing::Length(n) = framing {
+                if sent > n {
+                    return Err(WriteBodyError::Longer);
+                }
+            }
+            if chunked {
+                write.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            if data.len() >= WRITE_GATHER / 2 {
+                flush_write(io, write)
+                    .await
+                    .map_err(WriteBodyError::Write)?;
+                io.write_all(&data).await.map_err(WriteBodyError::Write)?;
+            } else {
+                write.extend_from_slice(&data);
+            }
+            if chunked {
+                write.extend_from_slice(b"\r\n");
+            }
+            if write.len() >= WRITE_GATHER {
+                flush_write(io, write)
+                    .await
+                    .map_err(WriteBodyError::Write)?;
+            }
+        }
+    }
+    match framing {
+        Framing::Chunked => write.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(n) if sent != n => return Err(WriteBodyError::Shorter),
+        _ => {}
+    }
+    flush_write(io, write).await.map_err(WriteBodyError::Write)
+}
+
+/// Where a header's name and value lie in a head: offsets and lengths, so that the values can
+/// share the head's bytes once it is split off the read buffer (httparse's slices borrow it).
+#[derive(Clone, Copy, Default)]
+struct HeaderSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The spans of `headers`, parsed by httparse from `buf`, into `spans`; their count.
+fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut [HeaderSpan]) -> usize {
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = HeaderSpan {
+            name: (name as u32, h.name.len() as u32),
+            value: (value as u32, h.value.len() as u32),
+        };
+    }
+    headers.len().min(spans.len())
+}
+
+/// The header map of `head`, its values sharing the head's bytes.
+fn header_map(head: &Bytes, spans: &[HeaderSpan]) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let (start, len) = (span.name.0 as usize, span.name.1 as usize);
+        let name = &head[start..start + len];
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| format!("header name {:?}", String::from_utf8_lossy(name)))?;
+        let (start, len) = (span.value.0 as usize, span.value.1 as usize);
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
+            .map_err(|_| format!("header {name} value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     pub fn new(io: T) -> Connection<T> {
         Connection {
@@ -91,28 +236,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         !self.read.is_empty() || self.poll_fill(cx).is_ready()
     }
 
-    /// Reads more into the read buffer: `Ready(Ok(0))` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_RESERVE / 4 {
-            self.read.reserve(READ_RESERVE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        poll_fill(&mut self.io, &mut self.read, cx)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
-
-    async fn flush_write(&mut self) -> Result<(), H1Error> {
-        if !self.write.is_empty() {
-            self.io
-                .write_all(&self.write)
-                .await
-                .map_err(H1Error::Write)?;
-            self.write.clear();
-        }
-        // TLS keeps what the socket did not take yet until flushed.
-        self.io.flush().await.map_err(H1Error::Write)
     }
 
     /// Sends `request` (origin-form target; `Host` among its headers) and reads the response
@@ -138,71 +267,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     async fn exchange(
         mut self,
         mut body: Body,
-        framing: Result<RequestFraming, H1Error>,
+        framing: Result<Framing, H1Error>,
         head_request: bool,
     ) -> Result<(http::response::Parts, ResponseBody<T>), H1Error> {
         let framing = framing?;
-        let chunked = matches!(framing, RequestFraming::Chunked);
-        let mut sent: u64 = 0;
-        if !body.is_end_stream() {
-            loop {
-                // What the body has ready joins the buffer; the buffer is written before
-                // waiting for more, so a slow body still streams.
-                let frame = match std::future::poll_fn(|cx| {
-                    Poll::Ready(Pin::new(&mut body).poll_frame(cx))
-                })
-                .await
-                {
-                    Poll::Ready(frame) => frame,
-                    Poll::Pending => {
-                        self.flush_write().await?;
-                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-                    }
-                };
-                let data = match frame {
-                    None => break,
-                    Some(Err(e)) => return Err(H1Error::RequestBody(e)),
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => data,
-                        // Trailers are not forwarded over HTTP/1.1.
-                        Err(_) => continue,
-                    },
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                sent += data.len() as u64;
-                if let RequestFraming::Length(n) = framing {
-                    if sent > n {
-                        return Err(H1Error::Request("body longer than its content-length"));
-                    }
-                }
-                if chunked {
-                    self.write
-                        .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                }
-                if data.len() >= WRITE_GATHER / 2 {
-                    self.flush_write().await?;
-                    self.io.write_all(&data).await.map_err(H1Error::Write)?;
-                } else {
-                    self.write.extend_from_slice(&data);
-                }
-                if chunked {
-                    self.write.extend_from_slice(b"\r\n");
-                }
-                if self.write.len() >= WRITE_GATHER {
-                    self.flush_write().await?;
-                }
-            }
-        }
-        match framing {
-            RequestFraming::Chunked => self.write.extend_from_slice(b"0\r\n\r\n"),
-            RequestFraming::Length(n) if sent != n => {
-                return Err(H1Error::Request("body shorter than its content-length"))
-            }
-            _ => {}
-        }
-        self.flush_write().await?;
+        write_body(&mut self.io, &mut self.write, &mut body, framing)
+            .await
+            .map_err(|e| match e {
+                WriteBodyError::Write(e) => H1Error::Write(e),
+                WriteBodyError::Body(e) => H1Error::RequestBody(e),
+                WriteBodyError::Longer => H1Error::Request("body longer than its content-length"),
+                WriteBodyError::Shorter => H1Error::Request("body shorter than its content-length"),
+            })?;
         loop {
             if let Some(head) = self.parse_head(head_request)? {
                 let (parts, state, keep_alive) = head;
@@ -255,34 +331,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Some(0) => Version::HTTP_10,
                 _ => Version::HTTP_11,
             };
-            // Where each header lies in the head, so the values can share its bytes once the
-            // head is split off the buffer (httparse's slices borrow the buffer).
-            let base = self.read.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let count = response.headers.len();
-            for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *span = (
-                    name as u32,
-                    h.name.len() as u32,
-                    value as u32,
-                    h.value.len() as u32,
-                );
-            }
+            let mut spans = [HeaderSpan::default(); MAX_HEADERS];
+            let count = header_spans(&self.read, response.headers, &mut spans);
             let head = self.read.split_to(len).freeze();
-            let mut map = HeaderMap::with_capacity(count);
-            for &(name, name_len, value, value_len) in &spans[..count] {
-                let name = &head[name as usize..(name + name_len) as usize];
-                let name = HeaderName::from_bytes(name).map_err(|_| {
-                    H1Error::Head(format!("header name {:?}", String::from_utf8_lossy(name)))
-                })?;
-                let value = HeaderValue::from_maybe_shared(
-                    head.slice(value as usize..(value + value_len) as usize),
-                )
-                .map_err(|_| H1Error::Head(format!("header {name} value")))?;
-                map.append(name, value);
-            }
+            let map = header_map(&head, &spans[..count]).map_err(H1Error::Head)?;
             let (state, keep_alive) = response_framing(status, version, &map, head_request)?;
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = status;
@@ -293,29 +345,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 }
 
-/// How a request body is delimited on the wire.
+/// How a message body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum RequestFraming {
+enum Framing {
     /// No body and no framing header.
     Empty,
     Length(u64),
     Chunked,
+    /// Ended by closing the connection (a response to an HTTP/1.0 client, length unknown).
+    UntilClose,
 }
 
 /// The request's own `content-length` when it has one; else nothing for an empty body, a
 /// length for a body that knows its size, chunked encoding for one that does not.
-fn request_framing(parts: &http::request::Parts, body: &Body) -> Result<RequestFraming, H1Error> {
+fn request_framing(parts: &http::request::Parts, body: &Body) -> Result<Framing, H1Error> {
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         return content_length(length)
-            .map(RequestFraming::Length)
+            .map(Framing::Length)
             .ok_or(H1Error::Request("invalid content-length"));
     }
     if body.is_end_stream() {
-        return Ok(RequestFraming::Empty);
+        return Ok(Framing::Empty);
     }
     Ok(match body.size_hint().exact() {
-        Some(n) => RequestFraming::Length(n),
-        None => RequestFraming::Chunked,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
     })
 }
 
@@ -328,7 +382,7 @@ fn content_length(value: &HeaderValue) -> Option<u64> {
 }
 
 /// Writes the request line and headers, with the framing header `framing` needs.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: RequestFraming) {
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -347,14 +401,12 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Request
     }
     let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     match framing {
-        RequestFraming::Length(n) if !has_length => {
+        Framing::Length(n) if !has_length => {
             out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
         }
-        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A method whose request is expected to carry content states that it carries none.
-        RequestFraming::Empty
-            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
-        {
+        Framing::Empty if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         _ => {}
