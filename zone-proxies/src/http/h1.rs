@@ -199,9 +199,22 @@ fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut [Heade
     headers.len().min(spans.len())
 }
 
-/// The header map of `head`, its values sharing the head's bytes.
-fn header_map(head: &Bytes, spans: &[HeaderSpan]) -> Result<HeaderMap, String> {
+/// Which of the headers that decide a message's framing and its connection's reuse a head
+/// has, noted while its header map is built, so that a message without them (most) costs no
+/// hashed lookups for them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Present {
+    connection: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+    expect: bool,
+}
+
+/// The header map of `head`, its values sharing the head's bytes, and which of the framing
+/// headers it has.
+fn header_map(head: &Bytes, spans: &[HeaderSpan]) -> Result<(HeaderMap, Present), String> {
     let mut map = HeaderMap::with_capacity(spans.len());
+    let mut present = Present::default();
     for span in spans {
         let (start, len) = (span.name.0 as usize, span.name.1 as usize);
         let name = &head[start..start + len];
@@ -210,9 +223,18 @@ fn header_map(head: &Bytes, spans: &[HeaderSpan]) -> Result<HeaderMap, String> {
         let (start, len) = (span.value.0 as usize, span.value.1 as usize);
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
             .map_err(|_| format!("header {name} value"))?;
+        if name == header::CONTENT_LENGTH {
+            present.content_length = true;
+        } else if name == header::CONNECTION {
+            present.connection = true;
+        } else if name == header::TRANSFER_ENCODING {
+            present.transfer_encoding = true;
+        } else if name == header::EXPECT {
+            present.expect = true;
+        }
         map.append(name, value);
     }
-    Ok(map)
+    Ok((map, present))
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
@@ -334,8 +356,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             let mut spans = [HeaderSpan::default(); MAX_HEADERS];
             let count = header_spans(&self.read, response.headers, &mut spans);
             let head = self.read.split_to(len).freeze();
-            let map = header_map(&head, &spans[..count]).map_err(H1Error::Head)?;
-            let (state, keep_alive) = response_framing(status, version, &map, head_request)?;
+            let (map, present) = header_map(&head, &spans[..count]).map_err(H1Error::Head)?;
+            let (state, keep_alive) =
+                response_framing(status, version, &map, present, head_request)?;
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = version;
@@ -373,12 +396,16 @@ fn request_framing(parts: &http::request::Parts, body: &Body) -> Result<Framing,
     })
 }
 
+/// A content-length value: decimal digits (surrounding blanks allowed), at most 19 of them,
+/// so that any accepted value fits in a `u64`.
 fn content_length(value: &HeaderValue) -> Option<u64> {
-    let s = value.to_str().ok()?.trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = value.as_bytes().trim_ascii();
+    if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    s.parse().ok()
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Writes the request line and headers, with the framing header `framing` needs.
@@ -393,13 +420,14 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing
         .unwrap_or("/");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
     for (name, value) in &parts.headers {
+        has_length |= name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     match framing {
         Framing::Length(n) if !has_length => {
             out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
@@ -412,6 +440,15 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Whether the connection may carry another message after this one: HTTP/1.0 only when asked
+/// with `Connection: keep-alive`, HTTP/1.1 unless either side said `Connection: close`.
+fn keeps_alive(version: Version, headers: &HeaderMap, present: Present) -> bool {
+    match version {
+        Version::HTTP_10 => present.connection && connection_has(headers, "keep-alive"),
+        _ => !(present.connection && connection_has(headers, "close")),
+    }
 }
 
 /// Whether a `Connection` header lists `token`.
@@ -429,16 +466,18 @@ fn response_framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    present: Present,
     head_request: bool,
 ) -> Result<(BodyState, bool), H1Error> {
-    let mut keep_alive = match version {
-        Version::HTTP_10 => connection_has(headers, "keep-alive"),
-        _ => !connection_has(headers, "close"),
-    };
+    let mut keep_alive = keeps_alive(version, headers, present);
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((BodyState::Done, keep_alive));
     }
-    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+    let transfer_encoding = present
+        .transfer_encoding
+        .then(|| headers.get(header::TRANSFER_ENCODING))
+        .flatten();
+    if let Some(te) = transfer_encoding {
         let last = te
             .to_str()
             .map_err(|_| H1Error::Head("transfer-encoding".into()))?
@@ -446,7 +485,7 @@ fn response_framing(
             .next()
             .unwrap_or("")
             .trim();
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if present.content_length {
             // Both: transfer-encoding wins, and the connection is not trusted again.
             keep_alive = false;
         }
@@ -455,6 +494,9 @@ fn response_framing(
         } else {
             (BodyState::UntilClose, false)
         });
+    }
+    if !present.content_length {
+        return Ok((BodyState::UntilClose, false));
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {

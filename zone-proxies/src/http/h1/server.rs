@@ -28,8 +28,8 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    connection_has, content_length, decode_chunked, flush_write, header_map, header_spans,
-    poll_fill, write_body, Chunk, Decoded, Framing, HeaderSpan, MAX_HEAD, MAX_HEADERS,
+    content_length, decode_chunked, flush_write, header_map, header_spans, keeps_alive, poll_fill,
+    write_body, Chunk, Decoded, Framing, HeaderSpan, Present, MAX_HEAD, MAX_HEADERS,
 };
 use crate::http::client::{Body, BoxError};
 
@@ -537,17 +537,15 @@ fn parse_request(read: &mut BytesMut) -> Result<Option<RequestHead>, BadRequest>
     let mut spans = [HeaderSpan::default(); MAX_HEADERS];
     let count = header_spans(read, request.headers, &mut spans);
     let head = read.split_to(len).freeze();
-    let mut headers = header_map(&head, &spans[..count]).map_err(BadRequest::Invalid)?;
+    let (mut headers, present) = header_map(&head, &spans[..count]).map_err(BadRequest::Invalid)?;
     let uri = http::Uri::from_maybe_shared(head.slice(target_span))
         .map_err(|e| BadRequest::Invalid(format!("request target: {e}")))?;
-    let framing = request_body_framing(&headers, version)?;
-    let keep_alive = match version {
-        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-        _ => !connection_has(&headers, "close"),
-    };
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let framing = request_body_framing(&headers, present, version)?;
+    let keep_alive = keeps_alive(version, &headers, present);
+    let expect_continue = present.expect
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expect_continue {
         // Answered here; the upstream gets the body without being asked.
         headers.remove(header::EXPECT);
@@ -568,14 +566,18 @@ fn parse_request(read: &mut BytesMut) -> Result<Option<RequestHead>, BadRequest>
 /// How a request's body is delimited (RFC 9112 section 6.3). Both a transfer-encoding and a
 /// content-length, or content-lengths that disagree, are refused: a proxy that picked one
 /// would let a request be smuggled past it.
-fn request_body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, BadRequest> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+fn request_body_framing(
+    headers: &HeaderMap,
+    present: Present,
+    version: Version,
+) -> Result<Framing, BadRequest> {
+    if present.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(BadRequest::Invalid(
                 "transfer-encoding in an HTTP/1.0 request".into(),
             ));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if present.content_length {
             return Err(BadRequest::Invalid(
                 "both transfer-encoding and content-length".into(),
             ));
@@ -597,6 +599,9 @@ fn request_body_framing(headers: &HeaderMap, version: Version) -> Result<Framing
                     .join(", "),
             )),
         };
+    }
+    if !present.content_length {
+        return Ok(Framing::Empty);
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = lengths.next() else {
@@ -624,42 +629,12 @@ async fn write_response<W: AsyncWrite + Unpin>(
     response: Response<Body>,
     version: Version,
     head_request: bool,
-    keep_alive: bool,
+    mut keep_alive: bool,
 ) -> Result<bool, ()> {
-    let (mut parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let bodiless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let stated = match parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .map(content_length)
-    {
-        Some(Some(n)) => Some(n),
-        Some(None) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            None
-        }
-        None => None,
-    };
-    let (framing, added) = if bodiless {
-        (Framing::Empty, None)
-    } else if let Some(n) = stated {
-        (Framing::Length(n), None)
-    } else if body.is_end_stream() {
-        (Framing::Length(0), Some(0))
-    } else if let Some(n) = body.size_hint().exact() {
-        (Framing::Length(n), Some(n))
-    } else if version == Version::HTTP_11 {
-        (Framing::Chunked, None)
-    } else {
-        (Framing::UntilClose, None)
-    };
-    let keep_alive = keep_alive && framing != Framing::UntilClose;
-    encode_response_head(write, &parts, framing, added, version, keep_alive);
-    if bodiless {
+    let (parts, mut body) = response.into_parts();
+    let framing =
+        encode_response_head(write, &parts, &body, version, head_request, &mut keep_alive);
+    if framing == Framing::Empty {
         flush_write(io, write).await.map_err(|_| ())?;
         return Ok(keep_alive);
     }
@@ -672,45 +647,79 @@ async fn write_response<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes the status line and headers, with the framing and connection headers.
+/// Writes the status line and headers with the framing and connection headers the response
+/// needs, and says how its body is to be framed (`Empty`: none is written). One pass over the
+/// headers finds its content-length and date. A body of unknown length is chunked for
+/// HTTP/1.1 and ended by closing for HTTP/1.0 (`keep_alive` turned off).
 fn encode_response_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    framing: Framing,
-    added_length: Option<u64>,
+    body: &Body,
     version: Version,
-    keep_alive: bool,
-) {
+    head_request: bool,
+    keep_alive: &mut bool,
+) -> Framing {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut stated = None;
+    let mut has_date = false;
     for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            match content_length(value) {
+                Some(n) => stated = Some(n),
+                // Not a length: left out, and the body framed by what it is.
+                None => continue,
+            }
+        } else if name == header::DATE {
+            has_date = true;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         http_date::append(out);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(n) = added_length {
+    let status = parts.status;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let added = |out: &mut Vec<u8>, n: u64| {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
-    if framing == Framing::Chunked {
+    };
+    let framing = if bodiless {
+        Framing::Empty
+    } else if let Some(n) = stated {
+        Framing::Length(n)
+    } else if body.is_end_stream() {
+        added(out, 0);
+        Framing::Length(0)
+    } else if let Some(n) = body.size_hint().exact() {
+        added(out, n);
+        Framing::Length(n)
+    } else if version == Version::HTTP_11 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if !keep_alive {
+        Framing::Chunked
+    } else {
+        *keep_alive = false;
+        Framing::UntilClose
+    };
+    if !*keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    framing
 }
 
 /// The `Date` header's value (RFC 9110 section 6.6.1), formatted once a second per thread.
