@@ -1,5 +1,5 @@
-//! The HTTP connection manager: HTTP/1.1 and HTTP/2 served by hyper on one connection (h2 by
-//! ALPN or preface, auto-detected), each request through RBAC (403), the local rate limit
+//! The HTTP connection manager: HTTP/1.1 served by [`h1::server`], HTTP/2 (by ALPN or its
+//! preface) by hyper, on one listener; each request through RBAC (403), the local rate limit
 //! (429), fault injection, route matching ([`route`]) and forwarding to a cluster with
 //! timeouts, retries (conditions, per-try timeout, exponential backoff with jitter, the
 //! cluster's `max_retries` budget) and circuit breaking, over pooled upstream connections

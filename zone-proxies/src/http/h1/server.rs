@@ -157,8 +157,12 @@ where
             Ok(still) => keep_alive && still,
             Err(()) => false,
         };
-        // The handler is done with the body: what it did not read is discarded.
-        drop(sender);
+        // The exchange is over: a body still held (streaming upstream) fails rather than
+        // ending early, which would pass a cut-short chunked body off as whole; what was not
+        // read is discarded.
+        if let Some(tx) = sender.take() {
+            tx.abort("the response ended before the request body".into());
+        }
         if !keep_alive || !conn.discard_rest(&mut progress).await {
             let _ = conn.io.shutdown().await;
             return Served::Closed;
