@@ -1,5 +1,6 @@
 //! Issue [4]'s Measure, side by side in one run on loopback with one Rust load generator
-//! (hyper HTTP/1.1 keep-alive connections): direct to a local hyper upstream; Meridian, one
+//! (raw HTTP/1.1 keep-alive connections, each driven from its own task): direct to a local
+//! upstream (raw HTTP/1.1 too, answering `ok`); Meridian, one
 //! plaintext HTTP hop; Meridian, sidecar -> zone ingress -> sidecar with mTLS (certificates from
 //! a `mesh-ca` builtin CA, SNI passthrough at the ingress, SPIFFE SANs checked on both ends);
 //! HAProxy, the same L7 hop (skipped, with a message, when `haproxy` is not installed).
@@ -43,9 +44,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zone_proxies::config::{DownstreamTls, ProxyConfig, Secret, UpstreamTls, ValueMatch};
@@ -68,26 +66,48 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 // ---- upstreams ---------------------------------------------------------------------------
 
+/// The upstream's answer to every request. The date is fixed so that every proxy forwards the
+/// same bytes (one that added a missing `date` would do work the others do not).
+const UPSTREAM_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\nok";
+
+/// An HTTP/1.1 upstream answering `ok` to every request (bodiless ones, as the generator
+/// sends): one task per connection reading into one buffer and answering every complete
+/// request head in it with one write. Raw, not hyper: with both CPUs saturated, what the
+/// generator's process spends per request moves the proxies' throughput as much as their
+/// own cost does, so it is kept small.
 async fn http_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else {
+            let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |_req: http::Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), service)
-                    .await;
+                let mut read = Vec::with_capacity(4096);
+                let mut write = Vec::with_capacity(4096);
+                loop {
+                    let mut heads = 0;
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        read.drain(..end + 4);
+                        heads += 1;
+                    }
+                    if heads > 0 {
+                        write.clear();
+                        for _ in 0..heads {
+                            write.extend_from_slice(UPSTREAM_RESPONSE);
+                        }
+                        if s.write_all(&write).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read_buf(&mut read).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
             });
         }
     });
@@ -539,27 +559,49 @@ async fn spawn_haproxy(
 
 // ---- load -----------------------------------------------------------------------------------
 
-async fn connection(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
+/// The generator's request.
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
+
+/// A keep-alive HTTP/1.1 client connection of the load generator, driven from its own task
+/// (no connection task, no channel): one `write` per request, the response head parsed with
+/// `httparse`, its content-length body read.
+struct Connection {
+    stream: TcpStream,
+    read: Vec<u8>,
 }
 
-async fn get(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
-    let req = http::Request::get("/")
-        .header("host", "bench")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    // The connection may not have taken in the previous response's end yet (a slow proxy,
-    // under valgrind say): wait for it rather than fail.
-    sender.ready().await.unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    res.into_body().collect().await.unwrap();
+async fn connection(addr: SocketAddr) -> Connection {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    Connection {
+        stream,
+        read: Vec::with_capacity(4096),
+    }
+}
+
+/// One GET of `/`; panics on anything but a 2xx answer.
+async fn get(conn: &mut Connection) {
+    conn.stream.write_all(REQUEST).await.unwrap();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = response.parse(&conn.read).unwrap() {
+            let status = response.code.unwrap_or(0);
+            assert!((200..300).contains(&status), "status {status}");
+            let length: usize = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .expect("a content-length");
+            if conn.read.len() >= head + length {
+                conn.read.drain(..head + length);
+                return;
+            }
+        }
+        let n = conn.stream.read_buf(&mut conn.read).await.unwrap();
+        assert!(n > 0, "the connection closed before a whole response");
+    }
 }
 
 /// Requests/s with `connections` closed-loop connections.
@@ -568,10 +610,10 @@ async fn saturation(addr: SocketAddr, connections: usize, duration: Duration) ->
     let mut tasks = Vec::new();
     for _ in 0..connections {
         tasks.push(tokio::spawn(async move {
-            let mut sender = connection(addr).await;
+            let mut conn = connection(addr).await;
             let mut n = 0u64;
             while Instant::now() < deadline {
-                get(&mut sender).await;
+                get(&mut conn).await;
                 n += 1;
             }
             n
@@ -651,14 +693,14 @@ fn wait_until(due: Instant) {
 async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Samples {
     const CONNECTIONS: usize = 8;
     let total = ((rate as f64 * duration.as_secs_f64()) as u64).max(1);
-    let mut senders = Vec::with_capacity(CONNECTIONS);
+    let mut conns = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        senders.push(connection(addr).await);
+        conns.push(connection(addr).await);
     }
     let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
     let mut tasks = Vec::new();
-    for mut sender in senders {
+    for mut conn in conns {
         let due_rx = due_rx.clone();
         let per_connection = total as usize / CONNECTIONS * 2;
         tasks.push(tokio::spawn(async move {
@@ -675,7 +717,7 @@ async fn fixed_rate(addr: SocketAddr, rate: u64, duration: Duration) -> Samples 
                 samples
                     .lags
                     .push(sent.saturating_duration_since(due).as_nanos() as u64);
-                get(&mut sender).await;
+                get(&mut conn).await;
                 samples.latencies.push(due.elapsed().as_nanos() as u64);
             }
         }));
@@ -743,9 +785,9 @@ fn callgrind_total(out: &std::path::Path) -> u64 {
 
 /// Sends `requests` keep-alive requests one after the other on one connection.
 async fn sequential(addr: SocketAddr, requests: u64) {
-    let mut sender = connection(addr).await;
+    let mut conn = connection(addr).await;
     for _ in 0..requests {
-        get(&mut sender).await;
+        get(&mut conn).await;
     }
 }
 

@@ -785,17 +785,30 @@ mod tests {
         )
     }
 
-    /// Serves `client`'s side of a duplex stream with `echo` until the connection ends.
-    fn server(idle: Option<Duration>) -> (DuplexStream, tokio::task::JoinHandle<bool>) {
+    /// Serves the other side of the returned duplex stream with `handler` until the connection
+    /// ends; the task says whether it was handed back for HTTP/2.
+    fn server_with<S, F>(
+        handler: S,
+        idle: Option<Duration>,
+    ) -> (DuplexStream, tokio::task::JoinHandle<bool>)
+    where
+        S: FnMut(Request<Body>) -> F + Send + 'static,
+        F: Future<Output = Response<Body>> + Send,
+    {
         let (client, server) = tokio::io::duplex(1 << 20);
         let task = tokio::spawn(async move {
             let mut drain = std::future::pending::<()>();
             matches!(
-                serve(server, echo, idle, &mut drain).await,
+                serve(server, handler, idle, &mut drain).await,
                 Served::Http2(..)
             )
         });
         (client, task)
+    }
+
+    /// [`server_with`] `echo`.
+    fn server(idle: Option<Duration>) -> (DuplexStream, tokio::task::JoinHandle<bool>) {
+        server_with(echo, idle)
     }
 
     async fn read_to_end(mut client: DuplexStream) -> String {
@@ -873,23 +886,15 @@ mod tests {
             ("1.1", "transfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"),
             ("1.0", "connection: close\r\n\r\nabc"),
         ] {
-            let (client, server_side) = tokio::io::duplex(1 << 16);
-            let served = tokio::spawn(async move {
-                let mut drain = std::future::pending::<()>();
-                serve(
-                    server_side,
-                    |_req| async {
-                        let frames = futures::stream::iter(["ab", "c"].map(|s| {
-                            Ok::<_, BoxError>(Frame::data(Bytes::from(s)))
-                        }));
-                        Response::new(StreamBody::new(frames).boxed_unsync())
-                    },
-                    None,
-                    &mut drain,
-                )
-                .await;
-            });
-            let mut client = client;
+            let (mut client, served) = server_with(
+                |_req| async {
+                    let frames = futures::stream::iter(
+                        ["ab", "c"].map(|s| Ok::<_, BoxError>(Frame::data(Bytes::from(s)))),
+                    );
+                    Response::new(StreamBody::new(frames).boxed_unsync())
+                },
+                None,
+            );
             client
                 .write_all(format!("GET / HTTP/{version}\r\nconnection: close\r\n\r\n").as_bytes())
                 .await
@@ -909,6 +914,26 @@ mod tests {
             .unwrap();
         let text = without_date(&read_to_end(client).await);
         assert_eq!(text, "HTTP/1.1 200 OK\nconnection: close\n");
+
+        // A 204 gets no framing header and no body, whatever its body says.
+        let (mut client, _task) = server_with(
+            |_req| async {
+                let mut response = Response::new(
+                    Full::new(Bytes::from_static(b"ignored"))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                );
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            },
+            None,
+        );
+        client
+            .write_all(b"DELETE /x HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let text = without_date(&read_to_end(client).await);
+        assert_eq!(text, "HTTP/1.1 204 No Content\nconnection: close\n");
     }
 
     #[tokio::test]
@@ -970,24 +995,16 @@ mod tests {
 
     #[tokio::test]
     async fn an_unread_body_is_discarded_and_the_connection_kept() {
-        let (client, server_side) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(async move {
-            let mut drain = std::future::pending::<()>();
-            serve(
-                server_side,
-                |_req| async {
-                    Response::new(
-                        Full::new(Bytes::from_static(b"no"))
-                            .map_err(|e| match e {})
-                            .boxed_unsync(),
-                    )
-                },
-                None,
-                &mut drain,
-            )
-            .await;
-        });
-        let mut client = client;
+        let (mut client, task) = server_with(
+            |_req| async {
+                Response::new(
+                    Full::new(Bytes::from_static(b"no"))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+            },
+            None,
+        );
         client
             .write_all(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
