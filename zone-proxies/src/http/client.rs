@@ -323,21 +323,25 @@ pub enum SendError {
     Ejected,
 }
 
-/// Waits for `response` (a request already handed to a connection) for at most `per_try`.
-/// `response` is pinned where the caller made it: an async fn that took the future by value
-/// would hold it twice (as its argument and as what it awaits), and every future it is nested
-/// in, up to the connection's, would be that much larger and copied whole when made.
-async fn within<T, E, F>(per_try: Option<Duration>, response: Pin<&mut F>) -> Result<T, SendError>
+/// `response` (a request already handed to a connection), waited for at most `per_try`. Made
+/// of combinators, not an async fn or block: those hold a future they take by value twice (as
+/// the value and as what they await), and every future this one is nested in, up to the
+/// request's, would be that much larger and copied whole when made.
+fn within<T, E, F>(
+    per_try: Option<Duration>,
+    response: F,
+) -> impl Future<Output = Result<T, SendError>>
 where
     F: Future<Output = Result<T, E>>,
     SendError: From<E>,
 {
+    use futures::future::{Either, FutureExt};
     match per_try {
-        Some(limit) => tokio::time::timeout(limit, response)
-            .await
-            .map_err(|_| SendError::PerTryTimeout)?
-            .map_err(SendError::from),
-        None => response.await.map_err(SendError::from),
+        Some(limit) => Either::Left(tokio::time::timeout(limit, response).map(|r| match r {
+            Ok(r) => r.map_err(SendError::from),
+            Err(_) => Err(SendError::PerTryTimeout),
+        })),
+        None => Either::Right(response.map(|r| r.map_err(SendError::from))),
     }
 }
 
@@ -357,7 +361,9 @@ pub async fn checkout(
     let mut pending: Option<PendingRequest<'_>> = None;
     loop {
         if host.http_pool.lock().closed {
-            return connect(cluster, host, false).await;
+            // Boxed: this rare path's future (a whole connect) would otherwise make every
+            // checkout's future, and every future around it, as large as itself.
+            return Box::pin(connect(cluster, host, false)).await;
         }
         // Dropped after the guard (see the module doc).
         let mut closing = Vec::new();
@@ -688,14 +694,20 @@ impl<G> Drop for H1Body<G> {
 /// Sends `request` (origin-form URI, `Host` header set) on `conn`, a connection to `host`
 /// from [`checkout`], waiting at most `per_try` for the response head once it is sent. The
 /// response body holds `guard` until it is finished or dropped (one boxed body, no wrapper).
-pub async fn send<G: Send + Unpin + 'static>(
+///
+/// Not async: the request and the connection are taken apart here, so the returned future
+/// holds only what its protocol's exchange needs, not the arguments besides (an async fn
+/// keeps its arguments for its whole life; the future is nested in each of the request's
+/// futures, which are copied whole when made, docs/data-path.md).
+pub fn send<G: Send + Unpin + 'static>(
     conn: Checkout,
     cluster: &UpstreamCluster,
     host: &Arc<Host>,
     mut request: Request<Body>,
     per_try: Option<Duration>,
     guard: G,
-) -> Result<Upstream, SendError> {
+) -> impl Future<Output = Result<Upstream, SendError>> {
+    use futures::future::{Either, FutureExt};
     use http_body_util::BodyExt;
     match conn {
         Checkout::H2(mut sender) => {
@@ -714,25 +726,35 @@ pub async fn send<G: Send + Unpin + 'static>(
                 .parse()
                 .unwrap_or_default();
             *request.version_mut() = http::Version::HTTP_2;
-            let response = within(per_try, std::pin::pin!(sender.send_request(request))).await?;
-            Ok(response.map(move |body| {
-                H2Body {
-                    body,
-                    _guard: guard,
-                }
-                .boxed_unsync()
+            let sending = sender.send_request(request);
+            Either::Left(within(per_try, sending).map(move |response| {
+                // The connection's handle is held until the response head, as before.
+                drop(sender);
+                Ok(response?.map(move |body| {
+                    H2Body {
+                        body,
+                        _guard: guard,
+                    }
+                    .boxed_unsync()
+                }))
             }))
         }
         Checkout::H1(H1Conn { conn, open }) => {
-            let (parts, body) = within(per_try, std::pin::pin!(conn.send(request))).await?;
-            let body = H1Body {
-                reading: Some((body, open)),
-                host: host.clone(),
-                settings: cluster.settings_version,
-                idle_limit: idle_limit(cluster),
-                _guard: guard,
-            };
-            Ok(Response::from_parts(parts, body.boxed_unsync()))
+            let settings = cluster.settings_version;
+            let idle_limit = idle_limit(cluster);
+            let host = host.clone();
+            let exchange = conn.send(request);
+            Either::Right(within(per_try, exchange).map(move |exchanged| {
+                let (parts, body) = exchanged?;
+                let body = H1Body {
+                    reading: Some((body, open)),
+                    host,
+                    settings,
+                    idle_limit,
+                    _guard: guard,
+                };
+                Ok(Response::from_parts(parts, body.boxed_unsync()))
+            }))
         }
     }
 }
