@@ -615,6 +615,37 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, H1Er
     }
 }
 
+/// The next piece of a body (a response's or a request's) from `buf`, framed as `state` says;
+/// `None` when more must be read first, or when the body is done (`state` is then `Done`).
+fn next_body_piece(state: &mut BodyState, buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
+    match state {
+        BodyState::Done => Ok(None),
+        BodyState::Length(0) => {
+            *state = BodyState::Done;
+            Ok(None)
+        }
+        BodyState::Length(_) | BodyState::UntilClose if buf.is_empty() => Ok(None),
+        BodyState::Length(remaining) => {
+            let take = (*remaining).min(buf.len() as u64);
+            *remaining -= take;
+            let data = buf.split_to(take as usize).freeze();
+            if *remaining == 0 {
+                *state = BodyState::Done;
+            }
+            Ok(Some(data))
+        }
+        BodyState::UntilClose => Ok(Some(buf.split().freeze())),
+        BodyState::Chunked(chunk) => match decode_chunked(chunk, buf)? {
+            Decoded::Data(data) => Ok(Some(data)),
+            Decoded::End => {
+                *state = BodyState::Done;
+                Ok(None)
+            }
+            Decoded::NeedMore => Ok(None),
+        },
+    }
+}
+
 /// A response body being read from its connection, which it owns until the body ends.
 pub struct ResponseBody<T> {
     conn: Connection<T>,
@@ -626,38 +657,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ResponseBody<T> {
     /// The next piece of the body; `None` at its end.
     pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
         loop {
-            let buf = &mut self.conn.read;
-            match &mut self.state {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Length(0) => {
-                    self.state = BodyState::Done;
-                    return Poll::Ready(None);
+            match next_body_piece(&mut self.state, &mut self.conn.read) {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(None) if self.state == BodyState::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(e)));
                 }
-                BodyState::Length(remaining) if !buf.is_empty() => {
-                    let take = (*remaining).min(buf.len() as u64);
-                    *remaining -= take;
-                    let data = buf.split_to(take as usize).freeze();
-                    if *remaining == 0 {
-                        self.state = BodyState::Done;
-                    }
-                    return Poll::Ready(Some(Ok(data)));
-                }
-                BodyState::UntilClose if !buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(buf.split().freeze())));
-                }
-                BodyState::Chunked(chunk) => match decode_chunked(chunk, buf) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
-                    Ok(Decoded::End) => {
-                        self.state = BodyState::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(e) => {
-                        self.keep_alive = false;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
-                _ => {}
             }
             match std::task::ready!(self.conn.poll_fill(cx)) {
                 Ok(0) if self.state == BodyState::UntilClose => {

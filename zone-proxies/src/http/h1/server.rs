@@ -28,8 +28,8 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    content_length, decode_chunked, flush_write, header_map, header_spans, keeps_alive, poll_fill,
-    write_body, Chunk, Decoded, Framing, HeaderSpan, Present, MAX_HEAD, MAX_HEADERS,
+    content_length, flush_write, header_map, header_spans, keeps_alive, next_body_piece, poll_fill,
+    write_body, BodyState, Chunk, Framing, H1Error, HeaderSpan, Present, MAX_HEAD, MAX_HEADERS,
 };
 use crate::http::client::{Body, BoxError};
 
@@ -94,15 +94,10 @@ where
         } = head;
         let version = parts.version;
         let head_request = parts.method == Method::HEAD;
-        let mut progress = match framing {
-            Framing::Length(n) => BodyProgress::Length(n),
-            Framing::Chunked => BodyProgress::Chunked(Chunk::Size),
-            _ => BodyProgress::Done,
-        };
-        let (body, mut sender) = match framing {
-            Framing::Length(n) => RequestBody::channel(Some(n)),
-            Framing::Chunked => RequestBody::channel(None),
-            _ => (Body::default(), None),
+        let (mut progress, (body, mut sender)) = match framing {
+            Framing::Length(n) => (BodyState::Length(n), RequestBody::channel(Some(n))),
+            Framing::Chunked => (BodyState::Chunked(Chunk::Size), RequestBody::channel(None)),
+            _ => (BodyState::Done, (Body::default(), None)),
         };
         if expect_continue && sender.is_some() {
             conn.write
@@ -130,7 +125,7 @@ where
                 }
             }
         };
-        if let BodyProgress::Length(n) = progress {
+        if let BodyState::Length(n) = progress {
             if n > DRAIN_LIMIT {
                 keep_alive = false;
             }
@@ -139,7 +134,7 @@ where
             conn.draining = true;
         }
         keep_alive &= !conn.draining;
-        let written = if sender.is_some() && progress != BodyProgress::Done {
+        let written = if sender.is_some() && progress != BodyState::Done {
             conn.respond_while_reading(
                 response,
                 version,
@@ -294,7 +289,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConn<T> {
         version: Version,
         head_request: bool,
         keep_alive: bool,
-        progress: &mut BodyProgress,
+        progress: &mut BodyState,
         sender: &mut Option<Sender<Bytes, BoxError>>,
     ) -> Result<bool, ()> {
         let (mut reading, mut writing) = tokio::io::split(&mut self.io);
@@ -324,10 +319,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConn<T> {
 
     /// Reads and discards what is left of the request body, up to [`DRAIN_LIMIT`] bytes:
     /// whether the connection can take another request.
-    async fn discard_rest(&mut self, progress: &mut BodyProgress) -> bool {
+    async fn discard_rest(&mut self, progress: &mut BodyState) -> bool {
         let mut discarded: u64 = 0;
         loop {
-            match next_body_piece(&mut self.read, progress) {
+            match next_body_piece(progress, &mut self.read) {
                 Ok(Some(data)) => {
                     discarded += data.len() as u64;
                     if discarded > DRAIN_LIMIT {
@@ -335,7 +330,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConn<T> {
                     }
                     continue;
                 }
-                Ok(None) if *progress == BodyProgress::Done => return true,
+                Ok(None) if *progress == BodyState::Done => return true,
                 Ok(None) => {}
                 Err(_) => return false,
             }
@@ -347,50 +342,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ServerConn<T> {
     }
 }
 
-/// Where the reading of a request body is.
-#[derive(Debug, PartialEq)]
-enum BodyProgress {
-    /// This many bytes are still to come.
-    Length(u64),
-    Chunked(Chunk),
-    Done,
-}
-
-/// The next piece of the request body from `read`; `None` when more must be read first (or
-/// the body is done).
-fn next_body_piece(
-    read: &mut BytesMut,
-    progress: &mut BodyProgress,
-) -> Result<Option<Bytes>, &'static str> {
-    match progress {
-        BodyProgress::Done => Ok(None),
-        BodyProgress::Length(0) => {
-            *progress = BodyProgress::Done;
-            Ok(None)
-        }
-        BodyProgress::Length(_) if read.is_empty() => Ok(None),
-        BodyProgress::Length(remaining) => {
-            let take = (*remaining).min(read.len() as u64);
-            *remaining -= take;
-            let data = read.split_to(take as usize).freeze();
-            if *remaining == 0 {
-                *progress = BodyProgress::Done;
-            }
-            Ok(Some(data))
-        }
-        BodyProgress::Chunked(chunk) => match decode_chunked(chunk, read) {
-            Ok(Decoded::Data(data)) => Ok(Some(data)),
-            Ok(Decoded::End) => {
-                *progress = BodyProgress::Done;
-                Ok(None)
-            }
-            Ok(Decoded::NeedMore) => Ok(None),
-            Err(super::H1Error::Chunked(why)) => Err(why),
-            Err(_) => Err("invalid chunked body"),
-        },
-    }
-}
-
 /// Reads the request body from `io` and hands it to the handler through `sender`, until the
 /// body ends (the sender is dropped: the handler's body ends) or the handler stops reading it
 /// (`Ok` either way). `Err` when the client closed mid-body or broke its framing; the handler's
@@ -398,14 +349,14 @@ fn next_body_piece(
 async fn feed_body<R: AsyncRead + Unpin>(
     io: &mut R,
     read: &mut BytesMut,
-    progress: &mut BodyProgress,
+    progress: &mut BodyState,
     sender: &mut Option<Sender<Bytes, BoxError>>,
 ) -> Result<(), ()> {
     loop {
         let Some(tx) = sender.as_mut() else {
             return Ok(());
         };
-        match next_body_piece(read, progress) {
+        match next_body_piece(progress, read) {
             Ok(Some(data)) => {
                 if tx.send_data(data).await.is_err() {
                     // The handler dropped the body; the rest is discarded after the response.
@@ -414,12 +365,17 @@ async fn feed_body<R: AsyncRead + Unpin>(
                 }
                 continue;
             }
-            Ok(None) if *progress == BodyProgress::Done => {
+            Ok(None) if *progress == BodyState::Done => {
                 *sender = None;
                 return Ok(());
             }
             Ok(None) => {}
-            Err(why) => {
+            Err(e) => {
+                // Only a chunked body's framing can be broken.
+                let why = match e {
+                    H1Error::Chunked(why) => why,
+                    _ => "invalid framing",
+                };
                 if let Some(tx) = sender.take() {
                     tx.abort(format!("invalid chunked request body: {why}").into());
                 }
