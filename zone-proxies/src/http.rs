@@ -38,7 +38,7 @@ use crate::downstream::{ConnContext, IoObj};
 use crate::matcher::PatternError;
 use crate::runtime::Runtime;
 use crate::stats::{HttpStats, Stats};
-use crate::upstream::cluster::now_ms;
+use crate::upstream::cluster::{ms_at, now_ms};
 use crate::upstream::lb::{request_hash, PickContext};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::{ConnectError, Host, UpstreamCluster};
@@ -355,6 +355,10 @@ impl RequestLine {
     }
 }
 
+/// Serves one request. The decisions (RBAC, rate limit, faults, the route and its action) are
+/// plain functions and the forwarding is awaited here, so that a request's future nests
+/// `forward_with_retries` directly: each async fn's future is copied whole into its caller's
+/// when made, and two levels in between (4 KB each) cost more than their work.
 async fn handle(req: Request<Body>, conn: &ConnShared) -> Response<Body> {
     let (rt, handler) = conn.current();
     let ctx = &*conn.ctx;
@@ -366,7 +370,60 @@ async fn handle(req: Request<Body>, conn: &ConnShared) -> Response<Body> {
         flags: "-",
         ..Default::default()
     };
-    let mut response = route_request(req, conn, &handler, &rt, &mut log).await;
+    let (parts, body) = req.into_parts();
+    let (delay, refused) = admit(&parts, ctx, &handler, &mut log);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut response = match refused {
+        Some(reply) => reply,
+        None => match route(parts, body, ctx, &handler, &rt, &mut log) {
+            Routed::Reply(reply) => reply,
+            Routed::Forward {
+                route,
+                forward,
+                cluster,
+                mut request,
+            } => {
+                if forward.retry.as_ref().is_some_and(|r| r.num_retries > 0) {
+                    request.buffer_for_retries().await;
+                }
+                let route_timeout = forward.timeout.filter(|t| !t.is_zero());
+                let idle = forward.idle_timeout.filter(|t| !t.is_zero());
+                let result = {
+                    // Pinned where it is made, so the timeout layers around it hold a pointer
+                    // instead of moving the large future into each of their own (memcpy).
+                    let mut forwarding =
+                        std::pin::pin!(forward_with_retries(request, &cluster, forward, &mut log));
+                    let work = async {
+                        match route_timeout {
+                            None => Ok(forwarding.as_mut().await),
+                            Some(t) => conn
+                                .within_route_timeout(t, forwarding.as_mut())
+                                .await
+                                .ok_or(Expired::Route),
+                        }
+                    };
+                    // Until response headers arrive nothing flows back: all of it is idle time.
+                    match idle {
+                        None => work.await,
+                        Some(t) => tokio::time::timeout(t, work)
+                            .await
+                            .unwrap_or(Err(Expired::Idle)),
+                    }
+                };
+                let mut response = match (result, idle) {
+                    (Ok(response), None) => response,
+                    (Ok(response), Some(idle)) => {
+                        response.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync())
+                    }
+                    (Err(expired), _) => expired.reply(&cluster, stats, &mut log),
+                };
+                route.change_response_headers(response.headers_mut());
+                response
+            }
+        },
+    };
     if let Some(kbps) = log.throttle_kbps {
         response = response.map(|body| filters::Throttled::new(body, kbps).boxed_unsync());
     }
@@ -396,47 +453,75 @@ async fn handle(req: Request<Body>, conn: &ConnShared) -> Response<Body> {
     response
 }
 
-async fn route_request(
-    req: Request<Body>,
-    conn: &ConnShared,
+/// Whether a request may go on: RBAC, the local rate limit, then the fault filters in order
+/// (Envoy runs them one after the other: each that applies may delay, then abort). The delay
+/// to wait first, then the reply that refuses it, if one does.
+fn admit(
+    parts: &http::request::Parts,
+    ctx: &ConnContext,
     handler: &HttpHandler,
-    rt: &Arc<Runtime>,
     log: &mut RequestLog,
-) -> Response<Body> {
-    let ctx = &*conn.ctx;
+) -> (Option<Duration>, Option<Response<Body>>) {
     let stats = &handler.stats;
     if let Some(rbac) = &handler.rbac {
         if let Verdict::Denied { .. } = rbac.check(&ctx.identity) {
             stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
             log.flags = "RBAC";
-            return local_reply(403, "RBAC: access denied");
+            return (None, Some(local_reply(403, "RBAC: access denied")));
         }
     }
     if let Some(bucket) = &handler.rate_limit {
         if !bucket.try_acquire() {
             stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             log.flags = "RL";
-            return local_reply(bucket.status(), "local_rate_limited");
+            return (
+                None,
+                Some(local_reply(bucket.status(), "local_rate_limited")),
+            );
         }
     }
-    let (parts, body) = req.into_parts();
-    // Envoy runs fault filters one after the other: each that applies may delay, then abort.
-    for fault in handler.faults.iter().filter(|f| f.applies(&parts, ctx)) {
+    let mut delay: Option<Duration> = None;
+    for fault in handler.faults.iter().filter(|f| f.applies(parts, ctx)) {
         let faults = filters::decide(&fault.config);
         if let Some(kbps) = faults.bandwidth_kbps {
             log.throttle_kbps = Some(log.throttle_kbps.map_or(kbps, |k| k.min(kbps)));
         }
-        if let Some(delay) = faults.delay {
+        if let Some(d) = faults.delay {
             stats.fault_delays.fetch_add(1, Ordering::Relaxed);
             log.flags = "DI";
-            tokio::time::sleep(delay).await;
+            delay = Some(delay.unwrap_or_default() + d);
         }
         if let Some(status) = faults.abort {
             stats.fault_aborts.fetch_add(1, Ordering::Relaxed);
             log.flags = "FI";
-            return local_reply(status, "fault filter abort");
+            return (delay, Some(local_reply(status, "fault filter abort")));
         }
     }
+    (delay, None)
+}
+
+/// What the matched route's action makes of a request.
+enum Routed<'a> {
+    /// Answered here: no route or cluster, a direct response, a redirect.
+    Reply(Response<Body>),
+    Forward {
+        route: route::MatchedRoute<'a>,
+        forward: &'a Forward,
+        cluster: Arc<UpstreamCluster>,
+        request: UpstreamRequest,
+    },
+}
+
+/// Finds the request's route and carries out its action, up to forwarding.
+fn route<'a>(
+    parts: http::request::Parts,
+    body: Body,
+    ctx: &ConnContext,
+    handler: &'a HttpHandler,
+    rt: &'a Runtime,
+    log: &mut RequestLog,
+) -> Routed<'a> {
+    let stats = &handler.stats;
     let table = match &handler.config.routes {
         RouteSource::Rds(name) => rt.routes.get(name),
         RouteSource::Inline(_) => handler.inline_routes.as_ref(),
@@ -444,26 +529,9 @@ async fn route_request(
     let Some(route) = table.and_then(|t| t.find(&parts)) else {
         stats.no_route.fetch_add(1, Ordering::Relaxed);
         log.flags = "NR";
-        return local_reply(404, "");
+        return Routed::Reply(local_reply(404, ""));
     };
-    let mut response = act(route, parts, body, conn, handler, rt, log).await;
-    route.change_response_headers(response.headers_mut());
-    response
-}
-
-/// Carries out the matched route's action: a direct response, a redirect, or forwarding.
-async fn act(
-    route: route::MatchedRoute<'_>,
-    parts: http::request::Parts,
-    body: Body,
-    conn: &ConnShared,
-    handler: &HttpHandler,
-    rt: &Arc<Runtime>,
-    log: &mut RequestLog,
-) -> Response<Body> {
-    let ctx = &*conn.ctx;
-    let stats = &handler.stats;
-    match &route.action {
+    let mut reply = match &route.route.action {
         RouteAction::DirectResponse { status, body } => {
             let mut response = local_reply(*status, "");
             *response.body_mut() = Full::new(Bytes::from(body.clone()))
@@ -483,63 +551,25 @@ async fn act(
         RouteAction::Forward(forward) => {
             let Some(cluster_name) = crate::upstream::pick_weighted(&forward.clusters) else {
                 stats.no_cluster.fetch_add(1, Ordering::Relaxed);
-                return local_reply(503, "no cluster");
+                return Routed::Reply(local_reply(503, "no cluster"));
             };
             let Some(cluster) = rt.clusters.get(cluster_name).cloned() else {
                 stats.no_cluster.fetch_add(1, Ordering::Relaxed);
                 log.flags = "NC";
-                return local_reply(503, "no cluster");
+                return Routed::Reply(local_reply(503, "no cluster"));
             };
             log.cluster = Some(cluster.clone());
-            let mut request = UpstreamRequest::new(parts, body, route, forward, &cluster);
-            if forward.retry.as_ref().is_some_and(|r| r.num_retries > 0) {
-                request.buffer_for_retries().await;
-            }
-            let route_timeout = forward.timeout.filter(|t| !t.is_zero());
-            let idle = forward.idle_timeout.filter(|t| !t.is_zero());
-            let result = {
-                // Pinned where it is made, so the timeout layers around it hold a pointer
-                // instead of moving the large future into each of their own (memcpy).
-                let mut forwarding =
-                    std::pin::pin!(forward_with_retries(request, &cluster, forward, log));
-                let work = async {
-                    match route_timeout {
-                        None => Ok(forwarding.as_mut().await),
-                        Some(t) => conn
-                            .within_route_timeout(t, forwarding.as_mut())
-                            .await
-                            .ok_or(Expired::Route),
-                    }
-                };
-                // Until response headers arrive nothing flows back: all of it is idle time.
-                match idle {
-                    None => work.await,
-                    Some(t) => tokio::time::timeout(t, work)
-                        .await
-                        .unwrap_or(Err(Expired::Idle)),
-                }
+            let request = UpstreamRequest::new(parts, body, route, forward, &cluster);
+            return Routed::Forward {
+                route,
+                forward,
+                cluster,
+                request,
             };
-            match (result, idle) {
-                (Ok(response), None) => response,
-                (Ok(response), Some(idle)) => {
-                    response.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync())
-                }
-                (Err(Expired::Route), _) => {
-                    cluster
-                        .stats()
-                        .upstream_rq_timeout
-                        .fetch_add(1, Ordering::Relaxed);
-                    log.flags = "UT";
-                    local_reply(504, "upstream request timeout")
-                }
-                (Err(Expired::Idle), _) => {
-                    stats.stream_idle_timeout.fetch_add(1, Ordering::Relaxed);
-                    log.flags = "SI";
-                    local_reply(408, "stream timeout")
-                }
-            }
         }
-    }
+    };
+    route.change_response_headers(reply.headers_mut());
+    Routed::Reply(reply)
 }
 
 /// Which timeout ended a request before its response headers.
@@ -549,6 +579,32 @@ enum Expired {
     /// The route's `idle_timeout` (Envoy's stream idle timeout: 408 before the response
     /// headers, a reset after).
     Idle,
+}
+
+impl Expired {
+    /// The local reply for a request that timed out before its response headers.
+    fn reply(
+        self,
+        cluster: &UpstreamCluster,
+        stats: &HttpStats,
+        log: &mut RequestLog,
+    ) -> Response<Body> {
+        match self {
+            Expired::Route => {
+                cluster
+                    .stats()
+                    .upstream_rq_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                log.flags = "UT";
+                local_reply(504, "upstream request timeout")
+            }
+            Expired::Idle => {
+                stats.stream_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                log.flags = "SI";
+                local_reply(408, "stream timeout")
+            }
+        }
+    }
 }
 
 /// A response body that ends with an error (the downstream stream is reset) when no frame
@@ -870,10 +926,15 @@ async fn forward_with_retries(
     loop {
         attempt += 1;
         log.attempts = attempt;
-        let Some(host) = cluster.pick(PickContext {
-            hash: request.hash,
-            exclude: &tried,
-        }) else {
+        // One clock read for the pick's ejection checks, the pool's idle check and the timing.
+        let started = Instant::now();
+        let Some(host) = cluster.pick_at(
+            PickContext {
+                hash: request.hash,
+                exclude: &tried,
+            },
+            ms_at(started),
+        ) else {
             stats
                 .upstream_cx_none_healthy
                 .fetch_add(1, Ordering::Relaxed);
@@ -881,9 +942,8 @@ async fn forward_with_retries(
             return local_reply(503, "no healthy upstream");
         };
         log.host = Some(host.clone());
-        let started = Instant::now();
         let in_flight = InFlight::start(cluster, &host);
-        let checkout = client::checkout(cluster, &host).await;
+        let checkout = client::checkout(cluster, &host, started).await;
         if let Err(SendError::Ejected) = checkout {
             // The host was ejected while this request waited for a connection to it: picked
             // again, elsewhere, without using up an attempt (each host once at most).

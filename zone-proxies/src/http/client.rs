@@ -154,7 +154,7 @@ impl PoolState {
 
     /// Keeps `conn` among the idle connections, watched for the upstream closing it (see
     /// [`watch_idle`]); gives it back, to be closed, when the pool is full or closed.
-    fn keep_idle(&mut self, host: &Arc<Host>, mut conn: H1Conn) -> Option<H1Conn> {
+    fn keep_idle(&mut self, host: &Arc<Host>, mut conn: H1Conn, now: Instant) -> Option<H1Conn> {
         if self.idle.len() >= MAX_IDLE_PER_ENDPOINT || self.closed {
             return Some(conn);
         }
@@ -174,7 +174,7 @@ impl PoolState {
                 }
             }
         }
-        self.idle.push((Instant::now(), conn));
+        self.idle.push((now, conn));
         None
     }
 
@@ -217,12 +217,13 @@ impl EndpointPool {
         // The newest idle connection is used first, so the oldest may sit past its idle
         // timeout: each give-back looks at the oldest one and closes it when its idle timeout
         // has passed.
+        let now = Instant::now();
         if let Some((since, _)) = state.idle.first() {
-            if since.elapsed() > idle_limit {
+            if now.saturating_duration_since(*since) > idle_limit {
                 closing.push(state.idle.remove(0).1);
             }
         }
-        closing.extend(state.keep_idle(host, conn));
+        closing.extend(state.keep_idle(host, conn, now));
     }
 
     /// The endpoint was ejected by outlier detection: requests waiting for a connection to it
@@ -352,9 +353,11 @@ pub enum Checkout {
 }
 
 /// A connection to `host`: an idle one, else one from the pending queue (see the module doc).
+/// `now` is the request's start, taken once for its clock reads.
 pub async fn checkout(
     cluster: &Arc<UpstreamCluster>,
     host: &Arc<Host>,
+    now: Instant,
 ) -> Result<Checkout, SendError> {
     let settings = cluster.settings_version;
     let idle_limit = idle_limit(cluster);
@@ -402,7 +405,7 @@ pub async fn checkout(
             Ok((since, conn)) => {
                 // One closed or past its idle timeout meanwhile is dropped and the next one
                 // tried.
-                if since.elapsed() <= idle_limit {
+                if now.saturating_duration_since(since) <= idle_limit {
                     if let Some(conn) = conn.ready() {
                         return Ok(Checkout::H1(conn));
                     }
@@ -466,7 +469,7 @@ fn start_connects(state: &mut PoolState, cluster: &Arc<UpstreamCluster>, host: &
                     if let Some(Handoff::Conn(Checkout::H1(conn))) =
                         state.hand_to_waiter(Handoff::Conn(checkout))
                     {
-                        closing.extend(state.keep_idle(&host, conn));
+                        closing.extend(state.keep_idle(&host, conn, Instant::now()));
                     }
                     // HTTP/2: one connection serves every waiting request.
                     if let Some(h2) = state.h2.clone() {

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -185,18 +186,54 @@ struct HeaderSpan {
     value: (u32, u32),
 }
 
-/// The spans of `headers`, parsed by httparse from `buf`, into `spans`; their count.
-fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut [HeaderSpan]) -> usize {
-    let base = buf.as_ptr() as usize;
-    for (span, h) in spans.iter_mut().zip(headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = HeaderSpan {
-            name: (name as u32, h.name.len() as u32),
-            value: (value as u32, h.value.len() as u32),
+/// How many header spans are kept on the stack; a head with more puts them on the heap. A
+/// stack array for all [`MAX_HEADERS`] was zeroed for every head (1.6 KB), most of which have
+/// a handful of headers.
+const INLINE_SPANS: usize = 16;
+
+/// The spans of a head's headers (see [`HeaderSpan`]).
+struct HeaderSpans {
+    inline: [HeaderSpan; INLINE_SPANS],
+    heap: Vec<HeaderSpan>,
+    len: usize,
+}
+
+impl HeaderSpans {
+    /// The spans of `headers`, parsed by httparse from `buf`.
+    fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> HeaderSpans {
+        let base = buf.as_ptr() as usize;
+        let span = |h: &httparse::Header<'_>| HeaderSpan {
+            name: (
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+            ),
+            value: (
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            ),
         };
+        let mut spans = HeaderSpans {
+            inline: [HeaderSpan::default(); INLINE_SPANS],
+            heap: Vec::new(),
+            len: headers.len(),
+        };
+        if headers.len() <= INLINE_SPANS {
+            for (slot, h) in spans.inline.iter_mut().zip(headers) {
+                *slot = span(h);
+            }
+        } else {
+            spans.heap = headers.iter().map(span).collect();
+        }
+        spans
     }
-    headers.len().min(spans.len())
+
+    fn as_slice(&self) -> &[HeaderSpan] {
+        if self.len <= INLINE_SPANS {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
 }
 
 /// Which of the headers that decide a message's framing and its connection's reuse a head
@@ -278,9 +315,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         request: Request<Body>,
     ) -> impl Future<Output = Result<(http::response::Parts, ResponseBody<T>), H1Error>> {
         let (parts, body) = request.into_parts();
-        let framing = request_framing(&parts, &body).inspect(|&framing| {
-            encode_head(&mut self.write, &parts, framing);
-        });
+        let framing = encode_head(&mut self.write, &parts, &body);
         self.exchange(body, framing, parts.method == Method::HEAD)
     }
 
@@ -330,9 +365,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         head_request: bool,
     ) -> Result<Option<(http::response::Parts, BodyState, bool)>, H1Error> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            let len = match response.parse(&self.read) {
+            // Uninitialised, as the server's request heads (h1/server.rs).
+            let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                &self.read,
+                &mut headers,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(H1Error::Head(e.to_string())),
@@ -353,10 +393,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Some(0) => Version::HTTP_10,
                 _ => Version::HTTP_11,
             };
-            let mut spans = [HeaderSpan::default(); MAX_HEADERS];
-            let count = header_spans(&self.read, response.headers, &mut spans);
+            let spans = HeaderSpans::of(&self.read, response.headers);
             let head = self.read.split_to(len).freeze();
-            let (map, present) = header_map(&head, &spans[..count]).map_err(H1Error::Head)?;
+            let (map, present) = header_map(&head, spans.as_slice()).map_err(H1Error::Head)?;
             let (state, keep_alive) =
                 response_framing(status, version, &map, present, head_request)?;
             let mut parts = http::Response::new(()).into_parts().0;
@@ -379,23 +418,6 @@ enum Framing {
     UntilClose,
 }
 
-/// The request's own `content-length` when it has one; else nothing for an empty body, a
-/// length for a body that knows its size, chunked encoding for one that does not.
-fn request_framing(parts: &http::request::Parts, body: &Body) -> Result<Framing, H1Error> {
-    if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        return content_length(length)
-            .map(Framing::Length)
-            .ok_or(H1Error::Request("invalid content-length"));
-    }
-    if body.is_end_stream() {
-        return Ok(Framing::Empty);
-    }
-    Ok(match body.size_hint().exact() {
-        Some(n) => Framing::Length(n),
-        None => Framing::Chunked,
-    })
-}
-
 /// A content-length value: decimal digits (surrounding blanks allowed), at most 19 of them,
 /// so that any accepted value fits in a `u64`.
 fn content_length(value: &HeaderValue) -> Option<u64> {
@@ -408,8 +430,15 @@ fn content_length(value: &HeaderValue) -> Option<u64> {
     })
 }
 
-/// Writes the request line and headers, with the framing header `framing` needs.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing) {
+/// Writes the request line and headers, and returns how the body is framed: by the request's
+/// own `content-length` when it has one (found in the pass that writes the headers, not by a
+/// lookup); else nothing for an empty body, a length for a body that knows its size, chunked
+/// encoding for one that does not, with the header that says so added.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    body: &Body,
+) -> Result<Framing, H1Error> {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -420,26 +449,38 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Framing
         .unwrap_or("/");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_length = false;
+    let mut length = None;
     for (name, value) in &parts.headers {
-        has_length |= name == header::CONTENT_LENGTH;
+        if length.is_none() && name == header::CONTENT_LENGTH {
+            length = Some(content_length(value).ok_or(H1Error::Request("invalid content-length"))?);
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match framing {
-        Framing::Length(n) if !has_length => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    let framing = match length {
+        Some(n) => Framing::Length(n),
+        None if body.is_end_stream() => {
+            // A method whose request is expected to carry content states that it carries none.
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Framing::Empty
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        // A method whose request is expected to carry content states that it carries none.
-        Framing::Empty if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        _ => {}
-    }
+        None => match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+                Framing::Length(n)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        },
+    };
     out.extend_from_slice(b"\r\n");
+    Ok(framing)
 }
 
 /// Whether the connection may carry another message after this one: HTTP/1.0 only when asked
@@ -877,6 +918,24 @@ mod tests {
         *empty_post.method_mut() = Method::POST;
         let (seen, _) = exchange(empty_post, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
         assert!(seen.ends_with("content-length: 0\r\n\r\n"), "{seen}");
+
+        // The request's own content-length frames it, and is not written twice.
+        let mut own = get("/own", full("abcd"));
+        *own.method_mut() = Method::POST;
+        own.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        let (seen, _) = exchange(own, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        assert_eq!(
+            seen,
+            "POST /own HTTP/1.1\r\nhost: backend\r\ncontent-length: 4\r\n\r\nabcd"
+        );
+        let (client, _server) = tokio::io::duplex(64);
+        let mut bad = get("/bad", full("ab"));
+        bad.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("2x"));
+        let error = Connection::new(client).send(bad).await.err();
+        let error = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("invalid content-length"), "{error:?}");
     }
 
     #[tokio::test]

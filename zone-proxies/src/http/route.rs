@@ -227,6 +227,9 @@ struct CompiledHost {
 pub struct RouteTableRuntime {
     pub config: Arc<RouteTable>,
     hosts: Vec<CompiledHost>,
+    /// A table of one virtual host for `*` (a sidecar's outbound listener, usually) sends every
+    /// request to it: no `Host` lookup then.
+    only_host: bool,
 }
 
 /// Why a route table could not be compiled.
@@ -316,11 +319,35 @@ impl RouteTableRuntime {
                 routes,
             });
         }
-        Ok(RouteTableRuntime { config, hosts })
+        let only_host = matches!(&hosts[..], [vh] if vh.domains.iter().any(|d| d == "*"));
+        Ok(RouteTableRuntime {
+            config,
+            hosts,
+            only_host,
+        })
     }
 
     /// The route for a request, or `None` (404).
     pub fn find(&self, parts: &Parts) -> Option<MatchedRoute<'_>> {
+        let vh = match &self.hosts[..] {
+            [vh] if self.only_host => vh,
+            _ => self.virtual_host_of(parts)?,
+        };
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        vh.routes
+            .iter()
+            .find(|r| r.matches(path, query, parts))
+            .map(|r| MatchedRoute {
+                route: &r.route,
+                path_rewrite: r.rewrite.as_ref(),
+                request_headers: &r.request_headers,
+                response_headers: &r.response_headers,
+            })
+    }
+
+    /// The virtual host for the request's authority (its URI's, else its `Host` header's).
+    fn virtual_host_of(&self, parts: &Parts) -> Option<&CompiledHost> {
         let authority = parts
             .uri
             .authority()
@@ -341,18 +368,7 @@ impl RouteTableRuntime {
         } else {
             host
         };
-        let vh = self.virtual_host(host)?;
-        let path = parts.uri.path();
-        let query = parts.uri.query().unwrap_or("");
-        vh.routes
-            .iter()
-            .find(|r| r.matches(path, query, parts))
-            .map(|r| MatchedRoute {
-                route: &r.route,
-                path_rewrite: r.rewrite.as_ref(),
-                request_headers: &r.request_headers,
-                response_headers: &r.response_headers,
-            })
+        self.virtual_host(host)
     }
 
     fn virtual_host(&self, host: &str) -> Option<&CompiledHost> {

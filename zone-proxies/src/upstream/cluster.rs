@@ -16,8 +16,14 @@ use super::outlier::OutlierState;
 
 /// Milliseconds since the first call in this process: a cheap clock for atomics.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `t`, for a caller that read the clock already.
+pub fn ms_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    t.saturating_duration_since(*EPOCH.get_or_init(|| t))
+        .as_millis() as u64
 }
 
 /// One endpoint and the state that outlives configuration versions.

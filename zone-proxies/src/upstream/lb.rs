@@ -188,7 +188,11 @@ fn spill(health: impl Iterator<Item = f64> + Clone) -> Option<impl Iterator<Item
 impl UpstreamCluster {
     /// Picks an endpoint, or `None` when the cluster has none.
     pub fn pick(&self, ctx: PickContext<'_>) -> Option<Arc<Host>> {
-        let now = now_ms();
+        self.pick_at(ctx, now_ms())
+    }
+
+    /// [`UpstreamCluster::pick`] at `now` ([`now_ms`]), for a caller that read the clock.
+    pub fn pick_at(&self, ctx: PickContext<'_>, now: u64) -> Option<Arc<Host>> {
         let (priority, panic) = self.pick_priority(now)?;
         let locality = self.pick_locality(priority, now, panic)?;
         if !ctx.exclude.is_empty() {

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,8 +29,8 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    content_length, flush_write, header_map, header_spans, keeps_alive, next_body_piece, poll_fill,
-    write_body, BodyState, Chunk, Framing, H1Error, HeaderSpan, Present, MAX_HEAD, MAX_HEADERS,
+    content_length, flush_write, header_map, keeps_alive, next_body_piece, poll_fill, write_body,
+    BodyState, Chunk, Framing, H1Error, HeaderSpans, Present, MAX_HEAD, MAX_HEADERS,
 };
 use crate::http::client::{Body, BoxError};
 
@@ -476,9 +477,10 @@ impl BadRequest {
 
 /// The request head at the start of `read`, split off it once complete.
 fn parse_request(read: &mut BytesMut) -> Result<Option<RequestHead>, BadRequest> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(read) {
+    // Left uninitialised: zeroing 100 headers (3.2 KB) cost more than parsing a small head.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(read, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(BadRequest::TooManyHeaders),
@@ -494,10 +496,10 @@ fn parse_request(read: &mut BytesMut) -> Result<Option<RequestHead>, BadRequest>
     let target = request.path.unwrap_or("");
     let target_at = target.as_ptr() as usize - read.as_ptr() as usize;
     let target_span = target_at..target_at + target.len();
-    let mut spans = [HeaderSpan::default(); MAX_HEADERS];
-    let count = header_spans(read, request.headers, &mut spans);
+    let spans = HeaderSpans::of(read, request.headers);
     let head = read.split_to(len).freeze();
-    let (mut headers, present) = header_map(&head, &spans[..count]).map_err(BadRequest::Invalid)?;
+    let (mut headers, present) =
+        header_map(&head, spans.as_slice()).map_err(BadRequest::Invalid)?;
     let uri = http::Uri::from_maybe_shared(head.slice(target_span))
         .map_err(|e| BadRequest::Invalid(format!("request target: {e}")))?;
     let framing = request_body_framing(&headers, present, version)?;
