@@ -429,23 +429,49 @@ impl Drop for ProxyProcess {
 
 /// CPU time process `pid` has used, all its threads, user and system, in clock ticks
 /// (`/proc/<pid>/stat`).
-fn cpu_ticks_of(pid: u32) -> u64 {
+/// A process's CPU time in clock ticks: user space and kernel.
+#[derive(Clone, Copy, Default)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+impl CpuTicks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    fn since(self, before: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    fn add(&mut self, other: CpuTicks) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+fn cpu_ticks_of(pid: u32) -> CpuTicks {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime is the 12th, stime the
     // 13th.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after_name
+    let mut fields = after_name
         .split_whitespace()
         .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    fields.iter().sum()
+        .map(|f| f.parse().unwrap_or(0));
+    CpuTicks {
+        user: fields.next().unwrap_or(0),
+        system: fields.next().unwrap_or(0),
+    }
 }
 
 impl ProxyProcess {
     /// CPU time the process has used, user and system, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
+    fn cpu_ticks(&self) -> CpuTicks {
         cpu_ticks_of(self.child.id())
     }
 
@@ -760,6 +786,8 @@ struct Row {
     rps: f64,
     /// The proxy process's CPU time (user and system) per request at saturation.
     cpu_us_per_request: Option<f64>,
+    /// Of which in user space (the rest is the kernel's: sockets, TCP, loopback).
+    user_us_per_request: Option<f64>,
     /// This process's (the load generator's and the upstream's) CPU time per request at
     /// saturation: with both CPUs busy, what a proxy costs its peers shows here.
     generator_us_per_request: f64,
@@ -994,7 +1022,7 @@ fn main() {
         let slice = duration / rounds;
         let mut rps = vec![0.0; targets.len()];
         // The proxy process's CPU time over its saturation phases, and the requests it served.
-        let mut cpu_ticks = vec![0u64; targets.len()];
+        let mut cpu_ticks = vec![CpuTicks::default(); targets.len()];
         let mut generator_ticks = vec![0u64; targets.len()];
         let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
         for _ in 0..rounds {
@@ -1002,10 +1030,11 @@ fn main() {
                 let before = process.map(ProxyProcess::cpu_ticks);
                 let generator_before = cpu_ticks_of(std::process::id());
                 rps[i] += saturation(*addr, connections, slice).await / rounds as f64;
-                generator_ticks[i] +=
-                    cpu_ticks_of(std::process::id()).saturating_sub(generator_before);
+                generator_ticks[i] += cpu_ticks_of(std::process::id())
+                    .since(generator_before)
+                    .total();
                 if let (Some(p), Some(before)) = (process, before) {
-                    cpu_ticks[i] += p.cpu_ticks().saturating_sub(before);
+                    cpu_ticks[i].add(p.cpu_ticks().since(before));
                 }
             }
         }
@@ -1035,7 +1064,11 @@ fn main() {
                 name,
                 rps: rps[i],
                 cpu_us_per_request: targets[i].2.map(|_| {
-                    cpu_ticks[i] as f64 / ticks_per_s * 1e6 / (rps[i] * duration.as_secs_f64())
+                    cpu_ticks[i].total() as f64 / ticks_per_s * 1e6
+                        / (rps[i] * duration.as_secs_f64())
+                }),
+                user_us_per_request: targets[i].2.map(|_| {
+                    cpu_ticks[i].user as f64 / ticks_per_s * 1e6 / (rps[i] * duration.as_secs_f64())
                 }),
                 generator_us_per_request: generator_ticks[i] as f64 / ticks_per_s * 1e6
                     / (rps[i] * duration.as_secs_f64()),
@@ -1046,17 +1079,18 @@ fn main() {
             .collect();
 
         println!(
-            "{:<40} {:>9} {:>8} {:>9} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
-            "target", "req/s", "CPU us/rq", "gen us/rq", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
+            "{:<40} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>16} {:>10} {:>9} {:>9}",
+            "target", "req/s", "CPU us/rq", "user us/rq", "gen us/rq", "p50 us", "p99 us", "lag p50/p99/max", "late>1ms", "RSS idle", "RSS load"
         );
         let mib = |v: Option<f64>| v.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "-".into());
         for r in &rows {
             let [lag50, lag99, lag_max] = r.latency.lag_us;
             println!(
-                "{:<40} {:>9.0} {:>8} {:>9.1} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
+                "{:<40} {:>9.0} {:>8} {:>9} {:>9.1} {:>9.0} {:>9.0} {:>16} {:>10} {:>9} {:>9}",
                 r.name,
                 r.rps,
                 r.cpu_us_per_request.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+                r.user_us_per_request.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
                 r.generator_us_per_request,
                 r.latency.p50_us,
                 r.latency.p99_us,
@@ -1067,7 +1101,8 @@ fn main() {
             );
         }
         println!(
-            "  (gen: the load generator's and upstream's CPU per request at saturation; latency from when each \
+            "  (user: the proxy's CPU per request in user space, the rest being the kernel's; \
+             gen: the load generator's and upstream's CPU per request at saturation; latency from when each \
              request was due; direct is the generator's and upstream's own share, so 'added' below is target \
              minus direct; lag: how late sends were, us)"
         );
@@ -1085,10 +1120,11 @@ fn main() {
                 let h50 = h.latency.p50_us - direct.latency.p50_us;
                 let h99 = h.latency.p99_us - direct.latency.p99_us;
                 line += &format!(
-                    "; vs haproxy: throughput {:.2} x, CPU per request {:.2} x, generator CPU per request {:.2} x, \
-                     added p50 {:.2} x, added p99 {:.2} x",
+                    "; vs haproxy: throughput {:.2} x, CPU per request {:.2} x (user space {:.2} x), \
+                     generator CPU per request {:.2} x, added p50 {:.2} x, added p99 {:.2} x",
                     r.rps / h.rps,
                     r.cpu_us_per_request.unwrap_or(f64::NAN) / h.cpu_us_per_request.unwrap_or(f64::NAN),
+                    r.user_us_per_request.unwrap_or(f64::NAN) / h.user_us_per_request.unwrap_or(f64::NAN),
                     r.generator_us_per_request / h.generator_us_per_request,
                     added_p50 / h50,
                     added_p99 / h99
