@@ -7,8 +7,8 @@
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
 //! conversions, [`status`] the per-zone link status, [`lease`] the record of which node of the
 //! global holds each zone's stream (replicated, so every node sees every zone's state),
-//! [`janitor`] the removal of inventory of zones gone past their grace period or deleted;
-//! [`auth`] and [`tls`] hold zone identity,
+//! [`janitor`] the removal of inventory of zones gone past their grace period or deleted (run by
+//! one node: the Raft leader); [`auth`] and [`tls`] hold zone identity,
 //! [`token_keys`] keeps token signing keys (zone, dataplane, zone proxy) as Secrets of the store,
 //! and [`version`] is the version-skew rule of the handshake (a zone of the global's minor
 //! version or one behind; the global is upgraded first).
