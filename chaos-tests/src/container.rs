@@ -1312,9 +1312,8 @@ pub fn report_notes(skipped: &[(&str, String)]) -> String {
          the project only when a chosen scenario needs it; its jitter and loss draw from the \
          seed. `zone-absent-rejoin` runs the global nodes with `--zone-grace-period` shortened \
          to the outage (scenario::zone_absent_rejoin: absent for the 15 s KDS watchdog + the \
-         grace + 5 s, standing for the issue's 10-minute absence); a multi-node global runs no \
-         zone janitor, so on this tier the zone is noticed offline and rejoins but its inventory \
-         is not removed meanwhile (the process tier's one-node global removes it). Traffic: \
+         grace + 5 s, standing for the issue's 10-minute absence; the leader's zone janitor \
+         removes its inventory meanwhile). Traffic: \
          `demo-app call` in \
          zone-1's frontend container through its sidecar's outbound, 5 s runs one after \
          another (about 0.1-0.3 s between runs for `docker exec`), each reporting every 100 ms, \

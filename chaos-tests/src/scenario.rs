@@ -207,8 +207,8 @@ pub fn zone_offline_after() -> Duration {
 /// The global runs with `--zone-grace-period` of `outage` (1 h by default), and zone-3 is away for
 /// as long as the global takes to notice (the watchdog, [`zone_offline_after`]) plus that grace
 /// plus 5 s: its inventory is removed at the global while it is away, as after a long absence,
-/// and must come back when it rejoins. (A multi-node global runs no zone janitor, so there the
-/// grace changes nothing and only the offline detection and the rejoin are exercised.)
+/// and must come back when it rejoins (in a multi-node global too: its leader runs the janitor
+/// from the zones' replicated lease records).
 fn zone_absent_rejoin(outage: Duration) -> Scenario {
     let grace = outage;
     let absent = zone_offline_after() + grace + Duration::from_secs(5);
@@ -217,7 +217,7 @@ fn zone_absent_rejoin(outage: Duration) -> Scenario {
         fault: format!(
             "zone-3 CP SIGSTOPped for {} s (absent, its streams hung: offline after the {} s \
              KDS watchdog, then its inventory removed after the global's zone grace period, \
-             shortened to {} s; a multi-node global runs no zone janitor), then SIGCONT",
+             shortened to {} s), then SIGCONT",
             absent.as_secs_f64(),
             zone_offline_after().as_secs_f64(),
             grace.as_secs_f64()

@@ -2,10 +2,13 @@
 //! diagnostics (shared with the zone control plane, in the `control-plane` crate) over its own
 //! store, creates the `default` mesh at first start, and serves KDS over TLS to the zones
 //! (`kds::server`): zones authenticate with tokens it signs ([`zones`]: `POST /tokens/zone`), and
-//! `GET /zones/_overview` shows each zone's connection. A zone's inventory outlives its
-//! disconnection by `--zone-grace-period` (or until its Zone resource is deleted), then the
-//! `kds::janitor` removes it. For every mesh whose enabled mTLS backend is `builtin` it creates
-//! the mesh's CA as two Secrets ([`control_plane::ca`]), which KDS syncs to the zones.
+//! `GET /zones/_overview` shows each zone's connection. The node holding a zone's KDS stream
+//! keeps a lease record of it in the replicated store (`kds::lease`, `--zone-lease`), so every
+//! node sees every zone's state. A zone's inventory outlives its disconnection by
+//! `--zone-grace-period` (or until its Zone resource is deleted), then the `kds::janitor`, run by
+//! the Raft leader from those records, removes it. For every mesh whose enabled mTLS backend is
+//! `builtin` it creates the mesh's CA as two Secrets ([`control_plane::ca`]), which KDS syncs to
+//! the zones.
 //!
 //! Its store is a node of a Raft cluster ([`cluster`], docs/raft.md): one node bootstrapped on
 //! first start by default, or `--node-id` and `--peers` for several. Any node takes writes (a
@@ -91,6 +94,17 @@ pub struct Config {
         value_parser = parse_grace_period
     )]
     pub zone_grace_period: std::time::Duration,
+    /// How long the lease lasts that the node holding a zone's KDS stream keeps in the
+    /// replicated store (renewed every third of it while the stream is open): a zone whose node
+    /// dies counts as offline on every node once its lease runs out. Node clocks must agree to
+    /// well within two thirds of it.
+    #[arg(
+        long,
+        env = "MERIDIAN_ZONE_LEASE",
+        default_value = "15s",
+        value_parser = parse_lease
+    )]
+    pub zone_lease: std::time::Duration,
     /// This node's id in the global cluster.
     #[arg(long, env = "MERIDIAN_NODE_ID", default_value_t = 1)]
     pub node_id: NodeId,
@@ -192,6 +206,17 @@ pub enum Command {
 fn parse_grace_period(text: &str) -> Result<std::time::Duration, String> {
     mesh_api::core::common::parse_kuma_duration(text.trim())
         .ok_or_else(|| format!("{text:?} is not a duration such as 300ms, 10m, 1h or 2d"))
+}
+
+/// A zone lease: a duration of at least 300ms (renewed every third of it).
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease = parse_grace_period(text)?;
+    if lease < Duration::from_millis(300) {
+        return Err(format!(
+            "{text:?} is too short for a zone lease (at least 300ms)"
+        ));
+    }
+    Ok(lease)
 }
 
 impl Config {
@@ -336,16 +361,19 @@ pub async fn run(
         server.store.clone(),
         Arc::new(kds::auth::TokenAuthenticator::new(zone_keys.clone())),
     );
-    let janitor = kds::janitor::ZoneJanitor::new(
+    let janitor = kds::janitor::ZoneJanitor::new(server.store.clone(), config.zone_grace_period);
+    let leases = kds::lease::LeaseKeeper::new(
         server.store.clone(),
         kds_server.status(),
-        config.zone_grace_period,
+        config.node_id,
+        kds::lease::LeaseTiming::new(config.zone_lease),
     );
     let zones_api = zones::router(zones::ZonesApi {
         keys: zone_keys.clone(),
         status: kds_server.status(),
         store: server.store.clone(),
         admin: server.token.clone(),
+        node: config.node_id,
     });
     let zone_status = kds_server.status();
     let members_api = members::router(members::MembersApi {
@@ -366,6 +394,11 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Before KDS serves: every stream that opens gets its lease. At shutdown the keeper stops
+    // before the streams end, so a stopping node releases nothing (its zones redial another
+    // node, which claims them, or their leases run out).
+    let leases_stop = stopped(stop_rx.clone());
+    tokio::spawn(async move { leases.run(leases_stop).await });
     let mut kds = tokio::spawn(kds::server::serve(
         listeners.kds,
         Some(tls.server_tls_config()),
@@ -419,20 +452,13 @@ pub async fn run(
             defaults_tx,
             stopped(stop_rx.clone()),
         ));
-        // Each node knows only the zones connected to it, so a node's janitor would take a zone
-        // connected to another node for departed: not run in a cluster (docs/raft.md).
-        tracing::warn!(
-            "zone janitor off in a multi-node global: departed zones' inventory stays until removed"
-        );
-        drop(janitor);
-    } else {
-        let janitor_stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = janitor.run(janitor_stop).await {
-                tracing::error!(error = %e, "the zone janitor stopped: inventory of departed zones stays");
-            }
-        });
     }
+    // The janitor decides from the replicated lease records, on one node: the leader.
+    tokio::spawn(janitor_while_leading(
+        raft_store.clone(),
+        janitor,
+        stop_rx.clone(),
+    ));
     let on_signal = stop_tx.clone();
     let api = server.serve_with(
         Listeners {
@@ -595,6 +621,77 @@ async fn keep_proxy_token_keys(
     }
 }
 
+/// Runs the zone janitor while this node leads the cluster: started when it becomes leader,
+/// after a linearizable read (so that it starts from every lease record committed before),
+/// stopped when it steps down (its role or term changes) or the node stops. Follows openraft's
+/// metrics watch; no polling.
+async fn janitor_while_leading(
+    raft: RaftStore,
+    janitor: kds::janitor::ZoneJanitor,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut metrics = raft.raft().metrics();
+    loop {
+        let term = tokio::select! {
+            led = metrics.wait_for(|m| m.state.is_leader()) => match led {
+                Ok(m) => m.current_term,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut leading = metrics.clone();
+        let stepped_down = async move {
+            let _ = leading
+                .wait_for(|m| !m.state.is_leader() || m.current_term != term)
+                .await;
+        };
+        let mut stopping = stop.clone();
+        let ended = async move {
+            tokio::select! {
+                _ = stepped_down => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        };
+        let result = async {
+            raft.linearizable().await?;
+            tracing::info!(term, grace = ?janitor.grace_period(), "leading: the zone janitor runs on this node");
+            janitor.run(ended).await.map_err(anyhow::Error::from)
+        };
+        let outcome = result.await;
+        if *stop.borrow() {
+            return;
+        }
+        let still_leading = {
+            let m = metrics.borrow();
+            m.state.is_leader() && m.current_term == term
+        };
+        match outcome {
+            Ok(()) if !still_leading => {
+                tracing::info!(
+                    term,
+                    "no longer leading: the zone janitor stopped on this node"
+                )
+            }
+            Ok(()) => tracing::warn!(
+                term,
+                "the zone janitor's store watch ended; starting it again"
+            ),
+            Err(e) if !still_leading => {
+                tracing::info!(error = %e, term, "no longer leading: the zone janitor stopped on this node")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, term, "the zone janitor failed; starting it again")
+            }
+        }
+        if still_leading {
+            tokio::select! {
+                _ = tokio::time::sleep(KEY_RETRY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
 /// In a cluster: once a leader is elected, creates the default mesh (every node tries; all but
 /// one find it there), then sets `done`. Until then, says which members are unreachable.
 async fn bootstrap_defaults(
@@ -643,5 +740,19 @@ mod tests {
             assert_eq!(config.zone_grace_period, want, "{text}");
         }
         assert!(Config::try_parse_from(["global-cp", "--zone-grace-period", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_zone_lease_defaults_to_fifteen_seconds_and_is_not_too_short() {
+        let config = Config::parse_from(["global-cp"]);
+        assert_eq!(config.zone_lease, Duration::from_secs(15));
+        let config = Config::parse_from(["global-cp", "--zone-lease", "1500ms"]);
+        assert_eq!(config.zone_lease, Duration::from_millis(1500));
+        for short in ["100ms", "0s", "soon"] {
+            assert!(
+                Config::try_parse_from(["global-cp", "--zone-lease", short]).is_err(),
+                "{short}"
+            );
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! The global's REST endpoints about zones: issuing zone tokens (`POST /tokens/zone`), rotating
 //! the signing key and revoking tokens (keys and revocations are GlobalSecrets of the replicated
 //! store, `kds::token_keys`, so they hold on every node), and the zones overview (`GET /zones/_overview`) that
-//! `meshctl inspect zones` shows, with each zone's ZoneInsight (what it runs) when it reported one,
-//! its version, and, for a zone whose version the KDS handshake refused (`kds::version`), the
-//! status `refused` and the reason in `refused`.
+//! `meshctl inspect zones` shows. The overview is the same on every node of a multi-node global:
+//! a zone's status comes from its lease record (`kds::lease`, written through the replicated
+//! store by the node holding its KDS stream), `globalNode` names that node, and the node asked
+//! adds its own counters for the zones connected to it. Also each zone's ZoneInsight (what it
+//! runs) when it reported one, its version, and, for a zone whose version the KDS handshake
+//! refused (`kds::version`), the status `refused` and the reason in `refused`.
 //! [`register_connected_zones`] gives every zone that connects a Zone resource.
 
 use std::collections::BTreeMap;
@@ -16,6 +19,7 @@ use axum::{Json, Router};
 use control_plane::api::{require_admin, ApiError};
 use control_plane::auth::AdminToken;
 use kds::auth::AuthError;
+use kds::lease::Liveness;
 use kds::status::ZoneStatusRegistry;
 use kds::token_keys::{KeyFamily, StoreKeys};
 use mesh_api::ResourceType;
@@ -30,6 +34,8 @@ pub struct ZonesApi {
     pub status: ZoneStatusRegistry,
     pub store: Arc<dyn ResourceStore>,
     pub admin: AdminToken,
+    /// This node's id in the global cluster (the `globalNode` of the zones connected to it).
+    pub node: u64,
 }
 
 type Shared = Arc<ZonesApi>;
@@ -165,48 +171,107 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Every zone that ever connected since this global started, and every Zone resource.
+/// An overview item of a zone nothing is known of yet but its name.
+fn overview_item(zone: &str) -> serde_json::Map<String, Value> {
+    let mut item = serde_json::Map::new();
+    item.insert("name".into(), json!(zone));
+    item.insert("status".into(), json!("offline"));
+    item.insert("globalNode".into(), Value::Null);
+    item
+}
+
+/// Every Zone resource, every zone with a lease record (connected to any node of the global, now
+/// or before), and every zone that connected to this node since it started.
 async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let mut items: BTreeMap<String, Value> = BTreeMap::new();
+    let now = chrono::Utc::now();
+    let mut items: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
     for zone in api
         .store
         .list(&ListQuery::all(ResourceType::Zone))
         .await?
         .items
     {
-        items.insert(
-            zone.meta.name.clone(),
-            json!({ "name": zone.meta.name, "status": "offline" }),
-        );
+        items.insert(zone.meta.name.clone(), overview_item(&zone.meta.name));
     }
-    for s in api.status.snapshot() {
-        items.insert(
-            s.zone.clone(),
-            json!({
-                "name": s.zone,
-                "status": if s.online {
-                    "online"
-                } else if s.refused.is_some() {
-                    "refused"
-                } else {
-                    "offline"
-                },
-                "connectedSince": time(s.connected_since),
-                "lastConnected": time(s.last_connected),
-                "lastDisconnected": time(s.last_disconnected),
-                "lastUpdated": time(s.last_updated),
-                "totalUpdates": s.resources_sent + s.resources_received,
-                "totalErrors": s.errors + s.nacks_received + s.nacks_sent,
-                "resourcesSent": s.resources_sent,
-                "resourcesReceived": s.resources_received,
-                "nacks": s.nacks_received,
-                "nacksSent": s.nacks_sent,
-                "bytesSent": s.bytes_sent,
-                "lastError": s.last_error,
-                "version": s.version,
-                "refused": s.refused,
-            }),
+    // What every node sees: the lease records.
+    let mut recorded = std::collections::BTreeSet::new();
+    for record in api
+        .store
+        .list(&ListQuery::all(ResourceType::ZoneLease))
+        .await?
+        .items
+    {
+        let Some(lease) = kds::lease::lease_spec(&record) else {
+            continue;
+        };
+        let zone = &record.meta.name;
+        let entry = items
+            .entry(zone.clone())
+            .or_insert_with(|| overview_item(zone));
+        let online = match kds::lease::liveness(lease, now) {
+            Liveness::Online { node, until } => {
+                entry.insert("status".into(), json!("online"));
+                entry.insert("globalNode".into(), json!(node));
+                entry.insert("leaseExpires".into(), time(Some(until)));
+                true
+            }
+            Liveness::Offline { .. } => {
+                if lease.refused.is_some() {
+                    entry.insert("status".into(), json!("refused"));
+                }
+                false
+            }
+        };
+        entry.insert(
+            "connectedSince".into(),
+            time(lease.connected_since.filter(|_| online)),
         );
+        entry.insert("lastConnected".into(), time(lease.last_connected));
+        entry.insert("lastDisconnected".into(), time(lease.last_disconnected));
+        entry.insert("refused".into(), json!(lease.refused));
+        recorded.insert(zone.clone());
+    }
+    // What only this node knows: the counters of the zones that connected to it, and a
+    // connection whose lease is not written yet.
+    for s in api.status.snapshot() {
+        let entry = items
+            .entry(s.zone.clone())
+            .or_insert_with(|| overview_item(&s.zone));
+        if s.online && entry["status"] != "online" {
+            entry.insert("status".into(), json!("online"));
+            entry.insert("globalNode".into(), json!(api.node));
+            entry.insert("connectedSince".into(), time(s.connected_since));
+        } else if s.refused.is_some() && entry["status"] == "offline" {
+            entry.insert("status".into(), json!("refused"));
+        }
+        if !recorded.contains(&s.zone) {
+            entry.insert("connectedSince".into(), time(s.connected_since));
+            entry.insert("lastConnected".into(), time(s.last_connected));
+            entry.insert("lastDisconnected".into(), time(s.last_disconnected));
+        }
+        if s.refused.is_some() || !entry.contains_key("refused") {
+            entry.insert("refused".into(), json!(s.refused));
+        }
+        for (field, value) in [
+            ("lastUpdated", time(s.last_updated)),
+            (
+                "totalUpdates",
+                json!(s.resources_sent + s.resources_received),
+            ),
+            (
+                "totalErrors",
+                json!(s.errors + s.nacks_received + s.nacks_sent),
+            ),
+            ("resourcesSent", json!(s.resources_sent)),
+            ("resourcesReceived", json!(s.resources_received)),
+            ("nacks", json!(s.nacks_received)),
+            ("nacksSent", json!(s.nacks_sent)),
+            ("bytesSent", json!(s.bytes_sent)),
+            ("lastError", json!(s.last_error)),
+            ("version", json!(s.version)),
+        ] {
+            entry.insert(field.into(), value);
+        }
     }
     // Each zone's own summary, reported over KDS and stored under the zone's label.
     for insight in api
@@ -218,11 +283,18 @@ async fn overview(State(api): State<Shared>) -> Result<Json<Value>, ApiError> {
         let Some(zone) = insight.meta.labels.get(mesh_api::ZONE_LABEL) else {
             continue;
         };
-        if let Some(Value::Object(item)) = items.get_mut(zone) {
-            item.insert("insight".into(), insight.spec.to_value());
+        if let Some(item) = items.get_mut(zone) {
+            let spec = insight.spec.to_value();
+            // The version of a zone connected to another node: as the zone reported it.
+            if item.get("version").is_none_or(Value::is_null) {
+                if let Some(version) = spec.get("version").filter(|v| v.is_string()) {
+                    item.insert("version".into(), version.clone());
+                }
+            }
+            item.insert("insight".into(), spec);
         }
     }
-    let items: Vec<Value> = items.into_values().collect();
+    let items: Vec<Value> = items.into_values().map(Value::Object).collect();
     Ok(Json(
         json!({ "total": items.len(), "items": items, "next": null }),
     ))

@@ -4,8 +4,10 @@
 //! every acknowledged write is on every node (an oracle of acknowledged names); a wiped node
 //! rejoins and catches up from a snapshot; a member that cannot be reached is refused, naming
 //! its address; a data dir is not switched between a single node and a cluster by mistake;
-//! a backup restored into a new single node holds every policy.
+//! a backup restored into a new single node holds every policy; a SIGKILLed node's zone is
+//! offline on the other nodes once its lease runs out, and loses its inventory after the grace.
 
+mod kds_zone;
 mod process_cluster;
 
 use std::collections::BTreeSet;
@@ -525,4 +527,122 @@ async fn a_backup_restored_into_a_new_node_holds_every_policy() {
     // It takes writes as a one-node cluster.
     assert_eq!(single.put(0, "after-restore", "1", DEADLINE).await, Ok(201));
     single.kill(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_nodes_zone_goes_offline_when_its_lease_runs_out_then_loses_its_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(1500);
+    let mut cluster = ProcCluster::start(
+        dir.path(),
+        3,
+        false,
+        &["--zone-lease", "1500ms", "--zone-grace-period", "1500ms"],
+    )
+    .await;
+    // The leader holds the zone: its death also moves the janitor to another node.
+    let killed = cluster.leader().await;
+    let killed_id = cluster.nodes[killed].id;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != killed).collect();
+    let token: Value = cluster
+        .client
+        .post(format!("{}/tokens/zone", cluster.nodes[rest[0]].api))
+        .bearer_auth(&cluster.nodes[rest[0]].token)
+        .json(&json!({"zone": "zone-1", "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ca = std::fs::read(dir.path().join("kds").join(kds::tls::CA_CERT_FILE)).unwrap();
+    let mut zone = kds_zone::TestZone::start(
+        "zone-1",
+        vec![cluster.nodes[killed].kds.clone()],
+        ca,
+        token["token"].as_str().unwrap().to_owned(),
+    )
+    .await;
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api.clone()).collect();
+    let client = cluster.client.clone();
+    let item = |i: usize| {
+        let (client, api) = (client.clone(), apis[i].clone());
+        async move {
+            let page: Value = client
+                .get(format!("{api}/zones/_overview"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            page["items"]
+                .as_array()?
+                .iter()
+                .find(|item| item["name"] == "zone-1")
+                .cloned()
+        }
+    };
+    let inventory = |i: usize| {
+        let (client, api) = (client.clone(), apis[i].clone());
+        async move {
+            let url = format!("{api}/meshes/default/dataplanes/web.zone-1");
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
+        }
+    };
+    for &i in &rest {
+        eventually("zone-1 online at the leader", DEADLINE, || async {
+            item(i)
+                .await
+                .filter(|it| it["status"] == "online" && it["globalNode"] == killed_id)
+        })
+        .await
+        .unwrap();
+        eventually("zone-1's inventory", DEADLINE, || async {
+            (inventory(i).await == Some(200)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    cluster.kill(killed);
+    let lease: Value = cluster
+        .client
+        .get(format!("{}/zone-leases/zone-1", cluster.nodes[rest[0]].api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        lease["connected"], true,
+        "released by a killed node? {lease}"
+    );
+    let expires = chrono::DateTime::parse_from_rfc3339(lease["leaseExpires"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    for &i in &rest {
+        eventually("zone-1 offline", DEADLINE, || async {
+            item(i).await.filter(|it| it["status"] == "offline")
+        })
+        .await
+        .unwrap();
+    }
+    assert!(chrono::Utc::now() >= expires);
+    for &i in &rest {
+        let gone = eventually("zone-1's inventory removed", DEADLINE, || async {
+            (inventory(i).await == Some(404)).then_some(())
+        })
+        .await;
+        assert!(gone.is_ok(), "{gone:?}\n{}", cluster.log(rest[0]));
+    }
+    assert!(chrono::Utc::now() >= expires + chrono::TimeDelta::from_std(grace).unwrap());
+    zone.disconnect().await;
+    cluster.stop_all();
 }

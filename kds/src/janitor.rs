@@ -2,22 +2,32 @@
 //! global (so other zones keep routing to its ingresses) until either a grace period has passed
 //! with the zone still offline, or the operator deletes the zone's `Zone` resource; then every
 //! resource labelled `kuma.io/origin: zone` and `kuma.io/zone: <zone>` is deleted, and the deletes
-//! reach the other zones through the normal KDS watch. Event-driven: it follows the
-//! [`ZoneStatusRegistry`]'s online/offline transitions and the store's watch (for Zone deletions);
-//! an offline zone has one timer, cancelled when the zone comes back. At start it also schedules
-//! every zone that has inventory in the store but is not connected (e.g. after a global restart).
+//! reach the other zones through the normal KDS watch.
+//!
+//! Whether a zone is online comes from its lease record ([`crate::lease`]: connected, and the
+//! lease not run out), which the node holding the zone's stream writes into the global's store,
+//! so that in a multi-node global the janitor sees the zones connected to every node; run it on
+//! one node only (the Raft leader). Event-driven: it follows the store's watch for lease records
+//! and Zone deletions; an online zone has one timer, at its lease's expiry (moved by each
+//! renewal), and an offline zone one, at the end of its grace period, cancelled when the zone
+//! comes back. The grace period counts from when the zone went offline as its record says (its
+//! release, or its lease's expiry), so a janitor started later (a new leader, a restart) does
+//! not start it again; a zone with inventory but no record (older versions kept none) gets the
+//! whole grace period from the janitor's start.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use mesh_api::core::zone_lease::ZoneLeaseSpec;
 use mesh_api::{Resource, ResourceType};
 use mesh_store::{ChangeKind, ListQuery, ResourceStore, StoreError, Watch};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::status::ZoneStatusRegistry;
+use crate::lease::{self, Liveness};
 use crate::sync::{self, ApplyError};
 use crate::wire;
 
@@ -34,10 +44,20 @@ pub enum JanitorError {
     },
 }
 
-/// A scheduled removal: its generation (to ignore a stale expiry) and its timer.
+/// What a zone's timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The zone is online until its lease runs out, unless renewed first.
+    LeaseExpiry,
+    /// The zone is offline; its grace period ends.
+    Removal,
+}
+
+/// A zone's timer: its generation (to ignore a stale expiry), what it is for, its task.
 #[derive(Debug)]
 struct Pending {
     generation: u64,
+    due: Due,
     timer: JoinHandle<()>,
 }
 
@@ -48,11 +68,10 @@ struct Timers {
 }
 
 /// Removes the inventory of zones gone for longer than the grace period, or deleted by the
-/// operator. Cloning shares it; run it once with [`ZoneJanitor::run`].
+/// operator. Cloning shares it; run it once at a time with [`ZoneJanitor::run`].
 #[derive(Clone)]
 pub struct ZoneJanitor {
     store: Arc<dyn ResourceStore>,
-    status: ZoneStatusRegistry,
     grace: Duration,
     timers: Arc<Mutex<Timers>>,
 }
@@ -66,16 +85,14 @@ impl std::fmt::Debug for ZoneJanitor {
     }
 }
 
+/// The lease records the janitor has seen, by zone.
+type Leases = HashMap<String, ZoneLeaseSpec>;
+
 impl ZoneJanitor {
-    /// A janitor over the global's store, following the KDS server's status registry.
-    pub fn new(
-        store: Arc<dyn ResourceStore>,
-        status: ZoneStatusRegistry,
-        grace: Duration,
-    ) -> ZoneJanitor {
+    /// A janitor over the global's store (its lease records and inventory).
+    pub fn new(store: Arc<dyn ResourceStore>, grace: Duration) -> ZoneJanitor {
         ZoneJanitor {
             store,
-            status,
             grace,
             timers: Arc::default(),
         }
@@ -87,7 +104,13 @@ impl ZoneJanitor {
 
     /// The zones whose inventory is scheduled for removal (offline, within their grace period).
     pub fn scheduled(&self) -> Vec<String> {
-        let mut zones: Vec<String> = self.lock().pending.keys().cloned().collect();
+        let mut zones: Vec<String> = self
+            .lock()
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due == Due::Removal)
+            .map(|(z, _)| z.clone())
+            .collect();
         zones.sort();
         zones
     }
@@ -96,47 +119,61 @@ impl ZoneJanitor {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Follows zone transitions and Zone deletions until `shutdown` resolves (or the store
-    /// closes). Fails only when it cannot start (listing or watching the store).
+    /// Follows lease records and Zone deletions until `shutdown` resolves (or the store closes),
+    /// then cancels its timers. Fails only when it cannot start (listing or watching the store).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), JanitorError> {
-        let mut transitions = self.status.subscribe();
         let mut revision = self.store.revision();
         let mut watch = self.store.watch(revision)?;
-        let (expired_tx, mut expired_rx) = mpsc::unbounded_channel::<(String, u64)>();
-        for zone in self.zones_with_inventory().await? {
-            if !self.status.is_online(&zone) {
-                self.schedule(&zone, &expired_tx);
-            }
+        let (fired_tx, mut fired_rx) = mpsc::unbounded_channel::<(String, u64)>();
+        let mut leases = self.leases().await?;
+        let mut zones: BTreeSet<String> = self.zones_with_inventory().await?;
+        zones.extend(leases.keys().cloned());
+        for zone in &zones {
+            self.reconsider(zone, leases.get(zone), &fired_tx);
         }
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                t = transitions.recv() => match t {
-                    Ok(t) => self.reconsider(&t.zone, &expired_tx),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        for s in self.status.snapshot() {
-                            self.reconsider(&s.zone, &expired_tx);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break Ok(()),
-                },
-                Some((zone, generation)) = expired_rx.recv() => {
-                    self.expired(&zone, generation).await;
+                Some((zone, generation)) = fired_rx.recv() => {
+                    self.fired(&zone, generation, leases.get(&zone), &fired_tx).await;
                 }
                 event = watch.next() => match event {
                     Some(Ok(event)) => {
                         revision = event.revision;
-                        if event.kind == ChangeKind::Deleted
-                            && event.resource.resource_type() == ResourceType::Zone
-                        {
-                            self.zone_deleted(&event.resource.meta.name).await;
+                        let name = &event.resource.meta.name;
+                        match (event.resource.resource_type(), event.kind) {
+                            (ResourceType::ZoneLease, ChangeKind::Deleted) => {
+                                // With its Zone resource: nothing left to wait for.
+                                leases.remove(name);
+                                self.cancel(name);
+                            }
+                            (ResourceType::ZoneLease, _) => {
+                                if let Some(spec) = lease::lease_spec(&event.resource) {
+                                    leases.insert(name.clone(), spec.clone());
+                                    self.reconsider(name, Some(spec), &fired_tx);
+                                }
+                            }
+                            (ResourceType::Zone, ChangeKind::Deleted) => {
+                                self.zone_deleted(name, leases.get(name)).await;
+                            }
+                            _ => {}
                         }
                     }
                     Some(Err(e)) => match self.rewatch(&e, revision) {
-                        Ok((w, from)) => {
+                        Ok((w, from, missed)) => {
                             watch = w;
                             revision = from;
+                            if missed {
+                                // Lease changes may have been missed too: read them again.
+                                match self.leases().await {
+                                    Ok(now) => leases = now,
+                                    Err(e) => break Err(e.into()),
+                                }
+                                for zone in leases.keys() {
+                                    self.reconsider(zone, leases.get(zone), &fired_tx);
+                                }
+                            }
                         }
                         Err(e) => break Err(e),
                     },
@@ -151,85 +188,174 @@ impl ZoneJanitor {
     }
 
     /// Watches again after a watch error: from the last delivered revision when the watcher
-    /// lagged, from now (with a warning: a Zone deletion may have been missed) otherwise.
-    fn rewatch(&self, error: &StoreError, revision: u64) -> Result<(Watch, u64), JanitorError> {
-        let from = match error {
-            StoreError::Lagged { last_delivered } => *last_delivered,
+    /// lagged, from now (with a warning: a Zone deletion may have been missed) otherwise. Says
+    /// whether changes were skipped.
+    fn rewatch(
+        &self,
+        error: &StoreError,
+        revision: u64,
+    ) -> Result<(Watch, u64, bool), JanitorError> {
+        let (from, missed) = match error {
+            StoreError::Lagged { last_delivered } => (*last_delivered, false),
             other => {
                 tracing::warn!(error = %other, "zone janitor: store watch ended; watching again from now");
-                self.store.revision()
+                (self.store.revision(), true)
             }
         };
         match self.store.watch(from) {
-            Ok(w) => Ok((w, from)),
+            Ok(w) => Ok((w, from, missed)),
             Err(StoreError::Compacted { .. }) => {
                 tracing::warn!(
                     revision,
                     "zone janitor: store watch compacted; watching again from now"
                 );
                 let now = self.store.revision();
-                Ok((self.store.watch(now)?, now))
+                Ok((self.store.watch(now)?, now, true))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// A zone changed state: schedule its removal when offline, cancel it when online.
-    fn reconsider(&self, zone: &str, expired: &mpsc::UnboundedSender<(String, u64)>) {
-        if self.status.is_online(zone) {
-            if let Some(pending) = self.lock().pending.remove(zone) {
-                pending.timer.abort();
-                tracing::info!(%zone, "zone back online; its inventory stays");
+    async fn leases(&self) -> Result<Leases, StoreError> {
+        let page = self
+            .store
+            .list(&ListQuery::all(ResourceType::ZoneLease))
+            .await?;
+        Ok(page
+            .items
+            .iter()
+            .filter_map(|r| Some((r.meta.name.clone(), lease::lease_spec(r)?.clone())))
+            .collect())
+    }
+
+    /// A zone's record changed, or its timer fired: while it is online, wait for its lease to
+    /// run out (a renewal moves the timer); once offline, for its grace period to end.
+    fn reconsider(
+        &self,
+        zone: &str,
+        lease: Option<&ZoneLeaseSpec>,
+        fired: &mpsc::UnboundedSender<(String, u64)>,
+    ) {
+        let now = Utc::now();
+        match lease.map(|l| lease::liveness(l, now)) {
+            Some(Liveness::Online { until, .. }) => {
+                let wait = (until - now).to_std().unwrap_or_default();
+                let was = self.arm(zone, Due::LeaseExpiry, wait, fired);
+                if was == Some(Due::Removal) {
+                    tracing::info!(%zone, "zone back online; its inventory stays");
+                }
             }
-        } else {
-            self.schedule(zone, expired);
+            Some(Liveness::Offline { since }) => self.schedule_removal(zone, since, now, fired),
+            None => self.schedule_removal(zone, None, now, fired),
         }
     }
 
-    /// Starts the grace timer of an offline zone, unless it runs already.
-    fn schedule(&self, zone: &str, expired: &mpsc::UnboundedSender<(String, u64)>) {
-        let mut timers = self.lock();
-        if timers.pending.contains_key(zone) {
+    /// Starts the grace timer of an offline zone (offline since `since`, or now when unknown),
+    /// unless it runs already.
+    fn schedule_removal(
+        &self,
+        zone: &str,
+        since: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        fired: &mpsc::UnboundedSender<(String, u64)>,
+    ) {
+        if self
+            .lock()
+            .pending
+            .get(zone)
+            .is_some_and(|p| p.due == Due::Removal)
+        {
             return;
         }
+        let offline_for = since
+            .and_then(|since| (now - since).to_std().ok())
+            .unwrap_or_default();
+        let wait = self.grace.saturating_sub(offline_for);
+        self.arm(zone, Due::Removal, wait, fired);
+        tracing::info!(%zone, grace = ?self.grace, remaining = ?wait, "zone offline; its inventory is removed unless it returns within the grace period");
+    }
+
+    /// Replaces the zone's timer with one for `due` in `wait`; returns what the old one was for.
+    fn arm(
+        &self,
+        zone: &str,
+        due: Due,
+        wait: Duration,
+        fired: &mpsc::UnboundedSender<(String, u64)>,
+    ) -> Option<Due> {
+        let mut timers = self.lock();
         timers.next_generation += 1;
         let generation = timers.next_generation;
-        let (grace, tx, name) = (self.grace, expired.clone(), zone.to_owned());
+        let (tx, name) = (fired.clone(), zone.to_owned());
         let timer = tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+            tokio::time::sleep(wait).await;
             let _ = tx.send((name, generation));
         });
-        timers
-            .pending
-            .insert(zone.to_owned(), Pending { generation, timer });
-        tracing::info!(%zone, grace = ?self.grace, "zone offline; its inventory is removed unless it returns within the grace period");
+        let old = timers.pending.insert(
+            zone.to_owned(),
+            Pending {
+                generation,
+                due,
+                timer,
+            },
+        );
+        old.map(|old| {
+            old.timer.abort();
+            old.due
+        })
     }
 
-    async fn expired(&self, zone: &str, generation: u64) {
-        {
-            let mut timers = self.lock();
-            match timers.pending.get(zone) {
-                Some(p) if p.generation == generation => {
-                    timers.pending.remove(zone);
-                }
-                // Cancelled, or superseded by a later schedule.
-                _ => return,
-            }
-        }
-        if self.status.is_online(zone) {
-            return;
-        }
-        self.remove_logged(zone, "grace period ended").await;
-    }
-
-    async fn zone_deleted(&self, zone: &str) {
+    fn cancel(&self, zone: &str) {
         if let Some(pending) = self.lock().pending.remove(zone) {
             pending.timer.abort();
         }
-        if self.status.is_online(zone) {
+    }
+
+    async fn fired(
+        &self,
+        zone: &str,
+        generation: u64,
+        lease: Option<&ZoneLeaseSpec>,
+        fired: &mpsc::UnboundedSender<(String, u64)>,
+    ) {
+        let due = {
+            let mut timers = self.lock();
+            match timers.pending.get(zone) {
+                Some(p) if p.generation == generation => {
+                    let due = p.due;
+                    timers.pending.remove(zone);
+                    due
+                }
+                // Cancelled, or superseded by a later timer.
+                _ => return,
+            }
+        };
+        match due {
+            // Run out (or, a timer being a hair early, not quite yet): see again.
+            Due::LeaseExpiry => self.reconsider(zone, lease, fired),
+            Due::Removal => {
+                if lease.is_some_and(|l| {
+                    matches!(lease::liveness(l, Utc::now()), Liveness::Online { .. })
+                }) {
+                    return;
+                }
+                self.remove_logged(zone, "grace period ended").await;
+            }
+        }
+    }
+
+    async fn zone_deleted(&self, zone: &str, lease: Option<&ZoneLeaseSpec>) {
+        self.cancel(zone);
+        if lease.is_some_and(|l| matches!(lease::liveness(l, Utc::now()), Liveness::Online { .. }))
+        {
             tracing::warn!(%zone, "Zone resource deleted while the zone is connected; revoke its token to keep it out");
         }
         self.remove_logged(zone, "Zone resource deleted").await;
+        // Its lease record goes too (the node holding a connection still open writes it again).
+        match self.store.delete(&lease::lease_key(zone), None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(%zone, error = %e, "could not delete the zone's lease record"),
+        }
     }
 
     async fn remove_logged(&self, zone: &str, why: &str) {
@@ -303,6 +429,8 @@ impl ZoneJanitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::{LeaseKeeper, LeaseTiming};
+    use crate::status::ZoneStatusRegistry;
     use mesh_api::ResourceKey;
     use mesh_store::SledStore;
 
@@ -327,11 +455,28 @@ mod tests {
         janitor: ZoneJanitor,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: JoinHandle<Result<(), JanitorError>>,
+        keeper_stop: Option<tokio::sync::oneshot::Sender<()>>,
+        keeper: JoinHandle<()>,
         _dir: tempfile::TempDir,
     }
 
+    /// Long enough that no lease runs out or is renewed within a test, paused clock included:
+    /// a zone is online exactly while its stream is open.
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+    /// Waits until the lease record of `zone` says `connected`.
+    async fn lease_says(store: &Arc<dyn ResourceStore>, zone: &str, connected: bool) {
+        test_support::eventually("the zone's lease", Duration::from_secs(10), || async {
+            let r = store.get(&lease::lease_key(zone)).await.expect("get")?;
+            (lease::lease_spec(&r)?.connected == connected).then_some(())
+        })
+        .await
+        .expect("lease");
+    }
+
     /// A sled store holding a Dataplane of each of `zones` and a Mesh; `online` zones have a
-    /// stream open; then the janitor starts.
+    /// stream open (their lease written by a keeper, as the node holding them does); then the
+    /// janitor starts.
     async fn setup(zones: &[&str], online: &[&str], grace: Duration) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn ResourceStore> = Arc::new(SledStore::open(dir.path()).expect("opens"));
@@ -344,10 +489,22 @@ mod tests {
             store.create(dataplane(zone)).await.expect("dataplane");
         }
         let status = ZoneStatusRegistry::new();
+        let (keeper_stop, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
+        let keeper = tokio::spawn({
+            let keeper = LeaseKeeper::new(store.clone(), status.clone(), 1, LeaseTiming::new(YEAR));
+            async move {
+                keeper
+                    .run(async {
+                        let _ = keeper_stopped.await;
+                    })
+                    .await
+            }
+        });
         for zone in online {
             status.entry(zone).stream_opened();
+            lease_says(&store, zone, true).await;
         }
-        let janitor = ZoneJanitor::new(store.clone(), status.clone(), grace);
+        let janitor = ZoneJanitor::new(store.clone(), grace);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn({
             let janitor = janitor.clone();
@@ -365,6 +522,8 @@ mod tests {
             janitor,
             stop: Some(tx),
             task,
+            keeper_stop: Some(keeper_stop),
+            keeper,
             _dir: dir,
         }
     }
@@ -398,7 +557,20 @@ mod tests {
                 let _ = tx.send(());
             }
             (&mut self.task).await.expect("joins").expect("runs");
+            if let Some(tx) = self.keeper_stop.take() {
+                let _ = tx.send(());
+            }
+            (&mut self.keeper).await.expect("joins");
         }
+    }
+
+    fn disconnected_lease(zone: &str, at: DateTime<Utc>) -> Resource {
+        let spec = ZoneLeaseSpec {
+            global_node: 2,
+            last_disconnected: Some(at),
+            ..ZoneLeaseSpec::default()
+        };
+        Resource::new(zone, None, mesh_api::Spec::ZoneLease(spec))
     }
 
     #[tokio::test]
@@ -462,5 +634,110 @@ mod tests {
         s.scheduled_becomes(&["zone-2"]).await;
         assert!(s.present("zone-2").await);
         s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_zone_held_by_a_node_that_died_goes_when_its_lease_runs_out() {
+        let grace = Duration::from_millis(200);
+        let s = setup(&["zone-1"], &[], grace).await;
+        // Another node of the global holds zone-1's stream, with a short lease.
+        let other = ZoneStatusRegistry::new();
+        let keeper = LeaseKeeper::new(
+            s.store.clone(),
+            other.clone(),
+            2,
+            LeaseTiming::new(Duration::from_millis(400)),
+        );
+        let (dead_tx, dead) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn(async move {
+            keeper
+                .run(async {
+                    let _ = dead.await;
+                })
+                .await
+        });
+        other.entry("zone-1").stream_opened();
+        lease_says(&s.store, "zone-1", true).await;
+        s.scheduled_becomes(&[]).await;
+        // The holder dies: nothing more is written, the lease runs out, then the grace.
+        let _ = dead_tx.send(());
+        holder.await.expect("joins");
+        let record = s
+            .store
+            .get(&lease::lease_key("zone-1"))
+            .await
+            .expect("get")
+            .expect("lease");
+        let expires = lease::lease_spec(&record)
+            .and_then(|l| l.lease_expires)
+            .expect("connected");
+        s.gone("zone-1").await;
+        let grace_ends = expires + chrono::TimeDelta::from_std(grace).expect("small");
+        assert!(
+            Utc::now() >= grace_ends,
+            "removed before the lease ran out and the grace passed"
+        );
+        s.scheduled_becomes(&[]).await;
+        s.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_period_counts_from_when_the_zone_went_offline() {
+        let grace = Duration::from_secs(3600);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn ResourceStore> = Arc::new(SledStore::open(dir.path()).expect("opens"));
+        let mut docs = mesh_api::parse_documents("type: Mesh\nname: default\n");
+        store
+            .create(docs.remove(0).expect("parses").resource)
+            .await
+            .expect("mesh");
+        // zone-1 left two hours ago, zone-2 half an hour ago (as a new leader's janitor finds).
+        let now = Utc::now();
+        for (zone, ago) in [("zone-1", 7200), ("zone-2", 1800)] {
+            store.create(dataplane(zone)).await.expect("dataplane");
+            let at = now - chrono::TimeDelta::seconds(ago);
+            store
+                .create(disconnected_lease(zone, at))
+                .await
+                .expect("lease");
+        }
+        let janitor = ZoneJanitor::new(store.clone(), grace);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let janitor = janitor.clone();
+            async move {
+                janitor
+                    .run(async {
+                        let _ = rx.await;
+                    })
+                    .await
+            }
+        });
+        let present = |zone: &'static str| {
+            let store = store.clone();
+            async move { store.get(&dp_key(zone)).await.expect("get").is_some() }
+        };
+        // zone-1's grace ended before the janitor started: removed at once.
+        test_support::eventually(
+            "zone-1's inventory to go",
+            Duration::from_secs(10),
+            || async { (!present("zone-1").await).then_some(()) },
+        )
+        .await
+        .expect("removed");
+        // zone-2 has the rest of its grace, not a new one.
+        assert_eq!(janitor.scheduled(), vec!["zone-2".to_owned()]);
+        tokio::time::advance(Duration::from_secs(1700)).await;
+        assert!(present("zone-2").await);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        test_support::eventually(
+            "zone-2's inventory to go",
+            Duration::from_secs(10),
+            || async { (!present("zone-2").await).then_some(()) },
+        )
+        .await
+        .expect("removed");
+        let _ = tx.send(());
+        task.await.expect("joins").expect("runs");
     }
 }

@@ -5,8 +5,10 @@
 //! differences travel (also on reconnect), responses are chunked under a byte budget, NACKs are
 //! retried with backoff, and both ends keep each stream alive or tear it down. [`server`] is the
 //! global side, [`client`] the zone side, [`delta`] the pure diff/chunk engine, [`wire`] the
-//! conversions, [`status`] the per-zone link status, [`janitor`] the removal of inventory of
-//! zones gone past their grace period or deleted; [`auth`] and [`tls`] hold zone identity,
+//! conversions, [`status`] the per-zone link status, [`lease`] the record of which node of the
+//! global holds each zone's stream (replicated, so every node sees every zone's state),
+//! [`janitor`] the removal of inventory of zones gone past their grace period or deleted (run by
+//! one node: the Raft leader); [`auth`] and [`tls`] hold zone identity,
 //! [`token_keys`] keeps token signing keys (zone, dataplane, zone proxy) as Secrets of the store,
 //! and [`version`] is the version-skew rule of the handshake (a zone of the global's minor
 //! version or one behind; the global is upgraded first).
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod delta;
 pub mod janitor;
+pub mod lease;
 pub mod pb;
 pub mod server;
 pub mod status;
@@ -34,6 +37,7 @@ pub use client::{
     run, ClientError, ClientStatus, ClientStatusSnapshot, KdsClientConfig, TokenSource,
 };
 pub use janitor::{JanitorError, ZoneJanitor};
+pub use lease::{LeaseKeeper, LeaseTiming};
 pub use server::{
     serve, AllowAllZonesForTests, KdsServer, ServeError, ZoneAuthenticator, ZONE_METADATA,
 };
@@ -68,5 +72,14 @@ mod tests {
         assert!(global_to_zone_types().any(|t| t == ResourceType::Mesh));
         assert!(zone_to_global_types().any(|t| t == ResourceType::Dataplane));
         assert!(!zone_to_global_types().any(|t| t == ResourceType::Mesh));
+    }
+
+    #[test]
+    fn zone_leases_stay_at_the_global() {
+        // Neither down (policy, relayed types) nor up: the global's record of its own streams.
+        assert!(!global_to_zone_types().any(|t| t == ResourceType::ZoneLease));
+        assert!(!zone_to_global_types().any(|t| t == ResourceType::ZoneLease));
+        assert!(!server::down_types().contains(&ResourceType::ZoneLease));
+        assert!(ResourceType::ZoneLease.is_computed());
     }
 }

@@ -4,8 +4,9 @@
 //! received, NACKs and errors, the version the zone reports, and why the global refused the zone's
 //! last handshake when it did (a version outside the skew rule, [`crate::version`]). Counters are per-zone atomics;
 //! the registry's map is locked only when a stream opens. A zone going offline (its last stream
-//! ended) or online (its first stream opened) is announced to subscribers ([`ZoneStatusRegistry::subscribe`])
-//! as a [`ZoneTransition`]; only those two edges send anything, never the per-message counters.
+//! ended) or online (its first stream opened), and a refused handshake, are announced to
+//! subscribers ([`ZoneStatusRegistry::subscribe`]) as a [`ZoneTransition`]; only those send
+//! anything, never the per-message counters.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,9 +18,11 @@ use tokio::sync::broadcast;
 /// How many transitions a slow subscriber may fall behind before it is told it lagged.
 const TRANSITIONS_BUFFER: usize = 1024;
 
-/// A zone came online (its first stream opened) or went offline (its last stream ended).
+/// A zone came online (its first stream opened) or went offline (its last stream ended), or its
+/// handshake was refused (`online` then says whether another stream of it is open).
 /// Transitions of different streams may be observed out of order: on receipt, read the zone's
-/// current state with [`ZoneStatusRegistry::is_online`] rather than trusting `online` alone.
+/// current state ([`ZoneStatusRegistry::is_online`], [`ZoneStatusRegistry::zone`]) rather than
+/// trusting `online` alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneTransition {
     pub zone: String,
@@ -31,6 +34,9 @@ pub struct ZoneTransition {
 pub struct ZoneStatus {
     pub zone: String,
     pub online: bool,
+    /// How many times the zone came online here (its first stream opened): a new value is a new
+    /// connection.
+    pub connections: u64,
     /// Since when the current connection is up (`None` while offline).
     pub connected_since: Option<DateTime<Utc>>,
     pub last_connected: Option<DateTime<Utc>>,
@@ -73,6 +79,7 @@ pub struct ZoneEntry {
     zone: String,
     transitions: broadcast::Sender<ZoneTransition>,
     streams: AtomicUsize,
+    connections: AtomicU64,
     resources_sent: AtomicU64,
     resources_received: AtomicU64,
     messages_sent: AtomicU64,
@@ -89,6 +96,7 @@ impl ZoneEntry {
             zone,
             transitions,
             streams: AtomicUsize::new(0),
+            connections: AtomicU64::new(0),
             resources_sent: AtomicU64::new(0),
             resources_received: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
@@ -124,6 +132,7 @@ impl ZoneEntry {
     pub(crate) fn stream_opened(&self) {
         let now = Utc::now();
         if self.streams.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.connections.fetch_add(1, Ordering::SeqCst);
             {
                 let mut t = self.times();
                 t.connected_since = Some(now);
@@ -183,14 +192,18 @@ impl ZoneEntry {
     }
 
     /// The zone's handshake was refused: `version` as reported (if any), `why` for the overview.
+    /// Announced, so that the refusal can be recorded where every node of the global sees it.
     pub(crate) fn refused(&self, version: Option<&str>, why: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.times();
-        if let Some(v) = version.filter(|v| !v.is_empty()) {
-            t.version = Some(v.to_owned());
+        {
+            let mut t = self.times();
+            if let Some(v) = version.filter(|v| !v.is_empty()) {
+                t.version = Some(v.to_owned());
+            }
+            t.last_error = Some(why.clone());
+            t.refused = Some(why);
         }
-        t.last_error = Some(why.clone());
-        t.refused = Some(why);
+        self.announce(self.online());
     }
 
     fn snapshot(&self, zone: &str) -> ZoneStatus {
@@ -198,6 +211,7 @@ impl ZoneEntry {
         ZoneStatus {
             zone: zone.to_owned(),
             online: self.online(),
+            connections: self.connections.load(Ordering::SeqCst),
             connected_since: t.connected_since,
             last_connected: t.last_connected,
             last_disconnected: t.last_disconnected,
@@ -314,6 +328,10 @@ mod tests {
         assert!(!s.online);
         assert!(s.connected_since.is_none() && s.last_disconnected.is_some());
         assert_eq!(reg.snapshot().len(), 1);
+        // Two streams of one connection count once; the next connection counts again.
+        assert_eq!(s.connections, 1);
+        e.stream_opened();
+        assert_eq!(reg.zone("zone-1").unwrap().connections, 2);
     }
 
     #[test]
@@ -340,8 +358,15 @@ mod tests {
     #[test]
     fn a_refusal_is_shown_until_a_handshake_is_accepted() {
         let reg = ZoneStatusRegistry::new();
+        let mut rx = reg.subscribe();
         let e = reg.entry("zone-1");
         e.refused(Some("0.9.0"), "too new".into());
+        // Announced (to be recorded for every node of the global), as offline.
+        let announced = rx.try_recv().unwrap();
+        assert_eq!(
+            (announced.zone.as_str(), announced.online),
+            ("zone-1", false)
+        );
         let s = reg.zone("zone-1").unwrap();
         assert!(!s.online);
         assert_eq!(

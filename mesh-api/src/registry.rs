@@ -144,6 +144,7 @@ resource_types! {
     ZoneIngress { plural: "zoneingresses", scope: Global, form: Flat, sync: ZoneToGlobal, spec: core::zone_ingress::ZoneIngressSpec },
     ZoneEgress { plural: "zoneegresses", scope: Global, form: Flat, sync: ZoneToGlobal, spec: core::zone_egress::ZoneEgressSpec },
     ZoneInsight { plural: "zone-insights", scope: Global, form: Flat, sync: ZoneToGlobal, spec: core::zone_insight::ZoneInsightSpec },
+    ZoneLease { plural: "zone-leases", scope: Global, form: Flat, sync: Local, spec: core::zone_lease::ZoneLeaseSpec },
     GlobalSecret { plural: "global-secrets", scope: Global, form: Flat, sync: GlobalToZone, spec: core::secret::SecretSpec },
     Dataplane { plural: "dataplanes", scope: Mesh, form: Flat, sync: ZoneToGlobal, spec: core::dataplane::DataplaneSpec },
     Secret { plural: "secrets", scope: Mesh, form: Flat, sync: GlobalToZone, spec: core::secret::SecretSpec },
@@ -170,7 +171,7 @@ resource_types! {
 impl ResourceType {
     /// Whether the control plane computes this type itself, so users never write it.
     pub fn is_computed(self) -> bool {
-        matches!(self, ResourceType::ZoneInsight)
+        matches!(self, ResourceType::ZoneInsight | ResourceType::ZoneLease)
     }
 
     /// Whether KDS relays this type from the zone that owns it to every other zone.

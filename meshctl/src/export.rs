@@ -4,7 +4,9 @@
 //!
 //! Owned means every type the global syncs to zones (meshes, their secrets and policies, global
 //! secrets) and the global's own `Zone` resources. Zone inventory (dataplanes, ingresses, egresses,
-//! insights, MeshServices) is left out: zones send it again when they reconnect. Documents are
+//! insights, MeshServices) is left out: zones send it again when they reconnect. So are the types
+//! the control plane computes (zone leases: the global writes them again as zones connect, and
+//! `apply` could not write them). Documents are
 //! in an order `apply` can replay: meshes first (a mesh-scoped resource needs its mesh; one with
 //! mTLS without it at first), then global-scoped types, then each mesh's secrets (its builtin CA
 //! among them), then the policies, then the meshes with mTLS as exported (the CA is there by
@@ -23,7 +25,8 @@ const SERVER_FIELDS: &[&str] = &["creationTime", "modificationTime", "version", 
 
 /// The types `meshctl export` writes, in the order they are restored.
 pub fn exported_types() -> Vec<ResourceType> {
-    let owned = |t: &ResourceType| t.sync_direction() != SyncDirection::ZoneToGlobal;
+    let owned =
+        |t: &ResourceType| t.sync_direction() != SyncDirection::ZoneToGlobal && !t.is_computed();
     let mut out = vec![ResourceType::Mesh];
     out.extend(
         ResourceType::ALL
@@ -144,6 +147,7 @@ mod tests {
             ResourceType::Dataplane,
             ResourceType::ZoneIngress,
             ResourceType::ZoneInsight,
+            ResourceType::ZoneLease,
             ResourceType::MeshService,
         ] {
             assert!(!order.contains(&t), "{t} exported");

@@ -108,7 +108,12 @@ fn an_export_applied_to_a_fresh_global_restores_every_global_resource() {
             "{expected:?} not exported:\n{text}"
         );
     }
-    for inventory in ["type: ZoneInsight", "type: ZoneIngress", "type: Dataplane"] {
+    for inventory in [
+        "type: ZoneInsight",
+        "type: ZoneLease",
+        "type: ZoneIngress",
+        "type: Dataplane",
+    ] {
         assert!(!text.contains(inventory), "{inventory} exported:\n{text}");
     }
     // Standard output holds the same stream.

@@ -29,6 +29,8 @@ pub struct ProcNode {
     pub child: Option<Child>,
     pub api: String,
     pub diagnostics: String,
+    /// Its KDS address, `https://127.0.0.1:PORT`.
+    pub kds: String,
     pub token: String,
 }
 
@@ -125,6 +127,7 @@ impl ProcCluster {
                     child: None,
                     api: String::new(),
                     diagnostics: String::new(),
+                    kds: String::new(),
                     token: String::new(),
                 }
             })
@@ -233,6 +236,7 @@ impl ProcCluster {
         let node = &mut self.nodes[i];
         node.api = endpoints["api"].as_str().unwrap().to_owned();
         node.diagnostics = endpoints["diagnostics"].as_str().unwrap().to_owned();
+        node.kds = format!("https://{}", endpoints["kds"].as_str().unwrap());
         node.token = std::fs::read_to_string(node.data.join("admin-token"))
             .unwrap()
             .trim()
