@@ -181,7 +181,6 @@ pub async fn serve_connection(
             return;
         }
     }
-    let stream = Prefixed::new(Bytes::from(first), stream);
     let mut ctx = ConnContext {
         listener: name.clone(),
         chain: chain.name.as_str().into(),
@@ -193,13 +192,17 @@ pub async fn serve_connection(
         alpn: None,
     };
     let io: Box<dyn IoObj> = match &chain.tls {
-        None => Box::new(stream),
+        // Nothing read ahead (no TLS inspection): the socket itself, one layer fewer on every
+        // read and write.
+        None if first.is_empty() => Box::new(stream),
+        None => Box::new(Prefixed::new(Bytes::from(first), stream)),
         Some(Err(reason)) => {
             tracing::warn!(listener = %name, chain = %chain.name, %reason, "TLS context unavailable; closing");
             return;
         }
         Some(Ok(tls)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            let stream = Prefixed::new(Bytes::from(first), stream);
             let tls_stream = match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream))
                 .await
             {

@@ -427,6 +427,65 @@ async fn the_request_circuit_breaker_answers_503_overflow() {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_cancels_its_request_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads requests and never answers, and says when a connection to it
+    // closes.
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let dp = RunningDataplane::start(
+        http_config(http_manager(
+            "http",
+            route_table("r", vec![forward_route("all", "/", &[("silent", 1)])]),
+        ))
+        .with_cluster(static_cluster("silent", &[upstream])),
+    );
+    let addr = dp.addr("http").await;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let stats = dp.stats.clone();
+    let active = move || {
+        stat(
+            &stats.render(),
+            "envoy_cluster_upstream_rq_active{envoy_cluster_name=\"silent\"}",
+        )
+    };
+    let in_flight = active.clone();
+    test_support::eventually("the request in flight", Duration::from_secs(5), || {
+        let n = in_flight();
+        async move { (n == 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    drop(client);
+    // The route has no timeout: only the client's leaving ends the exchange.
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the upstream connection closed after the client left")
+        .unwrap();
+    test_support::eventually("no request in flight", Duration::from_secs(5), || {
+        let n = active();
+        async move { (n == 0).then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn the_retry_budget_caps_retries() {
     let (bad, bad_status) = http_server("bad").await;
     bad_status.store(503, Ordering::Relaxed);

@@ -111,7 +111,10 @@ where
             let mut handling = std::pin::pin!(service(Request::from_parts(parts, body)));
             loop {
                 if sender.is_none() {
-                    break handling.await;
+                    match conn.respond_or_peer_gone(handling.as_mut()).await {
+                        Some(response) => break response,
+                        None => return Served::Closed,
+                    }
                 }
                 tokio::select! {
                     biased;
@@ -199,6 +202,32 @@ enum Woke {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> ServerConn<T> {
+    /// Waits for the handler's response to a request whose body is all read, watching the
+    /// connection meanwhile: a client that closes it (or resets it) has given up on the
+    /// request, which is dropped, cancelling its upstream exchange (Envoy resets the upstream
+    /// stream likewise); `None` then. What the client sends meanwhile (a pipelined request) is
+    /// kept for the next head, up to [`MAX_HEAD`]. Watching costs no system call while the
+    /// client is quiet: the short read that took the head left the socket not ready until its
+    /// next readiness event.
+    async fn respond_or_peer_gone<F: Future>(
+        &mut self,
+        mut handling: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        loop {
+            tokio::select! {
+                biased;
+                response = handling.as_mut() => return Some(response),
+                read = std::future::poll_fn(|cx| poll_fill(&mut self.io, &mut self.read, cx)),
+                    if self.read.len() < MAX_HEAD =>
+                {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// The next request head, reading as needed.
     async fn next_head<D: Future<Output = ()> + Unpin>(
         &mut self,
@@ -710,6 +739,7 @@ mod http_date {
 mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     /// A handler that answers with what it received: method, target, headers it was asked
@@ -798,6 +828,75 @@ mod tests {
              HTTP/1.1 200 OK\ncontent-length: 37\n\nPOST /b HTTP/1.1 expect=None body=abc\
              HTTP/1.1 200 OK\ncontent-length: 33\nconnection: close\n\nGET /c HTTP/1.1 expect=None body="
         );
+        assert!(!task.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_upstream_reads_pipelined_ones_and_is_dropped_when_the_client_leaves()
+    {
+        // The first request's handler waits to be released; the second request, sent while it
+        // waits, is read meanwhile and answered after it, in order.
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+        let handler = {
+            let release = release.clone();
+            move |request: Request<Body>| {
+                let release = release.clone();
+                let dropped_tx = dropped_tx.clone();
+                async move {
+                    match request.uri().path() {
+                        "/slow" => release.notified().await,
+                        "/hang" => {
+                            // Tells the test when this future is dropped.
+                            struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+                            impl Drop for OnDrop {
+                                fn drop(&mut self) {
+                                    if let Some(tx) = self.0.take() {
+                                        let _ = tx.send(());
+                                    }
+                                }
+                            }
+                            let _guard = OnDrop(dropped_tx.lock().unwrap().take());
+                            std::future::pending::<()>().await;
+                        }
+                        _ => {}
+                    }
+                    echo(request).await
+                }
+            }
+        };
+        let (mut client, task) = server_with(handler, None);
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: h\r\n\r\n")
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET /fast HTTP/1.1\r\nhost: h\r\n\r\n")
+            .await
+            .unwrap();
+        release.notify_one();
+        let mut seen = String::new();
+        let mut buf = [0u8; 1024];
+        while !seen.contains("GET /fast") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let slow = seen.find("GET /slow").expect("the first answer");
+        assert!(slow < seen.find("GET /fast").unwrap(), "{seen}");
+
+        // A client that leaves while its request waits: the request's future is dropped (its
+        // upstream exchange with it) and the connection ends.
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nhost: h\r\n\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), dropped_rx)
+            .await
+            .expect("the handler's future is dropped")
+            .unwrap();
         assert!(!task.await.unwrap());
     }
 
