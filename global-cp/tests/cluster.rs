@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use test_support::eventually;
 
 mod inproc_cluster;
+mod kds_zone;
 
 use inproc_cluster::{Cluster, DEADLINE};
 
@@ -314,18 +315,13 @@ async fn a_zone_with_two_global_addresses_follows_when_its_node_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path()).await;
     // A zone token from one node is good at every node (shared signing keys).
-    let response: Value = cluster
-        .client
-        .post(format!("{}/tokens/zone", cluster.nodes[0].api))
-        .bearer_auth(&cluster.nodes[0].token)
-        .json(&json!({"zone": "zone-1", "validFor": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = response["token"].as_str().unwrap().to_owned();
+    let token = kds_zone::zone_token(
+        &cluster.client,
+        &cluster.nodes[0].api,
+        &cluster.nodes[0].token,
+        "zone-1",
+    )
+    .await;
     let ca = std::fs::read(dir.path().join("kds").join(kds::tls::CA_CERT_FILE)).unwrap();
 
     let zone_dir = tempfile::tempdir().unwrap();

@@ -544,44 +544,22 @@ async fn a_sigkilled_nodes_zone_goes_offline_when_its_lease_runs_out_then_loses_
     let killed = cluster.leader().await;
     let killed_id = cluster.nodes[killed].id;
     let rest: Vec<usize> = (0..3).filter(|&i| i != killed).collect();
-    let token: Value = cluster
-        .client
-        .post(format!("{}/tokens/zone", cluster.nodes[rest[0]].api))
-        .bearer_auth(&cluster.nodes[rest[0]].token)
-        .json(&json!({"zone": "zone-1", "validFor": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ca = std::fs::read(dir.path().join("kds").join(kds::tls::CA_CERT_FILE)).unwrap();
-    let mut zone = kds_zone::TestZone::start(
+    let token = kds_zone::zone_token(
+        &cluster.client,
+        &cluster.nodes[rest[0]].api,
+        &cluster.nodes[rest[0]].token,
         "zone-1",
-        vec![cluster.nodes[killed].kds.clone()],
-        ca,
-        token["token"].as_str().unwrap().to_owned(),
     )
     .await;
+    let ca = std::fs::read(dir.path().join("kds").join(kds::tls::CA_CERT_FILE)).unwrap();
+    let mut zone =
+        kds_zone::TestZone::start("zone-1", vec![cluster.nodes[killed].kds.clone()], ca, token)
+            .await;
     let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api.clone()).collect();
     let client = cluster.client.clone();
     let item = |i: usize| {
         let (client, api) = (client.clone(), apis[i].clone());
-        async move {
-            let page: Value = client
-                .get(format!("{api}/zones/_overview"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            page["items"]
-                .as_array()?
-                .iter()
-                .find(|item| item["name"] == "zone-1")
-                .cloned()
-        }
+        async move { kds_zone::overview_item(&client, &api, "zone-1").await }
     };
     let inventory = |i: usize| {
         let (client, api) = (client.clone(), apis[i].clone());

@@ -22,18 +22,13 @@ use kds_zone::TestZone;
 
 /// A zone (a Dataplane `web` in its store) connected to the given nodes, dialled in turn.
 async fn zone(cluster: &Cluster, name: &'static str, nodes: &[usize]) -> TestZone {
-    let response: Value = cluster
-        .client
-        .post(format!("{}/tokens/zone", cluster.nodes[0].api))
-        .bearer_auth(&cluster.nodes[0].token)
-        .json(&json!({"zone": name, "validFor": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = response["token"].as_str().unwrap().to_owned();
+    let token = kds_zone::zone_token(
+        &cluster.client,
+        &cluster.nodes[0].api,
+        &cluster.nodes[0].token,
+        name,
+    )
+    .await;
     TestZone::start(name, kds_addresses(cluster, nodes), kds_ca(cluster), token).await
 }
 
@@ -50,21 +45,7 @@ fn kds_ca(cluster: &Cluster) -> Vec<u8> {
 
 /// Node `i`'s overview item of `zone`.
 async fn overview(cluster: &Cluster, i: usize, zone: &str) -> Option<Value> {
-    let url = format!("{}/zones/_overview", cluster.nodes[i].api);
-    let page: Value = cluster
-        .client
-        .get(url)
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    page["items"]
-        .as_array()?
-        .iter()
-        .find(|item| item["name"] == zone)
-        .cloned()
+    kds_zone::overview_item(&cluster.client, &cluster.nodes[i].api, zone).await
 }
 
 /// Waits until node `i`'s overview item of `zone` satisfies `check`.

@@ -8,6 +8,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_store::{ResourceStore, SledStore};
+use serde_json::{json, Value};
+
+/// A zone token for `zone`, issued by the global node whose API is `api` (admin `admin`).
+pub async fn zone_token(client: &reqwest::Client, api: &str, admin: &str, zone: &str) -> String {
+    let response: Value = client
+        .post(format!("{api}/tokens/zone"))
+        .bearer_auth(admin)
+        .json(&json!({"zone": zone, "validFor": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["token"].as_str().unwrap().to_owned()
+}
+
+/// `zone`'s item of the zones overview of the global node whose API is `api`.
+pub async fn overview_item(client: &reqwest::Client, api: &str, zone: &str) -> Option<Value> {
+    let page: Value = client
+        .get(format!("{api}/zones/_overview"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    page["items"]
+        .as_array()?
+        .iter()
+        .find(|item| item["name"] == zone)
+        .cloned()
+}
 
 pub struct TestZone {
     pub name: &'static str,
