@@ -17,6 +17,8 @@ pub struct ZoneOverview {
     pub name: String,
     /// `online` or `offline`.
     pub status: String,
+    /// The id of the global node holding the zone's KDS stream (none while offline).
+    pub global_node: Option<u64>,
     /// Start of the current KDS session (RFC 3339), null while offline.
     pub connected_since: Option<String>,
     /// Start of the latest KDS session, current or past (RFC 3339).
@@ -55,9 +57,10 @@ impl ZoneOverview {
 }
 
 /// The columns of `meshctl inspect zones`.
-pub const ZONE_HEADERS: [&str; 7] = [
+pub const ZONE_HEADERS: [&str; 8] = [
     "NAME",
     "STATUS",
+    "GLOBAL NODE",
     "LAST CONNECTED",
     "LAST UPDATED",
     "TOTAL UPDATES",
@@ -94,6 +97,8 @@ pub fn zone_row(zone: &ZoneOverview, now: DateTime<Utc>) -> Vec<String> {
     vec![
         zone.name.clone(),
         status,
+        zone.global_node
+            .map_or_else(|| "-".to_owned(), |node| node.to_string()),
         ago(last_connected, now),
         ago(zone.last_updated.as_deref(), now),
         zone.total_updates.to_string(),
@@ -225,11 +230,12 @@ mod tests {
 
     fn overview() -> Value {
         json!({"total": 2, "items": [
-            {"name": "zone-1", "status": "online", "connectedSince": "2026-01-10T11:59:48Z",
+            {"name": "zone-1", "status": "online", "globalNode": 2,
+             "connectedSince": "2026-01-10T11:59:48Z",
              "lastConnected": "2026-01-10T11:59:48Z", "lastUpdated": "2026-01-10T11:59:58Z",
              "totalUpdates": 12, "totalErrors": 0, "resourcesSent": 30, "resourcesReceived": 4,
              "nacks": 0, "version": "0.1.0"},
-            {"name": "zone-2", "status": "offline", "connectedSince": null,
+            {"name": "zone-2", "status": "offline", "globalNode": null, "connectedSince": null,
              "lastConnected": null, "lastUpdated": null, "totalUpdates": 0, "totalErrors": 3,
              "resourcesSent": 0, "resourcesReceived": 0, "nacks": 1, "version": null}
         ], "next": null})
@@ -241,6 +247,7 @@ mod tests {
         let zones = ZoneOverview::from_items(&items).unwrap();
         assert_eq!(zones[0].name, "zone-1");
         assert!(zones[0].is_online());
+        assert_eq!(zones[0].global_node, Some(2));
         assert_eq!(zones[0].total_updates, 12);
         assert_eq!(zones[0].resources_sent, 30);
         assert_eq!(zones[0].version.as_deref(), Some("0.1.0"));
@@ -262,13 +269,13 @@ mod tests {
         let zones = ZoneOverview::from_items(&items).unwrap();
         assert_eq!(
             render_zones_table(&zones, now()),
-            "NAME     STATUS    LAST CONNECTED   LAST UPDATED   TOTAL UPDATES   TOTAL ERRORS   VERSION\n\
-             zone-1   online    12s ago          2s ago         12              0              0.1.0\n\
-             zone-2   offline   -                -              0               3              -\n"
+            "NAME     STATUS    GLOBAL NODE   LAST CONNECTED   LAST UPDATED   TOTAL UPDATES   TOTAL ERRORS   VERSION\n\
+             zone-1   online    2             12s ago          2s ago         12              0              0.1.0\n\
+             zone-2   offline   -             -                -              0               3              -\n"
         );
         assert_eq!(
             render_zones_table(&[], now()),
-            "NAME   STATUS   LAST CONNECTED   LAST UPDATED   TOTAL UPDATES   TOTAL ERRORS   VERSION\n"
+            "NAME   STATUS   GLOBAL NODE   LAST CONNECTED   LAST UPDATED   TOTAL UPDATES   TOTAL ERRORS   VERSION\n"
         );
     }
 
@@ -337,7 +344,7 @@ mod tests {
             connected_since: Some("2026-01-10T11:00:00Z".into()),
             ..ZoneOverview::default()
         };
-        assert_eq!(zone_row(&zone, now())[2], "60m ago");
+        assert_eq!(zone_row(&zone, now())[3], "60m ago");
         assert_eq!(ago(Some("yesterday"), now()), "yesterday");
         assert_eq!(ago(Some(""), now()), "-");
         assert_eq!(ago(None, now()), "-");

@@ -219,6 +219,7 @@ impl Federation {
         assert!(header.starts_with("NAME"), "{table}");
         for column in [
             "STATUS",
+            "GLOBAL NODE",
             "LAST CONNECTED",
             "LAST UPDATED",
             "TOTAL UPDATES",
@@ -240,6 +241,12 @@ impl Federation {
             assert!(
                 row.contains(" ago "),
                 "{zone} has no last connection:\n{table}"
+            );
+            assert!(
+                row.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|node| node.parse::<u64>().is_ok()),
+                "{zone} is held by no global node:\n{table}"
             );
         }
         let json = self.json(&["inspect", "zones"]);
