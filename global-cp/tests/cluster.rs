@@ -360,13 +360,7 @@ async fn a_zone_with_two_global_addresses_follows_when_its_node_stops() {
     assert_eq!(cluster.put(2, "after", "1").await, Ok(201));
     in_zone("after").await;
     // Zone inventory goes up through the node it is now on (written through the leader).
-    let dataplane = mesh_api::parse_documents(
-        "type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 80\n      tags:\n        kuma.io/service: web\n",
-    )
-    .remove(0)
-    .unwrap()
-    .resource;
-    store.create(dataplane).await.unwrap();
+    store.create(kds_zone::web_dataplane()).await.unwrap();
     eventually("the zone's dataplane at the global", DEADLINE, || async {
         let url = format!(
             "{}/meshes/default/dataplanes/web.zone-1",

@@ -449,6 +449,30 @@ mod tests {
         )
     }
 
+    /// A janitor over `store`, running until the returned sender is used (or dropped).
+    fn run_janitor(
+        store: &Arc<dyn ResourceStore>,
+        grace: Duration,
+    ) -> (
+        ZoneJanitor,
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<Result<(), JanitorError>>,
+    ) {
+        let janitor = ZoneJanitor::new(store.clone(), grace);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let janitor = janitor.clone();
+            async move {
+                janitor
+                    .run(async {
+                        let _ = rx.await;
+                    })
+                    .await
+            }
+        });
+        (janitor, tx, task)
+    }
+
     struct Setup {
         store: Arc<dyn ResourceStore>,
         status: ZoneStatusRegistry,
@@ -504,18 +528,7 @@ mod tests {
             status.entry(zone).stream_opened();
             lease_says(&store, zone, true).await;
         }
-        let janitor = ZoneJanitor::new(store.clone(), grace);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let janitor = janitor.clone();
-            async move {
-                janitor
-                    .run(async {
-                        let _ = rx.await;
-                    })
-                    .await
-            }
-        });
+        let (janitor, tx, task) = run_janitor(&store, grace);
         Setup {
             store,
             status,
@@ -701,18 +714,7 @@ mod tests {
                 .await
                 .expect("lease");
         }
-        let janitor = ZoneJanitor::new(store.clone(), grace);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let janitor = janitor.clone();
-            async move {
-                janitor
-                    .run(async {
-                        let _ = rx.await;
-                    })
-                    .await
-            }
-        });
+        let (janitor, tx, task) = run_janitor(&store, grace);
         let present = |zone: &'static str| {
             let store = store.clone();
             async move { store.get(&dp_key(zone)).await.expect("get").is_some() }

@@ -42,6 +42,16 @@ pub async fn overview_item(client: &reqwest::Client, api: &str, zone: &str) -> O
         .cloned()
 }
 
+/// The Dataplane `web` a test zone holds, as its inventory.
+pub fn web_dataplane() -> mesh_api::Resource {
+    mesh_api::parse_documents(
+        "type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 80\n      tags:\n        kuma.io/service: web\n",
+    )
+    .remove(0)
+    .unwrap()
+    .resource
+}
+
 pub struct TestZone {
     pub name: &'static str,
     pub store: Arc<dyn ResourceStore>,
@@ -63,13 +73,7 @@ impl TestZone {
     ) -> TestZone {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ResourceStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let dataplane = mesh_api::parse_documents(
-            "type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 80\n      tags:\n        kuma.io/service: web\n",
-        )
-        .remove(0)
-        .unwrap()
-        .resource;
-        store.create(dataplane).await.unwrap();
+        store.create(web_dataplane()).await.unwrap();
         let mut zone = TestZone {
             name,
             store,
