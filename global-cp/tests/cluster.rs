@@ -382,13 +382,17 @@ async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     global_cp::cluster::ensure_certs(&certs, &[1]).unwrap();
-    // Nodes 2 and 3 are addresses nothing listens on.
+    // Nodes 2 and 3 are addresses nothing listens on: bound, not listening, and held until the
+    // end, so that no other test's listener can take the port meanwhile (a connect is refused).
     let mut members = std::collections::BTreeMap::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     members.insert(1, listener.local_addr().unwrap().to_string());
+    let mut held = Vec::new();
     for id in [2u64, 3] {
-        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = tokio::net::TcpSocket::new_v4().unwrap();
+        gone.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         members.insert(id, gone.local_addr().unwrap().to_string());
+        held.push(gone);
     }
     let node = global_cp::cluster::start(
         global_cp::cluster::NodeSetup {
@@ -415,6 +419,7 @@ async fn a_node_without_a_quorum_names_the_members_it_cannot_reach() {
         let named = format!("node {id} at {}", members[&id]);
         assert!(error.contains(&named), "{error}");
     }
+    drop(held);
     node.shutdown().await.unwrap();
 
     // A data dir of the single-node store before Raft is refused, and left alone.
